@@ -1,0 +1,282 @@
+//! HTTP adapter of the authorization server: maps requests on the token,
+//! revocation, JWKS and metadata endpoints to `crate::oauth`, and its
+//! results to RFC 6749 §5.1/§5.2 responses. Protocol decisions live in
+//! `oauth`; this module only reads forms and writes JSON.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+
+use crate::bearer::is_form_urlencoded;
+use crate::cache::TokenValidator;
+use crate::config::AuthorizationServerConfig;
+use crate::metrics::Metrics;
+use crate::oauth::{AuthorizationServer, BasicCredentials, ErrorCode, OAuthError, Params};
+use crate::respond::{Body, error_json, json};
+
+/// The endpoints this module serves, by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Revocation,
+    Jwks,
+    Metadata,
+}
+
+pub struct AuthzEndpoints {
+    server: AuthorizationServer,
+    validator: Arc<TokenValidator>,
+    metrics: Arc<Metrics>,
+    paths: [(String, Endpoint); 4],
+    metadata: Bytes,
+    max_body: usize,
+    realm: String,
+}
+
+impl AuthzEndpoints {
+    pub fn new(
+        config: &AuthorizationServerConfig,
+        server: AuthorizationServer,
+        validator: Arc<TokenValidator>,
+        metrics: Arc<Metrics>,
+        max_body: usize,
+        realm: String,
+    ) -> AuthzEndpoints {
+        let base = &config.issuer_path;
+        let paths = [
+            (format!("{base}/oauth/token"), Endpoint::Token),
+            (format!("{base}/oauth/revoke"), Endpoint::Revocation),
+            (format!("{base}/oauth/jwks"), Endpoint::Jwks),
+            // RFC 8414 §3: the well-known segment goes before the issuer's path.
+            (
+                format!("/.well-known/oauth-authorization-server{base}"),
+                Endpoint::Metadata,
+            ),
+        ];
+        let metadata = Bytes::from(server.metadata().to_string());
+        AuthzEndpoints {
+            server,
+            validator,
+            metrics,
+            paths,
+            metadata,
+            max_body,
+            realm,
+        }
+    }
+
+    /// The endpoint at `path` (normalised), if any.
+    pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
+        self.paths.iter().find(|(p, _)| p == path).map(|(_, e)| *e)
+    }
+
+    pub async fn handle(&self, endpoint: Endpoint, req: Request<Incoming>) -> Response<Body> {
+        match endpoint {
+            Endpoint::Jwks | Endpoint::Metadata => {
+                if req.method() != Method::GET && req.method() != Method::HEAD {
+                    return method_not_allowed("GET, HEAD");
+                }
+                let body = if endpoint == Endpoint::Jwks {
+                    self.server.tokens.jwks()
+                } else {
+                    self.metadata.clone()
+                };
+                let mut res = json(StatusCode::OK, body);
+                res.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=300"),
+                );
+                res
+            }
+            Endpoint::Token => {
+                let result = match self.read_form(req).await {
+                    Ok((headers, params)) => {
+                        self.server
+                            .token(basic_credentials(&headers), &params)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok((grant, token)) => {
+                        self.metrics
+                            .tokens_issued
+                            .with_label_values(&[grant.as_str()])
+                            .inc();
+                        self.metrics
+                            .token_requests
+                            .with_label_values(&["issued"])
+                            .inc();
+                        let mut res = json(
+                            StatusCode::OK,
+                            serde_json::to_vec(&token).unwrap_or_default(),
+                        );
+                        res.headers_mut()
+                            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+                        res
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .token_requests
+                            .with_label_values(&[e.code.as_str()])
+                            .inc();
+                        self.error_response(e)
+                    }
+                }
+            }
+            Endpoint::Revocation => {
+                let result = match self.read_form(req).await {
+                    Ok((headers, params)) => {
+                        self.server
+                            .revoke(basic_credentials(&headers), &params)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(revoked) => {
+                        if let Some(token) = revoked {
+                            self.validator.forget(&token).await;
+                        }
+                        json(StatusCode::OK, Bytes::new())
+                    }
+                    Err(e) => self.error_response(e),
+                }
+            }
+        }
+    }
+
+    /// Reads a POSTed form body, bounded by `max_body`.
+    async fn read_form(&self, req: Request<Incoming>) -> Result<(HeaderMap, Params), OAuthError> {
+        if req.method() != Method::POST {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                "This endpoint accepts only POST",
+            ));
+        }
+        // RFC 6749 §2.3.1: credentials never travel in the request URI.
+        if req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("client_secret"))
+        {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                "Client credentials must not be sent in the URL",
+            ));
+        }
+        if !req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(is_form_urlencoded)
+        {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                "The request body must be application/x-www-form-urlencoded",
+            ));
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = Limited::new(body, self.max_body)
+            .collect()
+            .await
+            .map_err(|_| {
+                OAuthError::new(
+                    ErrorCode::InvalidRequest,
+                    "The request body is too large or unreadable",
+                )
+            })?
+            .to_bytes();
+        Ok((parts.headers, Params::parse(&bytes)?))
+    }
+
+    fn error_response(&self, e: OAuthError) -> Response<Body> {
+        let status = match e.code {
+            ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+            ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let mut res = error_json(status, e.code.as_str(), e.description);
+        res.headers_mut()
+            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if e.code == ErrorCode::InvalidClient {
+            // A 401 must carry a challenge (RFC 9110 §15.5.2); RFC 6749 §5.2
+            // names the scheme the client tried, and Basic is the one we take.
+            let challenge = format!("Basic realm=\"{}\"", self.realm);
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        res
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut res = error_json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+        "Method not allowed",
+    );
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    res
+}
+
+/// `Authorization: Basic` client credentials (RFC 6749 §2.3.1: the id and
+/// secret are form-urlencoded, then joined with `:` and base64-encoded).
+/// `None` when the header is absent or another scheme; `Some(Err)` when it
+/// is Basic but malformed.
+fn basic_credentials(headers: &HeaderMap) -> Option<Result<BasicCredentials, ()>> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return Some(Err(()));
+    }
+    let value = value.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    Some(parse_basic(encoded.trim()))
+}
+
+fn parse_basic(encoded: &str) -> Result<BasicCredentials, ()> {
+    let decoded = B64.decode(encoded).map_err(|_| ())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| ())?;
+    let (id, secret) = decoded.split_once(':').ok_or(())?;
+    let unescape = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| ())
+    };
+    let (client_id, client_secret) = (unescape(id)?, unescape(secret)?);
+    if client_id.is_empty() {
+        return Err(());
+    }
+    Ok(BasicCredentials {
+        client_id,
+        client_secret,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let enc = B64.encode("my%20app:s%3Acret+1");
+        let c = parse_basic(&enc).unwrap();
+        assert_eq!(c.client_id, "my app");
+        assert_eq!(c.client_secret, "s:cret 1");
+        assert!(parse_basic("!!!").is_err());
+        assert!(parse_basic(&B64.encode("nocolon")).is_err());
+        assert!(parse_basic(&B64.encode(":secret")).is_err());
+    }
+}

@@ -1,0 +1,1206 @@
+//! Configuration: the TOML file as written (`RawConfig`, strict serde with
+//! unknown keys refused) and the validated `Config` the rest of the gateway
+//! runs on. Parsing and validation happen before any socket is bound, and a
+//! bad file is reported as a list of `field: reason` lines, all at once, so
+//! an operator fixes everything in one pass.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::net::IpNet;
+use crate::scope::{ScopeSet, is_valid_scope_token};
+
+/// One problem in a configuration file: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration in {}:", self.source_name)?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    storage: RawStorage,
+    authorization_server: RawAuthorizationServer,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    realm: Option<String>,
+    header_read_timeout: Option<String>,
+    max_header_bytes: Option<usize>,
+    max_form_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    drain_timeout: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    url: String,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            url: "sqlite://data/portcullis.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthorizationServer {
+    issuer: String,
+    audience: Option<String>,
+    access_token_ttl: Option<String>,
+    refresh_token_ttl: Option<String>,
+    authorization_code_ttl: Option<String>,
+    token_format: Option<String>,
+    leeway: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    ttl: Option<String>,
+    negative_ttl: Option<String>,
+    max_entries: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    client_id: String,
+    name: Option<String>,
+    client_secret_hash: Option<String>,
+    client_secret_env: Option<String>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    grant_types: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    username: String,
+    password_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    path_prefix: String,
+    upstream: String,
+    #[serde(default)]
+    public: bool,
+    scopes: Option<BTreeMap<String, Vec<String>>>,
+    allow_query_token: Option<bool>,
+    allow_body_token: Option<bool>,
+    forward_bearer: Option<bool>,
+    preserve_host: Option<bool>,
+    timeout: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// The validated configuration.
+
+/// A validated configuration: every value has its real type and every
+/// cross-reference has been checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub storage: StorageConfig,
+    pub authorization_server: AuthorizationServerConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+    pub clients: Vec<ClientConfig>,
+    pub users: Vec<UserConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The `realm` of every `WWW-Authenticate: Bearer` challenge.
+    pub realm: String,
+    /// Slowloris guard: a connection that has not sent a whole request head
+    /// in this time is closed.
+    pub header_read_timeout: Duration,
+    /// Larger request heads are answered with 431.
+    pub max_header_bytes: usize,
+    /// The most we buffer of a form body (token endpoint, body-parameter
+    /// bearer tokens); larger bodies get 413.
+    pub max_form_body_bytes: usize,
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Peers whose `X-Forwarded-*` headers are believed and extended; from
+    /// anyone else they are replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Runtime worker threads; 0 means one per core.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFormat {
+    /// RFC 9068 JWT access tokens, verified locally with the published key.
+    Jwt,
+    /// Random handles looked up in the store.
+    Opaque,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthorizationServerConfig {
+    /// The issuer identifier (RFC 8414 §2): `https://host[:port][/path]`,
+    /// no query or fragment, no trailing slash.
+    pub issuer: String,
+    /// The path component of the issuer ("" for none); endpoints live below it.
+    pub issuer_path: String,
+    /// This gateway's resource identifier, the `aud` of every access token.
+    pub audience: String,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub authorization_code_ttl: Duration,
+    pub token_format: TokenFormat,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    /// How long a refusal is remembered, so a flood of one bad token costs
+    /// one check.
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// How a client proves who it is at the token endpoint.
+#[derive(Clone)]
+pub enum ClientSecret {
+    /// An argon2 PHC string.
+    Hash(String),
+    /// The secret itself, read from the environment at start.
+    Plain(String),
+    /// A public client: it has no secret.
+    None,
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientSecret::Hash(_) => f.write_str("Hash(<redacted>)"),
+            ClientSecret::Plain(_) => f.write_str("Plain(<redacted>)"),
+            ClientSecret::None => f.write_str("None"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    ClientCredentials,
+    AuthorizationCode,
+    RefreshToken,
+}
+
+impl GrantType {
+    pub fn parse(s: &str) -> Option<GrantType> {
+        match s {
+            "client_credentials" => Some(GrantType::ClientCredentials),
+            "authorization_code" => Some(GrantType::AuthorizationCode),
+            "refresh_token" => Some(GrantType::RefreshToken),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::AuthorizationCode => "authorization_code",
+            GrantType::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub client_id: String,
+    pub name: String,
+    pub secret: ClientSecret,
+    pub redirect_uris: Vec<String>,
+    pub scopes: ScopeSet,
+    pub grant_types: Vec<GrantType>,
+}
+
+#[derive(Clone)]
+pub struct UserConfig {
+    pub username: String,
+    pub password_hash: String,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("username", &self.username)
+            .field("password_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Where a route sends what it lets through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// An HTTP server: `scheme://authority`, and a base path prepended to
+    /// the request's path ("" for none).
+    Http {
+        scheme: http::uri::Scheme,
+        authority: http::uri::Authority,
+        base_path: String,
+    },
+    /// The built-in demo API (`static://`): answers every request itself
+    /// with a JSON echo of what the gateway established.
+    Static,
+}
+
+/// The scopes a method needs: every listed scope is required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeRule {
+    pub methods: BTreeMap<String, ScopeSet>,
+    /// The `"*"` entry: required for any method not named.
+    pub other: Option<ScopeSet>,
+}
+
+impl ScopeRule {
+    /// The scopes `method` needs, or `None` when the route does not allow
+    /// the method at all (fail closed).
+    pub fn required(&self, method: &http::Method) -> Option<&ScopeSet> {
+        self.methods.get(method.as_str()).or(self.other.as_ref())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Normalised, without a trailing slash ("" for the root).
+    pub path_prefix: String,
+    pub upstream: Upstream,
+    /// `None` for a public route.
+    pub scopes: Option<ScopeRule>,
+    pub allow_query_token: bool,
+    pub allow_body_token: bool,
+    /// Pass the client's `Authorization: Bearer` header upstream.
+    pub forward_bearer: bool,
+    /// Keep the client's `Host` instead of the upstream's authority.
+    pub preserve_host: bool,
+    /// How long the upstream has to start its response.
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            errors: vec![FieldError {
+                field: "(file)".into(),
+                reason: format!("cannot read: {e}"),
+            }],
+        })?;
+        Config::parse(&text, &name, &|var| std::env::var(var).ok())
+    }
+
+    /// Parses and validates TOML text. `env` resolves `client_secret_env`.
+    pub fn parse(
+        text: &str,
+        source_name: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let fail = |errors| ConfigError {
+            source_name: source_name.to_string(),
+            errors,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![toml_error(text, &e)]))?;
+        let mut v = Validator { errors: Vec::new() };
+        let config = v.config(raw, env);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(v.errors))
+        }
+    }
+
+    /// The client registered under `client_id`.
+    pub fn client(&self, client_id: &str) -> Option<&ClientConfig> {
+        self.clients.iter().find(|c| c.client_id == client_id)
+    }
+}
+
+/// Turns a TOML/serde error into a field error naming the key path when
+/// serde knows it, and the line otherwise.
+fn toml_error(text: &str, e: &toml::de::Error) -> FieldError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+    let message = e.message().trim().to_string();
+    FieldError {
+        field: match line {
+            Some(l) => format!("line {l}"),
+            None => "(file)".into(),
+        },
+        reason: message,
+    }
+}
+
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn err(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, field: &str, value: Option<&str>, default: &str) -> Duration {
+        let text = value.unwrap_or(default);
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.err(field, "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(
+                    field,
+                    format!("{text:?} is not a duration like \"30s\" or \"15m\": {e}"),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, field: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|_| {
+            self.err(
+                field,
+                format!("{value:?} is not an address like \"127.0.0.1:8080\""),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn config(&mut self, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Config {
+        let server = self.server(raw.server);
+        let admin = AdminConfig {
+            listen: self.socket_addr("admin.listen", &raw.admin.listen),
+        };
+        if admin.listen == server.listen && admin.listen.port() != 0 {
+            self.err(
+                "admin.listen",
+                "must differ from server.listen: metrics never share the public listener",
+            );
+        }
+        let storage = self.storage(raw.storage);
+        let authorization_server = self.authorization_server(raw.authorization_server);
+        let cache = CacheConfig {
+            ttl: self.duration("cache.ttl", raw.cache.ttl.as_deref(), "30s"),
+            negative_ttl: self.duration(
+                "cache.negative_ttl",
+                raw.cache.negative_ttl.as_deref(),
+                "5s",
+            ),
+            max_entries: raw.cache.max_entries.unwrap_or(100_000),
+        };
+        if cache.max_entries == 0 {
+            self.err("cache.max_entries", "must be at least 1");
+        }
+        let log = self.log(raw.log);
+        let clients = self.clients(raw.clients, env);
+        let users = self.users(raw.users, &clients);
+        let routes = self.routes(raw.routes, &authorization_server);
+        Config {
+            server,
+            admin,
+            storage,
+            authorization_server,
+            cache,
+            log,
+            clients,
+            users,
+            routes,
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> ServerConfig {
+        let listen = self.socket_addr("server.listen", &raw.listen);
+        let realm = raw.realm.unwrap_or_else(|| "portcullis".into());
+        if realm.is_empty()
+            || realm
+                .chars()
+                .any(|c| c.is_control() || c == '"' || c == '\\')
+        {
+            self.err(
+                "server.realm",
+                "must be non-empty printable text without quotes or backslashes",
+            );
+        }
+        let max_header_bytes = raw.max_header_bytes.unwrap_or(16 * 1024);
+        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+            self.err(
+                "server.max_header_bytes",
+                "must be between 1024 and 1048576",
+            );
+        }
+        let max_form_body_bytes = raw.max_form_body_bytes.unwrap_or(64 * 1024);
+        if !(1024..=16 * 1024 * 1024).contains(&max_form_body_bytes) {
+            self.err(
+                "server.max_form_body_bytes",
+                "must be between 1024 and 16777216",
+            );
+        }
+        let max_connections = raw.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            self.err("server.max_connections", "must be at least 1");
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, p) in raw.trusted_proxies.iter().enumerate() {
+            match p.parse::<IpNet>() {
+                Ok(net) => trusted_proxies.push(net),
+                Err(reason) => self.err(format!("server.trusted_proxies[{i}]"), reason),
+            }
+        }
+        ServerConfig {
+            listen,
+            realm,
+            header_read_timeout: self.duration(
+                "server.header_read_timeout",
+                raw.header_read_timeout.as_deref(),
+                "10s",
+            ),
+            max_header_bytes,
+            max_form_body_bytes,
+            max_connections,
+            drain_timeout: self.duration(
+                "server.drain_timeout",
+                raw.drain_timeout.as_deref(),
+                "30s",
+            ),
+            trusted_proxies,
+            workers: raw.workers.unwrap_or(0),
+        }
+    }
+
+    fn storage(&mut self, raw: RawStorage) -> StorageConfig {
+        if !raw.url.starts_with("sqlite:") {
+            self.err(
+                "storage.url",
+                format!(
+                    "{:?}: only sqlite: URLs are supported (e.g. \"sqlite://data/portcullis.db\")",
+                    raw.url
+                ),
+            );
+        }
+        StorageConfig { url: raw.url }
+    }
+
+    fn authorization_server(&mut self, raw: RawAuthorizationServer) -> AuthorizationServerConfig {
+        let issuer = raw.issuer.clone();
+        let mut issuer_path = String::new();
+        match issuer.parse::<http::Uri>() {
+            Ok(uri) => {
+                let scheme_ok = matches!(uri.scheme_str(), Some("https"))
+                    || (uri.scheme_str() == Some("http")
+                        && uri.host().is_some_and(is_loopback_host));
+                if !scheme_ok {
+                    self.err(
+                        "authorization_server.issuer",
+                        "must be an https:// URL (http:// only for a loopback host such as 127.0.0.1 or localhost)",
+                    );
+                }
+                if uri.query().is_some() || issuer.contains('#') {
+                    self.err(
+                        "authorization_server.issuer",
+                        "must not have a query or fragment (RFC 8414 §2)",
+                    );
+                }
+                if issuer.ends_with('/') {
+                    self.err("authorization_server.issuer", "must not end with a slash");
+                }
+                issuer_path = uri.path().trim_end_matches('/').to_string();
+            }
+            Err(_) => self.err(
+                "authorization_server.issuer",
+                format!("{issuer:?} is not a URL"),
+            ),
+        }
+        let audience = raw.audience.unwrap_or_else(|| issuer.clone());
+        if audience.is_empty() {
+            self.err("authorization_server.audience", "must not be empty");
+        }
+        let token_format = match raw.token_format.as_deref().unwrap_or("jwt") {
+            "jwt" => TokenFormat::Jwt,
+            "opaque" => TokenFormat::Opaque,
+            other => {
+                self.err(
+                    "authorization_server.token_format",
+                    format!("{other:?}: must be \"jwt\" or \"opaque\""),
+                );
+                TokenFormat::Jwt
+            }
+        };
+        let code_ttl = self.duration(
+            "authorization_server.authorization_code_ttl",
+            raw.authorization_code_ttl.as_deref(),
+            "60s",
+        );
+        if code_ttl > Duration::from_secs(600) {
+            self.err(
+                "authorization_server.authorization_code_ttl",
+                "must be at most 10m (OAuth 2.1 §4.1.2)",
+            );
+        }
+        let leeway = self.duration("authorization_server.leeway", raw.leeway.as_deref(), "5s");
+        if leeway > Duration::from_secs(300) {
+            self.err("authorization_server.leeway", "must be at most 5m");
+        }
+        AuthorizationServerConfig {
+            issuer,
+            issuer_path,
+            audience,
+            access_token_ttl: self.duration(
+                "authorization_server.access_token_ttl",
+                raw.access_token_ttl.as_deref(),
+                "15m",
+            ),
+            refresh_token_ttl: self.duration(
+                "authorization_server.refresh_token_ttl",
+                raw.refresh_token_ttl.as_deref(),
+                "30d",
+            ),
+            authorization_code_ttl: code_ttl,
+            token_format,
+            leeway,
+        }
+    }
+
+    fn log(&mut self, raw: RawLog) -> LogConfig {
+        let format = match raw.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.err(
+                    "log.format",
+                    format!("{other:?}: must be \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        let level = raw.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            self.err(
+                "log.level",
+                format!(
+                    "{level:?} is not a level or filter such as \"info\" or \"portcullis=debug\""
+                ),
+            );
+        }
+        LogConfig { format, level }
+    }
+
+    fn scopes(&mut self, field: &str, list: &[String]) -> ScopeSet {
+        for s in list {
+            if !is_valid_scope_token(s) {
+                self.err(field, format!("{s:?} is not a valid scope (RFC 6749 §3.3: printable ASCII, no spaces, quotes or backslashes)"));
+            }
+        }
+        ScopeSet::from_iter(list.iter().map(String::as_str))
+    }
+
+    fn clients(
+        &mut self,
+        raw: Vec<RawClient>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<ClientConfig> {
+        let mut seen = HashSet::new();
+        let mut clients = Vec::new();
+        for (i, c) in raw.into_iter().enumerate() {
+            let at = format!("clients[{i}]");
+            if c.client_id.is_empty()
+                || !c
+                    .client_id
+                    .chars()
+                    .all(|ch| ch.is_ascii_graphic() && ch != ':')
+            {
+                self.err(
+                    format!("{at}.client_id"),
+                    "must be non-empty printable ASCII without spaces or ':'",
+                );
+            }
+            if !seen.insert(c.client_id.clone()) {
+                self.err(
+                    format!("{at}.client_id"),
+                    format!("{:?} is registered twice", c.client_id),
+                );
+            }
+            let secret = match (c.client_secret_hash, c.client_secret_env, c.public) {
+                (Some(hash), None, false) => {
+                    if argon2::PasswordHash::new(&hash).is_err() {
+                        self.err(
+                            format!("{at}.client_secret_hash"),
+                            "is not a PHC string (make one with `portcullis hash-password`)",
+                        );
+                    }
+                    ClientSecret::Hash(hash)
+                }
+                (None, Some(var), false) => match env(&var) {
+                    Some(secret) if !secret.is_empty() => ClientSecret::Plain(secret),
+                    _ => {
+                        self.err(
+                            format!("{at}.client_secret_env"),
+                            format!("environment variable {var} is not set or empty"),
+                        );
+                        ClientSecret::None
+                    }
+                },
+                (None, None, true) => ClientSecret::None,
+                (None, None, false) => {
+                    self.err(
+                        at.clone(),
+                        "needs client_secret_hash or client_secret_env (or public = true)",
+                    );
+                    ClientSecret::None
+                }
+                (_, _, true) => {
+                    self.err(at.clone(), "a public client has no secret: remove client_secret_hash / client_secret_env");
+                    ClientSecret::None
+                }
+                (Some(_), Some(_), false) => {
+                    self.err(
+                        at.clone(),
+                        "set one of client_secret_hash and client_secret_env, not both",
+                    );
+                    ClientSecret::None
+                }
+            };
+            for (j, uri) in c.redirect_uris.iter().enumerate() {
+                if let Err(reason) = check_redirect_uri(uri) {
+                    self.err(format!("{at}.redirect_uris[{j}]"), reason);
+                }
+            }
+            let scopes = self.scopes(&format!("{at}.scopes"), &c.scopes);
+            let mut grant_types = Vec::new();
+            for (j, g) in c.grant_types.iter().enumerate() {
+                match GrantType::parse(g) {
+                    Some(grant) if !grant_types.contains(&grant) => grant_types.push(grant),
+                    Some(_) => self.err(
+                        format!("{at}.grant_types[{j}]"),
+                        format!("{g:?} is listed twice"),
+                    ),
+                    None => self.err(
+                        format!("{at}.grant_types[{j}]"),
+                        format!(
+                            "{g:?}: must be client_credentials, authorization_code or refresh_token"
+                        ),
+                    ),
+                }
+            }
+            if grant_types.is_empty() {
+                self.err(
+                    format!("{at}.grant_types"),
+                    "must list at least one grant type",
+                );
+            }
+            if c.public && grant_types.contains(&GrantType::ClientCredentials) {
+                self.err(
+                    format!("{at}.grant_types"),
+                    "client_credentials is only for confidential clients (OAuth 2.1 §4.2)",
+                );
+            }
+            if grant_types.contains(&GrantType::AuthorizationCode) && c.redirect_uris.is_empty() {
+                self.err(
+                    format!("{at}.redirect_uris"),
+                    "authorization_code needs at least one redirect URI",
+                );
+            }
+            clients.push(ClientConfig {
+                name: c.name.unwrap_or_else(|| c.client_id.clone()),
+                client_id: c.client_id,
+                secret,
+                redirect_uris: c.redirect_uris,
+                scopes,
+                grant_types,
+            });
+        }
+        clients
+    }
+
+    fn users(&mut self, raw: Vec<RawUser>, clients: &[ClientConfig]) -> Vec<UserConfig> {
+        let mut seen = HashSet::new();
+        let mut users = Vec::new();
+        for (i, u) in raw.into_iter().enumerate() {
+            let at = format!("users[{i}]");
+            if u.username.is_empty() || u.username.chars().any(|c| c.is_control()) {
+                self.err(format!("{at}.username"), "must be non-empty printable text");
+            }
+            if !seen.insert(u.username.clone()) {
+                self.err(
+                    format!("{at}.username"),
+                    format!("{:?} is listed twice", u.username),
+                );
+            }
+            // RFC 9700 §4.15.1: a client's `sub` must never be taken for a user's.
+            if clients.iter().any(|c| c.client_id == u.username) {
+                self.err(
+                    format!("{at}.username"),
+                    format!(
+                        "{:?} is also a client_id; a user may not share a client's subject",
+                        u.username
+                    ),
+                );
+            }
+            if argon2::PasswordHash::new(&u.password_hash).is_err() {
+                self.err(
+                    format!("{at}.password_hash"),
+                    "is not a PHC string (make one with `portcullis hash-password`)",
+                );
+            }
+            users.push(UserConfig {
+                username: u.username,
+                password_hash: u.password_hash,
+            });
+        }
+        users
+    }
+
+    fn routes(
+        &mut self,
+        raw: Vec<RawRoute>,
+        authz: &AuthorizationServerConfig,
+    ) -> Vec<RouteConfig> {
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let path_prefix = match crate::path::normalize(&r.path_prefix) {
+                Ok(p) if r.path_prefix.starts_with('/') && !r.path_prefix.contains(['?', '#']) => {
+                    p.trim_end_matches('/').to_string()
+                }
+                _ => {
+                    self.err(
+                        format!("{at}.path_prefix"),
+                        format!(
+                            "{:?} is not an absolute normalised path like \"/calendar/\"",
+                            r.path_prefix
+                        ),
+                    );
+                    String::new()
+                }
+            };
+            if let Some(other) = routes.iter().find(|o| o.path_prefix == path_prefix) {
+                self.err(
+                    format!("{at}.path_prefix"),
+                    format!(
+                        "{:?} is already the prefix of route {:?}",
+                        r.path_prefix, other.name
+                    ),
+                );
+            }
+            let name = r.name.unwrap_or_else(|| r.path_prefix.clone());
+            if routes.iter().any(|o| o.name == name) {
+                self.err(format!("{at}.name"), format!("{name:?} names two routes"));
+            }
+            let upstream = match parse_upstream(&r.upstream) {
+                Ok(u) => u,
+                Err(reason) => {
+                    self.err(format!("{at}.upstream"), reason);
+                    Upstream::Static
+                }
+            };
+            let scopes = match (r.public, r.scopes) {
+                (true, None) => None,
+                (true, Some(_)) => {
+                    self.err(
+                        format!("{at}.scopes"),
+                        "a public route needs no scopes; remove the table or set public = false",
+                    );
+                    None
+                }
+                (false, None) => {
+                    self.err(format!("{at}.scopes"), "a protected route needs a scopes table (method -> scopes), or public = true");
+                    None
+                }
+                (false, Some(table)) => Some(self.scope_rule(&at, table)),
+            };
+            if r.public
+                && (r.allow_query_token.is_some()
+                    || r.allow_body_token.is_some()
+                    || r.forward_bearer.is_some())
+            {
+                self.err(at.clone(), "allow_query_token, allow_body_token and forward_bearer apply only to protected routes");
+            }
+            routes.push(RouteConfig {
+                name,
+                path_prefix,
+                upstream,
+                scopes,
+                allow_query_token: r.allow_query_token.unwrap_or(true),
+                allow_body_token: r.allow_body_token.unwrap_or(true),
+                forward_bearer: r.forward_bearer.unwrap_or(false),
+                preserve_host: r.preserve_host.unwrap_or(false),
+                timeout: self.duration(&format!("{at}.timeout"), r.timeout.as_deref(), "30s"),
+            });
+        }
+        for r in &routes {
+            let base = &authz.issuer_path;
+            if r.path_prefix.is_empty() && base.is_empty() {
+                continue; // a catch-all route; the endpoints below are matched first
+            }
+            for endpoint in ["/oauth/token", "/oauth/revoke", "/oauth/jwks"] {
+                if format!("{base}{endpoint}") == r.path_prefix {
+                    self.err(
+                        format!("route {:?}", r.name),
+                        format!(
+                            "path_prefix {:?} is an authorization server endpoint",
+                            r.path_prefix
+                        ),
+                    );
+                }
+            }
+        }
+        routes
+    }
+
+    fn scope_rule(&mut self, at: &str, table: BTreeMap<String, Vec<String>>) -> ScopeRule {
+        let mut rule = ScopeRule {
+            methods: BTreeMap::new(),
+            other: None,
+        };
+        if table.is_empty() {
+            self.err(
+                format!("{at}.scopes"),
+                "is empty, so every method would be refused; name methods or \"*\"",
+            );
+        }
+        for (method, list) in table {
+            let field = format!("{at}.scopes.{method}");
+            let set = self.scopes(&field, &list);
+            if method == "*" {
+                rule.other = Some(set);
+            } else if http::Method::from_bytes(method.as_bytes()).is_ok()
+                && method.bytes().all(|b| b.is_ascii_uppercase())
+            {
+                rule.methods.insert(method, set);
+            } else {
+                self.err(field, "is not an upper-case HTTP method name or \"*\"");
+            }
+        }
+        rule
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A registered redirect URI: absolute, no fragment, and `https` unless it
+/// points at the loopback interface (RFC 9700 §2.1, RFC 8252 §7.3); a
+/// private-use scheme (`com.example.app:/cb`) is allowed for native apps.
+pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
+    let parsed: http::Uri = uri
+        .parse()
+        .map_err(|_| format!("{uri:?} is not an absolute URI"))?;
+    if uri.contains('#') {
+        return Err(format!(
+            "{uri:?} must not have a fragment (RFC 6749 §3.1.2)"
+        ));
+    }
+    match parsed.scheme_str() {
+        Some("https") if parsed.host().is_some() => Ok(()),
+        Some("http") if parsed.host().is_some_and(is_loopback_host) => Ok(()),
+        Some("http") => Err(format!(
+            "{uri:?}: plain http is allowed only for loopback hosts"
+        )),
+        Some(s) if s.contains('.') => Ok(()),
+        _ => Err(format!("{uri:?} is not an absolute https URI")),
+    }
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    if s == "static://" || s == "static://demo" {
+        return Ok(Upstream::Static);
+    }
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a URL like \"http://127.0.0.1:9001\""))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => http::uri::Scheme::HTTP,
+        Some("https") => {
+            return Err(format!(
+                "{s:?}: https upstreams are not supported yet; use http:// on a trusted network"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "{s:?} must start with http:// (or be static:// for the built-in demo API)"
+            ));
+        }
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{s:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{s:?} must not carry credentials"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{s:?} must not have a query"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok(Upstream::Http {
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [admin]
+        listen = "127.0.0.1:0"
+        [authorization_server]
+        issuer = "http://127.0.0.1:8080"
+    "#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", &|_| None)
+    }
+
+    fn fields(text: &str) -> Vec<String> {
+        parse(text)
+            .unwrap_err()
+            .errors
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.authorization_server.audience, "http://127.0.0.1:8080");
+        assert_eq!(c.authorization_server.token_format, TokenFormat::Jwt);
+        assert_eq!(
+            c.authorization_server.access_token_ttl,
+            Duration::from_secs(900)
+        );
+        assert_eq!(c.cache.ttl, Duration::from_secs(30));
+        assert_eq!(c.server.realm, "portcullis");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = format!("{MINIMAL}\n[cache]\nttl = \"1s\"\nttll = \"2s\"\n");
+        let err = parse(&text).unwrap_err();
+        assert!(err.to_string().contains("ttll"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let text = r#"
+            [server]
+            listen = "nowhere"
+            [authorization_server]
+            issuer = "http://example.com"
+            access_token_ttl = "soon"
+            token_format = "paseto"
+            [[routes]]
+            path_prefix = "calendar"
+            upstream = "ftp://x"
+            [routes.scopes]
+            get = ["calendar.read"]
+        "#;
+        let f = fields(text);
+        for want in [
+            "server.listen",
+            "authorization_server.issuer",
+            "authorization_server.access_token_ttl",
+            "authorization_server.token_format",
+            "routes[0].path_prefix",
+            "routes[0].upstream",
+            "routes[0].scopes.get",
+        ] {
+            assert!(f.iter().any(|x| x == want), "{want} missing from {f:?}");
+        }
+    }
+
+    #[test]
+    fn scope_rule_falls_back_to_star_and_fails_closed_without_it() {
+        let text = format!(
+            "{MINIMAL}\n[[routes]]\npath_prefix = \"/a/\"\nupstream = \"static://\"\n[routes.scopes]\nGET = [\"r\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        let rule = c.routes[0].scopes.as_ref().unwrap();
+        assert!(rule.required(&http::Method::GET).is_some());
+        assert!(rule.required(&http::Method::POST).is_none());
+        let text = text.replace("GET = [\"r\"]", "GET = [\"r\"]\n\"*\" = [\"w\"]");
+        let c = parse(&text).unwrap();
+        let rule = c.routes[0].scopes.as_ref().unwrap();
+        assert_eq!(
+            rule.required(&http::Method::DELETE).unwrap().to_string(),
+            "w"
+        );
+    }
+
+    #[test]
+    fn client_secret_env_must_be_set() {
+        let text = format!(
+            "{MINIMAL}\n[[clients]]\nclient_id = \"c\"\nclient_secret_env = \"C_SECRET\"\nscopes = [\"a\"]\ngrant_types = [\"client_credentials\"]\n"
+        );
+        assert_eq!(fields(&text), vec!["clients[0].client_secret_env"]);
+        let ok = Config::parse(&text, "t", &|v| {
+            (v == "C_SECRET").then(|| "s3cret".to_string())
+        })
+        .unwrap();
+        assert!(matches!(ok.clients[0].secret, ClientSecret::Plain(_)));
+        assert_eq!(format!("{:?}", ok.clients[0].secret), "Plain(<redacted>)");
+    }
+
+    #[test]
+    fn redirect_uris_are_https_or_loopback() {
+        assert!(check_redirect_uri("https://app.example/cb").is_ok());
+        assert!(check_redirect_uri("http://127.0.0.1:3000/cb").is_ok());
+        assert!(check_redirect_uri("http://localhost/cb").is_ok());
+        assert!(check_redirect_uri("http://app.example/cb").is_err());
+        assert!(check_redirect_uri("https://app.example/cb#x").is_err());
+        assert!(check_redirect_uri("/cb").is_err());
+    }
+
+    #[test]
+    fn upstreams_parse() {
+        assert_eq!(parse_upstream("static://").unwrap(), Upstream::Static);
+        match parse_upstream("http://127.0.0.1:9001/api/").unwrap() {
+            Upstream::Http {
+                authority,
+                base_path,
+                ..
+            } => {
+                assert_eq!(authority.as_str(), "127.0.0.1:9001");
+                assert_eq!(base_path, "/api");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_upstream("http://u:p@host").is_err());
+        assert!(parse_upstream("127.0.0.1:9001").is_err());
+    }
+}

@@ -1,0 +1,362 @@
+//! The public listener's request handling: validate the request line,
+//! normalise the path once, then either serve an authorization server
+//! endpoint or match a route, enforce its bearer rule (RFC 6750) and
+//! forward. Nothing here knows about sockets; `crate::server` feeds it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, Version, header};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+
+use crate::authz::AuthzEndpoints;
+use crate::bearer::{self, BearerError, TokenSource};
+use crate::cache::{TokenValidator, Verdict};
+use crate::config::{RouteConfig, ScopeRule};
+use crate::metrics::{Metrics, Outcome, RouteMetrics};
+use crate::net::IpNet;
+use crate::path::{normalize, under_prefix};
+use crate::proxy::{ForwardContext, Forwarder, upstream_headers};
+use crate::respond::{Body, Refusal, full};
+
+/// A route with what it needs at request time, resolved once.
+pub struct Route {
+    pub config: RouteConfig,
+    metrics: RouteMetrics,
+    /// The `Allow` header of a 405 from this route.
+    allow: HeaderValue,
+}
+
+impl Route {
+    pub fn new(config: RouteConfig, metrics: &Metrics) -> Route {
+        let allow = match &config.scopes {
+            Some(ScopeRule {
+                methods,
+                other: None,
+            }) => methods.keys().cloned().collect::<Vec<_>>().join(", "),
+            _ => String::new(),
+        };
+        Route {
+            metrics: metrics.route(&config.name),
+            allow: HeaderValue::try_from(allow).unwrap_or_else(|_| HeaderValue::from_static("")),
+            config,
+        }
+    }
+}
+
+/// Routes, longest prefix first, so the first match is the best.
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Route>) -> RouteTable {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
+        RouteTable { routes }
+    }
+
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| under_prefix(path, &r.config.path_prefix))
+    }
+}
+
+pub struct Gateway {
+    pub realm: String,
+    pub routes: RouteTable,
+    pub authz: AuthzEndpoints,
+    pub validator: Arc<TokenValidator>,
+    pub forwarder: Forwarder,
+    pub metrics: Arc<Metrics>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_form_body: usize,
+    /// Series for requests that match no route.
+    unrouted: RouteMetrics,
+}
+
+/// Decrements the in-flight gauge however the request ends.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+impl Gateway {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        realm: String,
+        routes: RouteTable,
+        authz: AuthzEndpoints,
+        validator: Arc<TokenValidator>,
+        forwarder: Forwarder,
+        metrics: Arc<Metrics>,
+        trusted_proxies: Vec<IpNet>,
+        max_form_body: usize,
+    ) -> Gateway {
+        let unrouted = metrics.route("(none)");
+        Gateway {
+            realm,
+            routes,
+            authz,
+            validator,
+            forwarder,
+            metrics,
+            trusted_proxies,
+            max_form_body,
+            unrouted,
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let _in_flight = InFlight(&self.metrics);
+
+        let host = match request_host(&req) {
+            Ok(h) => h,
+            Err(refusal) => return self.refuse(&self.unrouted, refusal, started),
+        };
+        let path = match normalize(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "refused a malformed path");
+                return self.refuse(
+                    &self.unrouted,
+                    Refusal::BadRequest("The request path is malformed"),
+                    started,
+                );
+            }
+        };
+        if let Some(endpoint) = self.authz.endpoint(&path) {
+            return self.authz.handle(endpoint, req).await;
+        }
+        let Some(route) = self.routes.find(&path) else {
+            return self.refuse(&self.unrouted, Refusal::NotFound, started);
+        };
+        match self.through_route(route, req, &path, host, peer).await {
+            Ok(res) => self.finish(&route.metrics, res, Outcome::Allowed, started),
+            Err(refusal) => {
+                if let Some(reason) = refusal.denial_reason() {
+                    self.metrics
+                        .denials
+                        .with_label_values(&[&route.config.name, reason])
+                        .inc();
+                }
+                self.refuse(&route.metrics, refusal, started)
+            }
+        }
+    }
+
+    fn refuse(&self, metrics: &RouteMetrics, refusal: Refusal, started: Instant) -> Response<Body> {
+        let outcome = refusal.outcome();
+        self.finish(
+            metrics,
+            refusal.into_response(&self.realm),
+            outcome,
+            started,
+        )
+    }
+
+    fn finish(
+        &self,
+        metrics: &RouteMetrics,
+        res: Response<Body>,
+        outcome: Outcome,
+        started: Instant,
+    ) -> Response<Body> {
+        metrics.observe(outcome, started.elapsed().as_secs_f64());
+        res
+    }
+
+    async fn through_route(
+        &self,
+        route: &Route,
+        req: Request<Incoming>,
+        path: &str,
+        host: Option<HeaderValue>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Refusal> {
+        let cfg = &route.config;
+        let (mut parts, body) = req.into_parts();
+        let query = parts.uri.query();
+
+        let Some(rule) = &cfg.scopes else {
+            // A public route: nothing to enforce, nothing taken away.
+            let path_and_query = join_path_query(path, query);
+            let ctx = ForwardContext {
+                peer,
+                trusted_proxies: &self.trusted_proxies,
+                host,
+                identity: None,
+                keep_authorization: true,
+                preserve_host: cfg.preserve_host,
+            };
+            upstream_headers(&mut parts.headers, &ctx);
+            let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+            return self.send(route, req, &path_and_query, None).await;
+        };
+        let required = rule
+            .required(&parts.method)
+            .ok_or_else(|| Refusal::MethodNotAllowed(route.allow.clone()))?;
+
+        // RFC 6750 §2: find the token wherever it may be, and refuse a
+        // request that sends it more than one way.
+        let header_token = bearer::from_header(&parts.headers)
+            .map_err(Refusal::Bearer)?
+            .map(str::to_owned);
+        let (query_token, query) = match query {
+            Some(q) if bearer::query_mentions_token(q) => {
+                let split = bearer::split_query_token(q).map_err(Refusal::Bearer)?;
+                (split.token, split.rest)
+            }
+            other => (None, other.map(str::to_owned)),
+        };
+        if query_token.is_some() && !cfg.allow_query_token {
+            return Err(Refusal::Bearer(BearerError::QueryNotAllowed));
+        }
+        let (body_token, body) = if cfg.allow_body_token
+            && bearer::body_may_carry_token(&parts.method, &parts.headers)
+        {
+            let bytes = self.read_form_body(&parts.headers, body).await?;
+            let (token, rest) = bearer::split_body_token(&bytes).map_err(Refusal::Bearer)?;
+            if token.is_some() {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            (token, full(rest))
+        } else {
+            (None, body.map_err(Into::into).boxed_unsync())
+        };
+        let (token, source) = match (header_token, query_token, body_token) {
+            (Some(t), None, None) => (t, TokenSource::Header),
+            (None, Some(t), None) => (t, TokenSource::Query),
+            (None, None, Some(t)) => (t, TokenSource::Body),
+            (None, None, None) => return Err(Refusal::MissingToken),
+            _ => return Err(Refusal::Bearer(BearerError::MultipleMethods)),
+        };
+
+        let identity = match self.validator.validate(&token).await {
+            Ok(Verdict::Valid(identity)) => identity,
+            Ok(Verdict::Invalid(rejection)) => {
+                tracing::debug!(route = %cfg.name, reason = rejection.as_str(), "refused an access token");
+                return Err(Refusal::InvalidToken(rejection));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "token validation could not reach the store");
+                return Err(Refusal::Unavailable);
+            }
+        };
+        // Checked on every request against the (possibly cached) identity.
+        if !required.is_subset(&identity.scopes) {
+            return Err(Refusal::InsufficientScope(required.clone()));
+        }
+
+        let ctx = ForwardContext {
+            peer,
+            trusted_proxies: &self.trusted_proxies,
+            host,
+            identity: Some(&identity),
+            keep_authorization: cfg.forward_bearer && source == TokenSource::Header,
+            preserve_host: cfg.preserve_host,
+        };
+        upstream_headers(&mut parts.headers, &ctx);
+        let path_and_query = join_path_query(path, query.as_deref());
+        let mut res = self
+            .send(
+                route,
+                Request::from_parts(parts, body),
+                &path_and_query,
+                Some(&identity),
+            )
+            .await?;
+        // RFC 6750 §2.3: a response to a request with the token in its URI
+        // must not be stored by shared caches.
+        if source == TokenSource::Query && res.status().is_success() {
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+        Ok(res)
+    }
+
+    async fn send(
+        &self,
+        route: &Route,
+        req: Request<Body>,
+        path_and_query: &str,
+        identity: Option<&crate::tokens::Identity>,
+    ) -> Result<Response<Body>, Refusal> {
+        let cfg = &route.config;
+        let forwarded = self
+            .forwarder
+            .forward(&cfg.upstream, req, path_and_query, cfg.timeout, identity)
+            .await?;
+        route
+            .metrics
+            .upstream_duration
+            .observe(forwarded.upstream_time.as_secs_f64());
+        Ok(forwarded.response)
+    }
+
+    async fn read_form_body(
+        &self,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Bytes, Refusal> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_form_body as u64) {
+            return Err(Refusal::PayloadTooLarge);
+        }
+        match Limited::new(body, self.max_form_body).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::PayloadTooLarge),
+            Err(_) => Err(Refusal::BadRequest("The request body could not be read")),
+        }
+    }
+}
+
+fn join_path_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    }
+}
+
+/// The client-facing host of a request: exactly one valid `Host` header in
+/// HTTP/1.1 (RFC 9112 §3.2), or the `:authority` of HTTP/2.
+fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::BadRequest(
+            "The request has more than one Host header",
+        ));
+    }
+    if let Some(host) = first {
+        let valid = host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| !a.host().is_empty());
+        return if valid {
+            Ok(Some(host.clone()))
+        } else {
+            Err(Refusal::BadRequest("The Host header is invalid"))
+        };
+    }
+    if let Some(authority) = req.uri().authority() {
+        return Ok(HeaderValue::from_str(authority.as_str()).ok());
+    }
+    match req.version() {
+        Version::HTTP_10 | Version::HTTP_09 => Ok(None),
+        _ if req.method() == Method::CONNECT => Ok(None),
+        _ => Err(Refusal::BadRequest("The request has no Host header")),
+    }
+}

@@ -1,0 +1,27 @@
+//! Portcullis: a reverse-proxy gateway that lets through only requests
+//! carrying a valid OAuth 2.0 bearer token with the scopes their route
+//! requires, and that issues those tokens itself.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library: parse and
+//! validate a [`config::Config`], then [`server::Server::start`] and
+//! [`server::Server::run`] with a shutdown future.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod authz;
+pub mod bearer;
+pub mod cache;
+pub mod config;
+pub mod gateway;
+pub mod logging;
+pub mod metrics;
+pub mod net;
+pub mod oauth;
+pub mod path;
+pub mod proxy;
+pub mod respond;
+pub mod scope;
+pub mod server;
+pub mod store;
+pub mod tokens;

@@ -1,0 +1,233 @@
+//! Prometheus metrics, served on the admin listener only.
+//!
+//! Label sets are bounded: route names come from the config, outcomes and
+//! reasons from enums here; no raw path, token or client-supplied value is
+//! ever a label. Per-route series are resolved once at start, so the hot
+//! path touches only atomics.
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+/// How a request through a route ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    MissingToken,
+    InvalidToken,
+    InsufficientScope,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    UpstreamError,
+    UpstreamTimeout,
+    Unavailable,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 10] = [
+        Outcome::Allowed,
+        Outcome::MissingToken,
+        Outcome::InvalidToken,
+        Outcome::InsufficientScope,
+        Outcome::InvalidRequest,
+        Outcome::MethodNotAllowed,
+        Outcome::NotFound,
+        Outcome::UpstreamError,
+        Outcome::UpstreamTimeout,
+        Outcome::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::MissingToken => "missing_token",
+            Outcome::InvalidToken => "invalid_token",
+            Outcome::InsufficientScope => "insufficient_scope",
+            Outcome::InvalidRequest => "invalid_request",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::NotFound => "not_found",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The series of one route, one counter and histogram per outcome.
+pub struct RouteMetrics {
+    series: Vec<(IntCounter, Histogram)>,
+    pub upstream_duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, outcome: Outcome, seconds: f64) {
+        let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        let (count, duration) = &self.series[i];
+        count.inc();
+        duration.observe(seconds);
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    pub denials: IntCounterVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_entries: IntGauge,
+    pub token_validations: IntCounter,
+    pub tokens_issued: IntCounterVec,
+    pub token_requests: IntCounterVec,
+    pub in_flight: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests handled on the public listener, by route and outcome.",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("static metric definition");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_request_duration_seconds",
+                "Time from request head to response head, by route and outcome.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "outcome"],
+        )
+        .expect("static metric definition");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_upstream_duration_seconds",
+                "Time the upstream took to start its response, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let denials = IntCounterVec::new(
+            Opts::new(
+                "portcullis_denials_total",
+                "Requests refused by bearer enforcement, by route and reason.",
+            ),
+            &["route", "reason"],
+        )
+        .expect("static metric definition");
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_validation_cache_requests_total",
+                "Token validation cache lookups, by result.",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let cache_entries = IntGauge::new(
+            "portcullis_validation_cache_entries",
+            "Entries in the token validation cache.",
+        )
+        .expect("static metric definition");
+        let token_validations = IntCounter::new(
+            "portcullis_token_validations_total",
+            "Full token validations (signature check or store lookup) done on cache misses.",
+        )
+        .expect("static metric definition");
+        let tokens_issued = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tokens_issued_total",
+                "Access tokens issued, by grant type.",
+            ),
+            &["grant_type"],
+        )
+        .expect("static metric definition");
+        let token_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_token_requests_total",
+                "Token endpoint requests, by result (issued or the RFC 6749 error code).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let in_flight = IntGauge::new(
+            "portcullis_requests_in_flight",
+            "Requests being handled on the public listener.",
+        )
+        .expect("static metric definition");
+
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(denials.clone()),
+            Box::new(cache_requests.clone()),
+            Box::new(cache_entries.clone()),
+            Box::new(token_validations.clone()),
+            Box::new(tokens_issued.clone()),
+            Box::new(token_requests.clone()),
+            Box::new(in_flight.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            cache_hits: cache_requests.with_label_values(&["hit"]),
+            cache_misses: cache_requests.with_label_values(&["miss"]),
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            denials,
+            cache_entries,
+            token_validations,
+            tokens_issued,
+            token_requests,
+            in_flight,
+        }
+    }
+
+    /// Resolves (and so pre-creates, at zero) every series of one route.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            series: Outcome::ALL
+                .iter()
+                .map(|o| {
+                    (
+                        self.requests.with_label_values(&[route, o.as_str()]),
+                        self.request_duration
+                            .with_label_values(&[route, o.as_str()]),
+                    )
+                })
+                .collect(),
+            upstream_duration: self.upstream_duration.with_label_values(&[route]),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail on I/O; a failure would be a
+        // malformed metric, which the definitions above rule out.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,190 @@
+//! Client registry and client authentication (RFC 6749 §2.3.1).
+//!
+//! Stored secrets are argon2 hashes, and argon2 is deliberately slow: it
+//! must not set the token endpoint's throughput. After a secret verifies
+//! once, its keyed digest (HMAC-SHA-256 under a per-process random key) is
+//! remembered, so later requests with the same secret cost one HMAC and a
+//! constant-time comparison. A secret that does not match the remembered
+//! digest still pays the full argon2 price, so guessing stays expensive.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use argon2::{Argon2, PasswordHash, PasswordHasher as _, PasswordVerifier as _};
+use hmac::{Hmac, Mac as _};
+use rand::RngCore as _;
+use sha2::Sha256;
+use subtle::ConstantTimeEq as _;
+
+use crate::config::{ClientConfig, ClientSecret};
+
+type Digest = [u8; 32];
+
+/// Hashes a secret or password for the config (`portcullis hash-password`).
+pub fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt =
+        argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Ok(Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// Verifies `secret` against a PHC string; false for a malformed hash.
+pub fn verify_hash(secret: &str, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(secret.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// Registered clients, and the digests of secrets already proven.
+pub struct ClientRegistry {
+    clients: HashMap<String, Arc<ClientConfig>>,
+    digest_key: [u8; 32],
+    proven: RwLock<HashMap<String, Digest>>,
+    /// Verified against when the client is unknown, so an unknown client
+    /// costs what a wrong secret costs.
+    dummy_hash: String,
+}
+
+/// How a client authentication attempt failed; all of these are
+/// `invalid_client` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    UnknownClient,
+    WrongSecret,
+    /// A public client presented a secret, or a confidential one presented none.
+    WrongMethod,
+}
+
+impl ClientRegistry {
+    pub fn new(clients: &[ClientConfig]) -> ClientRegistry {
+        let mut digest_key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut digest_key);
+        let dummy_hash = hash_secret("portcullis-dummy-secret").unwrap_or_default();
+        ClientRegistry {
+            clients: clients
+                .iter()
+                .map(|c| (c.client_id.clone(), Arc::new(c.clone())))
+                .collect(),
+            digest_key,
+            proven: RwLock::new(HashMap::new()),
+            dummy_hash,
+        }
+    }
+
+    pub fn get(&self, client_id: &str) -> Option<&Arc<ClientConfig>> {
+        self.clients.get(client_id)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ClientConfig>> {
+        self.clients.values()
+    }
+
+    fn digest(&self, secret: &str) -> Digest {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.digest_key).expect("HMAC takes any key length");
+        mac.update(secret.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Authenticates a confidential client by its secret. Runs argon2 on a
+    /// blocking thread when it has to.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<Arc<ClientConfig>, AuthFailure> {
+        let presented = self.digest(secret);
+        let Some(client) = self.clients.get(client_id).cloned() else {
+            self.slow_verify(secret, None).await;
+            return Err(AuthFailure::UnknownClient);
+        };
+        match &client.secret {
+            ClientSecret::None => Err(AuthFailure::WrongMethod),
+            ClientSecret::Plain(expected) => {
+                if bool::from(self.digest(expected).ct_eq(&presented)) {
+                    Ok(client)
+                } else {
+                    Err(AuthFailure::WrongSecret)
+                }
+            }
+            ClientSecret::Hash(phc) => {
+                let remembered = self
+                    .proven
+                    .read()
+                    .ok()
+                    .and_then(|m| m.get(client_id).copied());
+                if remembered.is_some_and(|d| bool::from(d.ct_eq(&presented))) {
+                    return Ok(client);
+                }
+                if self.slow_verify(secret, Some(phc.clone())).await {
+                    if let Ok(mut m) = self.proven.write() {
+                        m.insert(client_id.to_string(), presented);
+                    }
+                    Ok(client)
+                } else {
+                    Err(AuthFailure::WrongSecret)
+                }
+            }
+        }
+    }
+
+    async fn slow_verify(&self, secret: &str, phc: Option<String>) -> bool {
+        let secret = secret.to_string();
+        let known = phc.is_some();
+        let phc = phc.unwrap_or_else(|| self.dummy_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || verify_hash(&secret, &phc))
+            .await
+            .unwrap_or(false);
+        ok && known
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GrantType;
+    use crate::scope::ScopeSet;
+
+    fn client(id: &str, secret: ClientSecret) -> ClientConfig {
+        ClientConfig {
+            client_id: id.into(),
+            name: id.into(),
+            secret,
+            redirect_uris: vec![],
+            scopes: ScopeSet::default(),
+            grant_types: vec![GrantType::ClientCredentials],
+        }
+    }
+
+    #[tokio::test]
+    async fn hashed_and_plain_secrets() {
+        let reg = Arc::new(ClientRegistry::new(&[
+            client("h", ClientSecret::Hash(hash_secret("s1").unwrap())),
+            client("p", ClientSecret::Plain("s2".into())),
+            client("pub", ClientSecret::None),
+        ]));
+        assert!(reg.authenticate("h", "s1").await.is_ok());
+        // second time through the remembered digest
+        assert!(reg.authenticate("h", "s1").await.is_ok());
+        assert_eq!(
+            reg.authenticate("h", "s2").await.unwrap_err(),
+            AuthFailure::WrongSecret
+        );
+        assert!(reg.authenticate("p", "s2").await.is_ok());
+        assert_eq!(
+            reg.authenticate("p", "s1").await.unwrap_err(),
+            AuthFailure::WrongSecret
+        );
+        assert_eq!(
+            reg.authenticate("pub", "x").await.unwrap_err(),
+            AuthFailure::WrongMethod
+        );
+        assert_eq!(
+            reg.authenticate("nobody", "s1").await.unwrap_err(),
+            AuthFailure::UnknownClient
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Every response the gateway makes up itself (as opposed to relaying the
+//! upstream's) is built here: one place turns a refusal into status,
+//! headers and a short JSON body, and no internal detail reaches a client.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full};
+
+use crate::bearer::{BearerError, ChallengeError, challenge};
+use crate::metrics::Outcome;
+use crate::scope::ScopeSet;
+use crate::tokens::Rejection;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response the public listener sends.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A JSON response with `Cache-Control: no-store`.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut res = Response::new(full(body));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// `{"error": code, "error_description": description}`.
+pub fn error_json(status: StatusCode, code: &str, description: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::json!({ "error": code, "error_description": description }).to_string(),
+    )
+}
+
+/// Why the gateway answers a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    /// The route does not allow the method; `Allow` lists those it does.
+    MethodNotAllowed(HeaderValue),
+    BadRequest(&'static str),
+    PayloadTooLarge,
+    /// No bearer token at all (RFC 6750 §3.1: no error code).
+    MissingToken,
+    Bearer(BearerError),
+    InvalidToken(Rejection),
+    InsufficientScope(ScopeSet),
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    /// The store could not be asked; fail closed, and say it is temporary.
+    Unavailable,
+}
+
+impl Refusal {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Refusal::NotFound => Outcome::NotFound,
+            Refusal::MethodNotAllowed(_) => Outcome::MethodNotAllowed,
+            Refusal::BadRequest(_) | Refusal::PayloadTooLarge | Refusal::Bearer(_) => {
+                Outcome::InvalidRequest
+            }
+            Refusal::MissingToken => Outcome::MissingToken,
+            Refusal::InvalidToken(_) => Outcome::InvalidToken,
+            Refusal::InsufficientScope(_) => Outcome::InsufficientScope,
+            Refusal::UpstreamUnreachable => Outcome::UpstreamError,
+            Refusal::UpstreamTimeout => Outcome::UpstreamTimeout,
+            Refusal::Unavailable => Outcome::Unavailable,
+        }
+    }
+
+    /// The `reason` label of `portcullis_denials_total`, for refusals that
+    /// are bearer-enforcement decisions.
+    pub fn denial_reason(&self) -> Option<&'static str> {
+        match self {
+            Refusal::MissingToken => Some("missing_token"),
+            Refusal::Bearer(_) => Some("invalid_request"),
+            Refusal::InvalidToken(Rejection::Expired) => Some("expired"),
+            Refusal::InvalidToken(Rejection::Revoked) => Some("revoked"),
+            Refusal::InvalidToken(_) => Some("invalid_token"),
+            Refusal::InsufficientScope(_) => Some("insufficient_scope"),
+            _ => None,
+        }
+    }
+
+    /// The response. `realm` names the protection space in challenges.
+    pub fn into_response(self, realm: &str) -> Response<Body> {
+        let bearer = |status, code: ChallengeError, description: &str, scope: Option<&ScopeSet>| {
+            let mut res = error_json(status, code.code(), description);
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                challenge(realm, Some((code, description)), scope),
+            );
+            res
+        };
+        match self {
+            Refusal::NotFound => error_json(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "No route matches this path",
+            ),
+            Refusal::MethodNotAllowed(allow) => {
+                let mut res = error_json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "This route does not allow the method",
+                );
+                res.headers_mut().insert(header::ALLOW, allow);
+                res
+            }
+            Refusal::BadRequest(description) => {
+                error_json(StatusCode::BAD_REQUEST, "invalid_request", description)
+            }
+            Refusal::PayloadTooLarge => error_json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "The request body is larger than this gateway accepts",
+            ),
+            Refusal::MissingToken => {
+                let mut res = json(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error_description":"This route requires a bearer access token"}"#,
+                );
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge(realm, None, None));
+                res
+            }
+            Refusal::Bearer(e) => bearer(
+                StatusCode::BAD_REQUEST,
+                ChallengeError::InvalidRequest,
+                e.description(),
+                None,
+            ),
+            Refusal::InvalidToken(r) => bearer(
+                StatusCode::UNAUTHORIZED,
+                ChallengeError::InvalidToken,
+                r.description(),
+                None,
+            ),
+            Refusal::InsufficientScope(scope) => bearer(
+                StatusCode::FORBIDDEN,
+                ChallengeError::InsufficientScope,
+                "The access token does not grant the scope this request needs",
+                Some(&scope),
+            ),
+            Refusal::UpstreamUnreachable => error_json(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "The upstream service could not be reached",
+            ),
+            Refusal::UpstreamTimeout => error_json(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "The upstream service did not answer in time",
+            ),
+            Refusal::Unavailable => {
+                let mut res = error_json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "The gateway cannot validate tokens right now; try again shortly",
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Listeners and connection lifecycle: binding the public and admin
+//! sockets, accepting with a connection limit, serving HTTP/1.1 and HTTP/2
+//! with header-read timeouts and size caps, and draining on shutdown.
+//!
+//! `Server::start` does all the fallible set-up (store, keys, sockets) and
+//! returns the bound addresses; `Server::run` serves until the shutdown
+//! future resolves, so tests pass their own shutdown and bind port 0.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::admin::Admin;
+use crate::authz::AuthzEndpoints;
+use crate::cache::TokenValidator;
+use crate::config::{Config, ServerConfig};
+use crate::gateway::{Gateway, Route, RouteTable};
+use crate::metrics::Metrics;
+use crate::oauth::AuthorizationServer;
+use crate::oauth::clients::ClientRegistry;
+use crate::proxy::Forwarder;
+use crate::store::{self, Store};
+use crate::tokens::{TokenService, now_unix};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] crate::tokens::KeyError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A gateway whose sockets are bound and whose state is loaded.
+pub struct Server {
+    public: TcpListener,
+    admin_listener: TcpListener,
+    gateway: Arc<Gateway>,
+    admin: Arc<Admin>,
+    store: Arc<dyn Store>,
+    server_config: ServerConfig,
+}
+
+impl Server {
+    /// Opens the store, loads (or creates) the signing key and binds both
+    /// listeners. Nothing is served until `run`.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let store = store::open(&config.storage.url).await?;
+        let metrics = Arc::new(Metrics::new());
+        let tokens =
+            Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
+        let validator = Arc::new(TokenValidator::new(
+            tokens.clone(),
+            &config.cache,
+            metrics.clone(),
+        ));
+        let clients = Arc::new(ClientRegistry::new(&config.clients));
+        let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens);
+        let authz = AuthzEndpoints::new(
+            &config.authorization_server,
+            server,
+            validator.clone(),
+            metrics.clone(),
+            config.server.max_form_body_bytes,
+            config.server.realm.clone(),
+        );
+        let routes = RouteTable::new(
+            config
+                .routes
+                .iter()
+                .map(|r| Route::new(r.clone(), &metrics))
+                .collect(),
+        );
+        let gateway = Arc::new(Gateway::new(
+            config.server.realm.clone(),
+            routes,
+            authz,
+            validator.clone(),
+            Forwarder::new(),
+            metrics.clone(),
+            config.server.trusted_proxies.clone(),
+            config.server.max_form_body_bytes,
+        ));
+        let draining = Arc::new(AtomicBool::new(false));
+        let admin = Arc::new(Admin {
+            metrics,
+            store: store.clone(),
+            validator,
+            draining,
+        });
+
+        let public = bind("public", config.server.listen).await?;
+        let admin_listener = bind("admin", config.admin.listen).await?;
+        Ok(Server {
+            public,
+            admin_listener,
+            gateway,
+            admin,
+            store,
+            server_config: config.server,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets
+    /// in-flight requests finish (up to `server.drain_timeout`) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let cfg = Arc::new(self.server_config);
+        let public_addr = self.public.local_addr().ok();
+        let admin_addr = self.admin_listener.local_addr().ok();
+        tracing::info!(public = ?public_addr, admin = ?admin_addr, "portcullis is serving");
+
+        let gateway = self.gateway.clone();
+        let public = tokio::spawn(accept_loop(
+            self.public,
+            cfg.clone(),
+            stop_rx.clone(),
+            move |req, peer| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+            },
+        ));
+        let admin = self.admin.clone();
+        let admin_task = tokio::spawn(accept_loop(
+            self.admin_listener,
+            cfg.clone(),
+            stop_rx.clone(),
+            move |req, _peer| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            },
+        ));
+        let janitor = tokio::spawn(janitor(self.store.clone()));
+
+        shutdown.await;
+        tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: no new connections, draining in-flight requests");
+        self.admin.draining.store(true, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+        janitor.abort();
+        let _ = public.await;
+        let _ = admin_task.await;
+        tracing::info!("shut down");
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|source| StartError::Bind { what, addr, source })?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    socket
+        .bind(addr)
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    socket
+        .listen(1024)
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Removes expired tokens and revocations now and then (ory/hydra #1574:
+/// tables that only grow).
+async fn janitor(store: Arc<dyn Store>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        match store.purge_expired(now_unix() as i64).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "purged expired tokens"),
+            Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
+        }
+    }
+}
+
+/// Accepts connections until told to stop, then drains them.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    cfg: Arc<ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        serve_connection(stream, peer, &builder, &graceful, handler.clone(), permit);
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(cfg.drain_timeout) => {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
+        }
+    }
+}
+
+fn serve_connection<F, Fut>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    handler: F,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| handler(req, peer));
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+        drop(permit);
+    });
+}

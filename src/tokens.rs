@@ -1,0 +1,623 @@
+//! Access tokens: minting (RFC 9068 JWTs signed with an Ed25519 key kept in
+//! the store, or opaque handles recorded in the store) and verifying them
+//! back into the `Identity` the gateway enforces.
+//!
+//! JWT verification follows RFC 9068 §4: `typ` must be `at+jwt`, `alg` must
+//! be the one bound to the key named by `kid` (never `none`, never chosen by
+//! the token), `iss` is matched exactly, `aud` must contain this gateway,
+//! and `exp`/`nbf` are checked with an explicit small leeway. `jku`, `x5u`
+//! and `jwk` headers are never consulted: keys come only from the store.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use bytes::Bytes;
+use http::HeaderValue;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{AuthorizationServerConfig, TokenFormat};
+use crate::scope::ScopeSet;
+use crate::store::{AccessTokenRecord, Store, StoreError, StoredKey};
+
+/// Opaque access tokens start with this, so they are told from JWTs (and
+/// found by secret scanners) without a store lookup.
+const OPAQUE_PREFIX: &str = "pca_";
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+const ED25519_ALG: &str = "EdDSA";
+
+/// PKCS#8 v1 wrapping of a raw Ed25519 seed (RFC 8410 §7): a fixed prefix,
+/// then the 32 bytes.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// 256 random bits, base64url: token values and identifiers (RFC 6749 §10.10
+/// asks for at least 128).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    B64.encode(bytes)
+}
+
+/// The SHA-256 of a token: what the cache and the store key it by.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// What a valid access token proves.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub client_id: String,
+    pub scopes: ScopeSet,
+    /// Unix seconds.
+    pub expires_at: u64,
+    pub jti: String,
+    /// The values of `X-Auth-Subject`, `X-Auth-Client-Id` and `X-Auth-Scope`,
+    /// built once when the token is validated, not on every request.
+    pub subject_header: HeaderValue,
+    pub client_id_header: HeaderValue,
+    pub scope_header: HeaderValue,
+}
+
+impl Identity {
+    pub fn new(
+        subject: String,
+        client_id: String,
+        scopes: ScopeSet,
+        expires_at: u64,
+        jti: String,
+    ) -> Option<Identity> {
+        Some(Identity {
+            subject_header: HeaderValue::from_bytes(subject.as_bytes()).ok()?,
+            client_id_header: HeaderValue::from_bytes(client_id.as_bytes()).ok()?,
+            scope_header: HeaderValue::from_str(&scopes.to_string()).ok()?,
+            subject,
+            client_id,
+            scopes,
+            expires_at,
+            jti,
+        })
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("subject", &self.subject)
+            .field("client_id", &self.client_id)
+            .field("scopes", &self.scopes.to_string())
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Why a token was refused. All of these are `invalid_token` to the client;
+/// the distinction feeds metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Malformed,
+    UnknownKey,
+    BadSignature,
+    WrongType,
+    WrongIssuer,
+    WrongAudience,
+    Expired,
+    NotYetValid,
+    Revoked,
+    Unknown,
+}
+
+impl Rejection {
+    /// A short reason for `error_description` and the `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::UnknownKey => "unknown_key",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::WrongType => "wrong_type",
+            Rejection::WrongIssuer => "wrong_issuer",
+            Rejection::WrongAudience => "wrong_audience",
+            Rejection::Expired => "expired",
+            Rejection::NotYetValid => "not_yet_valid",
+            Rejection::Revoked => "revoked",
+            Rejection::Unknown => "unknown",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Rejection::Expired => "The access token expired",
+            Rejection::Revoked => "The access token was revoked",
+            Rejection::NotYetValid => "The access token is not valid yet",
+            _ => "The access token is invalid",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JwtClaimsOut<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    client_id: &'a str,
+    scope: String,
+    exp: u64,
+    iat: u64,
+    jti: &'a str,
+}
+
+#[derive(Deserialize)]
+struct JwtClaimsIn {
+    sub: String,
+    client_id: String,
+    #[serde(default)]
+    scope: String,
+    exp: u64,
+    jti: String,
+}
+
+/// A freshly minted access token.
+pub struct IssuedToken {
+    pub value: String,
+    pub expires_in: u64,
+    pub scopes: ScopeSet,
+    pub jti: String,
+}
+
+struct VerifyingKey {
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Mints and verifies access tokens.
+pub struct TokenService {
+    issuer: String,
+    audience: String,
+    ttl: Duration,
+    format: TokenFormat,
+    store: Arc<dyn Store>,
+    active_kid: String,
+    signing_key: EncodingKey,
+    verifying_keys: HashMap<String, VerifyingKey>,
+    validation: Validation,
+    jwks: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing key {kid} in the store is unusable: {reason}")]
+    Unusable { kid: String, reason: String },
+}
+
+fn generate_ed25519() -> StoredKey {
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
+    let mut der = ED25519_PKCS8_PREFIX.to_vec();
+    der.extend_from_slice(&seed);
+    StoredKey {
+        kid: jwk_thumbprint(&public),
+        alg: ED25519_ALG.into(),
+        private_der: der,
+        public_key: public.to_vec(),
+        created_at: now_unix() as i64,
+    }
+}
+
+/// RFC 7638 thumbprint of an Ed25519 public key: a stable `kid`.
+fn jwk_thumbprint(public: &[u8]) -> String {
+    let canonical = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        B64.encode(public)
+    );
+    B64.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+impl TokenService {
+    /// Loads the signing keys from the store, generating and persisting the
+    /// first one on first start.
+    pub async fn load(
+        config: &AuthorizationServerConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<TokenService, KeyError> {
+        let mut keys = store.signing_keys().await?;
+        if !keys.iter().any(|k| k.alg == ED25519_ALG) {
+            store
+                .insert_signing_key_if_none(&generate_ed25519())
+                .await?;
+            keys = store.signing_keys().await?;
+            tracing::info!(kid = %keys.first().map_or("", |k| k.kid.as_str()), "generated a new token-signing key");
+        }
+        let mut verifying_keys = HashMap::new();
+        let mut jwks = Vec::new();
+        let mut active: Option<(String, EncodingKey)> = None;
+        for k in keys.iter().filter(|k| k.alg == ED25519_ALG) {
+            let unusable = |reason: &str| KeyError::Unusable {
+                kid: k.kid.clone(),
+                reason: reason.into(),
+            };
+            let x = B64.encode(&k.public_key);
+            if k.public_key.len() != 32
+                || k.private_der.len() != 48
+                || !k.private_der.starts_with(&ED25519_PKCS8_PREFIX)
+            {
+                return Err(unusable("not an Ed25519 key pair"));
+            }
+            let key = DecodingKey::from_ed_components(&x).map_err(|e| unusable(&e.to_string()))?;
+            verifying_keys.insert(
+                k.kid.clone(),
+                VerifyingKey {
+                    alg: Algorithm::EdDSA,
+                    key,
+                },
+            );
+            jwks.push(serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "x": x, "kid": k.kid, "alg": ED25519_ALG, "use": "sig",
+            }));
+            if active.is_none() {
+                active = Some((k.kid.clone(), EncodingKey::from_ed_der(&k.private_der)));
+            }
+        }
+        let (active_kid, signing_key) = active.ok_or_else(|| KeyError::Unusable {
+            kid: String::new(),
+            reason: "no key".into(),
+        })?;
+
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        // CVE-2026-25537: only claims listed here are guaranteed present.
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+
+        Ok(TokenService {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            ttl: config.access_token_ttl,
+            format: config.token_format,
+            store,
+            active_kid,
+            signing_key,
+            verifying_keys,
+            validation,
+            jwks: Bytes::from(serde_json::json!({ "keys": jwks }).to_string()),
+        })
+    }
+
+    /// The JWKS document (RFC 7517) of the verifying keys.
+    pub fn jwks(&self) -> Bytes {
+        self.jwks.clone()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Mints an access token for `subject` acting through `client_id`.
+    pub async fn issue(
+        &self,
+        client_id: &str,
+        subject: &str,
+        scopes: ScopeSet,
+    ) -> Result<IssuedToken, StoreError> {
+        let iat = now_unix();
+        let exp = iat + self.ttl.as_secs();
+        let jti = random_token();
+        let value = match self.format {
+            TokenFormat::Jwt => {
+                let mut header = Header::new(Algorithm::EdDSA);
+                header.typ = Some("at+jwt".into());
+                header.kid = Some(self.active_kid.clone());
+                let claims = JwtClaimsOut {
+                    iss: &self.issuer,
+                    sub: subject,
+                    aud: &self.audience,
+                    client_id,
+                    scope: scopes.to_string(),
+                    exp,
+                    iat,
+                    jti: &jti,
+                };
+                jsonwebtoken::encode(&header, &claims, &self.signing_key)
+                    .map_err(|e| StoreError::Unavailable(format!("signing failed: {e}")))?
+            }
+            TokenFormat::Opaque => {
+                let value = format!("{OPAQUE_PREFIX}{}", random_token());
+                self.store
+                    .save_access_token(&AccessTokenRecord {
+                        token_hash: token_hash(&value),
+                        jti: jti.clone(),
+                        client_id: client_id.to_string(),
+                        subject: subject.to_string(),
+                        scope: scopes.to_string(),
+                        issued_at: iat as i64,
+                        expires_at: exp as i64,
+                    })
+                    .await?;
+                value
+            }
+        };
+        Ok(IssuedToken {
+            value,
+            expires_in: self.ttl.as_secs(),
+            scopes,
+            jti,
+        })
+    }
+
+    /// Verifies a presented access token of either format. `Ok(Err(_))` is
+    /// a definite refusal; `Err(_)` means the store could not be asked.
+    pub async fn verify(&self, token: &str) -> Result<Result<Identity, Rejection>, StoreError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Ok(Err(Rejection::Malformed));
+        }
+        let (jti, identity) = if let Some(rest) = token.strip_prefix(OPAQUE_PREFIX) {
+            if rest.is_empty() {
+                return Ok(Err(Rejection::Malformed));
+            }
+            match self.verify_opaque(token).await? {
+                Ok(id) => (id.jti.clone(), id),
+                Err(r) => return Ok(Err(r)),
+            }
+        } else {
+            match self.verify_jwt(token) {
+                Ok(id) => (id.jti.clone(), id),
+                Err(r) => return Ok(Err(r)),
+            }
+        };
+        if self.store.is_revoked(&jti).await? {
+            return Ok(Err(Rejection::Revoked));
+        }
+        Ok(Ok(identity))
+    }
+
+    async fn verify_opaque(&self, token: &str) -> Result<Result<Identity, Rejection>, StoreError> {
+        let Some(record) = self.store.find_access_token(&token_hash(token)).await? else {
+            return Ok(Err(Rejection::Unknown));
+        };
+        let exp = u64::try_from(record.expires_at).unwrap_or(0);
+        if exp <= now_unix() {
+            return Ok(Err(Rejection::Expired));
+        }
+        let scopes = ScopeSet::parse(&record.scope).unwrap_or_default();
+        Ok(
+            Identity::new(record.subject, record.client_id, scopes, exp, record.jti)
+                .ok_or(Rejection::Malformed),
+        )
+    }
+
+    fn verify_jwt(&self, token: &str) -> Result<Identity, Rejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        // RFC 9068 §4: reject anything not explicitly typed as an access
+        // token (an ID token or a refresh JWT replayed here, say).
+        match header.typ.as_deref() {
+            Some(t)
+                if t.eq_ignore_ascii_case("at+jwt")
+                    || t.eq_ignore_ascii_case("application/at+jwt") => {}
+            _ => return Err(Rejection::WrongType),
+        }
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.verifying_keys.get(kid))
+            .ok_or(Rejection::UnknownKey)?;
+        // The algorithm is the key's, not the token's to choose.
+        if header.alg != key.alg {
+            return Err(Rejection::BadSignature);
+        }
+        let data = jsonwebtoken::decode::<JwtClaimsIn>(token, &key.key, &self.validation).map_err(
+            |e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => Rejection::Expired,
+                    K::ImmatureSignature => Rejection::NotYetValid,
+                    K::InvalidIssuer => Rejection::WrongIssuer,
+                    K::InvalidAudience => Rejection::WrongAudience,
+                    K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+                        Rejection::BadSignature
+                    }
+                    _ => Rejection::Malformed,
+                }
+            },
+        )?;
+        let c = data.claims;
+        let scopes = ScopeSet::parse(&c.scope).ok_or(Rejection::Malformed)?;
+        Identity::new(c.sub, c.client_id, scopes, c.exp, c.jti).ok_or(Rejection::Malformed)
+    }
+
+    /// Identifies a token this server issued, whether or not it is still
+    /// valid: for revocation, where an expired token may still be named.
+    /// `None` for anything that is not verifiably ours.
+    pub async fn inspect(&self, token: &str) -> Result<Option<TokenOwner>, StoreError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Ok(None);
+        }
+        if token.starts_with(OPAQUE_PREFIX) {
+            return Ok(self
+                .store
+                .find_access_token(&token_hash(token))
+                .await?
+                .map(|r| TokenOwner {
+                    jti: r.jti,
+                    client_id: r.client_id,
+                    expires_at: u64::try_from(r.expires_at).unwrap_or(0),
+                }));
+        }
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        Ok(jsonwebtoken::decode_header(token)
+            .ok()
+            .filter(|h| {
+                h.typ
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt"))
+            })
+            .and_then(|h| h.kid.and_then(|kid| self.verifying_keys.get(&kid)))
+            .and_then(|k| jsonwebtoken::decode::<JwtClaimsIn>(token, &k.key, &validation).ok())
+            .map(|d| TokenOwner {
+                jti: d.claims.jti,
+                client_id: d.claims.client_id,
+                expires_at: d.claims.exp,
+            }))
+    }
+}
+
+/// Whose a token is, as far as revocation needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenOwner {
+    pub jti: String,
+    pub client_id: String,
+    pub expires_at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    fn config(format: TokenFormat) -> AuthorizationServerConfig {
+        AuthorizationServerConfig {
+            issuer: "http://127.0.0.1:8080".into(),
+            issuer_path: String::new(),
+            audience: "http://127.0.0.1:8080".into(),
+            access_token_ttl: Duration::from_secs(60),
+            refresh_token_ttl: Duration::from_secs(600),
+            authorization_code_ttl: Duration::from_secs(60),
+            token_format: format,
+            leeway: Duration::from_secs(5),
+        }
+    }
+
+    async fn service(format: TokenFormat) -> TokenService {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+        TokenService::load(&config(format), store).await.unwrap()
+    }
+
+    fn scopes(s: &str) -> ScopeSet {
+        ScopeSet::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn jwt_round_trip_and_revocation() {
+        let svc = service(TokenFormat::Jwt).await;
+        let t = svc.issue("app", "app", scopes("a b")).await.unwrap();
+        let id = svc.verify(&t.value).await.unwrap().unwrap();
+        assert_eq!((id.subject.as_str(), id.client_id.as_str()), ("app", "app"));
+        assert_eq!(id.scopes, scopes("a b"));
+        let owner = svc.inspect(&t.value).await.unwrap().unwrap();
+        assert_eq!(owner.client_id, "app");
+        svc.store()
+            .revoke(&owner.jti, owner.expires_at as i64)
+            .await
+            .unwrap();
+        assert_eq!(svc.verify(&t.value).await.unwrap(), Err(Rejection::Revoked));
+    }
+
+    #[tokio::test]
+    async fn opaque_round_trip() {
+        let svc = service(TokenFormat::Opaque).await;
+        let t = svc.issue("app", "app", scopes("a")).await.unwrap();
+        assert!(t.value.starts_with(OPAQUE_PREFIX));
+        assert!(svc.verify(&t.value).await.unwrap().is_ok());
+        assert_eq!(
+            svc.verify("pca_nope").await.unwrap(),
+            Err(Rejection::Unknown)
+        );
+    }
+
+    #[tokio::test]
+    async fn forged_and_confused_tokens_are_refused() {
+        let svc = service(TokenFormat::Jwt).await;
+        let t = svc.issue("app", "app", scopes("a")).await.unwrap().value;
+        let parts: Vec<&str> = t.split('.').collect();
+        let header: serde_json::Value =
+            serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
+
+        let with_header = |h: serde_json::Value, sig: &str| {
+            format!("{}.{}.{}", B64.encode(h.to_string()), parts[1], sig)
+        };
+        // alg none, signature dropped
+        let mut none = header.clone();
+        none["alg"] = "none".into();
+        assert!(svc.verify(&with_header(none, "")).await.unwrap().is_err());
+        // HS256 "signed" with the public key (algorithm confusion)
+        let mut hs = header.clone();
+        hs["alg"] = "HS256".into();
+        assert!(
+            svc.verify(&with_header(hs, parts[2]))
+                .await
+                .unwrap()
+                .is_err()
+        );
+        // wrong typ
+        let mut typ = header.clone();
+        typ["typ"] = "JWT".into();
+        assert_eq!(
+            svc.verify(&with_header(typ, parts[2])).await.unwrap(),
+            Err(Rejection::WrongType)
+        );
+        // unknown kid
+        let mut kid = header.clone();
+        kid["kid"] = "other".into();
+        assert_eq!(
+            svc.verify(&with_header(kid, parts[2])).await.unwrap(),
+            Err(Rejection::UnknownKey)
+        );
+        // tampered payload
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(br#"{"sub":"x"}"#),
+            parts[2]
+        );
+        assert!(svc.verify(&tampered).await.unwrap().is_err());
+        // garbage
+        assert_eq!(
+            svc.verify("a.b.c").await.unwrap(),
+            Err(Rejection::Malformed)
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_survive_reload_and_other_issuers_are_refused() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+        let a = TokenService::load(&config(TokenFormat::Jwt), store.clone())
+            .await
+            .unwrap();
+        let b = TokenService::load(&config(TokenFormat::Jwt), store.clone())
+            .await
+            .unwrap();
+        assert_eq!(a.active_kid, b.active_kid);
+        let t = a.issue("app", "app", scopes("a")).await.unwrap().value;
+        assert!(b.verify(&t).await.unwrap().is_ok());
+
+        let mut other = config(TokenFormat::Jwt);
+        other.issuer = "https://elsewhere.example".into();
+        let c = TokenService::load(&other, store).await.unwrap();
+        assert_eq!(c.verify(&t).await.unwrap(), Err(Rejection::WrongIssuer));
+    }
+}
