@@ -551,10 +551,10 @@ impl Validator {
             );
         }
         let max_header_bytes = raw.max_header_bytes.unwrap_or(16 * 1024);
-        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+        if !(8192..=1024 * 1024).contains(&max_header_bytes) {
             self.err(
                 "server.max_header_bytes",
-                "must be between 1024 and 1048576",
+                "must be between 8192 and 1048576",
             );
         }
         let max_form_body_bytes = raw.max_form_body_bytes.unwrap_or(64 * 1024);

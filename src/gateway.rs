@@ -70,7 +70,6 @@ pub struct Gateway {
     pub routes: RouteTable,
     pub authz: AuthzEndpoints,
     pub validator: Arc<TokenValidator>,
-    pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_form_body: usize,
@@ -94,7 +93,6 @@ impl Gateway {
         routes: RouteTable,
         authz: AuthzEndpoints,
         validator: Arc<TokenValidator>,
-        forwarder: Forwarder,
         metrics: Arc<Metrics>,
         trusted_proxies: Vec<IpNet>,
         max_form_body: usize,
@@ -105,7 +103,6 @@ impl Gateway {
             routes,
             authz,
             validator,
-            forwarder,
             metrics,
             trusted_proxies,
             max_form_body,
@@ -113,7 +110,14 @@ impl Gateway {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Handles one request from `peer`. `forwarder` is the calling worker's
+    /// own upstream pool, so connections stay on the core that made them.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        forwarder: &Forwarder,
+    ) -> Response<Body> {
         let started = Instant::now();
         self.metrics.in_flight.inc();
         let _in_flight = InFlight(&self.metrics);
@@ -139,7 +143,10 @@ impl Gateway {
         let Some(route) = self.routes.find(&path) else {
             return self.refuse(&self.unrouted, Refusal::NotFound, started);
         };
-        match self.through_route(route, req, &path, host, peer).await {
+        match self
+            .through_route(route, req, &path, host, peer, forwarder)
+            .await
+        {
             Ok(res) => self.finish(&route.metrics, res, Outcome::Allowed, started),
             Err(refusal) => {
                 if let Some(reason) = refusal.denial_reason() {
@@ -181,6 +188,7 @@ impl Gateway {
         path: &str,
         host: Option<HeaderValue>,
         peer: SocketAddr,
+        forwarder: &Forwarder,
     ) -> Result<Response<Body>, Refusal> {
         let cfg = &route.config;
         let (mut parts, body) = req.into_parts();
@@ -199,7 +207,9 @@ impl Gateway {
             };
             upstream_headers(&mut parts.headers, &ctx);
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-            return self.send(route, req, &path_and_query, None).await;
+            return self
+                .send(forwarder, route, req, &path_and_query, None)
+                .await;
         };
         let required = rule
             .required(&parts.method)
@@ -207,9 +217,7 @@ impl Gateway {
 
         // RFC 6750 §2: find the token wherever it may be, and refuse a
         // request that sends it more than one way.
-        let header_token = bearer::from_header(&parts.headers)
-            .map_err(Refusal::Bearer)?
-            .map(str::to_owned);
+        let header_token = bearer::from_header(&parts.headers).map_err(Refusal::Bearer)?;
         let (query_token, query) = match query {
             Some(q) if bearer::query_mentions_token(q) => {
                 let split = bearer::split_query_token(q).map_err(Refusal::Bearer)?;
@@ -225,22 +233,19 @@ impl Gateway {
         {
             let bytes = self.read_form_body(&parts.headers, body).await?;
             let (token, rest) = bearer::split_body_token(&bytes).map_err(Refusal::Bearer)?;
-            if token.is_some() {
-                parts.headers.remove(header::CONTENT_LENGTH);
-            }
             (token, full(rest))
         } else {
             (None, body.map_err(Into::into).boxed_unsync())
         };
-        let (token, source) = match (header_token, query_token, body_token) {
+        let (token, source) = match (header_token, &query_token, &body_token) {
             (Some(t), None, None) => (t, TokenSource::Header),
-            (None, Some(t), None) => (t, TokenSource::Query),
-            (None, None, Some(t)) => (t, TokenSource::Body),
+            (None, Some(t), None) => (t.as_str(), TokenSource::Query),
+            (None, None, Some(t)) => (t.as_str(), TokenSource::Body),
             (None, None, None) => return Err(Refusal::MissingToken),
             _ => return Err(Refusal::Bearer(BearerError::MultipleMethods)),
         };
 
-        let identity = match self.validator.validate(&token).await {
+        let identity = match self.validator.validate(token).await {
             Ok(Verdict::Valid(identity)) => identity,
             Ok(Verdict::Invalid(rejection)) => {
                 tracing::debug!(route = %cfg.name, reason = rejection.as_str(), "refused an access token");
@@ -264,10 +269,15 @@ impl Gateway {
             keep_authorization: cfg.forward_bearer && source == TokenSource::Header,
             preserve_host: cfg.preserve_host,
         };
+        if source == TokenSource::Body {
+            // The body shrank; the upstream client frames it anew.
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         upstream_headers(&mut parts.headers, &ctx);
         let path_and_query = join_path_query(path, query.as_deref());
         let mut res = self
             .send(
+                forwarder,
                 route,
                 Request::from_parts(parts, body),
                 &path_and_query,
@@ -285,14 +295,14 @@ impl Gateway {
 
     async fn send(
         &self,
+        forwarder: &Forwarder,
         route: &Route,
         req: Request<Body>,
         path_and_query: &str,
         identity: Option<&crate::tokens::Identity>,
     ) -> Result<Response<Body>, Refusal> {
         let cfg = &route.config;
-        let forwarded = self
-            .forwarder
+        let forwarded = forwarder
             .forward(&cfg.upstream, req, path_and_query, cfg.timeout, identity)
             .await?;
         route
@@ -340,12 +350,7 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
         ));
     }
     if let Some(host) = first {
-        let valid = host
-            .to_str()
-            .ok()
-            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-            .is_some_and(|a| !a.host().is_empty());
-        return if valid {
+        return if is_valid_host(host.as_bytes()) {
             Ok(Some(host.clone()))
         } else {
             Err(Refusal::BadRequest("The Host header is invalid"))
@@ -358,5 +363,95 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
         Version::HTTP_10 | Version::HTTP_09 => Ok(None),
         _ if req.method() == Method::CONNECT => Ok(None),
         _ => Err(Refusal::BadRequest("The request has no Host header")),
+    }
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2), checked
+/// without allocating: a reg-name or IPv4 of unreserved, sub-delim and
+/// percent characters, or a bracketed IP literal, then digits after a colon.
+fn is_valid_host(host: &[u8]) -> bool {
+    let (name, port) = if host.first() == Some(&b'[') {
+        match host.iter().position(|b| *b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                if literal.is_empty()
+                    || !literal
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+                {
+                    return false;
+                }
+                (&host[..=end], &host[end + 1..])
+            }
+            None => return false,
+        }
+    } else {
+        match host.iter().position(|b| *b == b':') {
+            Some(colon) => (&host[..colon], &host[colon..]),
+            None => (host, &host[host.len()..]),
+        }
+    };
+    let name_ok = !name.is_empty()
+        && (name[0] == b'['
+            || name.iter().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'%'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                    )
+            }));
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    name_ok && port_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_host;
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "[::1]",
+            "a_b",
+            "x:",
+        ] {
+            assert!(is_valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "user@host",
+            "[::1",
+            "[zz]",
+            "host:80:80",
+            "host:abc",
+            ":80",
+            "h\\x",
+        ] {
+            assert!(!is_valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 }

@@ -100,11 +100,12 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     portcullis::logging::init(&config.log);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
-        runtime.worker_threads(config.server.workers);
-    }
-    let runtime = match runtime.enable_all().build() {
+    // The main thread runs the first public worker and the admin listener;
+    // `Server::run` starts a thread per further worker.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -5,6 +5,13 @@
 //! `Server::start` does all the fallible set-up (store, keys, sockets) and
 //! returns the bound addresses; `Server::run` serves until the shutdown
 //! future resolves, so tests pass their own shutdown and bind port 0.
+//!
+//! The public listener is served by one worker per core, nginx-style: each
+//! worker is a thread with a current-thread runtime, its own `SO_REUSEPORT`
+//! socket (the kernel spreads connections across them) and its own upstream
+//! connection pool, so a request never leaves the core that accepted it.
+//! State that must be shared (validation cache, store, keys, metrics) is
+//! behind `Arc`s and lock-free or sharded on the hot path.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -50,8 +57,9 @@ pub enum StartError {
 
 /// A gateway whose sockets are bound and whose state is loaded.
 pub struct Server {
-    public: TcpListener,
-    admin_listener: TcpListener,
+    /// One socket per worker, all bound to the same address.
+    public: Vec<std::net::TcpListener>,
+    admin_listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
     admin: Arc<Admin>,
     store: Arc<dyn Store>,
@@ -93,7 +101,6 @@ impl Server {
             routes,
             authz,
             validator.clone(),
-            Forwarder::new(),
             metrics.clone(),
             config.server.trusted_proxies.clone(),
             config.server.max_form_body_bytes,
@@ -106,8 +113,12 @@ impl Server {
             draining,
         });
 
-        let public = bind("public", config.server.listen).await?;
-        let admin_listener = bind("admin", config.admin.listen).await?;
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let public = bind("public", config.server.listen, workers)?;
+        let admin_listener = bind("admin", config.admin.listen, 1)?.remove(0);
         Ok(Server {
             public,
             admin_listener,
@@ -119,7 +130,7 @@ impl Server {
     }
 
     pub fn public_addr(&self) -> SocketAddr {
-        self.public
+        self.public[0]
             .local_addr()
             .expect("a bound listener has an address")
     }
@@ -132,33 +143,67 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets
     /// in-flight requests finish (up to `server.drain_timeout`) and returns.
+    ///
+    /// The first public worker and the admin listener run on the calling
+    /// runtime; every further worker gets a thread of its own.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let cfg = Arc::new(self.server_config);
-        let public_addr = self.public.local_addr().ok();
-        let admin_addr = self.admin_listener.local_addr().ok();
-        tracing::info!(public = ?public_addr, admin = ?admin_addr, "portcullis is serving");
+        let addr = |l: &std::net::TcpListener| {
+            l.local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string())
+        };
+        tracing::info!(
+            public = %addr(&self.public[0]),
+            admin = %addr(&self.admin_listener),
+            workers = self.public.len(),
+            "portcullis is serving"
+        );
 
-        let gateway = self.gateway.clone();
-        let public = tokio::spawn(accept_loop(
-            self.public,
-            cfg.clone(),
-            stop_rx.clone(),
-            move |req, peer| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
-            },
-        ));
+        let mut listeners = self.public.into_iter();
+        let local = listeners.next().map(|l| {
+            tokio::spawn(serve_public(
+                l,
+                self.gateway.clone(),
+                cfg.clone(),
+                stop_rx.clone(),
+            ))
+        });
+        let mut workers_done = Vec::new();
+        for (i, listener) in listeners.enumerate() {
+            let (gateway, cfg, stop) = (self.gateway.clone(), cfg.clone(), stop_rx.clone());
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("portcullis-worker-{}", i + 1))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop)),
+                        Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
+                    }
+                    let _ = done_tx.send(());
+                });
+            match spawned {
+                Ok(_) => workers_done.push(done_rx),
+                Err(e) => tracing::error!(error = %e, "cannot start a worker thread"),
+            }
+        }
         let admin = self.admin.clone();
-        let admin_task = tokio::spawn(accept_loop(
-            self.admin_listener,
-            cfg.clone(),
-            stop_rx.clone(),
-            move |req, _peer| {
+        let admin_cfg = cfg.clone();
+        let admin_listener = self.admin_listener;
+        let admin_task = tokio::spawn(async move {
+            let listener = match TcpListener::from_std(admin_listener) {
+                Ok(l) => l,
+                Err(e) => return tracing::error!(error = %e, "cannot serve the admin listener"),
+            };
+            accept_loop(listener, admin_cfg, stop_rx, move |req, _peer| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
-            },
-        ));
+            })
+            .await
+        });
         let janitor = tokio::spawn(janitor(self.store.clone()));
 
         shutdown.await;
@@ -166,28 +211,64 @@ impl Server {
         self.admin.draining.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(true);
         janitor.abort();
-        let _ = public.await;
+        if let Some(local) = local {
+            let _ = local.await;
+        }
+        for done in workers_done {
+            let _ = done.await;
+        }
         let _ = admin_task.await;
         tracing::info!("shut down");
     }
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
+/// One public worker: its own socket, its own upstream pool.
+async fn serve_public(
+    listener: std::net::TcpListener,
+    gateway: Arc<Gateway>,
+    cfg: Arc<ServerConfig>,
+    stop: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "cannot serve the public listener"),
+    };
+    let forwarder = Arc::new(Forwarder::new());
+    accept_loop(listener, cfg, stop, move |req, peer| {
+        let (gateway, forwarder) = (gateway.clone(), forwarder.clone());
+        async move { Ok::<_, Infallible>(gateway.handle(req, peer, &forwarder).await) }
+    })
+    .await
+}
+
+/// Binds `count` sockets to `addr`, sharing it with `SO_REUSEPORT` when
+/// there is more than one. With port 0, the first picks the port and the
+/// rest join it.
+fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let at = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(addr);
+        let err = |source| StartError::Bind { what, addr, source };
+        let socket =
+            Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        socket.set_reuse_address(true).map_err(err)?;
+        if count > 1 {
+            socket.set_reuse_port(true).map_err(err)?;
+        }
+        socket.set_nonblocking(true).map_err(err)?;
+        socket.bind(&at.into()).map_err(err)?;
+        socket.listen(1024).map_err(err)?;
+        listeners.push(socket.into());
     }
-    .map_err(|source| StartError::Bind { what, addr, source })?;
-    socket
-        .set_reuseaddr(true)
-        .map_err(|source| StartError::Bind { what, addr, source })?;
-    socket
-        .bind(addr)
-        .map_err(|source| StartError::Bind { what, addr, source })?;
-    socket
-        .listen(1024)
-        .map_err(|source| StartError::Bind { what, addr, source })
+    Ok(listeners)
 }
 
 /// Removes expired tokens and revocations now and then (ory/hydra #1574:
