@@ -143,7 +143,11 @@ impl AuthzEndpoints {
                         if let Some(token) = revoked {
                             self.validator.forget(&token).await;
                         }
-                        json(StatusCode::OK, Bytes::new())
+                        // RFC 7009 §2.2: the body is ignored; send none.
+                        let mut res = Response::new(crate::respond::empty());
+                        res.headers_mut()
+                            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        res
                     }
                     Err(e) => self.error_response(e),
                 }

@@ -439,12 +439,12 @@ impl Config {
     }
 }
 
-/// Turns a TOML/serde error into a field error naming the key path when
-/// serde knows it, and the line otherwise.
+/// Turns a TOML/serde error into a field error naming the line (serde's
+/// message names the key itself, e.g. "unknown field `ttll`").
 fn toml_error(text: &str, e: &toml::de::Error) -> FieldError {
     let line = e
         .span()
-        .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let message = e.message().trim().to_string();
     FieldError {
         field: match line {

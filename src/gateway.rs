@@ -126,6 +126,9 @@ impl Gateway {
             Ok(h) => h,
             Err(refusal) => return self.refuse(&self.unrouted, refusal, started),
         };
+        if let Err(refusal) = check_framing(req.headers()) {
+            return self.refuse(&self.unrouted, refusal, started);
+        }
         let path = match normalize(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {
@@ -364,6 +367,28 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
         _ if req.method() == Method::CONNECT => Ok(None),
         _ => Err(Refusal::BadRequest("The request has no Host header")),
     }
+}
+
+/// Refuses a `Transfer-Encoding` that names `chunked` more than once
+/// (RFC 9112 §6.1 lets it appear once, last). hyper accepts it, and a peer
+/// that decodes one layer fewer would see a different message.
+fn check_framing(headers: &http::HeaderMap) -> Result<(), Refusal> {
+    let mut chunked = 0;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            return Err(Refusal::BadRequest(
+                "The Transfer-Encoding header is malformed",
+            ));
+        };
+        chunked += value
+            .split(',')
+            .filter(|c| c.trim().eq_ignore_ascii_case("chunked"))
+            .count();
+    }
+    if chunked > 1 {
+        return Err(Refusal::BadRequest("The request is chunked more than once"));
+    }
+    Ok(())
 }
 
 /// `Host = uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2), checked

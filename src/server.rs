@@ -148,6 +148,9 @@ impl Server {
     /// runtime; every further worker gets a thread of its own.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        // The admin listener outlives the public drain, so `/readyz` can say
+        // "draining" to the load balancer while in-flight requests finish.
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let cfg = Arc::new(self.server_config);
         let addr = |l: &std::net::TcpListener| {
             l.local_addr()
@@ -198,7 +201,7 @@ impl Server {
                 Ok(l) => l,
                 Err(e) => return tracing::error!(error = %e, "cannot serve the admin listener"),
             };
-            accept_loop(listener, admin_cfg, stop_rx, move |req, _peer| {
+            accept_loop(listener, admin_cfg, admin_stop_rx, move |req, _peer| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             })
@@ -217,6 +220,7 @@ impl Server {
         for done in workers_done {
             let _ = done.await;
         }
+        let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
         tracing::info!("shut down");
     }
@@ -331,7 +335,15 @@ async fn accept_loop<F, Fut>(
                 }
             },
         };
-        serve_connection(stream, peer, &builder, &graceful, handler.clone(), permit);
+        serve_connection(
+            stream,
+            peer,
+            &builder,
+            &graceful,
+            cfg.header_read_timeout,
+            handler.clone(),
+            permit,
+        );
     }
     drop(listener);
     tokio::select! {
@@ -347,6 +359,7 @@ fn serve_connection<F, Fut>(
     peer: SocketAddr,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
+    first_request_timeout: Duration,
     handler: F,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
@@ -354,13 +367,35 @@ fn serve_connection<F, Fut>(
     Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| handler(req, peer));
+    // hyper's header-read timeout starts only once it knows the protocol;
+    // until the first request arrives, a silent peer (or one that stops
+    // inside the HTTP/2 preface) is timed out here, so it cannot sit on a
+    // connection slot.
+    let served = Arc::new(AtomicBool::new(false));
+    let seen = served.clone();
+    let service = service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
+        handler(req, peer)
+    });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = &mut conn => Some(result),
+            _ = tokio::time::sleep(first_request_timeout) => None,
+        };
+        let result = match result {
+            Some(r) => r,
+            None if !served.load(Ordering::Relaxed) => {
+                tracing::debug!(%peer, "closed a connection that sent no request in time");
+                return drop(permit);
+            }
+            None => conn.await,
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
         drop(permit);

@@ -152,12 +152,19 @@ impl AuthorizationServer {
         basic: Option<Result<BasicCredentials, ()>>,
         params: &Params,
     ) -> Result<Arc<crate::config::ClientConfig>, OAuthError> {
-        let in_body = params.get("client_id").is_some() || params.get("client_secret").is_some();
         let (creds, basic_auth) = match basic {
-            Some(_) if in_body => {
+            Some(_) if params.get("client_secret").is_some() => {
                 return Err(OAuthError::new(
                     ErrorCode::InvalidRequest,
                     "Use one client authentication method, not two",
+                ));
+            }
+            // RFC 6749 §3.2.1: a client may name itself in the body too, but
+            // it must be the client the credentials are for.
+            Some(Ok(c)) if params.get("client_id").is_some_and(|id| id != c.client_id) => {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidRequest,
+                    "The client_id parameter does not match the authenticated client",
                 ));
             }
             Some(Ok(c)) => (c, true),
@@ -216,10 +223,15 @@ impl AuthorizationServer {
         let scopes = match params.get("scope") {
             None => client.scopes.clone(),
             Some(s) => {
-                let requested = ScopeSet::parse(s).ok_or(OAuthError::new(
-                    ErrorCode::InvalidScope,
-                    "The scope parameter is malformed",
-                ))?;
+                // RFC 6749 §3.3: `scope = scope-token *( SP scope-token )`,
+                // so a value of spaces alone is malformed, not "no scope".
+                let requested =
+                    ScopeSet::parse(s)
+                        .filter(|set| !set.is_empty())
+                        .ok_or(OAuthError::new(
+                            ErrorCode::InvalidScope,
+                            "The scope parameter is malformed",
+                        ))?;
                 if !requested.is_subset(&client.scopes) {
                     return Err(OAuthError::new(
                         ErrorCode::InvalidScope,

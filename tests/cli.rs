@@ -1,0 +1,971 @@
+//! The `portcullis` binary as an operator runs it: `check` and its exit
+//! codes and messages, `serve` refusing a bad configuration before it
+//! touches anything, failing loudly on a taken port, serving the README's
+//! example configuration, draining in-flight requests on SIGTERM and exiting
+//! 0, never writing a token or secret to its logs, and `hash-password`.
+//!
+//! Every test runs the real binary as a child process on `127.0.0.1:0` and
+//! learns its ports from the "portcullis is serving" log line.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use http::{Method, StatusCode};
+use support::{get, send};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+/// sysexits.h EX_CONFIG, what `check` and `serve` exit with on a bad file.
+const EX_CONFIG: i32 = 78;
+/// The longest any single awaited event may take before a test fails.
+const BOUND: Duration = Duration::from_secs(10);
+
+fn example_config_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml")
+}
+
+/// Runs the binary to completion with `stdin` as its input; panics (and
+/// kills it) if it is still running after `BOUND`.
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::{Read as _, Write as _};
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`portcullis {}` still ran after {BOUND:?}; stderr:\n{}",
+                args.join(" "),
+                text(&stderr.join().expect("stderr"))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn check(config: &Path) -> Output {
+    run(
+        &["check", "--config", config.to_str().expect("UTF-8 path")],
+        b"",
+    )
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The field names of a `ConfigError` report on stderr: every indented
+/// `field: reason` line after the "invalid configuration in" header.
+fn reported_fields(stderr: &str) -> Vec<String> {
+    let mut lines = stderr.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.starts_with("invalid configuration in "),
+        "unexpected report: {stderr}"
+    );
+    lines
+        .filter_map(|l| l.strip_prefix("  "))
+        .map(|l| {
+            l.split_once(": ")
+                .unwrap_or_else(|| panic!("not a `field: reason` line: {l:?}"))
+                .0
+                .to_string()
+        })
+        .collect()
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A minimal valid configuration around `routes`, with its store in `dir`.
+fn minimal_config(dir: &Path, server_extra: &str, routes: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{server_extra}
+[admin]
+listen = "127.0.0.1:0"
+[storage]
+url = "sqlite://{dir}/p.db"
+[authorization_server]
+issuer = "http://127.0.0.1:8080"
+[log]
+format = "json"
+level = "info"
+{routes}
+"#,
+        dir = dir.display()
+    )
+}
+
+/// The README example configuration, made runnable side by side with other
+/// tests: both listeners on port 0 and the store in `dir`. Everything else
+/// (clients, users, routes, token settings) is the file as shipped.
+fn example_config_for_test(dir: &Path, token_format: Option<&str>) -> String {
+    let text = std::fs::read_to_string(example_config_path()).expect("read the example config");
+    let mut table: toml::Table = text.parse().expect("the example config is TOML");
+    let section = |t: &toml::Table, name: &str| -> toml::Table {
+        t.get(name)
+            .and_then(toml::Value::as_table)
+            .unwrap_or_else(|| panic!("the example config has a [{name}] table"))
+            .clone()
+    };
+    for name in ["server", "admin"] {
+        let mut s = section(&table, name);
+        assert!(
+            s.contains_key("listen"),
+            "[{name}] listen is in the example"
+        );
+        s.insert("listen".into(), "127.0.0.1:0".into());
+        table.insert(name.into(), s.into());
+    }
+    let mut storage = section(&table, "storage");
+    storage.insert(
+        "url".into(),
+        format!("sqlite://{}/p.db", dir.display()).into(),
+    );
+    table.insert("storage".into(), storage.into());
+    if let Some(format) = token_format {
+        let mut authz = section(&table, "authorization_server");
+        authz.insert("token_format".into(), format.into());
+        table.insert("authorization_server".into(), authz.into());
+    }
+    toml::to_string(&table).expect("serialise the config")
+}
+
+// ---------------------------------------------------------------------------
+// A `portcullis serve` child process.
+
+struct Served {
+    child: std::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    public: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Served {
+    /// Starts `serve --config config` and waits (bounded) until it reports
+    /// its listeners and answers `/healthz`.
+    async fn start(config: &Path, envs: &[(&str, &str)]) -> Served {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("serve starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::unbounded_channel();
+        let reader = std::thread::spawn({
+            let log = log.clone();
+            move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut all = log.lock().expect("log lock");
+                    all.push_str(&line);
+                    all.push('\n');
+                    drop(all);
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let mut served = Served {
+            child,
+            lines,
+            log,
+            reader: Some(reader),
+            public: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let line = served.wait_for_line("portcullis is serving").await;
+        served.public = field_addr(&line, "public");
+        served.admin = field_addr(&line, "admin");
+        wait_healthy(served.admin, &served.log).await;
+        served
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`.
+    async fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.lines.recv()).await {
+                Ok(Some(line)) if line.contains(needle) => return line,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!(
+                    "serve ended its stderr before logging {needle:?} (exit: {:?}):\n{}",
+                    self.child.try_wait(),
+                    self.log()
+                ),
+                Err(_) => panic!("no {needle:?} log line within {BOUND:?}:\n{}", self.log()),
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Polls every 50 ms until the process exits (bounded); panics if it
+    /// does not.
+    async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not exit within {BOUND:?} of SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the process wrote to stderr, once it has exited.
+    async fn full_log(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let deadline = Instant::now() + BOUND;
+            while !reader.is_finished() {
+                assert!(Instant::now() < deadline, "stderr never reached EOF");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            reader.join().expect("stderr reader");
+        }
+        self.log()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // Only when a test failed midway: do not leave the gateway behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The socket address logged for `key` in the "portcullis is serving" line,
+/// in either log format (`public=Some(127.0.0.1:1)` in text, possibly with
+/// ANSI colours; `"public":"Some(127.0.0.1:1)"` in JSON) or without the
+/// `Some(..)`.
+fn field_addr(line: &str, key: &str) -> SocketAddr {
+    let at = line
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in the serving line: {line:?}"));
+    let rest = &line[at + key.len()..];
+    let is_addr_char = |c: char| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']');
+    for (i, c) in rest.char_indices() {
+        if c.is_ascii_digit() || c == '[' {
+            let candidate: String = rest[i..].chars().take_while(|c| is_addr_char(*c)).collect();
+            if let Ok(addr) = candidate.parse::<SocketAddr>() {
+                return addr;
+            }
+        }
+    }
+    panic!("no {key} address in the serving line: {line:?}")
+}
+
+/// One raw HTTP/1.1 exchange on a fresh connection; `None` when the
+/// connection fails or no complete answer arrives within 2 s.
+async fn try_raw(addr: SocketAddr, request: &str) -> Option<String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.ok()?;
+        Some(String::from_utf8_lossy(&out).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Polls the admin `/healthz` every 50 ms until it answers 200 (bounded).
+async fn wait_healthy(admin: SocketAddr, log: &Mutex<String>) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let reply = try_raw(
+            admin,
+            "GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if reply.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz on {admin} never answered 200:\n{}",
+            log.lock().expect("log lock")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until a TCP connect to `addr` is refused (bounded); panics if the
+/// listener keeps accepting.
+async fn wait_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts connections {BOUND:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn client_credentials_token(gw: SocketAddr, secret: &str, scope: &str) -> support::Reply {
+    send(
+        Method::POST,
+        &format!("http://{gw}/oauth/token"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!(
+            "grant_type=client_credentials&client_id=calendar-app&client_secret={secret}&scope={scope}"
+        ),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// check
+
+#[test]
+fn check_accepts_the_example_config_and_counts_what_it_holds() {
+    let path = example_config_path();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let table: toml::Table = std::fs::read_to_string(&path)
+        .expect("read")
+        .parse()
+        .expect("TOML");
+    let count = |key: &str| {
+        table
+            .get(key)
+            .and_then(toml::Value::as_array)
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: ok ({} routes, {} clients, {} users)\n",
+            path.display(),
+            count("routes"),
+            count("clients"),
+            count("users")
+        )
+    );
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn check_refuses_an_unknown_key_and_names_it_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `ttll` is on line 10 of this file.
+    let config = "[server]\n\
+                  listen = \"127.0.0.1:0\"\n\
+                  [admin]\n\
+                  listen = \"127.0.0.1:0\"\n\
+                  [authorization_server]\n\
+                  issuer = \"http://127.0.0.1:8080\"\n\
+                  [cache]\n\
+                  ttl = \"1s\"\n\
+                  max_entries = 10\n\
+                  ttll = \"1s\"\n";
+    assert_eq!(
+        config.lines().position(|l| l.starts_with("ttll")),
+        Some(9),
+        "the fixture puts ttll on line 10"
+    );
+    let path = write_config(dir.path(), "unknown.toml", config);
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(EX_CONFIG), "stderr: {stderr}");
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        stderr.starts_with(&format!("invalid configuration in {}:", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown field `ttll`"), "{stderr}");
+    // The operator is sent to the line the key is on.
+    assert!(
+        stderr.contains("line 10:"),
+        "the report should point at line 10, where `ttll` is: {stderr}"
+    );
+}
+
+#[test]
+fn check_names_every_bad_field_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        r#"
+[server]
+listen = "nowhere"
+[admin]
+listen = "127.0.0.1:0"
+[storage]
+url = "sqlite://{dir}/p.db"
+[authorization_server]
+issuer = "http://auth.example.com"
+[cache]
+ttl = "soon"
+
+[[clients]]
+client_id = "calendar-app"
+client_secret_hash = "not-a-phc-string"
+scopes = ["calendar.read"]
+grant_types = ["password"]
+
+[[routes]]
+name = "no-scopes"
+path_prefix = "/a/"
+upstream = "static://"
+
+[[routes]]
+name = "lowercase"
+path_prefix = "/b/"
+upstream = "static://"
+[routes.scopes]
+get = ["calendar.read"]
+"#,
+        dir = dir.path().display()
+    );
+    let path = write_config(dir.path(), "bad.toml", &config);
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(EX_CONFIG), "stderr: {stderr}");
+    assert_eq!(text(&out.stdout), "");
+    let mut fields = reported_fields(&stderr);
+    fields.sort();
+    let mut want = vec![
+        "server.listen",
+        "authorization_server.issuer",
+        "cache.ttl",
+        "clients[0].client_secret_hash",
+        "clients[0].grant_types[0]",
+        // The only grant type listed was refused, so none is left.
+        "clients[0].grant_types",
+        "routes[0].scopes",
+        "routes[1].scopes.get",
+    ];
+    want.sort();
+    assert_eq!(fields, want, "full report:\n{stderr}");
+    // Each line says what is wrong, not only where.
+    assert!(stderr.contains("\"nowhere\" is not an address"), "{stderr}");
+    assert!(stderr.contains("must be an https:// URL"), "{stderr}");
+    assert!(stderr.contains("\"soon\" is not a duration"), "{stderr}");
+    assert!(stderr.contains("\"password\": must be"), "{stderr}");
+    assert!(stderr.contains("is not a PHC string"), "{stderr}");
+    assert!(!dir.path().join("p.db").exists(), "check opened the store");
+}
+
+#[test]
+fn check_on_a_missing_file_says_it_cannot_read_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("absent.toml");
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(EX_CONFIG), "stderr: {stderr}");
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        stderr.starts_with(&format!("invalid configuration in {}:", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(file): cannot read:"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------
+// serve: start-up failures
+
+#[test]
+fn serve_refuses_a_bad_config_before_binding_or_opening_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Hold the port: if serve bound before validating it would fail with
+    // "cannot listen" (exit 1) instead of naming the bad field (exit 78).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = held.local_addr().expect("addr");
+    let config = minimal_config(dir.path(), "", "[cache]\nttl = \"soon\"\n").replace(
+        "listen = \"127.0.0.1:0\"\n\n[admin]",
+        &format!("listen = \"{addr}\"\n\n[admin]"),
+    );
+    assert!(config.contains(&format!("listen = \"{addr}\"")), "{config}");
+    let path = write_config(dir.path(), "bad.toml", &config);
+    let out = run(
+        &["serve", "--config", path.to_str().expect("UTF-8 path")],
+        b"",
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(EX_CONFIG), "stderr: {stderr}");
+    assert_eq!(reported_fields(&stderr), vec!["cache.ttl"], "{stderr}");
+    assert!(!stderr.contains("cannot listen"), "{stderr}");
+    assert!(
+        !dir.path().join("p.db").exists(),
+        "serve created the store before validating the config"
+    );
+    drop(held);
+}
+
+#[test]
+fn serve_on_a_taken_port_fails_naming_the_address() {
+    for which in ["public", "admin"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = held.local_addr().expect("addr");
+        let config = minimal_config(dir.path(), "", "");
+        let section = if which == "public" {
+            "[server]"
+        } else {
+            "[admin]"
+        };
+        let config = config.replace(
+            &format!("{section}\nlisten = \"127.0.0.1:0\""),
+            &format!("{section}\nlisten = \"{addr}\""),
+        );
+        assert!(config.contains(&addr.to_string()), "{config}");
+        let path = write_config(dir.path(), "taken.toml", &config);
+        let out = run(
+            &["serve", "--config", path.to_str().expect("UTF-8 path")],
+            b"",
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{which}: stderr: {stderr}");
+        assert!(
+            stderr.contains(&format!("portcullis: cannot listen on {addr} ({which})")),
+            "{which}: {stderr}"
+        );
+        assert!(!stderr.contains("portcullis is serving"), "{stderr}");
+        drop(held);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// hash-password
+
+#[test]
+fn hash_password_prints_an_argon2id_phc_string_of_the_line() {
+    let out = run(&["hash-password"], b"s3cret\n");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let phc = stdout
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("one line on stdout: {stdout:?}"));
+    assert!(!phc.contains('\n'), "one line on stdout: {stdout:?}");
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    let hash = PasswordHash::new(phc).expect("a PHC string");
+    let argon2 = Argon2::default();
+    assert!(argon2.verify_password(b"s3cret", &hash).is_ok());
+    assert!(argon2.verify_password(b"s3cret\n", &hash).is_err());
+    assert!(argon2.verify_password(b"s3cre", &hash).is_err());
+
+    // A CRLF line ending (a Windows `echo`) is not part of the secret either.
+    let out = run(&["hash-password"], b"s3cret\r\n");
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    let hash = PasswordHash::new(stdout.trim_end()).expect("a PHC string");
+    assert!(argon2.verify_password(b"s3cret", &hash).is_ok());
+
+    // Fresh salt each time: the same secret never hashes the same way twice.
+    assert_ne!(stdout.trim_end(), phc);
+
+    // The hash is usable in a config: `check` accepts it as a client secret.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = minimal_config(
+        dir.path(),
+        "",
+        &format!(
+            "[[clients]]\nclient_id = \"c\"\nclient_secret_hash = \"{phc}\"\nscopes = [\"a\"]\ngrant_types = [\"client_credentials\"]\n"
+        ),
+    );
+    let out = check(&write_config(dir.path(), "hashed.toml", &config));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn hash_password_refuses_an_empty_secret() {
+    for input in [&b""[..], b"\n"] {
+        let out = run(&["hash-password"], input);
+        assert_eq!(out.status.code(), Some(1), "input {input:?}");
+        assert_eq!(text(&out.stdout), "", "input {input:?}");
+        assert_eq!(
+            text(&out.stderr),
+            "the secret on stdin is empty\n",
+            "input {input:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// serve: the README story, draining, logs
+
+#[tokio::test]
+async fn the_readme_example_config_serves_the_demo_api_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        "portcullis.toml",
+        &example_config_for_test(dir.path(), None),
+    );
+    let mut gw = Served::start(&path, &[]).await;
+
+    let reply = client_credentials_token(gw.public, "calendar-secret", "calendar.read").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "calendar.read");
+    assert_eq!(body["expires_in"], 900);
+    let token = body["access_token"].as_str().expect("access_token");
+
+    let events = format!("http://{}/calendar/events", gw.public);
+    let ok = get(&events, &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    assert_eq!(ok.header("content-type"), Some("application/json"));
+    let echo = ok.json();
+    assert_eq!(echo["service"], "portcullis static demo upstream");
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], "/calendar/events");
+    assert_eq!(echo["subject"], "calendar-app");
+    assert_eq!(echo["client_id"], "calendar-app");
+    assert_eq!(echo["scope"], "calendar.read");
+
+    let denied = get(&events, &[]).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+
+    assert!(
+        dir.path().join("p.db").exists(),
+        "the store was created where the config says"
+    );
+
+    gw.sigterm();
+    let status = gw.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", gw.full_log().await);
+    let log = gw.full_log().await;
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.lines().any(|l| l.ends_with("shut down")), "{log}");
+}
+
+/// A one-request-at-a-time HTTP/1.1 upstream that holds every request until
+/// the test releases it, so a request can be caught in flight.
+struct HeldUpstream {
+    addr: SocketAddr,
+    heads: mpsc::UnboundedReceiver<String>,
+    release: Arc<Semaphore>,
+    task: JoinHandle<()>,
+}
+
+impl HeldUpstream {
+    async fn start() -> HeldUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, heads) = mpsc::unbounded_channel();
+        let release = Arc::new(Semaphore::new(0));
+        let task = tokio::spawn({
+            let release = release.clone();
+            async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let (tx, release) = (tx.clone(), release.clone());
+                    tokio::spawn(async move {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                        if let Ok(permit) = release.acquire().await {
+                            permit.forget();
+                        }
+                        let _ = stream
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                            )
+                            .await;
+                        let _ = stream.shutdown().await;
+                    });
+                }
+            }
+        });
+        HeldUpstream {
+            addr,
+            heads,
+            release,
+            task,
+        }
+    }
+
+    /// The head of the next request that arrived (bounded wait).
+    async fn next_head(&mut self) -> String {
+        tokio::time::timeout(BOUND, self.heads.recv())
+            .await
+            .expect("the upstream received a request in time")
+            .expect("upstream running")
+    }
+
+    fn release_one(&self) {
+        self.release.add_permits(1);
+    }
+}
+
+impl Drop for HeldUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_request_in_flight_refuses_new_connections_and_exits_0() {
+    let mut upstream = HeldUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = format!(
+        "[[routes]]\nname = \"slow\"\npath_prefix = \"/slow/\"\nupstream = \"http://{}\"\npublic = true\ntimeout = \"30s\"\n",
+        upstream.addr
+    );
+    let config = minimal_config(dir.path(), "drain_timeout = \"20s\"", &routes);
+    let path = write_config(dir.path(), "drain.toml", &config);
+    let mut gw = Served::start(&path, &[]).await;
+
+    let url = format!("http://{}/slow/report", gw.public);
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    let head = upstream.next_head().await;
+    assert!(head.starts_with("GET /slow/report HTTP/1.1\r\n"), "{head}");
+
+    gw.sigterm();
+    gw.wait_for_line("shutting down").await;
+    // No new connections on the public listener once draining; the admin
+    // listener stays up to tell load balancers so...
+    wait_refused(gw.public).await;
+    let ready = try_raw(
+        gw.admin,
+        "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("the admin listener answers while draining");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.ends_with("draining\n"), "{ready}");
+    // ...while the process is still there, waiting for the held request.
+    assert!(
+        gw.running(),
+        "serve exited with a request in flight:\n{}",
+        gw.log()
+    );
+    assert!(!in_flight.is_finished(), "the held request already ended");
+
+    let released = Instant::now();
+    upstream.release_one();
+    let reply = tokio::time::timeout(BOUND, in_flight)
+        .await
+        .expect("the in-flight request completes")
+        .expect("request task");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "ok");
+
+    let status = gw.wait_exit().await;
+    let log = gw.full_log().await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    // It exited because the request finished, not because the 20 s drain
+    // timeout ran out.
+    assert!(
+        released.elapsed() < Duration::from_secs(5),
+        "exit took {:?} after the request was released",
+        released.elapsed()
+    );
+    assert!(!log.contains("drain timeout reached"), "{log}");
+}
+
+/// Drives every place a token or secret passes through with debug logging
+/// on, then checks none of them reached stderr.
+async fn no_secret_in_logs(token_format: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        "portcullis.toml",
+        &example_config_for_test(dir.path(), Some(token_format)),
+    );
+    let mut gw = Served::start(&path, &[("RUST_LOG", "debug")]).await;
+    let base = format!("http://{}", gw.public);
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+
+    // A token with the secret in the form body, another with Basic auth.
+    let reply = client_credentials_token(gw.public, "calendar-secret", "calendar.read").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let token = reply.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let basic = "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA=="; // calendar-app:calendar-secret
+    let reply = send(
+        Method::POST,
+        &format!("{base}/oauth/token"),
+        &[form[0], ("authorization", basic)],
+        "grant_type=client_credentials&scope=calendar.read",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let revoked_token = reply.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    // A wrong secret.
+    let wrong_secret = "wrong-secret-7f3a9c";
+    let reply = client_credentials_token(gw.public, wrong_secret, "calendar.read").await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text());
+
+    // The token in a header and in the query.
+    let events = format!("{base}/calendar/events");
+    let ok = get(&events, &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    let ok = get(&format!("{events}?access_token={token}&x=1"), &[]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+
+    // Bad tokens, both ways.
+    let bad_header = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJtYWxsb3J5In0.Zm9yZ2VkLXNpZ25hdHVyZS0xMjM0";
+    let bad_query = "opaque-looking-bad-token-5d1e2b";
+    let denied = get(
+        &events,
+        &[("authorization", &format!("Bearer {bad_header}"))],
+    )
+    .await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED, "{}", denied.text());
+    let denied = get(&format!("{events}?access_token={bad_query}"), &[]).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED, "{}", denied.text());
+
+    // Revoke the second token, then try it.
+    let reply = send(
+        Method::POST,
+        &format!("{base}/oauth/revoke"),
+        &[form[0], ("authorization", basic)],
+        format!("token={revoked_token}"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let denied = get(
+        &events,
+        &[("authorization", &format!("Bearer {revoked_token}"))],
+    )
+    .await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED, "{}", denied.text());
+
+    gw.sigterm();
+    let status = gw.wait_exit().await;
+    let log = gw.full_log().await;
+    assert_eq!(status.code(), Some(0), "{log}");
+
+    // Debug logging really was on, and saw these requests.
+    for expected in [
+        "access token issued",
+        "client authentication failed",
+        "refused an access token",
+        "access token revoked",
+    ] {
+        assert!(
+            log.contains(expected),
+            "{token_format}: no {expected:?} in the log:\n{log}"
+        );
+    }
+    let mut secrets = vec![
+        ("the access token", token.clone()),
+        ("the revoked access token", revoked_token.clone()),
+        ("the client secret", "calendar-secret".to_string()),
+        ("the wrong client secret", wrong_secret.to_string()),
+        ("the Basic credentials", basic["Basic ".len()..].to_string()),
+        ("the bad header token", bad_header.to_string()),
+        ("the bad query token", bad_query.to_string()),
+    ];
+    // A JWT's signature alone is enough to matter; so is half an opaque token.
+    for (what, t) in [("access", &token), ("revoked", &revoked_token)] {
+        match t.rsplit_once('.') {
+            Some((_, signature)) => secrets.push((what, signature.to_string())),
+            None => secrets.push((what, t[t.len() / 2..].to_string())),
+        }
+    }
+    for (what, secret) in secrets {
+        assert!(
+            !log.contains(&secret),
+            "{token_format}: {what} ({secret}) is in the log:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_token_or_secret_reaches_the_logs_with_jwt_tokens() {
+    no_secret_in_logs("jwt").await;
+}
+
+#[tokio::test]
+async fn no_token_or_secret_reaches_the_logs_with_opaque_tokens() {
+    no_secret_in_logs("opaque").await;
+}
