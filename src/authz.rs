@@ -203,6 +203,7 @@ impl AuthzEndpoints {
             ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::SlowDown => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         };
         let mut res = error_json(status, e.code.as_str(), e.description);
@@ -214,6 +215,12 @@ impl AuthzEndpoints {
             let challenge = format!("Basic realm=\"{}\"", self.realm);
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        if e.code == ErrorCode::SlowDown {
+            let retry = crate::oauth::clients::FAILURE_WINDOW.as_secs().to_string();
+            if let Ok(v) = HeaderValue::from_str(&retry) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
         res

@@ -1492,3 +1492,35 @@ async fn token_endpoint_metrics() {
     assert_eq!(public.status, StatusCode::NOT_FOUND);
     gw.stop().await;
 }
+
+/// RFC 6749 §10.10 / SECURITY #12: guessing a client's secret is slowed
+/// down. After `MAX_FAILURES` wrong secrets in a minute the client id is
+/// refused unverified with 429, but the real client, whose secret was
+/// proven before, is still served.
+#[tokio::test]
+async fn repeated_wrong_secrets_are_throttled_without_locking_out_the_client() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+    assert_eq!(
+        post_auth(&gw, "app", "app-secret", None).await.status,
+        StatusCode::OK
+    );
+
+    for _ in 0..portcullis::oauth::clients::MAX_FAILURES {
+        assert_oauth_error(
+            &post_auth(&gw, "app", "guess", None).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        );
+    }
+    let throttled = post_auth(&gw, "app", "guess", None).await;
+    assert_oauth_error(&throttled, StatusCode::TOO_MANY_REQUESTS, "slow_down");
+    assert_eq!(throttled.header("retry-after"), Some("60"));
+
+    assert_token_response(&post_auth(&gw, "app", "app-secret", None).await, APP_SCOPES);
+    // Another client is not affected.
+    assert_eq!(
+        post_auth(&gw, "other", "other-secret", None).await.status,
+        StatusCode::OK
+    );
+}

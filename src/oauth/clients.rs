@@ -8,7 +8,9 @@
 //! digest still pays the full argon2 price, so guessing stays expensive.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher as _, PasswordVerifier as _};
 use hmac::{Hmac, Mac as _};
@@ -43,6 +45,11 @@ pub struct ClientRegistry {
     clients: HashMap<String, Arc<ClientConfig>>,
     digest_key: [u8; 32],
     proven: RwLock<HashMap<String, Digest>>,
+    /// Recent failures per client id (known or not), forgotten after
+    /// `FAILURE_WINDOW`.
+    failures: moka::sync::Cache<String, Arc<AtomicU32>>,
+    /// Bounds concurrent argon2 runs, so guessing cannot take every core.
+    hashing: tokio::sync::Semaphore,
     /// Verified against when the client is unknown, so an unknown client
     /// costs what a wrong secret costs.
     dummy_hash: String,
@@ -56,7 +63,14 @@ pub enum AuthFailure {
     WrongSecret,
     /// A public client presented a secret, or a confidential one presented none.
     WrongMethod,
+    /// Too many recent failures for this client id; not even tried.
+    Throttled,
 }
+
+/// Failed authentications per client id per `FAILURE_WINDOW` before further
+/// attempts are refused unverified.
+pub const MAX_FAILURES: u32 = 10;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 impl ClientRegistry {
     pub fn new(clients: &[ClientConfig]) -> ClientRegistry {
@@ -70,6 +84,13 @@ impl ClientRegistry {
                 .collect(),
             digest_key,
             proven: RwLock::new(HashMap::new()),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(FAILURE_WINDOW)
+                .build(),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
             dummy_hash,
         }
     }
@@ -89,49 +110,77 @@ impl ClientRegistry {
         mac.finalize().into_bytes().into()
     }
 
-    /// Authenticates a confidential client by its secret. Runs argon2 on a
-    /// blocking thread when it has to.
+    /// Authenticates a confidential client by its secret. A secret already
+    /// proven costs one HMAC; anything else pays argon2 on a blocking
+    /// thread, at most one per core at a time, and a client id with too many
+    /// recent failures is refused without trying (RFC 6749 §10.10: guessing
+    /// must be slowed down; the digest path still admits the real client).
     pub async fn authenticate(
         self: &Arc<Self>,
         client_id: &str,
         secret: &str,
     ) -> Result<Arc<ClientConfig>, AuthFailure> {
         let presented = self.digest(secret);
-        let Some(client) = self.clients.get(client_id).cloned() else {
-            self.slow_verify(secret, None).await;
-            return Err(AuthFailure::UnknownClient);
-        };
-        match &client.secret {
-            ClientSecret::None => Err(AuthFailure::WrongMethod),
-            ClientSecret::Plain(expected) => {
-                if bool::from(self.digest(expected).ct_eq(&presented)) {
-                    Ok(client)
-                } else {
-                    Err(AuthFailure::WrongSecret)
-                }
+        let client = self.clients.get(client_id).cloned();
+        match client.as_deref().map(|c| &c.secret) {
+            Some(ClientSecret::None) => return Err(AuthFailure::WrongMethod),
+            Some(ClientSecret::Plain(expected))
+                if bool::from(self.digest(expected).ct_eq(&presented)) =>
+            {
+                return client.ok_or(AuthFailure::UnknownClient);
             }
-            ClientSecret::Hash(phc) => {
-                let remembered = self
-                    .proven
-                    .read()
-                    .ok()
-                    .and_then(|m| m.get(client_id).copied());
-                if remembered.is_some_and(|d| bool::from(d.ct_eq(&presented))) {
-                    return Ok(client);
+            Some(ClientSecret::Hash(_))
+                if self
+                    .remembered(client_id)
+                    .is_some_and(|d| bool::from(d.ct_eq(&presented))) =>
+            {
+                return client.ok_or(AuthFailure::UnknownClient);
+            }
+            _ => {}
+        }
+        if self
+            .failures
+            .get(client_id)
+            .is_some_and(|n| n.load(Ordering::Relaxed) >= MAX_FAILURES)
+        {
+            return Err(AuthFailure::Throttled);
+        }
+        let verified = match client.as_deref().map(|c| &c.secret) {
+            Some(ClientSecret::Hash(phc)) => self.slow_verify(secret, Some(phc.clone())).await,
+            Some(_) => false,
+            None => self.slow_verify(secret, None).await,
+        };
+        match client {
+            Some(client) if verified => {
+                if let Ok(mut m) = self.proven.write() {
+                    m.insert(client_id.to_string(), presented);
                 }
-                if self.slow_verify(secret, Some(phc.clone())).await {
-                    if let Ok(mut m) = self.proven.write() {
-                        m.insert(client_id.to_string(), presented);
-                    }
-                    Ok(client)
+                Ok(client)
+            }
+            found => {
+                self.failures
+                    .get_with(client_id.to_string(), || Arc::new(AtomicU32::new(0)))
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(if found.is_some() {
+                    AuthFailure::WrongSecret
                 } else {
-                    Err(AuthFailure::WrongSecret)
-                }
+                    AuthFailure::UnknownClient
+                })
             }
         }
     }
 
+    fn remembered(&self, client_id: &str) -> Option<Digest> {
+        self.proven
+            .read()
+            .ok()
+            .and_then(|m| m.get(client_id).copied())
+    }
+
     async fn slow_verify(&self, secret: &str, phc: Option<String>) -> bool {
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
         let secret = secret.to_string();
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy_hash.clone());
@@ -186,5 +235,25 @@ mod tests {
             reg.authenticate("nobody", "s1").await.unwrap_err(),
             AuthFailure::UnknownClient
         );
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_are_throttled_but_the_proven_secret_still_works() {
+        let reg = Arc::new(ClientRegistry::new(&[client(
+            "h",
+            ClientSecret::Hash(hash_secret("s1").unwrap()),
+        )]));
+        assert!(reg.authenticate("h", "s1").await.is_ok());
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(
+                reg.authenticate("h", "guess").await.unwrap_err(),
+                AuthFailure::WrongSecret
+            );
+        }
+        assert_eq!(
+            reg.authenticate("h", "guess").await.unwrap_err(),
+            AuthFailure::Throttled
+        );
+        assert!(reg.authenticate("h", "s1").await.is_ok());
     }
 }

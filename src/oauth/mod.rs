@@ -13,7 +13,7 @@ use crate::config::{AuthorizationServerConfig, GrantType};
 use crate::scope::ScopeSet;
 use crate::store::StoreError;
 use crate::tokens::TokenService;
-use clients::ClientRegistry;
+use clients::{AuthFailure, ClientRegistry};
 
 /// RFC 6749 §5.2 error codes (plus the RFC 6749 §4.1.2.1 ones the token
 /// endpoint can also meet).
@@ -27,6 +27,9 @@ pub enum ErrorCode {
     InvalidScope,
     ServerError,
     TemporarilyUnavailable,
+    /// Too many failed client authentications (RFC 8628 §3.5's code, the
+    /// closest the OAuth registry has; sent with 429 and `Retry-After`).
+    SlowDown,
 }
 
 impl ErrorCode {
@@ -40,6 +43,7 @@ impl ErrorCode {
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::ServerError => "server_error",
             ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
+            ErrorCode::SlowDown => "slow_down",
         }
     }
 }
@@ -186,6 +190,13 @@ impl AuthorizationServer {
             .await
         {
             Ok(client) => Ok(client),
+            Err(AuthFailure::Throttled) => {
+                tracing::warn!(client_id = %creds.client_id, "client authentication throttled after repeated failures");
+                Err(OAuthError::new(
+                    ErrorCode::SlowDown,
+                    "Too many failed authentication attempts; retry later",
+                ))
+            }
             Err(failure) => {
                 tracing::info!(client_id = %creds.client_id, reason = ?failure, "client authentication failed");
                 Err(invalid_client(basic_auth))
