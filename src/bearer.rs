@@ -33,8 +33,8 @@ pub enum BearerError {
     MultipleMethods,
     /// A query token on a route that turned them off.
     QueryNotAllowed,
-    /// A body token on a route that turned them off.
-    BodyNotAllowed,
+    /// `access_token=` with no value.
+    EmptyParameter,
 }
 
 impl BearerError {
@@ -51,9 +51,7 @@ impl BearerError {
             BearerError::QueryNotAllowed => {
                 "This route does not accept an access_token query parameter"
             }
-            BearerError::BodyNotAllowed => {
-                "This route does not accept an access_token body parameter"
-            }
+            BearerError::EmptyParameter => "The access_token parameter is empty",
         }
     }
 }
@@ -121,6 +119,9 @@ pub fn split_form_token(form: &[u8]) -> Result<(Option<String>, Vec<u8>), Bearer
             }
             rest.extend_from_slice(pair);
         }
+    }
+    if token.as_deref() == Some("") {
+        return Err(BearerError::EmptyParameter);
     }
     Ok((token, rest))
 }
@@ -303,6 +304,10 @@ mod tests {
         assert!(matches!(
             split_query_token("access_token=a&access_token=b"),
             Err(BearerError::RepeatedParameter)
+        ));
+        assert!(matches!(
+            split_query_token("access_token=&a=1"),
+            Err(BearerError::EmptyParameter)
         ));
         let q = split_query_token("x=access_token").unwrap();
         assert_eq!(q.token, None);

@@ -288,8 +288,9 @@ impl Gateway {
             )
             .await?;
         // RFC 6750 §2.3: a response to a request with the token in its URI
-        // must not be stored by shared caches.
-        if source == TokenSource::Query && res.status().is_success() {
+        // must not be stored by shared caches, whatever its status (404s and
+        // redirects are cacheable too, under a URI holding the token).
+        if source == TokenSource::Query {
             res.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
