@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 use portcullis::config::Config;
 use portcullis::server::Server;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sysexits.h EX_CONFIG: the configuration is wrong.
 const EX_CONFIG: u8 = 78;
 

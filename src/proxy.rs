@@ -162,6 +162,7 @@ impl Forwarder {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .http1_writev(false)
             .build(connector);
         Forwarder { client }
     }

@@ -305,7 +305,9 @@ async fn accept_loop<F, Fut>(
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Heads and small bodies go out in one write(2), not a writev of pieces.
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())
