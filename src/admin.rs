@@ -20,74 +20,41 @@ pub struct Admin {
     pub draining: Arc<AtomicBool>,
 }
 
-fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<bytes::Bytes>,
-) -> Response<Body> {
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut res = Response::new(full(body));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
 impl Admin {
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut res = error_json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "Use GET",
-            );
-            res.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            let mut res = error_json(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Use GET");
+            res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return res;
         }
         match req.uri().path() {
             "/metrics" => {
-                self.metrics
-                    .cache_entries
-                    .set(i64::try_from(self.validator.entry_count()).unwrap_or(i64::MAX));
-                text(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    self.metrics.render(),
-                )
+                self.metrics.cache_entries.set(i64::try_from(self.validator.entry_count()).unwrap_or(i64::MAX));
+                text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
             }
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
             "/readyz" => {
                 if self.draining.load(Ordering::SeqCst) {
-                    return text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain; charset=utf-8",
-                        "draining\n",
-                    );
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "draining\n");
                 }
                 match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
                     Ok(Ok(())) => text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "readiness: store unavailable");
-                        text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "text/plain; charset=utf-8",
-                            "store unavailable\n",
-                        )
+                        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "store unavailable\n")
                     }
-                    Err(_) => text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain; charset=utf-8",
-                        "store timed out\n",
-                    ),
+                    Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "store timed out\n"),
                 }
             }
-            _ => error_json(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "Admin endpoints: /metrics, /healthz, /readyz",
-            ),
+            _ => error_json(StatusCode::NOT_FOUND, "not_found", "Admin endpoints: /metrics, /healthz, /readyz"),
         }
     }
 }

@@ -13,61 +13,55 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 
 use crate::bearer::is_form_urlencoded;
-use crate::cache::TokenValidator;
-use crate::config::AuthorizationServerConfig;
+use std::net::IpAddr;
+
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oauth::{AuthorizationServer, BasicCredentials, ErrorCode, OAuthError, Params};
 use crate::respond::{Body, error_json, json};
+use crate::web::Web;
 
 /// The endpoints this module serves, by path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
+    Authorize,
+    Login,
     Token,
     Revocation,
+    Introspection,
     Jwks,
     Metadata,
 }
 
 pub struct AuthzEndpoints {
-    server: AuthorizationServer,
-    validator: Arc<TokenValidator>,
+    server: Arc<AuthorizationServer>,
+    web: Web,
     metrics: Arc<Metrics>,
-    paths: [(String, Endpoint); 4],
+    paths: [(String, Endpoint); 7],
     metadata: Bytes,
     max_body: usize,
     realm: String,
 }
 
 impl AuthzEndpoints {
-    pub fn new(
-        config: &AuthorizationServerConfig,
-        server: AuthorizationServer,
-        validator: Arc<TokenValidator>,
-        metrics: Arc<Metrics>,
-        max_body: usize,
-        realm: String,
-    ) -> AuthzEndpoints {
-        let base = &config.issuer_path;
+    pub fn new(config: &Config, server: AuthorizationServer, metrics: Arc<Metrics>) -> AuthzEndpoints {
+        let base = &config.authorization_server.issuer_path;
+        let server = Arc::new(server);
+        let web = Web::new(config, server.clone(), metrics.clone());
         let paths = [
+            (web.authorize_path().to_string(), Endpoint::Authorize),
+            (web.login_path().to_string(), Endpoint::Login),
             (format!("{base}/oauth/token"), Endpoint::Token),
             (format!("{base}/oauth/revoke"), Endpoint::Revocation),
+            (format!("{base}/oauth/introspect"), Endpoint::Introspection),
             (format!("{base}/oauth/jwks"), Endpoint::Jwks),
             // RFC 8414 §3: the well-known segment goes before the issuer's path.
-            (
-                format!("/.well-known/oauth-authorization-server{base}"),
-                Endpoint::Metadata,
-            ),
+            (format!("/.well-known/oauth-authorization-server{base}"), Endpoint::Metadata),
         ];
         let metadata = Bytes::from(server.metadata().to_string());
-        AuthzEndpoints {
-            server,
-            validator,
-            metrics,
-            paths,
-            metadata,
-            max_body,
-            realm,
-        }
+        let max_body = config.server.max_form_body_bytes;
+        let realm = config.server.realm.clone();
+        AuthzEndpoints { server, web, metrics, paths, metadata, max_body, realm }
     }
 
     /// The endpoint at `path` (normalised), if any.
@@ -75,78 +69,58 @@ impl AuthzEndpoints {
         self.paths.iter().find(|(p, _)| p == path).map(|(_, e)| *e)
     }
 
-    pub async fn handle(&self, endpoint: Endpoint, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, endpoint: Endpoint, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         match endpoint {
+            Endpoint::Authorize => self.web.authorize(req).await,
+            Endpoint::Login => self.web.login(req, peer).await,
+            Endpoint::Introspection => {
+                let result = match self.read_form(req).await {
+                    Ok((headers, params)) => self.server.introspect(basic_credentials(&headers), &params).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(body) => json(StatusCode::OK, body.to_string()),
+                    Err(e) => self.error_response(e),
+                }
+            }
             Endpoint::Jwks | Endpoint::Metadata => {
                 if req.method() != Method::GET && req.method() != Method::HEAD {
                     return method_not_allowed("GET, HEAD");
                 }
-                let body = if endpoint == Endpoint::Jwks {
-                    self.server.tokens.jwks()
-                } else {
-                    self.metadata.clone()
-                };
+                let body = if endpoint == Endpoint::Jwks { self.server.tokens.jwks() } else { self.metadata.clone() };
                 let mut res = json(StatusCode::OK, body);
-                res.headers_mut().insert(
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("public, max-age=300"),
-                );
+                res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
                 res
             }
             Endpoint::Token => {
                 let result = match self.read_form(req).await {
-                    Ok((headers, params)) => {
-                        self.server
-                            .token(basic_credentials(&headers), &params)
-                            .await
-                    }
+                    Ok((headers, params)) => self.server.token(basic_credentials(&headers), &params).await,
                     Err(e) => Err(e),
                 };
                 match result {
                     Ok((grant, token)) => {
-                        self.metrics
-                            .tokens_issued
-                            .with_label_values(&[grant.as_str()])
-                            .inc();
-                        self.metrics
-                            .token_requests
-                            .with_label_values(&["issued"])
-                            .inc();
-                        let mut res = json(
-                            StatusCode::OK,
-                            serde_json::to_vec(&token).unwrap_or_default(),
-                        );
-                        res.headers_mut()
-                            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+                        self.metrics.tokens_issued.with_label_values(&[grant.as_str()]).inc();
+                        self.metrics.token_requests.with_label_values(&["issued"]).inc();
+                        let mut res = json(StatusCode::OK, serde_json::to_vec(&token).unwrap_or_default());
+                        res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
                         res
                     }
                     Err(e) => {
-                        self.metrics
-                            .token_requests
-                            .with_label_values(&[e.code.as_str()])
-                            .inc();
+                        self.metrics.token_requests.with_label_values(&[e.code.as_str()]).inc();
                         self.error_response(e)
                     }
                 }
             }
             Endpoint::Revocation => {
                 let result = match self.read_form(req).await {
-                    Ok((headers, params)) => {
-                        self.server
-                            .revoke(basic_credentials(&headers), &params)
-                            .await
-                    }
+                    Ok((headers, params)) => self.server.revoke(basic_credentials(&headers), &params).await,
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(revoked) => {
-                        if let Some(token) = revoked {
-                            self.validator.forget(&token).await;
-                        }
+                    Ok(()) => {
                         // RFC 7009 §2.2: the body is ignored; send none.
                         let mut res = Response::new(crate::respond::empty());
-                        res.headers_mut()
-                            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                         res
                     }
                     Err(e) => self.error_response(e),
@@ -158,27 +132,13 @@ impl AuthzEndpoints {
     /// Reads a POSTed form body, bounded by `max_body`.
     async fn read_form(&self, req: Request<Incoming>) -> Result<(HeaderMap, Params), OAuthError> {
         if req.method() != Method::POST {
-            return Err(OAuthError::new(
-                ErrorCode::InvalidRequest,
-                "This endpoint accepts only POST",
-            ));
+            return Err(OAuthError::new(ErrorCode::InvalidRequest, "This endpoint accepts only POST"));
         }
         // RFC 6749 §2.3.1: credentials never travel in the request URI.
-        if req
-            .uri()
-            .query()
-            .is_some_and(|q| q.contains("client_secret"))
-        {
-            return Err(OAuthError::new(
-                ErrorCode::InvalidRequest,
-                "Client credentials must not be sent in the URL",
-            ));
+        if req.uri().query().is_some_and(|q| q.contains("client_secret")) {
+            return Err(OAuthError::new(ErrorCode::InvalidRequest, "Client credentials must not be sent in the URL"));
         }
-        if !req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(is_form_urlencoded)
-        {
+        if !req.headers().get(header::CONTENT_TYPE).is_some_and(is_form_urlencoded) {
             return Err(OAuthError::new(
                 ErrorCode::InvalidRequest,
                 "The request body must be application/x-www-form-urlencoded",
@@ -188,12 +148,7 @@ impl AuthzEndpoints {
         let bytes = Limited::new(body, self.max_body)
             .collect()
             .await
-            .map_err(|_| {
-                OAuthError::new(
-                    ErrorCode::InvalidRequest,
-                    "The request body is too large or unreadable",
-                )
-            })?
+            .map_err(|_| OAuthError::new(ErrorCode::InvalidRequest, "The request body is too large or unreadable"))?
             .to_bytes();
         Ok((parts.headers, Params::parse(&bytes)?))
     }
@@ -207,8 +162,7 @@ impl AuthzEndpoints {
             _ => StatusCode::BAD_REQUEST,
         };
         let mut res = error_json(status, e.code.as_str(), e.description);
-        res.headers_mut()
-            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if e.code == ErrorCode::InvalidClient {
             // A 401 must carry a challenge (RFC 9110 §15.5.2); RFC 6749 §5.2
             // names the scheme the client tried, and Basic is the one we take.
@@ -228,13 +182,8 @@ impl AuthzEndpoints {
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut res = error_json(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request",
-        "Method not allowed",
-    );
-    res.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    let mut res = error_json(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "Method not allowed");
+    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     res
 }
 
@@ -261,19 +210,13 @@ fn parse_basic(encoded: &str) -> Result<BasicCredentials, ()> {
     let decoded = String::from_utf8(decoded).map_err(|_| ())?;
     let (id, secret) = decoded.split_once(':').ok_or(())?;
     let unescape = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8()
-            .map(|c| c.into_owned())
-            .map_err(|_| ())
+        percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().map(|c| c.into_owned()).map_err(|_| ())
     };
     let (client_id, client_secret) = (unescape(id)?, unescape(secret)?);
     if client_id.is_empty() {
         return Err(());
     }
-    Ok(BasicCredentials {
-        client_id,
-        client_secret,
-    })
+    Ok(BasicCredentials { client_id, client_secret })
 }
 
 #[cfg(test)]

@@ -41,16 +41,10 @@ impl BearerError {
     pub fn description(&self) -> &'static str {
         match self {
             BearerError::RepeatedHeader => "The request has more than one Authorization header",
-            BearerError::MalformedHeader => {
-                "The Authorization header is not a well-formed Bearer credential"
-            }
+            BearerError::MalformedHeader => "The Authorization header is not a well-formed Bearer credential",
             BearerError::RepeatedParameter => "The access_token parameter is repeated",
-            BearerError::MultipleMethods => {
-                "The request carries an access token by more than one method"
-            }
-            BearerError::QueryNotAllowed => {
-                "This route does not accept an access_token query parameter"
-            }
+            BearerError::MultipleMethods => "The request carries an access token by more than one method",
+            BearerError::QueryNotAllowed => "This route does not accept an access_token query parameter",
             BearerError::EmptyParameter => "The access_token parameter is empty",
         }
     }
@@ -110,19 +104,12 @@ pub fn split_form_token(form: &[u8]) -> Result<(Option<String>, Vec<u8>), Bearer
     let mut token = None;
     let mut rest = Vec::with_capacity(form.len());
     for pair in form.split(|b| *b == b'&') {
-        let is_token = form_urlencoded::parse(pair)
-            .next()
-            .is_some_and(|(k, _)| k == "access_token");
+        let is_token = form_urlencoded::parse(pair).next().is_some_and(|(k, _)| k == "access_token");
         if is_token {
             if token.is_some() {
                 return Err(BearerError::RepeatedParameter);
             }
-            token = Some(
-                form_urlencoded::parse(pair)
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default(),
-            );
+            token = Some(form_urlencoded::parse(pair).next().map(|(_, v)| v.into_owned()).unwrap_or_default());
         } else if !pair.is_empty() {
             if !rest.is_empty() {
                 rest.push(b'&');
@@ -160,10 +147,7 @@ pub fn is_form_urlencoded(ct: &HeaderValue) -> bool {
     ct.to_str()
         .ok()
         .and_then(|s| s.split(';').next())
-        .is_some_and(|m| {
-            m.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
 }
 
 /// The error a challenge reports (RFC 6750 §3.1).
@@ -199,11 +183,7 @@ fn push_param(out: &mut String, name: &str, value: &str) {
 /// Builds a `WWW-Authenticate` value. With no error it is the bare
 /// `Bearer realm="…"` a request without credentials gets (RFC 6750 §3.1:
 /// no error code then). Each auth-param appears at most once.
-pub fn challenge(
-    realm: &str,
-    error: Option<(ChallengeError, &str)>,
-    scope: Option<&ScopeSet>,
-) -> HeaderValue {
+pub fn challenge(realm: &str, error: Option<(ChallengeError, &str)>, scope: Option<&ScopeSet>) -> HeaderValue {
     let mut out = String::with_capacity(96);
     out.push_str("Bearer realm=\"");
     out.push_str(realm);
@@ -231,10 +211,7 @@ pub fn split_query_token(query: &str) -> Result<QueryToken, BearerError> {
     let (token, rest) = split_form_token(query.as_bytes())?;
     // The remainder is a sub-sequence of a valid query, so still UTF-8.
     let rest = String::from_utf8(rest).unwrap_or_default();
-    Ok(QueryToken {
-        token,
-        rest: (!rest.is_empty()).then_some(rest),
-    })
+    Ok(QueryToken { token, rest: (!rest.is_empty()).then_some(rest) })
 }
 
 /// A token found in a form body, and the body to send upstream without it.
@@ -261,43 +238,19 @@ mod tests {
     #[test]
     fn header_scheme_is_case_insensitive() {
         assert_eq!(from_header(&headers(&["Bearer abc"])).unwrap(), Some("abc"));
-        assert_eq!(
-            from_header(&headers(&["bearer abc=="])).unwrap(),
-            Some("abc==")
-        );
-        assert_eq!(
-            from_header(&headers(&["BEARER  a.b.c"])).unwrap(),
-            Some("a.b.c")
-        );
-        assert_eq!(
-            from_header(&headers(&["Basic dXNlcjpwYXNz"])).unwrap(),
-            None
-        );
+        assert_eq!(from_header(&headers(&["bearer abc=="])).unwrap(), Some("abc=="));
+        assert_eq!(from_header(&headers(&["BEARER  a.b.c"])).unwrap(), Some("a.b.c"));
+        assert_eq!(from_header(&headers(&["Basic dXNlcjpwYXNz"])).unwrap(), None);
         assert_eq!(from_header(&headers(&[])).unwrap(), None);
     }
 
     #[test]
     fn header_must_be_single_and_token68() {
-        assert_eq!(
-            from_header(&headers(&["Bearer a", "Bearer b"])),
-            Err(BearerError::RepeatedHeader)
-        );
-        assert_eq!(
-            from_header(&headers(&["Bearer"])),
-            Err(BearerError::MalformedHeader)
-        );
-        assert_eq!(
-            from_header(&headers(&["Bearer a b"])),
-            Err(BearerError::MalformedHeader)
-        );
-        assert_eq!(
-            from_header(&headers(&["Bearer a,b"])),
-            Err(BearerError::MalformedHeader)
-        );
-        assert_eq!(
-            from_header(&headers(&["Bearer ="])),
-            Err(BearerError::MalformedHeader)
-        );
+        assert_eq!(from_header(&headers(&["Bearer a", "Bearer b"])), Err(BearerError::RepeatedHeader));
+        assert_eq!(from_header(&headers(&["Bearer"])), Err(BearerError::MalformedHeader));
+        assert_eq!(from_header(&headers(&["Bearer a b"])), Err(BearerError::MalformedHeader));
+        assert_eq!(from_header(&headers(&["Bearer a,b"])), Err(BearerError::MalformedHeader));
+        assert_eq!(from_header(&headers(&["Bearer ="])), Err(BearerError::MalformedHeader));
     }
 
     #[test]
@@ -311,14 +264,8 @@ mod tests {
         let q = split_query_token("access%5Ftoken=t&x=1").unwrap();
         assert_eq!(q.token.as_deref(), Some("t"));
         assert_eq!(q.rest.as_deref(), Some("x=1"));
-        assert!(matches!(
-            split_query_token("access_token=a&access_token=b"),
-            Err(BearerError::RepeatedParameter)
-        ));
-        assert!(matches!(
-            split_query_token("access_token=&a=1"),
-            Err(BearerError::EmptyParameter)
-        ));
+        assert!(matches!(split_query_token("access_token=a&access_token=b"), Err(BearerError::RepeatedParameter)));
+        assert!(matches!(split_query_token("access_token=&a=1"), Err(BearerError::EmptyParameter)));
         let q = split_query_token("x=access_token").unwrap();
         assert_eq!(q.token, None);
     }
@@ -326,25 +273,13 @@ mod tests {
     #[test]
     fn body_tokens_only_for_single_form_entities() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"));
         assert!(body_may_carry_token(&Method::POST, &h));
         assert!(!body_may_carry_token(&Method::GET, &h));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("multipart/form-data; boundary=x"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("multipart/form-data; boundary=x"));
         assert!(!body_may_carry_token(&Method::POST, &h));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        h.append(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+        h.append(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
         assert!(!body_may_carry_token(&Method::POST, &h));
     }
 
@@ -352,20 +287,12 @@ mod tests {
     fn challenges() {
         assert_eq!(challenge("api", None, None), "Bearer realm=\"api\"");
         assert_eq!(
-            challenge(
-                "api",
-                Some((ChallengeError::InvalidToken, "The access token expired")),
-                None
-            ),
+            challenge("api", Some((ChallengeError::InvalidToken, "The access token expired")), None),
             "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"The access token expired\""
         );
         let scope = ScopeSet::parse("b a").unwrap();
         assert_eq!(
-            challenge(
-                "api",
-                Some((ChallengeError::InsufficientScope, "x")),
-                Some(&scope)
-            ),
+            challenge("api", Some((ChallengeError::InsufficientScope, "x")), Some(&scope)),
             "Bearer realm=\"api\", error=\"insufficient_scope\", error_description=\"x\", scope=\"a b\""
         );
     }

@@ -35,12 +35,7 @@ struct VerdictExpiry {
 }
 
 impl Expiry<[u8; 32], Verdict> for VerdictExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Verdict,
-        _created_at: Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _key: &[u8; 32], value: &Verdict, _created_at: Instant) -> Option<Duration> {
         Some(match value {
             Verdict::Valid(id) => {
                 let left = Duration::from_secs(id.expires_at.saturating_sub(now_unix()));
@@ -59,23 +54,13 @@ pub struct TokenValidator {
 }
 
 impl TokenValidator {
-    pub fn new(
-        tokens: Arc<TokenService>,
-        config: &CacheConfig,
-        metrics: Arc<Metrics>,
-    ) -> TokenValidator {
+    pub fn new(tokens: Arc<TokenService>, config: &CacheConfig, metrics: Arc<Metrics>) -> TokenValidator {
         let cache = Cache::builder()
             .max_capacity(config.max_entries)
-            .expire_after(VerdictExpiry {
-                ttl: config.ttl,
-                negative_ttl: config.negative_ttl,
-            })
+            .expire_after(VerdictExpiry { ttl: config.ttl, negative_ttl: config.negative_ttl })
+            .support_invalidation_closures()
             .build();
-        TokenValidator {
-            tokens,
-            cache,
-            metrics,
-        }
+        TokenValidator { tokens, cache, metrics }
     }
 
     pub async fn validate(&self, token: &str) -> Result<Verdict, Arc<StoreError>> {
@@ -108,6 +93,23 @@ impl TokenValidator {
     /// (after a revocation on this instance).
     pub async fn forget(&self, token: &str) {
         self.cache.invalidate(&token_hash(token)).await;
+    }
+
+    /// Forgets the identities of the access tokens `jtis` (after their
+    /// grant was revoked on this instance). moka checks the predicate on
+    /// every read until the entries are gone, so no later request sees them.
+    pub async fn forget_jtis(&self, jtis: Vec<String>) {
+        if jtis.is_empty() {
+            return;
+        }
+        let jtis: std::collections::HashSet<String> = jtis.into_iter().collect();
+        let predicate = move |_: &[u8; 32], v: &Verdict| matches!(v, Verdict::Valid(id) if jtis.contains(&id.jti));
+        if let Err(e) = self.cache.invalidate_entries_if(predicate) {
+            // Only possible without `support_invalidation_closures`; fall
+            // back to forgetting everything rather than trusting stale entries.
+            tracing::error!(error = %e, "could not forget revoked tokens selectively; clearing the cache");
+            self.cache.invalidate_all();
+        }
     }
 
     /// Entries currently held (approximate; for the metrics gauge).

@@ -69,6 +69,14 @@ struct RawConfig {
     users: Vec<RawUser>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    scopes: BTreeMap<String, RawScope>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    description: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,9 +102,7 @@ struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        RawAdmin {
-            listen: "127.0.0.1:9090".into(),
-        }
+        RawAdmin { listen: "127.0.0.1:9090".into() }
     }
 }
 
@@ -108,9 +114,7 @@ struct RawStorage {
 
 impl Default for RawStorage {
     fn default() -> Self {
-        RawStorage {
-            url: "sqlite://data/portcullis.db".into(),
-        }
+        RawStorage { url: "sqlite://data/portcullis.db".into() }
     }
 }
 
@@ -124,6 +128,7 @@ struct RawAuthorizationServer {
     authorization_code_ttl: Option<String>,
     token_format: Option<String>,
     leeway: Option<String>,
+    session_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -156,6 +161,7 @@ struct RawClient {
     scopes: Vec<String>,
     #[serde(default)]
     grant_types: Vec<String>,
+    require_pkce: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +203,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     pub users: Vec<UserConfig>,
     pub routes: Vec<RouteConfig>,
+    /// What each scope lets a client do, in plain words for consent pages.
+    pub scope_descriptions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +263,10 @@ pub struct AuthorizationServerConfig {
     pub token_format: TokenFormat,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
+    /// How long a user stays logged in at the authorization endpoint.
+    pub session_ttl: Duration,
+    /// Whether the issuer is served over TLS (session cookies get `Secure`).
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -333,6 +345,12 @@ pub struct ClientConfig {
     pub redirect_uris: Vec<String>,
     pub scopes: ScopeSet,
     pub grant_types: Vec<GrantType>,
+    /// A client with no secret (a browser or native app): PKCE is always
+    /// required of it (OAuth 2.1 §4.1.2.1).
+    pub public: bool,
+    /// Whether authorization requests must carry a PKCE challenge. Always
+    /// true for public clients; on by default for confidential ones.
+    pub require_pkce: bool,
 }
 
 #[derive(Clone)]
@@ -343,10 +361,7 @@ pub struct UserConfig {
 
 impl fmt::Debug for UserConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserConfig")
-            .field("username", &self.username)
-            .field("password_hash", &"<redacted>")
-            .finish()
+        f.debug_struct("UserConfig").field("username", &self.username).field("password_hash", &"<redacted>").finish()
     }
 }
 
@@ -355,11 +370,7 @@ impl fmt::Debug for UserConfig {
 pub enum Upstream {
     /// An HTTP server: `scheme://authority`, and a base path prepended to
     /// the request's path ("" for none).
-    Http {
-        scheme: http::uri::Scheme,
-        authority: http::uri::Authority,
-        base_path: String,
-    },
+    Http { scheme: http::uri::Scheme, authority: http::uri::Authority, base_path: String },
     /// The built-in demo API (`static://`): answers every request itself
     /// with a JSON echo of what the gateway established.
     Static,
@@ -405,32 +416,18 @@ impl Config {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source_name: name.clone(),
-            errors: vec![FieldError {
-                field: "(file)".into(),
-                reason: format!("cannot read: {e}"),
-            }],
+            errors: vec![FieldError { field: "(file)".into(), reason: format!("cannot read: {e}") }],
         })?;
         Config::parse(&text, &name, &|var| std::env::var(var).ok())
     }
 
     /// Parses and validates TOML text. `env` resolves `client_secret_env`.
-    pub fn parse(
-        text: &str,
-        source_name: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let fail = |errors| ConfigError {
-            source_name: source_name.to_string(),
-            errors,
-        };
+    pub fn parse(text: &str, source_name: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let fail = |errors| ConfigError { source_name: source_name.to_string(), errors };
         let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![toml_error(text, &e)]))?;
         let mut v = Validator { errors: Vec::new() };
         let config = v.config(raw, env);
-        if v.errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(fail(v.errors))
-        }
+        if v.errors.is_empty() { Ok(config) } else { Err(fail(v.errors)) }
     }
 
     /// The client registered under `client_id`.
@@ -442,9 +439,7 @@ impl Config {
 /// Turns a TOML/serde error into a field error naming the line (serde's
 /// message names the key itself, e.g. "unknown field `ttll`").
 fn toml_error(text: &str, e: &toml::de::Error) -> FieldError {
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let message = e.message().trim().to_string();
     FieldError {
         field: match line {
@@ -461,10 +456,7 @@ struct Validator {
 
 impl Validator {
     fn err(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: field.into(),
-            reason: reason.into(),
-        });
+        self.errors.push(FieldError { field: field.into(), reason: reason.into() });
     }
 
     fn duration(&mut self, field: &str, value: Option<&str>, default: &str) -> Duration {
@@ -476,10 +468,7 @@ impl Validator {
             }
             Ok(d) => d,
             Err(e) => {
-                self.err(
-                    field,
-                    format!("{text:?} is not a duration like \"30s\" or \"15m\": {e}"),
-                );
+                self.err(field, format!("{text:?} is not a duration like \"30s\" or \"15m\": {e}"));
                 Duration::from_secs(1)
             }
         }
@@ -487,34 +476,22 @@ impl Validator {
 
     fn socket_addr(&mut self, field: &str, value: &str) -> SocketAddr {
         value.parse().unwrap_or_else(|_| {
-            self.err(
-                field,
-                format!("{value:?} is not an address like \"127.0.0.1:8080\""),
-            );
+            self.err(field, format!("{value:?} is not an address like \"127.0.0.1:8080\""));
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     }
 
     fn config(&mut self, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Config {
         let server = self.server(raw.server);
-        let admin = AdminConfig {
-            listen: self.socket_addr("admin.listen", &raw.admin.listen),
-        };
+        let admin = AdminConfig { listen: self.socket_addr("admin.listen", &raw.admin.listen) };
         if admin.listen == server.listen && admin.listen.port() != 0 {
-            self.err(
-                "admin.listen",
-                "must differ from server.listen: metrics never share the public listener",
-            );
+            self.err("admin.listen", "must differ from server.listen: metrics never share the public listener");
         }
         let storage = self.storage(raw.storage);
         let authorization_server = self.authorization_server(raw.authorization_server);
         let cache = CacheConfig {
             ttl: self.duration("cache.ttl", raw.cache.ttl.as_deref(), "30s"),
-            negative_ttl: self.duration(
-                "cache.negative_ttl",
-                raw.cache.negative_ttl.as_deref(),
-                "5s",
-            ),
+            negative_ttl: self.duration("cache.negative_ttl", raw.cache.negative_ttl.as_deref(), "5s"),
             max_entries: raw.cache.max_entries.unwrap_or(100_000),
         };
         if cache.max_entries == 0 {
@@ -524,45 +501,32 @@ impl Validator {
         let clients = self.clients(raw.clients, env);
         let users = self.users(raw.users, &clients);
         let routes = self.routes(raw.routes, &authorization_server);
-        Config {
-            server,
-            admin,
-            storage,
-            authorization_server,
-            cache,
-            log,
-            clients,
-            users,
-            routes,
+        let mut scope_descriptions = BTreeMap::new();
+        for (name, scope) in raw.scopes {
+            if !is_valid_scope_token(&name) {
+                self.err(format!("scopes.{name}"), "is not a valid scope name (RFC 6749 §3.3)");
+            }
+            if scope.description.trim().is_empty() {
+                self.err(format!("scopes.{name}.description"), "must not be empty");
+            }
+            scope_descriptions.insert(name, scope.description);
         }
+        Config { server, admin, storage, authorization_server, cache, log, clients, users, routes, scope_descriptions }
     }
 
     fn server(&mut self, raw: RawServer) -> ServerConfig {
         let listen = self.socket_addr("server.listen", &raw.listen);
         let realm = raw.realm.unwrap_or_else(|| "portcullis".into());
-        if realm.is_empty()
-            || realm
-                .chars()
-                .any(|c| c.is_control() || c == '"' || c == '\\')
-        {
-            self.err(
-                "server.realm",
-                "must be non-empty printable text without quotes or backslashes",
-            );
+        if realm.is_empty() || realm.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+            self.err("server.realm", "must be non-empty printable text without quotes or backslashes");
         }
         let max_header_bytes = raw.max_header_bytes.unwrap_or(16 * 1024);
         if !(8192..=1024 * 1024).contains(&max_header_bytes) {
-            self.err(
-                "server.max_header_bytes",
-                "must be between 8192 and 1048576",
-            );
+            self.err("server.max_header_bytes", "must be between 8192 and 1048576");
         }
         let max_form_body_bytes = raw.max_form_body_bytes.unwrap_or(64 * 1024);
         if !(1024..=16 * 1024 * 1024).contains(&max_form_body_bytes) {
-            self.err(
-                "server.max_form_body_bytes",
-                "must be between 1024 and 16777216",
-            );
+            self.err("server.max_form_body_bytes", "must be between 1024 and 16777216");
         }
         let max_connections = raw.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
@@ -578,19 +542,11 @@ impl Validator {
         ServerConfig {
             listen,
             realm,
-            header_read_timeout: self.duration(
-                "server.header_read_timeout",
-                raw.header_read_timeout.as_deref(),
-                "10s",
-            ),
+            header_read_timeout: self.duration("server.header_read_timeout", raw.header_read_timeout.as_deref(), "10s"),
             max_header_bytes,
             max_form_body_bytes,
             max_connections,
-            drain_timeout: self.duration(
-                "server.drain_timeout",
-                raw.drain_timeout.as_deref(),
-                "30s",
-            ),
+            drain_timeout: self.duration("server.drain_timeout", raw.drain_timeout.as_deref(), "30s"),
             trusted_proxies,
             workers: raw.workers.unwrap_or(0),
         }
@@ -600,10 +556,7 @@ impl Validator {
         if !raw.url.starts_with("sqlite:") {
             self.err(
                 "storage.url",
-                format!(
-                    "{:?}: only sqlite: URLs are supported (e.g. \"sqlite://data/portcullis.db\")",
-                    raw.url
-                ),
+                format!("{:?}: only sqlite: URLs are supported (e.g. \"sqlite://data/portcullis.db\")", raw.url),
             );
         }
         StorageConfig { url: raw.url }
@@ -615,8 +568,7 @@ impl Validator {
         match issuer.parse::<http::Uri>() {
             Ok(uri) => {
                 let scheme_ok = matches!(uri.scheme_str(), Some("https"))
-                    || (uri.scheme_str() == Some("http")
-                        && uri.host().is_some_and(is_loopback_host));
+                    || (uri.scheme_str() == Some("http") && uri.host().is_some_and(is_loopback_host));
                 if !scheme_ok {
                     self.err(
                         "authorization_server.issuer",
@@ -624,20 +576,14 @@ impl Validator {
                     );
                 }
                 if uri.query().is_some() || issuer.contains('#') {
-                    self.err(
-                        "authorization_server.issuer",
-                        "must not have a query or fragment (RFC 8414 §2)",
-                    );
+                    self.err("authorization_server.issuer", "must not have a query or fragment (RFC 8414 §2)");
                 }
                 if issuer.ends_with('/') {
                     self.err("authorization_server.issuer", "must not end with a slash");
                 }
                 issuer_path = uri.path().trim_end_matches('/').to_string();
             }
-            Err(_) => self.err(
-                "authorization_server.issuer",
-                format!("{issuer:?} is not a URL"),
-            ),
+            Err(_) => self.err("authorization_server.issuer", format!("{issuer:?} is not a URL")),
         }
         let audience = raw.audience.unwrap_or_else(|| issuer.clone());
         if audience.is_empty() {
@@ -647,23 +593,14 @@ impl Validator {
             "jwt" => TokenFormat::Jwt,
             "opaque" => TokenFormat::Opaque,
             other => {
-                self.err(
-                    "authorization_server.token_format",
-                    format!("{other:?}: must be \"jwt\" or \"opaque\""),
-                );
+                self.err("authorization_server.token_format", format!("{other:?}: must be \"jwt\" or \"opaque\""));
                 TokenFormat::Jwt
             }
         };
-        let code_ttl = self.duration(
-            "authorization_server.authorization_code_ttl",
-            raw.authorization_code_ttl.as_deref(),
-            "60s",
-        );
+        let code_ttl =
+            self.duration("authorization_server.authorization_code_ttl", raw.authorization_code_ttl.as_deref(), "60s");
         if code_ttl > Duration::from_secs(600) {
-            self.err(
-                "authorization_server.authorization_code_ttl",
-                "must be at most 10m (OAuth 2.1 §4.1.2)",
-            );
+            self.err("authorization_server.authorization_code_ttl", "must be at most 10m (OAuth 2.1 §4.1.2)");
         }
         let leeway = self.duration("authorization_server.leeway", raw.leeway.as_deref(), "5s");
         if leeway > Duration::from_secs(300) {
@@ -686,6 +623,8 @@ impl Validator {
             authorization_code_ttl: code_ttl,
             token_format,
             leeway,
+            session_ttl: self.duration("authorization_server.session_ttl", raw.session_ttl.as_deref(), "8h"),
+            secure_cookies: raw.issuer.starts_with("https://"),
         }
     }
 
@@ -694,10 +633,7 @@ impl Validator {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                self.err(
-                    "log.format",
-                    format!("{other:?}: must be \"text\" or \"json\""),
-                );
+                self.err("log.format", format!("{other:?}: must be \"text\" or \"json\""));
                 LogFormat::Text
             }
         };
@@ -705,9 +641,7 @@ impl Validator {
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             self.err(
                 "log.level",
-                format!(
-                    "{level:?} is not a level or filter such as \"info\" or \"portcullis=debug\""
-                ),
+                format!("{level:?} is not a level or filter such as \"info\" or \"portcullis=debug\""),
             );
         }
         LogConfig { format, level }
@@ -716,37 +650,27 @@ impl Validator {
     fn scopes(&mut self, field: &str, list: &[String]) -> ScopeSet {
         for s in list {
             if !is_valid_scope_token(s) {
-                self.err(field, format!("{s:?} is not a valid scope (RFC 6749 §3.3: printable ASCII, no spaces, quotes or backslashes)"));
+                self.err(
+                    field,
+                    format!(
+                        "{s:?} is not a valid scope (RFC 6749 §3.3: printable ASCII, no spaces, quotes or backslashes)"
+                    ),
+                );
             }
         }
         ScopeSet::from_iter(list.iter().map(String::as_str))
     }
 
-    fn clients(
-        &mut self,
-        raw: Vec<RawClient>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Vec<ClientConfig> {
+    fn clients(&mut self, raw: Vec<RawClient>, env: &dyn Fn(&str) -> Option<String>) -> Vec<ClientConfig> {
         let mut seen = HashSet::new();
         let mut clients = Vec::new();
         for (i, c) in raw.into_iter().enumerate() {
             let at = format!("clients[{i}]");
-            if c.client_id.is_empty()
-                || !c
-                    .client_id
-                    .chars()
-                    .all(|ch| ch.is_ascii_graphic() && ch != ':')
-            {
-                self.err(
-                    format!("{at}.client_id"),
-                    "must be non-empty printable ASCII without spaces or ':'",
-                );
+            if c.client_id.is_empty() || !c.client_id.chars().all(|ch| ch.is_ascii_graphic() && ch != ':') {
+                self.err(format!("{at}.client_id"), "must be non-empty printable ASCII without spaces or ':'");
             }
             if !seen.insert(c.client_id.clone()) {
-                self.err(
-                    format!("{at}.client_id"),
-                    format!("{:?} is registered twice", c.client_id),
-                );
+                self.err(format!("{at}.client_id"), format!("{:?} is registered twice", c.client_id));
             }
             let secret = match (c.client_secret_hash, c.client_secret_env, c.public) {
                 (Some(hash), None, false) => {
@@ -770,21 +694,18 @@ impl Validator {
                 },
                 (None, None, true) => ClientSecret::None,
                 (None, None, false) => {
-                    self.err(
-                        at.clone(),
-                        "needs client_secret_hash or client_secret_env (or public = true)",
-                    );
+                    self.err(at.clone(), "needs client_secret_hash or client_secret_env (or public = true)");
                     ClientSecret::None
                 }
                 (_, _, true) => {
-                    self.err(at.clone(), "a public client has no secret: remove client_secret_hash / client_secret_env");
+                    self.err(
+                        at.clone(),
+                        "a public client has no secret: remove client_secret_hash / client_secret_env",
+                    );
                     ClientSecret::None
                 }
                 (Some(_), Some(_), false) => {
-                    self.err(
-                        at.clone(),
-                        "set one of client_secret_hash and client_secret_env, not both",
-                    );
+                    self.err(at.clone(), "set one of client_secret_hash and client_secret_env, not both");
                     ClientSecret::None
                 }
             };
@@ -798,23 +719,15 @@ impl Validator {
             for (j, g) in c.grant_types.iter().enumerate() {
                 match GrantType::parse(g) {
                     Some(grant) if !grant_types.contains(&grant) => grant_types.push(grant),
-                    Some(_) => self.err(
-                        format!("{at}.grant_types[{j}]"),
-                        format!("{g:?} is listed twice"),
-                    ),
+                    Some(_) => self.err(format!("{at}.grant_types[{j}]"), format!("{g:?} is listed twice")),
                     None => self.err(
                         format!("{at}.grant_types[{j}]"),
-                        format!(
-                            "{g:?}: must be client_credentials, authorization_code or refresh_token"
-                        ),
+                        format!("{g:?}: must be client_credentials, authorization_code or refresh_token"),
                     ),
                 }
             }
             if grant_types.is_empty() {
-                self.err(
-                    format!("{at}.grant_types"),
-                    "must list at least one grant type",
-                );
+                self.err(format!("{at}.grant_types"), "must list at least one grant type");
             }
             if c.public && grant_types.contains(&GrantType::ClientCredentials) {
                 self.err(
@@ -823,10 +736,10 @@ impl Validator {
                 );
             }
             if grant_types.contains(&GrantType::AuthorizationCode) && c.redirect_uris.is_empty() {
-                self.err(
-                    format!("{at}.redirect_uris"),
-                    "authorization_code needs at least one redirect URI",
-                );
+                self.err(format!("{at}.redirect_uris"), "authorization_code needs at least one redirect URI");
+            }
+            if c.public && c.require_pkce == Some(false) {
+                self.err(format!("{at}.require_pkce"), "PKCE is mandatory for public clients (OAuth 2.1 §4.1.2.1)");
             }
             clients.push(ClientConfig {
                 name: c.name.unwrap_or_else(|| c.client_id.clone()),
@@ -835,6 +748,8 @@ impl Validator {
                 redirect_uris: c.redirect_uris,
                 scopes,
                 grant_types,
+                public: c.public,
+                require_pkce: c.public || c.require_pkce.unwrap_or(true),
             });
         }
         clients
@@ -849,19 +764,13 @@ impl Validator {
                 self.err(format!("{at}.username"), "must be non-empty printable text");
             }
             if !seen.insert(u.username.clone()) {
-                self.err(
-                    format!("{at}.username"),
-                    format!("{:?} is listed twice", u.username),
-                );
+                self.err(format!("{at}.username"), format!("{:?} is listed twice", u.username));
             }
             // RFC 9700 §4.15.1: a client's `sub` must never be taken for a user's.
             if clients.iter().any(|c| c.client_id == u.username) {
                 self.err(
                     format!("{at}.username"),
-                    format!(
-                        "{:?} is also a client_id; a user may not share a client's subject",
-                        u.username
-                    ),
+                    format!("{:?} is also a client_id; a user may not share a client's subject", u.username),
                 );
             }
             if argon2::PasswordHash::new(&u.password_hash).is_err() {
@@ -870,19 +779,12 @@ impl Validator {
                     "is not a PHC string (make one with `portcullis hash-password`)",
                 );
             }
-            users.push(UserConfig {
-                username: u.username,
-                password_hash: u.password_hash,
-            });
+            users.push(UserConfig { username: u.username, password_hash: u.password_hash });
         }
         users
     }
 
-    fn routes(
-        &mut self,
-        raw: Vec<RawRoute>,
-        authz: &AuthorizationServerConfig,
-    ) -> Vec<RouteConfig> {
+    fn routes(&mut self, raw: Vec<RawRoute>, authz: &AuthorizationServerConfig) -> Vec<RouteConfig> {
         let mut routes: Vec<RouteConfig> = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
             let at = format!("routes[{i}]");
@@ -893,10 +795,7 @@ impl Validator {
                 _ => {
                     self.err(
                         format!("{at}.path_prefix"),
-                        format!(
-                            "{:?} is not an absolute normalised path like \"/calendar/\"",
-                            r.path_prefix
-                        ),
+                        format!("{:?} is not an absolute normalised path like \"/calendar/\"", r.path_prefix),
                     );
                     String::new()
                 }
@@ -904,10 +803,7 @@ impl Validator {
             if let Some(other) = routes.iter().find(|o| o.path_prefix == path_prefix) {
                 self.err(
                     format!("{at}.path_prefix"),
-                    format!(
-                        "{:?} is already the prefix of route {:?}",
-                        r.path_prefix, other.name
-                    ),
+                    format!("{:?} is already the prefix of route {:?}", r.path_prefix, other.name),
                 );
             }
             let name = r.name.unwrap_or_else(|| r.path_prefix.clone());
@@ -931,17 +827,20 @@ impl Validator {
                     None
                 }
                 (false, None) => {
-                    self.err(format!("{at}.scopes"), "a protected route needs a scopes table (method -> scopes), or public = true");
+                    self.err(
+                        format!("{at}.scopes"),
+                        "a protected route needs a scopes table (method -> scopes), or public = true",
+                    );
                     None
                 }
                 (false, Some(table)) => Some(self.scope_rule(&at, table)),
             };
-            if r.public
-                && (r.allow_query_token.is_some()
-                    || r.allow_body_token.is_some()
-                    || r.forward_bearer.is_some())
+            if r.public && (r.allow_query_token.is_some() || r.allow_body_token.is_some() || r.forward_bearer.is_some())
             {
-                self.err(at.clone(), "allow_query_token, allow_body_token and forward_bearer apply only to protected routes");
+                self.err(
+                    at.clone(),
+                    "allow_query_token, allow_body_token and forward_bearer apply only to protected routes",
+                );
             }
             routes.push(RouteConfig {
                 name,
@@ -964,10 +863,7 @@ impl Validator {
                 if format!("{base}{endpoint}") == r.path_prefix {
                     self.err(
                         format!("route {:?}", r.name),
-                        format!(
-                            "path_prefix {:?} is an authorization server endpoint",
-                            r.path_prefix
-                        ),
+                        format!("path_prefix {:?} is an authorization server endpoint", r.path_prefix),
                     );
                 }
             }
@@ -976,15 +872,9 @@ impl Validator {
     }
 
     fn scope_rule(&mut self, at: &str, table: BTreeMap<String, Vec<String>>) -> ScopeRule {
-        let mut rule = ScopeRule {
-            methods: BTreeMap::new(),
-            other: None,
-        };
+        let mut rule = ScopeRule { methods: BTreeMap::new(), other: None };
         if table.is_empty() {
-            self.err(
-                format!("{at}.scopes"),
-                "is empty, so every method would be refused; name methods or \"*\"",
-            );
+            self.err(format!("{at}.scopes"), "is empty, so every method would be refused; name methods or \"*\"");
         }
         for (method, list) in table {
             let field = format!("{at}.scopes.{method}");
@@ -1012,20 +902,14 @@ fn is_loopback_host(host: &str) -> bool {
 /// points at the loopback interface (RFC 9700 §2.1, RFC 8252 §7.3); a
 /// private-use scheme (`com.example.app:/cb`) is allowed for native apps.
 pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
-    let parsed: http::Uri = uri
-        .parse()
-        .map_err(|_| format!("{uri:?} is not an absolute URI"))?;
+    let parsed: http::Uri = uri.parse().map_err(|_| format!("{uri:?} is not an absolute URI"))?;
     if uri.contains('#') {
-        return Err(format!(
-            "{uri:?} must not have a fragment (RFC 6749 §3.1.2)"
-        ));
+        return Err(format!("{uri:?} must not have a fragment (RFC 6749 §3.1.2)"));
     }
     match parsed.scheme_str() {
         Some("https") if parsed.host().is_some() => Ok(()),
         Some("http") if parsed.host().is_some_and(is_loopback_host) => Ok(()),
-        Some("http") => Err(format!(
-            "{uri:?}: plain http is allowed only for loopback hosts"
-        )),
+        Some("http") => Err(format!("{uri:?}: plain http is allowed only for loopback hosts")),
         Some(s) if s.contains('.') => Ok(()),
         _ => Err(format!("{uri:?} is not an absolute https URI")),
     }
@@ -1035,26 +919,17 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     if s == "static://" || s == "static://demo" {
         return Ok(Upstream::Static);
     }
-    let uri: http::Uri = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a URL like \"http://127.0.0.1:9001\""))?;
+    let uri: http::Uri = s.parse().map_err(|_| format!("{s:?} is not a URL like \"http://127.0.0.1:9001\""))?;
     let scheme = match uri.scheme_str() {
         Some("http") => http::uri::Scheme::HTTP,
         Some("https") => {
-            return Err(format!(
-                "{s:?}: https upstreams are not supported yet; use http:// on a trusted network"
-            ));
+            return Err(format!("{s:?}: https upstreams are not supported yet; use http:// on a trusted network"));
         }
         _ => {
-            return Err(format!(
-                "{s:?} must start with http:// (or be static:// for the built-in demo API)"
-            ));
+            return Err(format!("{s:?} must start with http:// (or be static:// for the built-in demo API)"));
         }
     };
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| format!("{s:?} has no host"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| format!("{s:?} has no host"))?;
     if authority.as_str().contains('@') {
         return Err(format!("{s:?} must not carry credentials"));
     }
@@ -1062,11 +937,7 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
         return Err(format!("{s:?} must not have a query"));
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
-    Ok(Upstream::Http {
-        scheme,
-        authority,
-        base_path,
-    })
+    Ok(Upstream::Http { scheme, authority, base_path })
 }
 
 #[cfg(test)]
@@ -1087,12 +958,7 @@ mod tests {
     }
 
     fn fields(text: &str) -> Vec<String> {
-        parse(text)
-            .unwrap_err()
-            .errors
-            .into_iter()
-            .map(|e| e.field)
-            .collect()
+        parse(text).unwrap_err().errors.into_iter().map(|e| e.field).collect()
     }
 
     #[test]
@@ -1100,10 +966,7 @@ mod tests {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.authorization_server.audience, "http://127.0.0.1:8080");
         assert_eq!(c.authorization_server.token_format, TokenFormat::Jwt);
-        assert_eq!(
-            c.authorization_server.access_token_ttl,
-            Duration::from_secs(900)
-        );
+        assert_eq!(c.authorization_server.access_token_ttl, Duration::from_secs(900));
         assert_eq!(c.cache.ttl, Duration::from_secs(30));
         assert_eq!(c.server.realm, "portcullis");
     }
@@ -1156,10 +1019,7 @@ mod tests {
         let text = text.replace("GET = [\"r\"]", "GET = [\"r\"]\n\"*\" = [\"w\"]");
         let c = parse(&text).unwrap();
         let rule = c.routes[0].scopes.as_ref().unwrap();
-        assert_eq!(
-            rule.required(&http::Method::DELETE).unwrap().to_string(),
-            "w"
-        );
+        assert_eq!(rule.required(&http::Method::DELETE).unwrap().to_string(), "w");
     }
 
     #[test]
@@ -1168,10 +1028,7 @@ mod tests {
             "{MINIMAL}\n[[clients]]\nclient_id = \"c\"\nclient_secret_env = \"C_SECRET\"\nscopes = [\"a\"]\ngrant_types = [\"client_credentials\"]\n"
         );
         assert_eq!(fields(&text), vec!["clients[0].client_secret_env"]);
-        let ok = Config::parse(&text, "t", &|v| {
-            (v == "C_SECRET").then(|| "s3cret".to_string())
-        })
-        .unwrap();
+        let ok = Config::parse(&text, "t", &|v| (v == "C_SECRET").then(|| "s3cret".to_string())).unwrap();
         assert!(matches!(ok.clients[0].secret, ClientSecret::Plain(_)));
         assert_eq!(format!("{:?}", ok.clients[0].secret), "Plain(<redacted>)");
     }
@@ -1190,11 +1047,7 @@ mod tests {
     fn upstreams_parse() {
         assert_eq!(parse_upstream("static://").unwrap(), Upstream::Static);
         match parse_upstream("http://127.0.0.1:9001/api/").unwrap() {
-            Upstream::Http {
-                authority,
-                base_path,
-                ..
-            } => {
+            Upstream::Http { authority, base_path, .. } => {
                 assert_eq!(authority.as_str(), "127.0.0.1:9001");
                 assert_eq!(base_path, "/api");
             }

@@ -33,10 +33,7 @@ pub struct Route {
 impl Route {
     pub fn new(config: RouteConfig, metrics: &Metrics) -> Route {
         let allow = match &config.scopes {
-            Some(ScopeRule {
-                methods,
-                other: None,
-            }) => methods.keys().cloned().collect::<Vec<_>>().join(", "),
+            Some(ScopeRule { methods, other: None }) => methods.keys().cloned().collect::<Vec<_>>().join(", "),
             _ => String::new(),
         };
         Route {
@@ -59,9 +56,7 @@ impl RouteTable {
     }
 
     pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| under_prefix(path, &r.config.path_prefix))
+        self.routes.iter().find(|r| under_prefix(path, &r.config.path_prefix))
     }
 }
 
@@ -98,26 +93,12 @@ impl Gateway {
         max_form_body: usize,
     ) -> Gateway {
         let unrouted = metrics.route("(none)");
-        Gateway {
-            realm,
-            routes,
-            authz,
-            validator,
-            metrics,
-            trusted_proxies,
-            max_form_body,
-            unrouted,
-        }
+        Gateway { realm, routes, authz, validator, metrics, trusted_proxies, max_form_body, unrouted }
     }
 
     /// Handles one request from `peer`. `forwarder` is the calling worker's
     /// own upstream pool, so connections stay on the core that made them.
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        forwarder: &Forwarder,
-    ) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, forwarder: &Forwarder) -> Response<Body> {
         let started = Instant::now();
         self.metrics.in_flight.inc();
         let _in_flight = InFlight(&self.metrics);
@@ -133,30 +114,20 @@ impl Gateway {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "refused a malformed path");
-                return self.refuse(
-                    &self.unrouted,
-                    Refusal::BadRequest("The request path is malformed"),
-                    started,
-                );
+                return self.refuse(&self.unrouted, Refusal::BadRequest("The request path is malformed"), started);
             }
         };
         if let Some(endpoint) = self.authz.endpoint(&path) {
-            return self.authz.handle(endpoint, req).await;
+            return self.authz.handle(endpoint, req, peer.ip().to_canonical()).await;
         }
         let Some(route) = self.routes.find(&path) else {
             return self.refuse(&self.unrouted, Refusal::NotFound, started);
         };
-        match self
-            .through_route(route, req, &path, host, peer, forwarder)
-            .await
-        {
+        match self.through_route(route, req, &path, host, peer, forwarder).await {
             Ok(res) => self.finish(&route.metrics, res, Outcome::Allowed, started),
             Err(refusal) => {
                 if let Some(reason) = refusal.denial_reason() {
-                    self.metrics
-                        .denials
-                        .with_label_values(&[&route.config.name, reason])
-                        .inc();
+                    self.metrics.denials.with_label_values(&[&route.config.name, reason]).inc();
                 }
                 self.refuse(&route.metrics, refusal, started)
             }
@@ -165,12 +136,7 @@ impl Gateway {
 
     fn refuse(&self, metrics: &RouteMetrics, refusal: Refusal, started: Instant) -> Response<Body> {
         let outcome = refusal.outcome();
-        self.finish(
-            metrics,
-            refusal.into_response(&self.realm),
-            outcome,
-            started,
-        )
+        self.finish(metrics, refusal.into_response(&self.realm), outcome, started)
     }
 
     fn finish(
@@ -210,13 +176,9 @@ impl Gateway {
             };
             upstream_headers(&mut parts.headers, &ctx);
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-            return self
-                .send(forwarder, route, req, &path_and_query, None)
-                .await;
+            return self.send(forwarder, route, req, &path_and_query, None).await;
         };
-        let required = rule
-            .required(&parts.method)
-            .ok_or_else(|| Refusal::MethodNotAllowed(route.allow.clone()))?;
+        let required = rule.required(&parts.method).ok_or_else(|| Refusal::MethodNotAllowed(route.allow.clone()))?;
 
         // RFC 6750 §2: find the token wherever it may be, and refuse a
         // request that sends it more than one way.
@@ -231,8 +193,7 @@ impl Gateway {
         if query_token.is_some() && !cfg.allow_query_token {
             return Err(Refusal::Bearer(BearerError::QueryNotAllowed));
         }
-        let (body_token, body) = if cfg.allow_body_token
-            && bearer::body_may_carry_token(&parts.method, &parts.headers)
+        let (body_token, body) = if cfg.allow_body_token && bearer::body_may_carry_token(&parts.method, &parts.headers)
         {
             let bytes = self.read_form_body(&parts.headers, body).await?;
             let (token, rest) = bearer::split_body_token(&bytes).map_err(Refusal::Bearer)?;
@@ -278,21 +239,13 @@ impl Gateway {
         }
         upstream_headers(&mut parts.headers, &ctx);
         let path_and_query = join_path_query(path, query.as_deref());
-        let mut res = self
-            .send(
-                forwarder,
-                route,
-                Request::from_parts(parts, body),
-                &path_and_query,
-                Some(&identity),
-            )
-            .await?;
+        let mut res =
+            self.send(forwarder, route, Request::from_parts(parts, body), &path_and_query, Some(&identity)).await?;
         // RFC 6750 §2.3: a response to a request with the token in its URI
         // must not be stored by shared caches, whatever its status (404s and
         // redirects are cacheable too, under a URI holding the token).
         if source == TokenSource::Query {
-            res.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
         Ok(res)
     }
@@ -306,25 +259,14 @@ impl Gateway {
         identity: Option<&crate::tokens::Identity>,
     ) -> Result<Response<Body>, Refusal> {
         let cfg = &route.config;
-        let forwarded = forwarder
-            .forward(&cfg.upstream, req, path_and_query, cfg.timeout, identity)
-            .await?;
-        route
-            .metrics
-            .upstream_duration
-            .observe(forwarded.upstream_time.as_secs_f64());
+        let forwarded = forwarder.forward(&cfg.upstream, req, path_and_query, cfg.timeout, identity).await?;
+        route.metrics.upstream_duration.observe(forwarded.upstream_time.as_secs_f64());
         Ok(forwarded.response)
     }
 
-    async fn read_form_body(
-        &self,
-        headers: &http::HeaderMap,
-        body: Incoming,
-    ) -> Result<Bytes, Refusal> {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+    async fn read_form_body(&self, headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {
+        let declared =
+            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_form_body as u64) {
             return Err(Refusal::PayloadTooLarge);
         }
@@ -349,9 +291,7 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
-        return Err(Refusal::BadRequest(
-            "The request has more than one Host header",
-        ));
+        return Err(Refusal::BadRequest("The request has more than one Host header"));
     }
     if let Some(host) = first {
         return if is_valid_host(host.as_bytes()) {
@@ -377,14 +317,9 @@ fn check_framing(headers: &http::HeaderMap) -> Result<(), Refusal> {
     let mut chunked = 0;
     for value in headers.get_all(header::TRANSFER_ENCODING) {
         let Ok(value) = value.to_str() else {
-            return Err(Refusal::BadRequest(
-                "The Transfer-Encoding header is malformed",
-            ));
+            return Err(Refusal::BadRequest("The Transfer-Encoding header is malformed"));
         };
-        chunked += value
-            .split(',')
-            .filter(|c| c.trim().eq_ignore_ascii_case("chunked"))
-            .count();
+        chunked += value.split(',').filter(|c| c.trim().eq_ignore_ascii_case("chunked")).count();
     }
     if chunked > 1 {
         return Err(Refusal::BadRequest("The request is chunked more than once"));
@@ -400,11 +335,7 @@ fn is_valid_host(host: &[u8]) -> bool {
         match host.iter().position(|b| *b == b']') {
             Some(end) => {
                 let literal = &host[1..end];
-                if literal.is_empty()
-                    || !literal
-                        .iter()
-                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-                {
+                if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) {
                     return false;
                 }
                 (&host[..=end], &host[end + 1..])
@@ -454,29 +385,10 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in [
-            "example.com",
-            "example.com:8080",
-            "127.0.0.1:1",
-            "[::1]:8080",
-            "[::1]",
-            "a_b",
-            "x:",
-        ] {
+        for ok in ["example.com", "example.com:8080", "127.0.0.1:1", "[::1]:8080", "[::1]", "a_b", "x:"] {
             assert!(is_valid_host(ok.as_bytes()), "{ok}");
         }
-        for bad in [
-            "",
-            "a b",
-            "a/b",
-            "user@host",
-            "[::1",
-            "[zz]",
-            "host:80:80",
-            "host:abc",
-            ":80",
-            "h\\x",
-        ] {
+        for bad in ["", "a b", "a/b", "user@host", "[::1", "[zz]", "host:80:80", "host:abc", ":80", "h\\x"] {
             assert!(!is_valid_host(bad.as_bytes()), "{bad}");
         }
     }

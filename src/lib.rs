@@ -25,3 +25,4 @@ pub mod scope;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod web;

@@ -17,11 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EX_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(
-    name = "portcullis",
-    version,
-    about = "A bearer-token gateway with its own OAuth 2.0 authorization server"
-)]
+#[command(name = "portcullis", version, about = "A bearer-token gateway with its own OAuth 2.0 authorization server")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,10 +70,7 @@ fn hash_password() -> ExitCode {
         eprintln!("cannot read stdin: {e}");
         return ExitCode::FAILURE;
     }
-    let secret = input
-        .strip_suffix('\n')
-        .map(|s| s.strip_suffix('\r').unwrap_or(s))
-        .unwrap_or(&input);
+    let secret = input.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&input);
     if secret.is_empty() {
         eprintln!("the secret on stdin is empty");
         return ExitCode::FAILURE;
@@ -105,10 +98,7 @@ fn serve(path: PathBuf) -> ExitCode {
     portcullis::logging::init(&config.log);
     // The main thread runs the first public worker and the admin listener;
     // `Server::run` starts a thread per further worker.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

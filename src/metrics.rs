@@ -6,8 +6,8 @@
 //! path touches only atomics.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// How a request through a route ended.
@@ -83,21 +83,17 @@ pub struct Metrics {
     pub tokens_issued: IntCounterVec,
     pub token_requests: IntCounterVec,
     pub in_flight: IntGauge,
+    pub authorization_flow: IntCounterVec,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "portcullis_requests_total",
-                "Requests handled on the public listener, by route and outcome.",
-            ),
+            Opts::new("portcullis_requests_total", "Requests handled on the public listener, by route and outcome."),
             &["route", "outcome"],
         )
         .expect("static metric definition");
@@ -120,36 +116,25 @@ impl Metrics {
         )
         .expect("static metric definition");
         let denials = IntCounterVec::new(
-            Opts::new(
-                "portcullis_denials_total",
-                "Requests refused by bearer enforcement, by route and reason.",
-            ),
+            Opts::new("portcullis_denials_total", "Requests refused by bearer enforcement, by route and reason."),
             &["route", "reason"],
         )
         .expect("static metric definition");
         let cache_requests = IntCounterVec::new(
-            Opts::new(
-                "portcullis_validation_cache_requests_total",
-                "Token validation cache lookups, by result.",
-            ),
+            Opts::new("portcullis_validation_cache_requests_total", "Token validation cache lookups, by result."),
             &["result"],
         )
         .expect("static metric definition");
-        let cache_entries = IntGauge::new(
-            "portcullis_validation_cache_entries",
-            "Entries in the token validation cache.",
-        )
-        .expect("static metric definition");
+        let cache_entries =
+            IntGauge::new("portcullis_validation_cache_entries", "Entries in the token validation cache.")
+                .expect("static metric definition");
         let token_validations = IntCounter::new(
             "portcullis_token_validations_total",
             "Full token validations (signature check or store lookup) done on cache misses.",
         )
         .expect("static metric definition");
         let tokens_issued = IntCounterVec::new(
-            Opts::new(
-                "portcullis_tokens_issued_total",
-                "Access tokens issued, by grant type.",
-            ),
+            Opts::new("portcullis_tokens_issued_total", "Access tokens issued, by grant type."),
             &["grant_type"],
         )
         .expect("static metric definition");
@@ -161,11 +146,17 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
-        let in_flight = IntGauge::new(
-            "portcullis_requests_in_flight",
-            "Requests being handled on the public listener.",
+        let authorization_flow = IntCounterVec::new(
+            Opts::new(
+                "portcullis_authorization_flow_total",
+                "Authorization endpoint events: login_succeeded, login_failed, login_throttled, consent_granted, consent_denied, consent_remembered.",
+            ),
+            &["outcome"],
         )
         .expect("static metric definition");
+        let in_flight =
+            IntGauge::new("portcullis_requests_in_flight", "Requests being handled on the public listener.")
+                .expect("static metric definition");
 
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -178,6 +169,7 @@ impl Metrics {
             Box::new(tokens_issued.clone()),
             Box::new(token_requests.clone()),
             Box::new(in_flight.clone()),
+            Box::new(authorization_flow.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -194,6 +186,7 @@ impl Metrics {
             tokens_issued,
             token_requests,
             in_flight,
+            authorization_flow,
         }
     }
 
@@ -205,8 +198,7 @@ impl Metrics {
                 .map(|o| {
                     (
                         self.requests.with_label_values(&[route, o.as_str()]),
-                        self.request_duration
-                            .with_label_values(&[route, o.as_str()]),
+                        self.request_duration.with_label_values(&[route, o.as_str()]),
                     )
                 })
                 .collect(),

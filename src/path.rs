@@ -26,9 +26,7 @@ impl fmt::Display for PathError {
         f.write_str(match self {
             PathError::NotAbsolute => "the request path must start with '/'",
             PathError::MalformedEscape => "the request path has a malformed percent-encoding",
-            PathError::ForbiddenCharacter => {
-                "the request path has a control character or backslash"
-            }
+            PathError::ForbiddenCharacter => "the request path has a control character or backslash",
         })
     }
 }
@@ -56,10 +54,7 @@ fn normalize_segment(seg: &str, out: &mut String) -> Result<(), PathError> {
         let b = bytes[i];
         match b {
             b'%' => {
-                let (h, l) = match (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) {
+                let (h, l) = match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
                     (Some(h), Some(l)) => (h, l),
                     _ => return Err(PathError::MalformedEscape),
                 };
@@ -223,26 +218,17 @@ mod tests {
     /// built from the pieces attacks are made of.
     #[test]
     fn output_is_a_fixed_point_without_dot_segments() {
-        let pieces = [
-            "/", "//", ".", "..", "%2e", "%2E%2e", "%2F", "a", "%7e", "~", "%41", ";", "%25", "b.",
-            ".c",
-        ];
+        let pieces = ["/", "//", ".", "..", "%2e", "%2E%2e", "%2F", "a", "%7e", "~", "%41", ";", "%25", "b.", ".c"];
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {
             let mut p = String::from("/");
             for _ in 0..(seed % 9) {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 p.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
             }
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             let Ok(once) = normalize(&p) else { continue };
-            assert_eq!(
-                normalize(&once).as_deref(),
-                Ok(once.as_str()),
-                "not idempotent for {p:?}"
-            );
+            assert_eq!(normalize(&once).as_deref(), Ok(once.as_str()), "not idempotent for {p:?}");
             assert!(!once.contains("//"), "{p:?} -> {once:?}");
             for seg in once.split('/') {
                 assert!(seg != "." && seg != "..", "{p:?} -> {once:?}");

@@ -62,11 +62,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes every `X-Auth-*` header: only the gateway may assert identity.
 pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-auth-"))
-        .cloned()
-        .collect();
+    let spoofed: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("x-auth-")).cloned().collect();
     for name in spoofed {
         headers.remove(name);
     }
@@ -90,16 +86,9 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     if !ctx.keep_authorization {
         headers.remove(header::AUTHORIZATION);
     }
-    let trusted = ctx
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(ctx.peer.ip()));
+    let trusted = ctx.trusted_proxies.iter().any(|net| net.contains(ctx.peer.ip()));
     let peer_ip = ctx.peer.ip().to_canonical().to_string();
-    let xff = match headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| trusted)
-    {
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|_| trusted) {
         Some(chain) => format!("{chain}, {peer_ip}"),
         None => peer_ip,
     };
@@ -184,11 +173,7 @@ impl Forwarder {
                     upstream_time: Duration::ZERO,
                 });
             }
-            Upstream::Http {
-                scheme,
-                authority,
-                base_path,
-            } => (scheme, authority, base_path),
+            Upstream::Http { scheme, authority, base_path } => (scheme, authority, base_path),
         };
         let uri = Uri::builder()
             .scheme(scheme.clone())
@@ -213,20 +198,13 @@ impl Forwarder {
         let upstream_time = started.elapsed();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Forwarded {
-            response: Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()),
-            upstream_time,
-        })
+        Ok(Forwarded { response: Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()), upstream_time })
     }
 }
 
 /// The built-in demo API (`upstream = "static://"`): answers with what the
 /// gateway established, so the whole story runs with no other process.
-fn static_demo(
-    req: &Request<Body>,
-    path_and_query: &str,
-    identity: Option<&Identity>,
-) -> Response<Body> {
+fn static_demo(req: &Request<Body>, path_and_query: &str, identity: Option<&Identity>) -> Response<Body> {
     let body = serde_json::json!({
         "service": "portcullis static demo upstream",
         "method": req.method().as_str(),
@@ -237,10 +215,7 @@ fn static_demo(
     });
     let mut res = Response::new(full(Bytes::from(body.to_string())));
     *res.status_mut() = StatusCode::OK;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
 
@@ -251,10 +226,7 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -291,13 +263,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        upstream_headers(
-            &mut h,
-            &ForwardContext {
-                trusted_proxies: &trusted,
-                ..ctx
-            },
-        );
+        upstream_headers(&mut h, &ForwardContext { trusted_proxies: &trusted, ..ctx });
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

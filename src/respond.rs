@@ -20,9 +20,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|e: Infallible| match e {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|e: Infallible| match e {}).boxed_unsync()
 }
 
 pub fn empty() -> Body {
@@ -34,20 +32,14 @@ pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut res = Response::new(full(body));
     *res.status_mut() = status;
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
 /// `{"error": code, "error_description": description}`.
 pub fn error_json(status: StatusCode, code: &str, description: &str) -> Response<Body> {
-    json(
-        status,
-        serde_json::json!({ "error": code, "error_description": description }).to_string(),
-    )
+    json(status, serde_json::json!({ "error": code, "error_description": description }).to_string())
 }
 
 /// Why the gateway answers a request itself.
@@ -74,9 +66,7 @@ impl Refusal {
         match self {
             Refusal::NotFound => Outcome::NotFound,
             Refusal::MethodNotAllowed(_) => Outcome::MethodNotAllowed,
-            Refusal::BadRequest(_) | Refusal::PayloadTooLarge | Refusal::Bearer(_) => {
-                Outcome::InvalidRequest
-            }
+            Refusal::BadRequest(_) | Refusal::PayloadTooLarge | Refusal::Bearer(_) => Outcome::InvalidRequest,
             Refusal::MissingToken => Outcome::MissingToken,
             Refusal::InvalidToken(_) => Outcome::InvalidToken,
             Refusal::InsufficientScope(_) => Outcome::InsufficientScope,
@@ -104,18 +94,11 @@ impl Refusal {
     pub fn into_response(self, realm: &str) -> Response<Body> {
         let bearer = |status, code: ChallengeError, description: &str, scope: Option<&ScopeSet>| {
             let mut res = error_json(status, code.code(), description);
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                challenge(realm, Some((code, description)), scope),
-            );
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(realm, Some((code, description)), scope));
             res
         };
         match self {
-            Refusal::NotFound => error_json(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "No route matches this path",
-            ),
+            Refusal::NotFound => error_json(StatusCode::NOT_FOUND, "not_found", "No route matches this path"),
             Refusal::MethodNotAllowed(allow) => {
                 let mut res = error_json(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -125,9 +108,7 @@ impl Refusal {
                 res.headers_mut().insert(header::ALLOW, allow);
                 res
             }
-            Refusal::BadRequest(description) => {
-                error_json(StatusCode::BAD_REQUEST, "invalid_request", description)
-            }
+            Refusal::BadRequest(description) => error_json(StatusCode::BAD_REQUEST, "invalid_request", description),
             Refusal::PayloadTooLarge => error_json(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request",
@@ -138,33 +119,24 @@ impl Refusal {
                     StatusCode::UNAUTHORIZED,
                     r#"{"error_description":"This route requires a bearer access token"}"#,
                 );
-                res.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, challenge(realm, None, None));
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(realm, None, None));
                 res
             }
-            Refusal::Bearer(e) => bearer(
-                StatusCode::BAD_REQUEST,
-                ChallengeError::InvalidRequest,
-                e.description(),
-                None,
-            ),
-            Refusal::InvalidToken(r) => bearer(
-                StatusCode::UNAUTHORIZED,
-                ChallengeError::InvalidToken,
-                r.description(),
-                None,
-            ),
+            Refusal::Bearer(e) => {
+                bearer(StatusCode::BAD_REQUEST, ChallengeError::InvalidRequest, e.description(), None)
+            }
+            Refusal::InvalidToken(r) => {
+                bearer(StatusCode::UNAUTHORIZED, ChallengeError::InvalidToken, r.description(), None)
+            }
             Refusal::InsufficientScope(scope) => bearer(
                 StatusCode::FORBIDDEN,
                 ChallengeError::InsufficientScope,
                 "The access token does not grant the scope this request needs",
                 Some(&scope),
             ),
-            Refusal::UpstreamUnreachable => error_json(
-                StatusCode::BAD_GATEWAY,
-                "bad_gateway",
-                "The upstream service could not be reached",
-            ),
+            Refusal::UpstreamUnreachable => {
+                error_json(StatusCode::BAD_GATEWAY, "bad_gateway", "The upstream service could not be reached")
+            }
             Refusal::UpstreamTimeout => error_json(
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway_timeout",
@@ -176,8 +148,7 @@ impl Refusal {
                     "temporarily_unavailable",
                     "The gateway cannot validate tokens right now; try again shortly",
                 );
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 res
             }
         }

@@ -48,11 +48,7 @@ pub enum StartError {
     #[error(transparent)]
     Keys(#[from] crate::tokens::KeyError),
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
 }
 
 /// A gateway whose sockets are bound and whose state is loaded.
@@ -72,30 +68,12 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let store = store::open(&config.storage.url).await?;
         let metrics = Arc::new(Metrics::new());
-        let tokens =
-            Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
-        let validator = Arc::new(TokenValidator::new(
-            tokens.clone(),
-            &config.cache,
-            metrics.clone(),
-        ));
+        let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
+        let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
         let clients = Arc::new(ClientRegistry::new(&config.clients));
-        let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens);
-        let authz = AuthzEndpoints::new(
-            &config.authorization_server,
-            server,
-            validator.clone(),
-            metrics.clone(),
-            config.server.max_form_body_bytes,
-            config.server.realm.clone(),
-        );
-        let routes = RouteTable::new(
-            config
-                .routes
-                .iter()
-                .map(|r| Route::new(r.clone(), &metrics))
-                .collect(),
-        );
+        let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, validator.clone());
+        let authz = AuthzEndpoints::new(&config, server, metrics.clone());
+        let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), &metrics)).collect());
         let gateway = Arc::new(Gateway::new(
             config.server.realm.clone(),
             routes,
@@ -106,12 +84,7 @@ impl Server {
             config.server.max_form_body_bytes,
         ));
         let draining = Arc::new(AtomicBool::new(false));
-        let admin = Arc::new(Admin {
-            metrics,
-            store: store.clone(),
-            validator,
-            draining,
-        });
+        let admin = Arc::new(Admin { metrics, store: store.clone(), validator, draining });
 
         let workers = match config.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -119,26 +92,15 @@ impl Server {
         };
         let public = bind("public", config.server.listen, workers)?;
         let admin_listener = bind("admin", config.admin.listen, 1)?.remove(0);
-        Ok(Server {
-            public,
-            admin_listener,
-            gateway,
-            admin,
-            store,
-            server_config: config.server,
-        })
+        Ok(Server { public, admin_listener, gateway, admin, store, server_config: config.server })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
-        self.public[0]
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.public[0].local_addr().expect("a bound listener has an address")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.admin_listener.local_addr().expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets
@@ -152,10 +114,7 @@ impl Server {
         // "draining" to the load balancer while in-flight requests finish.
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let cfg = Arc::new(self.server_config);
-        let addr = |l: &std::net::TcpListener| {
-            l.local_addr()
-                .map_or_else(|e| e.to_string(), |a| a.to_string())
-        };
+        let addr = |l: &std::net::TcpListener| l.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
         tracing::info!(
             public = %addr(&self.public[0]),
             admin = %addr(&self.admin_listener),
@@ -164,30 +123,19 @@ impl Server {
         );
 
         let mut listeners = self.public.into_iter();
-        let local = listeners.next().map(|l| {
-            tokio::spawn(serve_public(
-                l,
-                self.gateway.clone(),
-                cfg.clone(),
-                stop_rx.clone(),
-            ))
-        });
+        let local =
+            listeners.next().map(|l| tokio::spawn(serve_public(l, self.gateway.clone(), cfg.clone(), stop_rx.clone())));
         let mut workers_done = Vec::new();
         for (i, listener) in listeners.enumerate() {
             let (gateway, cfg, stop) = (self.gateway.clone(), cfg.clone(), stop_rx.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-            let spawned = std::thread::Builder::new()
-                .name(format!("portcullis-worker-{}", i + 1))
-                .spawn(move || {
-                    match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop)),
-                        Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
-                    }
-                    let _ = done_tx.send(());
-                });
+            let spawned = std::thread::Builder::new().name(format!("portcullis-worker-{}", i + 1)).spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop)),
+                    Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
+                }
+                let _ = done_tx.send(());
+            });
             match spawned {
                 Ok(_) => workers_done.push(done_rx),
                 Err(e) => tracing::error!(error = %e, "cannot start a worker thread"),
@@ -248,21 +196,13 @@ async fn serve_public(
 /// Binds `count` sockets to `addr`, sharing it with `SO_REUSEPORT` when
 /// there is more than one. With port 0, the first picks the port and the
 /// rest join it.
-fn bind(
-    what: &'static str,
-    addr: SocketAddr,
-    count: usize,
-) -> Result<Vec<std::net::TcpListener>, StartError> {
+fn bind(what: &'static str, addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
-        let at = listeners
-            .first()
-            .and_then(|l| l.local_addr().ok())
-            .unwrap_or(addr);
+        let at = listeners.first().and_then(|l| l.local_addr().ok()).unwrap_or(addr);
         let err = |source| StartError::Bind { what, addr, source };
-        let socket =
-            Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
         socket.set_reuse_address(true).map_err(err)?;
         if count > 1 {
             socket.set_reuse_port(true).map_err(err)?;
@@ -290,12 +230,8 @@ async fn janitor(store: Arc<dyn Store>) {
 }
 
 /// Accepts connections until told to stop, then drains them.
-async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    cfg: Arc<ServerConfig>,
-    mut stop: watch::Receiver<bool>,
-    handler: F,
-) where
+async fn accept_loop<F, Fut>(listener: TcpListener, cfg: Arc<ServerConfig>, mut stop: watch::Receiver<bool>, handler: F)
+where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
@@ -337,15 +273,7 @@ async fn accept_loop<F, Fut>(
                 }
             },
         };
-        serve_connection(
-            stream,
-            peer,
-            &builder,
-            &graceful,
-            cfg.header_read_timeout,
-            handler.clone(),
-            permit,
-        );
+        serve_connection(stream, peer, &builder, &graceful, cfg.header_read_timeout, handler.clone(), permit);
     }
     drop(listener);
     tokio::select! {
@@ -379,9 +307,7 @@ fn serve_connection<F, Fut>(
         seen.store(true, Ordering::Relaxed);
         handler(req, peer)
     });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
         tokio::pin!(conn);

@@ -37,14 +37,11 @@ const ED25519_ALG: &str = "EdDSA";
 
 /// PKCS#8 v1 wrapping of a raw Ed25519 seed (RFC 8410 §7): a fixed prefix,
 /// then the 32 bytes.
-const ED25519_PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+const ED25519_PKCS8_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// 256 random bits, base64url: token values and identifiers (RFC 6749 §10.10
@@ -77,13 +74,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn new(
-        subject: String,
-        client_id: String,
-        scopes: ScopeSet,
-        expires_at: u64,
-        jti: String,
-    ) -> Option<Identity> {
+    pub fn new(subject: String, client_id: String, scopes: ScopeSet, expires_at: u64, jti: String) -> Option<Identity> {
         Some(Identity {
             subject_header: HeaderValue::from_bytes(subject.as_bytes()).ok()?,
             client_id_header: HeaderValue::from_bytes(client_id.as_bytes()).ok()?,
@@ -211,9 +202,7 @@ pub enum KeyError {
 fn generate_ed25519() -> StoredKey {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
-        .verifying_key()
-        .to_bytes();
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     let mut der = ED25519_PKCS8_PREFIX.to_vec();
     der.extend_from_slice(&seed);
     StoredKey {
@@ -227,25 +216,17 @@ fn generate_ed25519() -> StoredKey {
 
 /// RFC 7638 thumbprint of an Ed25519 public key: a stable `kid`.
 fn jwk_thumbprint(public: &[u8]) -> String {
-    let canonical = format!(
-        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        B64.encode(public)
-    );
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, B64.encode(public));
     B64.encode(Sha256::digest(canonical.as_bytes()))
 }
 
 impl TokenService {
     /// Loads the signing keys from the store, generating and persisting the
     /// first one on first start.
-    pub async fn load(
-        config: &AuthorizationServerConfig,
-        store: Arc<dyn Store>,
-    ) -> Result<TokenService, KeyError> {
+    pub async fn load(config: &AuthorizationServerConfig, store: Arc<dyn Store>) -> Result<TokenService, KeyError> {
         let mut keys = store.signing_keys().await?;
         if !keys.iter().any(|k| k.alg == ED25519_ALG) {
-            store
-                .insert_signing_key_if_none(&generate_ed25519())
-                .await?;
+            store.insert_signing_key_if_none(&generate_ed25519()).await?;
             keys = store.signing_keys().await?;
             tracing::info!(kid = %keys.first().map_or("", |k| k.kid.as_str()), "generated a new token-signing key");
         }
@@ -253,10 +234,7 @@ impl TokenService {
         let mut jwks = Vec::new();
         let mut active: Option<(String, EncodingKey)> = None;
         for k in keys.iter().filter(|k| k.alg == ED25519_ALG) {
-            let unusable = |reason: &str| KeyError::Unusable {
-                kid: k.kid.clone(),
-                reason: reason.into(),
-            };
+            let unusable = |reason: &str| KeyError::Unusable { kid: k.kid.clone(), reason: reason.into() };
             let x = B64.encode(&k.public_key);
             if k.public_key.len() != 32
                 || k.private_der.len() != 48
@@ -265,13 +243,7 @@ impl TokenService {
                 return Err(unusable("not an Ed25519 key pair"));
             }
             let key = DecodingKey::from_ed_components(&x).map_err(|e| unusable(&e.to_string()))?;
-            verifying_keys.insert(
-                k.kid.clone(),
-                VerifyingKey {
-                    alg: Algorithm::EdDSA,
-                    key,
-                },
-            );
+            verifying_keys.insert(k.kid.clone(), VerifyingKey { alg: Algorithm::EdDSA, key });
             jwks.push(serde_json::json!({
                 "kty": "OKP", "crv": "Ed25519", "x": x, "kid": k.kid, "alg": ED25519_ALG, "use": "sig",
             }));
@@ -279,10 +251,8 @@ impl TokenService {
                 active = Some((k.kid.clone(), EncodingKey::from_ed_der(&k.private_der)));
             }
         }
-        let (active_kid, signing_key) = active.ok_or_else(|| KeyError::Unusable {
-            kid: String::new(),
-            reason: "no key".into(),
-        })?;
+        let (active_kid, signing_key) =
+            active.ok_or_else(|| KeyError::Unusable { kid: String::new(), reason: "no key".into() })?;
 
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&config.issuer]);
@@ -317,12 +287,7 @@ impl TokenService {
     }
 
     /// Mints an access token for `subject` acting through `client_id`.
-    pub async fn issue(
-        &self,
-        client_id: &str,
-        subject: &str,
-        scopes: ScopeSet,
-    ) -> Result<IssuedToken, StoreError> {
+    pub async fn issue(&self, client_id: &str, subject: &str, scopes: ScopeSet) -> Result<IssuedToken, StoreError> {
         let iat = now_unix();
         let exp = iat + self.ttl.as_secs();
         let jti = random_token();
@@ -360,12 +325,7 @@ impl TokenService {
                 value
             }
         };
-        Ok(IssuedToken {
-            value,
-            expires_in: self.ttl.as_secs(),
-            scopes,
-            jti,
-        })
+        Ok(IssuedToken { value, expires_in: self.ttl.as_secs(), scopes, jti })
     }
 
     /// Verifies a presented access token of either format. `Ok(Err(_))` is
@@ -403,10 +363,7 @@ impl TokenService {
             return Ok(Err(Rejection::Expired));
         }
         let scopes = ScopeSet::parse(&record.scope).unwrap_or_default();
-        Ok(
-            Identity::new(record.subject, record.client_id, scopes, exp, record.jti)
-                .ok_or(Rejection::Malformed),
-        )
+        Ok(Identity::new(record.subject, record.client_id, scopes, exp, record.jti).ok_or(Rejection::Malformed))
     }
 
     fn verify_jwt(&self, token: &str) -> Result<Identity, Rejection> {
@@ -414,35 +371,25 @@ impl TokenService {
         // RFC 9068 §4: reject anything not explicitly typed as an access
         // token (an ID token or a refresh JWT replayed here, say).
         match header.typ.as_deref() {
-            Some(t)
-                if t.eq_ignore_ascii_case("at+jwt")
-                    || t.eq_ignore_ascii_case("application/at+jwt") => {}
+            Some(t) if t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") => {}
             _ => return Err(Rejection::WrongType),
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.verifying_keys.get(kid))
-            .ok_or(Rejection::UnknownKey)?;
+        let key = header.kid.as_deref().and_then(|kid| self.verifying_keys.get(kid)).ok_or(Rejection::UnknownKey)?;
         // The algorithm is the key's, not the token's to choose.
         if header.alg != key.alg {
             return Err(Rejection::BadSignature);
         }
-        let data = jsonwebtoken::decode::<JwtClaimsIn>(token, &key.key, &self.validation).map_err(
-            |e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::ExpiredSignature => Rejection::Expired,
-                    K::ImmatureSignature => Rejection::NotYetValid,
-                    K::InvalidIssuer => Rejection::WrongIssuer,
-                    K::InvalidAudience => Rejection::WrongAudience,
-                    K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => {
-                        Rejection::BadSignature
-                    }
-                    _ => Rejection::Malformed,
-                }
-            },
-        )?;
+        let data = jsonwebtoken::decode::<JwtClaimsIn>(token, &key.key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => Rejection::Expired,
+                K::ImmatureSignature => Rejection::NotYetValid,
+                K::InvalidIssuer => Rejection::WrongIssuer,
+                K::InvalidAudience => Rejection::WrongAudience,
+                K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => Rejection::BadSignature,
+                _ => Rejection::Malformed,
+            }
+        })?;
         let c = data.claims;
         let scopes = ScopeSet::parse(&c.scope).ok_or(Rejection::Malformed)?;
         Identity::new(c.sub, c.client_id, scopes, c.exp, c.jti).ok_or(Rejection::Malformed)
@@ -456,33 +403,21 @@ impl TokenService {
             return Ok(None);
         }
         if token.starts_with(OPAQUE_PREFIX) {
-            return Ok(self
-                .store
-                .find_access_token(&token_hash(token))
-                .await?
-                .map(|r| TokenOwner {
-                    jti: r.jti,
-                    client_id: r.client_id,
-                    expires_at: u64::try_from(r.expires_at).unwrap_or(0),
-                }));
+            return Ok(self.store.find_access_token(&token_hash(token)).await?.map(|r| TokenOwner {
+                jti: r.jti,
+                client_id: r.client_id,
+                expires_at: u64::try_from(r.expires_at).unwrap_or(0),
+            }));
         }
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
         validation.validate_nbf = false;
         Ok(jsonwebtoken::decode_header(token)
             .ok()
-            .filter(|h| {
-                h.typ
-                    .as_deref()
-                    .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt"))
-            })
+            .filter(|h| h.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("at+jwt")))
             .and_then(|h| h.kid.and_then(|kid| self.verifying_keys.get(&kid)))
             .and_then(|k| jsonwebtoken::decode::<JwtClaimsIn>(token, &k.key, &validation).ok())
-            .map(|d| TokenOwner {
-                jti: d.claims.jti,
-                client_id: d.claims.client_id,
-                expires_at: d.claims.exp,
-            }))
+            .map(|d| TokenOwner { jti: d.claims.jti, client_id: d.claims.client_id, expires_at: d.claims.exp }))
     }
 }
 
@@ -509,6 +444,8 @@ mod tests {
             authorization_code_ttl: Duration::from_secs(60),
             token_format: format,
             leeway: Duration::from_secs(5),
+            session_ttl: Duration::from_secs(3600),
+            secure_cookies: false,
         }
     }
 
@@ -530,10 +467,7 @@ mod tests {
         assert_eq!(id.scopes, scopes("a b"));
         let owner = svc.inspect(&t.value).await.unwrap().unwrap();
         assert_eq!(owner.client_id, "app");
-        svc.store()
-            .revoke(&owner.jti, owner.expires_at as i64)
-            .await
-            .unwrap();
+        svc.store().revoke(&owner.jti, owner.expires_at as i64).await.unwrap();
         assert_eq!(svc.verify(&t.value).await.unwrap(), Err(Rejection::Revoked));
     }
 
@@ -543,10 +477,7 @@ mod tests {
         let t = svc.issue("app", "app", scopes("a")).await.unwrap();
         assert!(t.value.starts_with(OPAQUE_PREFIX));
         assert!(svc.verify(&t.value).await.unwrap().is_ok());
-        assert_eq!(
-            svc.verify("pca_nope").await.unwrap(),
-            Err(Rejection::Unknown)
-        );
+        assert_eq!(svc.verify("pca_nope").await.unwrap(), Err(Rejection::Unknown));
     }
 
     #[tokio::test]
@@ -554,12 +485,10 @@ mod tests {
         let svc = service(TokenFormat::Jwt).await;
         let t = svc.issue("app", "app", scopes("a")).await.unwrap().value;
         let parts: Vec<&str> = t.split('.').collect();
-        let header: serde_json::Value =
-            serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
 
-        let with_header = |h: serde_json::Value, sig: &str| {
-            format!("{}.{}.{}", B64.encode(h.to_string()), parts[1], sig)
-        };
+        let with_header =
+            |h: serde_json::Value, sig: &str| format!("{}.{}.{}", B64.encode(h.to_string()), parts[1], sig);
         // alg none, signature dropped
         let mut none = header.clone();
         none["alg"] = "none".into();
@@ -567,50 +496,27 @@ mod tests {
         // HS256 "signed" with the public key (algorithm confusion)
         let mut hs = header.clone();
         hs["alg"] = "HS256".into();
-        assert!(
-            svc.verify(&with_header(hs, parts[2]))
-                .await
-                .unwrap()
-                .is_err()
-        );
+        assert!(svc.verify(&with_header(hs, parts[2])).await.unwrap().is_err());
         // wrong typ
         let mut typ = header.clone();
         typ["typ"] = "JWT".into();
-        assert_eq!(
-            svc.verify(&with_header(typ, parts[2])).await.unwrap(),
-            Err(Rejection::WrongType)
-        );
+        assert_eq!(svc.verify(&with_header(typ, parts[2])).await.unwrap(), Err(Rejection::WrongType));
         // unknown kid
         let mut kid = header.clone();
         kid["kid"] = "other".into();
-        assert_eq!(
-            svc.verify(&with_header(kid, parts[2])).await.unwrap(),
-            Err(Rejection::UnknownKey)
-        );
+        assert_eq!(svc.verify(&with_header(kid, parts[2])).await.unwrap(), Err(Rejection::UnknownKey));
         // tampered payload
-        let tampered = format!(
-            "{}.{}.{}",
-            parts[0],
-            B64.encode(br#"{"sub":"x"}"#),
-            parts[2]
-        );
+        let tampered = format!("{}.{}.{}", parts[0], B64.encode(br#"{"sub":"x"}"#), parts[2]);
         assert!(svc.verify(&tampered).await.unwrap().is_err());
         // garbage
-        assert_eq!(
-            svc.verify("a.b.c").await.unwrap(),
-            Err(Rejection::Malformed)
-        );
+        assert_eq!(svc.verify("a.b.c").await.unwrap(), Err(Rejection::Malformed));
     }
 
     #[tokio::test]
     async fn keys_survive_reload_and_other_issuers_are_refused() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
-        let a = TokenService::load(&config(TokenFormat::Jwt), store.clone())
-            .await
-            .unwrap();
-        let b = TokenService::load(&config(TokenFormat::Jwt), store.clone())
-            .await
-            .unwrap();
+        let a = TokenService::load(&config(TokenFormat::Jwt), store.clone()).await.unwrap();
+        let b = TokenService::load(&config(TokenFormat::Jwt), store.clone()).await.unwrap();
         assert_eq!(a.active_kid, b.active_kid);
         let t = a.issue("app", "app", scopes("a")).await.unwrap().value;
         assert!(b.verify(&t).await.unwrap().is_ok());

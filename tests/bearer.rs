@@ -50,10 +50,7 @@ async fn start() -> (Upstream, Gateway) {
 /// Asserts a 400 `invalid_request` bearer refusal with `description`.
 fn assert_invalid_request(reply: &Reply, description: &str) {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
-    assert_eq!(
-        reply.header("www-authenticate"),
-        Some(invalid_request(description).as_str())
-    );
+    assert_eq!(reply.header("www-authenticate"), Some(invalid_request(description).as_str()));
     let body = reply.json();
     assert_eq!(body["error"], "invalid_request");
     assert_eq!(body["error_description"], description);
@@ -62,10 +59,7 @@ fn assert_invalid_request(reply: &Reply, description: &str) {
 /// Asserts a 401 `invalid_token` refusal with `description`.
 fn assert_invalid_token(reply: &Reply, description: &str) {
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text());
-    assert_eq!(
-        reply.header("www-authenticate"),
-        Some(invalid_token(description).as_str())
-    );
+    assert_eq!(reply.header("www-authenticate"), Some(invalid_token(description).as_str()));
     let body = reply.json();
     assert_eq!(body["error"], "invalid_token");
     assert_eq!(body["error_description"], description);
@@ -109,23 +103,13 @@ async fn revoke(gw: &Gateway, client: &str, token: &str) -> Reply {
 
 /// `token` with its JOSE header rewritten by `edit`, and `signature` in
 /// place of its own.
-fn with_header(
-    token: &str,
-    edit: impl FnOnce(&mut serde_json::Value),
-    signature: Option<&str>,
-) -> String {
+fn with_header(token: &str, edit: impl FnOnce(&mut serde_json::Value), signature: Option<&str>) -> String {
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3, "a JWS compact token");
     let mut header: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).expect("base64url header"))
-            .expect("JSON header");
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).expect("base64url header")).expect("JSON header");
     edit(&mut header);
-    format!(
-        "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        parts[1],
-        signature.unwrap_or(parts[2])
-    )
+    format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), parts[1], signature.unwrap_or(parts[2]))
 }
 
 /// The gateway's Ed25519 signing key, read from the store at `url`.
@@ -139,11 +123,7 @@ async fn signing_key(url: &str) -> ed25519_dalek::SigningKey {
 }
 
 /// `token` with its JOSE header rewritten by `edit`, then signed with `key`.
-fn resign(
-    token: &str,
-    edit: impl FnOnce(&mut serde_json::Value),
-    key: &ed25519_dalek::SigningKey,
-) -> String {
+fn resign(token: &str, edit: impl FnOnce(&mut serde_json::Value), key: &ed25519_dalek::SigningKey) -> String {
     use ed25519_dalek::Signer as _;
     let unsigned = with_header(token, edit, Some(""));
     let input = unsigned.trim_end_matches('.');
@@ -180,10 +160,7 @@ async fn header_token_is_accepted_with_any_scheme_case_and_replaced_by_identity_
         assert_eq!(seen.headers["x-auth-client-id"], "other");
         assert_eq!(seen.headers["x-auth-scope"], "calendar.read");
         assert_eq!(seen.headers.get_all("x-auth-subject").iter().count(), 1);
-        assert!(
-            seen.headers.get("authorization").is_none(),
-            "{scheme}: the token must not reach the upstream"
-        );
+        assert!(seen.headers.get("authorization").is_none(), "{scheme}: the token must not reach the upstream");
     }
     gw.stop().await;
 }
@@ -197,11 +174,7 @@ async fn query_token_is_removed_from_the_upstream_uri_keeping_other_parameters_i
     let (mut upstream, gw) = start().await;
     let token = gw.token("other", "calendar.read").await;
 
-    let reply = get(
-        &gw.url(&format!("/calendar/x?a=1&access_token={token}&b=2")),
-        &[],
-    )
-    .await;
+    let reply = get(&gw.url(&format!("/calendar/x?a=1&access_token={token}&b=2")), &[]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let seen = upstream.next().await;
     assert_eq!(seen.uri, "/calendar/x?a=1&b=2");
@@ -256,11 +229,7 @@ async fn query_token_non_2xx_upstream_response_is_marked_private_too() {
     let (mut upstream, gw) = start().await;
     let token = gw.token("other", "calendar.read").await;
 
-    let reply = get(
-        &gw.url(&format!("/calendar/missing?access_token={token}")),
-        &[("x-test-status", "404")],
-    )
-    .await;
+    let reply = get(&gw.url(&format!("/calendar/missing?access_token={token}")), &[("x-test-status", "404")]).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
     assert_eq!(upstream.next().await.uri, "/calendar/missing");
     assert_eq!(
@@ -292,15 +261,9 @@ async fn form_body_token_is_taken_out_of_the_body_with_a_correct_content_length(
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.uri, "/calendar/events");
     assert_eq!(&seen.body[..], b"title=Lunch+break&when=noon");
-    assert_eq!(
-        seen.headers["content-length"],
-        seen.body.len().to_string().as_str()
-    );
+    assert_eq!(seen.headers["content-length"], seen.body.len().to_string().as_str());
     assert!(seen.headers.get("transfer-encoding").is_none());
-    assert_eq!(
-        seen.headers["content-type"],
-        "application/x-www-form-urlencoded"
-    );
+    assert_eq!(seen.headers["content-type"], "application/x-www-form-urlencoded");
     assert_eq!(seen.headers["x-auth-client-id"], "app");
     assert_eq!(seen.headers["x-auth-scope"], "calendar.write");
     assert!(seen.headers.get("authorization").is_none());
@@ -314,20 +277,11 @@ async fn form_body_without_token_is_forwarded_unchanged() {
     let auth = bearer(&token);
 
     let body = "title=Lunch&when=noon";
-    let reply = send(
-        Method::POST,
-        &gw.url("/calendar/events"),
-        &[FORM, ("authorization", &auth)],
-        body,
-    )
-    .await;
+    let reply = send(Method::POST, &gw.url("/calendar/events"), &[FORM, ("authorization", &auth)], body).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let seen = upstream.next().await;
     assert_eq!(&seen.body[..], body.as_bytes());
-    assert_eq!(
-        seen.headers["content-length"],
-        body.len().to_string().as_str()
-    );
+    assert_eq!(seen.headers["content-length"], body.len().to_string().as_str());
     gw.stop().await;
 }
 
@@ -336,13 +290,7 @@ async fn get_with_a_form_body_token_is_not_a_body_token() {
     let (mut upstream, gw) = start().await;
     let token = gw.token("app", "calendar.read").await;
 
-    let reply = send(
-        Method::GET,
-        &gw.url("/calendar/events"),
-        &[FORM],
-        format!("access_token={token}"),
-    )
-    .await;
+    let reply = send(Method::GET, &gw.url("/calendar/events"), &[FORM], format!("access_token={token}")).await;
     assert_missing_token(&reply);
     assert!(upstream.saw_nothing());
     gw.stop().await;
@@ -355,13 +303,7 @@ async fn multipart_body_is_not_a_token_source() {
 
     let multipart = ("content-type", "multipart/form-data; boundary=x");
     let body = format!("access_token={token}");
-    let reply = send(
-        Method::POST,
-        &gw.url("/calendar/events"),
-        &[multipart],
-        body.clone(),
-    )
-    .await;
+    let reply = send(Method::POST, &gw.url("/calendar/events"), &[multipart], body.clone()).await;
     assert_missing_token(&reply);
     assert!(upstream.saw_nothing());
 
@@ -386,11 +328,7 @@ async fn header_and_query_token_together_is_invalid_request() {
     let token = gw.token("app", "calendar.read").await;
     let auth = bearer(&token);
 
-    let reply = get(
-        &gw.url(&format!("/calendar/x?access_token={token}")),
-        &[("authorization", &auth)],
-    )
-    .await;
+    let reply = get(&gw.url(&format!("/calendar/x?access_token={token}")), &[("authorization", &auth)]).await;
     assert_invalid_request(&reply, MULTIPLE);
     assert!(upstream.saw_nothing());
     gw.stop().await;
@@ -402,13 +340,9 @@ async fn header_and_body_token_together_is_invalid_request() {
     let token = gw.token("app", "calendar.write").await;
     let auth = bearer(&token);
 
-    let reply = send(
-        Method::POST,
-        &gw.url("/calendar/x"),
-        &[FORM, ("authorization", &auth)],
-        format!("access_token={token}"),
-    )
-    .await;
+    let reply =
+        send(Method::POST, &gw.url("/calendar/x"), &[FORM, ("authorization", &auth)], format!("access_token={token}"))
+            .await;
     assert_invalid_request(&reply, MULTIPLE);
     assert!(upstream.saw_nothing());
     gw.stop().await;
@@ -436,32 +370,16 @@ async fn repeated_access_token_parameter_is_invalid_request() {
     let (mut upstream, gw) = start().await;
     let token = gw.token("app", "calendar.write").await;
 
-    let reply = get(
-        &gw.url(&format!(
-            "/calendar/x?access_token={token}&access_token={token}"
-        )),
-        &[],
-    )
-    .await;
+    let reply = get(&gw.url(&format!("/calendar/x?access_token={token}&access_token={token}")), &[]).await;
     assert_invalid_request(&reply, REPEATED);
 
     // an encoded parameter name is still the parameter
-    let reply = get(
-        &gw.url(&format!(
-            "/calendar/x?access_token={token}&access%5Ftoken={token}"
-        )),
-        &[],
-    )
-    .await;
+    let reply = get(&gw.url(&format!("/calendar/x?access_token={token}&access%5Ftoken={token}")), &[]).await;
     assert_invalid_request(&reply, REPEATED);
 
-    let reply = send(
-        Method::POST,
-        &gw.url("/calendar/x"),
-        &[FORM],
-        format!("access_token={token}&a=1&access_token={token}"),
-    )
-    .await;
+    let reply =
+        send(Method::POST, &gw.url("/calendar/x"), &[FORM], format!("access_token={token}&a=1&access_token={token}"))
+            .await;
     assert_invalid_request(&reply, REPEATED);
     assert!(upstream.saw_nothing());
     gw.stop().await;
@@ -473,11 +391,7 @@ async fn two_authorization_headers_is_invalid_request() {
     let token = gw.token("app", "calendar.read").await;
     let auth = bearer(&token);
 
-    let reply = get(
-        &gw.url("/calendar/x"),
-        &[("authorization", &auth), ("authorization", &auth)],
-    )
-    .await;
+    let reply = get(&gw.url("/calendar/x"), &[("authorization", &auth), ("authorization", &auth)]).await;
     assert_invalid_request(&reply, "The request has more than one Authorization header");
     assert!(upstream.saw_nothing());
     gw.stop().await;
@@ -490,13 +404,7 @@ async fn bearer_without_a_token68_credential_is_invalid_request() {
 
     let spaced = format!("Bearer {} {}", &token[..10], &token[10..]);
     let comma = format!("Bearer {token},x");
-    for auth in [
-        "Bearer",
-        "Bearer ",
-        "Bearer =",
-        spaced.as_str(),
-        comma.as_str(),
-    ] {
+    for auth in ["Bearer", "Bearer ", "Bearer =", spaced.as_str(), comma.as_str()] {
         let reply = get(&gw.url("/calendar/x"), &[("authorization", auth)]).await;
         assert_invalid_request(&reply, MALFORMED);
         assert!(upstream.saw_nothing(), "{auth:?} reached the upstream");
@@ -520,10 +428,7 @@ async fn no_credentials_get_a_bare_challenge() {
 
     let reply = get(&gw.url("/calendar/x?a=1"), &[]).await;
     assert_missing_token(&reply);
-    assert_eq!(
-        reply.json()["error_description"],
-        "This route requires a bearer access token"
-    );
+    assert_eq!(reply.json()["error_description"], "This route requires a bearer access token");
     assert_eq!(reply.header("cache-control"), Some("no-store"));
     assert!(upstream.saw_nothing());
 
@@ -580,15 +485,9 @@ async fn token_with_tampered_payload_is_invalid_token() {
 
     // the same token with more scope written into its payload does not
     let parts: Vec<&str> = token.split('.').collect();
-    let mut claims: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let mut claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     claims["scope"] = "calendar.read calendar.write admin".into();
-    let forged = format!(
-        "{}.{}.{}",
-        parts[0],
-        URL_SAFE_NO_PAD.encode(claims.to_string()),
-        parts[2]
-    );
+    let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(claims.to_string()), parts[2]);
     let auth = bearer(&forged);
     let reply = get(&gw.url("/admin/x"), &[("authorization", &auth)]).await;
     assert_invalid_token(&reply, INVALID);
@@ -620,8 +519,7 @@ async fn correctly_signed_jwt_not_typed_at_jwt_is_invalid_token() {
     let url = format!("sqlite://{}", dir.path().join("p.db").display());
     let mut upstream = Upstream::start().await;
     let gw = Gateway::start(
-        &config_toml(upstream.addr, "")
-            .replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\"")),
+        &config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\"")),
     )
     .await;
     let token = gw.token("other", "calendar.read").await;
@@ -634,11 +532,7 @@ async fn correctly_signed_jwt_not_typed_at_jwt_is_invalid_token() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     upstream.next().await;
 
-    for (label, typ) in [
-        ("typ JWT", Some("JWT")),
-        ("typ id_token+jwt", Some("id_token+jwt")),
-        ("no typ", None),
-    ] {
+    for (label, typ) in [("typ JWT", Some("JWT")), ("typ id_token+jwt", Some("id_token+jwt")), ("no typ", None)] {
         let forged = resign(
             &token,
             |h| match typ {
@@ -692,10 +586,8 @@ async fn oversized_token_is_invalid_token() {
 #[tokio::test]
 async fn expired_token_is_refused_with_the_expired_description() {
     let mut upstream = Upstream::start().await;
-    let toml = config_toml(upstream.addr, "").replace(
-        "access_token_ttl = \"15m\"",
-        "access_token_ttl = \"1s\"\nleeway = \"1s\"",
-    );
+    let toml = config_toml(upstream.addr, "")
+        .replace("access_token_ttl = \"15m\"", "access_token_ttl = \"1s\"\nleeway = \"1s\"");
     let gw = Gateway::start(&toml).await;
     let token = gw.token("other", "calendar.read").await;
     let auth = bearer(&token);
@@ -713,10 +605,7 @@ async fn expired_token_is_refused_with_the_expired_description() {
             break reply;
         }
         upstream.next().await;
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a 1 s token with 1 s leeway still works after 10 s"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "a 1 s token with 1 s leeway still works after 10 s");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_invalid_token(&refused, "The access token expired");
@@ -732,10 +621,8 @@ async fn expired_token_is_refused_with_the_expired_description() {
 async fn token_of_another_gateway_is_invalid_token() {
     let (mut upstream_a, gw_a) = start().await;
     let mut upstream_b = Upstream::start().await;
-    let toml_b = config_toml(upstream_b.addr, "").replace(
-        "issuer = \"http://127.0.0.1:8080\"",
-        "issuer = \"http://localhost:9090\"",
-    );
+    let toml_b = config_toml(upstream_b.addr, "")
+        .replace("issuer = \"http://127.0.0.1:8080\"", "issuer = \"http://localhost:9090\"");
     let gw_b = Gateway::start(&toml_b).await;
 
     let token = gw_a.token("other", "calendar.read").await;
@@ -826,13 +713,9 @@ async fn revocation_with_basic_client_authentication_works() {
     upstream.next().await;
 
     let basic = format!("Basic {}", STANDARD.encode("app:app-secret"));
-    let revoked = send(
-        Method::POST,
-        &gw.url("/oauth/revoke"),
-        &[FORM, ("authorization", &basic)],
-        format!("token={token}"),
-    )
-    .await;
+    let revoked =
+        send(Method::POST, &gw.url("/oauth/revoke"), &[FORM, ("authorization", &basic)], format!("token={token}"))
+            .await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
 
     let reply = get(&gw.url("/calendar/x"), &[("authorization", &auth)]).await;
@@ -878,40 +761,16 @@ async fn calendar_reads_need_read_scope_and_other_methods_need_write_scope() {
     // a write token cannot read, a read token cannot write
     let reply = get(&gw.url("/calendar/x"), &[("authorization", &write)]).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
-    assert_eq!(
-        reply.header("www-authenticate"),
-        Some(insufficient_scope("calendar.read").as_str())
-    );
+    assert_eq!(reply.header("www-authenticate"), Some(insufficient_scope("calendar.read").as_str()));
     assert_eq!(reply.json()["error"], "insufficient_scope");
 
     for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
-        let reply = send(
-            method.clone(),
-            &gw.url("/calendar/x"),
-            &[("authorization", &read)],
-            "",
-        )
-        .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::FORBIDDEN,
-            "{method}: {}",
-            reply.text()
-        );
-        assert_eq!(
-            reply.header("www-authenticate"),
-            Some(insufficient_scope("calendar.write").as_str()),
-            "{method}"
-        );
+        let reply = send(method.clone(), &gw.url("/calendar/x"), &[("authorization", &read)], "").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{method}: {}", reply.text());
+        assert_eq!(reply.header("www-authenticate"), Some(insufficient_scope("calendar.write").as_str()), "{method}");
         assert!(upstream.saw_nothing(), "{method} reached the upstream");
 
-        let reply = send(
-            method.clone(),
-            &gw.url("/calendar/x"),
-            &[("authorization", &write)],
-            "",
-        )
-        .await;
+        let reply = send(method.clone(), &gw.url("/calendar/x"), &[("authorization", &write)], "").await;
         assert_eq!(reply.status, StatusCode::OK, "{method}: {}", reply.text());
         assert_eq!(upstream.next().await.method, method.as_str());
     }
@@ -925,33 +784,13 @@ async fn admin_allows_get_and_delete_with_admin_scope_only() {
     let read = bearer(&gw.token("app", "calendar.read").await);
 
     for method in [Method::GET, Method::DELETE] {
-        let reply = send(
-            method.clone(),
-            &gw.url("/admin/x"),
-            &[("authorization", &admin)],
-            "",
-        )
-        .await;
+        let reply = send(method.clone(), &gw.url("/admin/x"), &[("authorization", &admin)], "").await;
         assert_eq!(reply.status, StatusCode::OK, "{method}: {}", reply.text());
         assert_eq!(upstream.next().await.method, method.as_str());
 
-        let reply = send(
-            method.clone(),
-            &gw.url("/admin/x"),
-            &[("authorization", &read)],
-            "",
-        )
-        .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::FORBIDDEN,
-            "{method}: {}",
-            reply.text()
-        );
-        assert_eq!(
-            reply.header("www-authenticate"),
-            Some(insufficient_scope("admin").as_str())
-        );
+        let reply = send(method.clone(), &gw.url("/admin/x"), &[("authorization", &read)], "").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{method}: {}", reply.text());
+        assert_eq!(reply.header("www-authenticate"), Some(insufficient_scope("admin").as_str()));
         assert!(upstream.saw_nothing());
     }
     gw.stop().await;
@@ -963,19 +802,8 @@ async fn method_a_route_does_not_list_is_405_with_allow_even_with_a_valid_token(
     let admin = bearer(&gw.token("app", "calendar.read+calendar.write+admin").await);
 
     for method in [Method::PUT, Method::POST, Method::PATCH] {
-        let reply = send(
-            method.clone(),
-            &gw.url("/admin/x"),
-            &[("authorization", &admin)],
-            "",
-        )
-        .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method}: {}",
-            reply.text()
-        );
+        let reply = send(method.clone(), &gw.url("/admin/x"), &[("authorization", &admin)], "").await;
+        assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method}: {}", reply.text());
         assert_eq!(reply.header("allow"), Some("DELETE, GET"));
         assert!(reply.header("www-authenticate").is_none());
         assert_eq!(reply.json()["error"], "method_not_allowed");
@@ -990,13 +818,7 @@ async fn route_with_empty_scope_rule_accepts_any_valid_token_and_only_valid_toke
     let token = bearer(&gw.token("other", "calendar.read").await);
 
     for method in [Method::GET, Method::POST, Method::DELETE] {
-        let reply = send(
-            method.clone(),
-            &gw.url("/forward/x"),
-            &[("authorization", &token)],
-            "",
-        )
-        .await;
+        let reply = send(method.clone(), &gw.url("/forward/x"), &[("authorization", &token)], "").await;
         assert_eq!(reply.status, StatusCode::OK, "{method}: {}", reply.text());
         assert_eq!(upstream.next().await.method, method.as_str());
     }
@@ -1021,18 +843,9 @@ async fn cached_token_is_checked_against_each_requests_scope() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     upstream.next().await;
 
-    let reply = send(
-        Method::POST,
-        &gw.url("/calendar/x"),
-        &[("authorization", &auth)],
-        "{}",
-    )
-    .await;
+    let reply = send(Method::POST, &gw.url("/calendar/x"), &[("authorization", &auth)], "{}").await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
-    assert_eq!(
-        reply.header("www-authenticate"),
-        Some(insufficient_scope("calendar.write").as_str())
-    );
+    assert_eq!(reply.header("www-authenticate"), Some(insufficient_scope("calendar.write").as_str()));
     assert!(upstream.saw_nothing());
 
     let reply = get(&gw.url("/calendar/x"), &[("authorization", &auth)]).await;
@@ -1053,15 +866,9 @@ async fn query_token_on_a_route_that_turned_them_off_is_invalid_request() {
     let (mut upstream, gw) = start().await;
     let token = gw.token("app", "admin").await;
 
-    for query in [
-        format!("?access_token={token}"),
-        format!("?a=1&access%5Ftoken={token}"),
-    ] {
+    for query in [format!("?access_token={token}"), format!("?a=1&access%5Ftoken={token}")] {
         let reply = get(&gw.url(&format!("/admin/x{query}")), &[]).await;
-        assert_invalid_request(
-            &reply,
-            "This route does not accept an access_token query parameter",
-        );
+        assert_invalid_request(&reply, "This route does not accept an access_token query parameter");
         assert!(upstream.saw_nothing(), "{query} reached the upstream");
     }
 
@@ -1101,10 +908,8 @@ async fn bearer_header_is_forwarded_only_on_routes_that_ask_for_it() {
 #[tokio::test]
 async fn opaque_tokens_work_on_routes_and_can_be_revoked() {
     let mut upstream = Upstream::start().await;
-    let toml = config_toml(upstream.addr, "").replace(
-        "access_token_ttl = \"15m\"",
-        "access_token_ttl = \"15m\"\ntoken_format = \"opaque\"",
-    );
+    let toml = config_toml(upstream.addr, "")
+        .replace("access_token_ttl = \"15m\"", "access_token_ttl = \"15m\"\ntoken_format = \"opaque\"");
     let gw = Gateway::start(&toml).await;
     let token = gw.token("other", "calendar.read").await;
     assert!(token.starts_with("pca_"), "{token}");
@@ -1119,13 +924,7 @@ async fn opaque_tokens_work_on_routes_and_can_be_revoked() {
     assert_eq!(seen.headers["x-auth-scope"], "calendar.read");
 
     // scope still enforced
-    let reply = send(
-        Method::POST,
-        &gw.url("/calendar/x"),
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let reply = send(Method::POST, &gw.url("/calendar/x"), &[("authorization", &auth)], "").await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
 
     let revoked = revoke(&gw, "other", &token).await;
@@ -1133,11 +932,7 @@ async fn opaque_tokens_work_on_routes_and_can_be_revoked() {
     let reply = get(&gw.url("/calendar/x"), &[("authorization", &auth)]).await;
     assert_invalid_token(&reply, "The access token was revoked");
 
-    let reply = get(
-        &gw.url("/calendar/x"),
-        &[("authorization", "Bearer pca_xxx")],
-    )
-    .await;
+    let reply = get(&gw.url("/calendar/x"), &[("authorization", "Bearer pca_xxx")]).await;
     assert_invalid_token(&reply, INVALID);
     assert!(upstream.saw_nothing());
     gw.stop().await;
@@ -1160,11 +955,7 @@ async fn repeated_valid_token_is_validated_once_then_served_from_cache() {
         upstream.next().await;
     }
     assert_eq!(validations(&gw).await, 1);
-    let hits = metric(
-        &gw,
-        "portcullis_validation_cache_requests_total{result=\"hit\"}",
-    )
-    .await;
+    let hits = metric(&gw, "portcullis_validation_cache_requests_total{result=\"hit\"}").await;
     assert!(hits >= N - 1, "{hits} cache hits for {N} requests");
     gw.stop().await;
 }
@@ -1173,10 +964,8 @@ async fn repeated_valid_token_is_validated_once_then_served_from_cache() {
 async fn flood_of_one_bad_token_costs_one_validation() {
     let mut upstream = Upstream::start().await;
     // a negative TTL far longer than the flood, so timing cannot matter
-    let toml = config_toml(upstream.addr, "").replace(
-        "max_entries = 1000",
-        "max_entries = 1000\nnegative_ttl = \"60s\"",
-    );
+    let toml =
+        config_toml(upstream.addr, "").replace("max_entries = 1000", "max_entries = 1000\nnegative_ttl = \"60s\"");
     let gw = Gateway::start(&toml).await;
     let good = gw.token("other", "calendar.read").await;
     let bad = with_header(&good, |h| h["kid"] = "someone-else".into(), None);
@@ -1190,11 +979,7 @@ async fn flood_of_one_bad_token_costs_one_validation() {
     assert_eq!(validations(&gw).await - before, 1);
 
     // a different bad token is a different entry
-    let reply = get(
-        &gw.url("/calendar/x"),
-        &[("authorization", "Bearer other-bad")],
-    )
-    .await;
+    let reply = get(&gw.url("/calendar/x"), &[("authorization", "Bearer other-bad")]).await;
     assert_invalid_token(&reply, INVALID);
     assert_eq!(validations(&gw).await - before, 2);
     assert!(upstream.saw_nothing());
@@ -1210,18 +995,13 @@ async fn concurrent_misses_for_one_token_collapse_into_one_validation() {
 
     let (mut upstream, gw) = start().await;
     let auth = bearer(&gw.token("other", "calendar.read").await);
-    let request = format!(
-        "GET /calendar/x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
-    );
+    let request =
+        format!("GET /calendar/x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
 
     let before = validations(&gw).await;
     let mut streams = Vec::new();
     for _ in 0..20 {
-        streams.push(
-            tokio::net::TcpStream::connect(gw.public)
-                .await
-                .expect("connect"),
-        );
+        streams.push(tokio::net::TcpStream::connect(gw.public).await.expect("connect"));
     }
     for stream in &mut streams {
         stream.write_all(request.as_bytes()).await.expect("write");
@@ -1231,13 +1011,10 @@ async fn concurrent_misses_for_one_token_collapse_into_one_validation() {
         .map(|mut stream| {
             tokio::spawn(async move {
                 let mut out = Vec::new();
-                tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    stream.read_to_end(&mut out),
-                )
-                .await
-                .expect("the gateway answers in time")
-                .expect("read");
+                tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut out))
+                    .await
+                    .expect("the gateway answers in time")
+                    .expect("read");
                 String::from_utf8_lossy(&out).into_owned()
             })
         })

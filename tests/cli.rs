@@ -45,12 +45,7 @@ fn run(args: &[&str], stdin: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
     let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
             let mut out = Vec::new();
@@ -76,18 +71,11 @@ fn run(args: &[&str], stdin: &[u8]) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
+    Output { status, stdout: stdout.join().expect("stdout reader"), stderr: stderr.join().expect("stderr reader") }
 }
 
 fn check(config: &Path) -> Output {
-    run(
-        &["check", "--config", config.to_str().expect("UTF-8 path")],
-        b"",
-    )
+    run(&["check", "--config", config.to_str().expect("UTF-8 path")], b"")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -99,18 +87,10 @@ fn text(bytes: &[u8]) -> String {
 fn reported_fields(stderr: &str) -> Vec<String> {
     let mut lines = stderr.lines();
     let header = lines.next().unwrap_or_default();
-    assert!(
-        header.starts_with("invalid configuration in "),
-        "unexpected report: {stderr}"
-    );
+    assert!(header.starts_with("invalid configuration in "), "unexpected report: {stderr}");
     lines
         .filter_map(|l| l.strip_prefix("  "))
-        .map(|l| {
-            l.split_once(": ")
-                .unwrap_or_else(|| panic!("not a `field: reason` line: {l:?}"))
-                .0
-                .to_string()
-        })
+        .map(|l| l.split_once(": ").unwrap_or_else(|| panic!("not a `field: reason` line: {l:?}")).0.to_string())
         .collect()
 }
 
@@ -157,18 +137,12 @@ fn example_config_for_test(dir: &Path, token_format: Option<&str>) -> String {
     };
     for name in ["server", "admin"] {
         let mut s = section(&table, name);
-        assert!(
-            s.contains_key("listen"),
-            "[{name}] listen is in the example"
-        );
+        assert!(s.contains_key("listen"), "[{name}] listen is in the example");
         s.insert("listen".into(), "127.0.0.1:0".into());
         table.insert(name.into(), s.into());
     }
     let mut storage = section(&table, "storage");
-    storage.insert(
-        "url".into(),
-        format!("sqlite://{}/p.db", dir.display()).into(),
-    );
+    storage.insert("url".into(), format!("sqlite://{}/p.db", dir.display()).into());
     table.insert("storage".into(), storage.into());
     if let Some(format) = token_format {
         let mut authz = section(&table, "authorization_server");
@@ -280,11 +254,7 @@ impl Served {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not exit within {BOUND:?} of SIGTERM:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "serve did not exit within {BOUND:?} of SIGTERM:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -318,9 +288,7 @@ impl Drop for Served {
 /// ANSI colours; `"public":"Some(127.0.0.1:1)"` in JSON) or without the
 /// `Some(..)`.
 fn field_addr(line: &str, key: &str) -> SocketAddr {
-    let at = line
-        .find(key)
-        .unwrap_or_else(|| panic!("no {key:?} in the serving line: {line:?}"));
+    let at = line.find(key).unwrap_or_else(|| panic!("no {key:?} in the serving line: {line:?}"));
     let rest = &line[at + key.len()..];
     let is_addr_char = |c: char| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']');
     for (i, c) in rest.char_indices() {
@@ -344,21 +312,14 @@ async fn try_raw(addr: SocketAddr, request: &str) -> Option<String> {
         stream.read_to_end(&mut out).await.ok()?;
         Some(String::from_utf8_lossy(&out).into_owned())
     };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(Duration::from_secs(2), exchange).await.ok().flatten()
 }
 
 /// Polls the admin `/healthz` every 50 ms until it answers 200 (bounded).
 async fn wait_healthy(admin: SocketAddr, log: &Mutex<String>) {
     let deadline = Instant::now() + BOUND;
     loop {
-        let reply = try_raw(
-            admin,
-            "GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+        let reply = try_raw(admin, "GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await;
         if reply.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
             return;
         }
@@ -380,10 +341,7 @@ async fn wait_refused(addr: SocketAddr) {
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
             _ => {}
         }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} still accepts connections {BOUND:?} after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "{addr} still accepts connections {BOUND:?} after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -393,9 +351,7 @@ async fn client_credentials_token(gw: SocketAddr, secret: &str, scope: &str) -> 
         Method::POST,
         &format!("http://{gw}/oauth/token"),
         &[("content-type", "application/x-www-form-urlencoded")],
-        format!(
-            "grant_type=client_credentials&client_id=calendar-app&client_secret={secret}&scope={scope}"
-        ),
+        format!("grant_type=client_credentials&client_id=calendar-app&client_secret={secret}&scope={scope}"),
     )
     .await
 }
@@ -408,16 +364,8 @@ fn check_accepts_the_example_config_and_counts_what_it_holds() {
     let path = example_config_path();
     let out = check(&path);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let table: toml::Table = std::fs::read_to_string(&path)
-        .expect("read")
-        .parse()
-        .expect("TOML");
-    let count = |key: &str| {
-        table
-            .get(key)
-            .and_then(toml::Value::as_array)
-            .map_or(0, Vec::len)
-    };
+    let table: toml::Table = std::fs::read_to_string(&path).expect("read").parse().expect("TOML");
+    let count = |key: &str| table.get(key).and_then(toml::Value::as_array).map_or(0, Vec::len);
     assert_eq!(
         text(&out.stdout),
         format!(
@@ -445,26 +393,16 @@ fn check_refuses_an_unknown_key_and_names_it_with_its_line() {
                   ttl = \"1s\"\n\
                   max_entries = 10\n\
                   ttll = \"1s\"\n";
-    assert_eq!(
-        config.lines().position(|l| l.starts_with("ttll")),
-        Some(9),
-        "the fixture puts ttll on line 10"
-    );
+    assert_eq!(config.lines().position(|l| l.starts_with("ttll")), Some(9), "the fixture puts ttll on line 10");
     let path = write_config(dir.path(), "unknown.toml", config);
     let out = check(&path);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(EX_CONFIG), "stderr: {stderr}");
     assert_eq!(text(&out.stdout), "");
-    assert!(
-        stderr.starts_with(&format!("invalid configuration in {}:", path.display())),
-        "{stderr}"
-    );
+    assert!(stderr.starts_with(&format!("invalid configuration in {}:", path.display())), "{stderr}");
     assert!(stderr.contains("unknown field `ttll`"), "{stderr}");
     // The operator is sent to the line the key is on.
-    assert!(
-        stderr.contains("line 10:"),
-        "the report should point at line 10, where `ttll` is: {stderr}"
-    );
+    assert!(stderr.contains("line 10:"), "the report should point at line 10, where `ttll` is: {stderr}");
 }
 
 #[test]
@@ -540,10 +478,7 @@ fn check_on_a_missing_file_says_it_cannot_read_it() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(EX_CONFIG), "stderr: {stderr}");
     assert_eq!(text(&out.stdout), "");
-    assert!(
-        stderr.starts_with(&format!("invalid configuration in {}:", path.display())),
-        "{stderr}"
-    );
+    assert!(stderr.starts_with(&format!("invalid configuration in {}:", path.display())), "{stderr}");
     assert!(stderr.contains("(file): cannot read:"), "{stderr}");
 }
 
@@ -557,24 +492,16 @@ fn serve_refuses_a_bad_config_before_binding_or_opening_the_store() {
     // "cannot listen" (exit 1) instead of naming the bad field (exit 78).
     let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = held.local_addr().expect("addr");
-    let config = minimal_config(dir.path(), "", "[cache]\nttl = \"soon\"\n").replace(
-        "listen = \"127.0.0.1:0\"\n\n[admin]",
-        &format!("listen = \"{addr}\"\n\n[admin]"),
-    );
+    let config = minimal_config(dir.path(), "", "[cache]\nttl = \"soon\"\n")
+        .replace("listen = \"127.0.0.1:0\"\n\n[admin]", &format!("listen = \"{addr}\"\n\n[admin]"));
     assert!(config.contains(&format!("listen = \"{addr}\"")), "{config}");
     let path = write_config(dir.path(), "bad.toml", &config);
-    let out = run(
-        &["serve", "--config", path.to_str().expect("UTF-8 path")],
-        b"",
-    );
+    let out = run(&["serve", "--config", path.to_str().expect("UTF-8 path")], b"");
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(EX_CONFIG), "stderr: {stderr}");
     assert_eq!(reported_fields(&stderr), vec!["cache.ttl"], "{stderr}");
     assert!(!stderr.contains("cannot listen"), "{stderr}");
-    assert!(
-        !dir.path().join("p.db").exists(),
-        "serve created the store before validating the config"
-    );
+    assert!(!dir.path().join("p.db").exists(), "serve created the store before validating the config");
     drop(held);
 }
 
@@ -585,27 +512,15 @@ fn serve_on_a_taken_port_fails_naming_the_address() {
         let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = held.local_addr().expect("addr");
         let config = minimal_config(dir.path(), "", "");
-        let section = if which == "public" {
-            "[server]"
-        } else {
-            "[admin]"
-        };
-        let config = config.replace(
-            &format!("{section}\nlisten = \"127.0.0.1:0\""),
-            &format!("{section}\nlisten = \"{addr}\""),
-        );
+        let section = if which == "public" { "[server]" } else { "[admin]" };
+        let config =
+            config.replace(&format!("{section}\nlisten = \"127.0.0.1:0\""), &format!("{section}\nlisten = \"{addr}\""));
         assert!(config.contains(&addr.to_string()), "{config}");
         let path = write_config(dir.path(), "taken.toml", &config);
-        let out = run(
-            &["serve", "--config", path.to_str().expect("UTF-8 path")],
-            b"",
-        );
+        let out = run(&["serve", "--config", path.to_str().expect("UTF-8 path")], b"");
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{which}: stderr: {stderr}");
-        assert!(
-            stderr.contains(&format!("portcullis: cannot listen on {addr} ({which})")),
-            "{which}: {stderr}"
-        );
+        assert!(stderr.contains(&format!("portcullis: cannot listen on {addr} ({which})")), "{which}: {stderr}");
         assert!(!stderr.contains("portcullis is serving"), "{stderr}");
         drop(held);
     }
@@ -619,9 +534,7 @@ fn hash_password_prints_an_argon2id_phc_string_of_the_line() {
     let out = run(&["hash-password"], b"s3cret\n");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let phc = stdout
-        .strip_suffix('\n')
-        .unwrap_or_else(|| panic!("one line on stdout: {stdout:?}"));
+    let phc = stdout.strip_suffix('\n').unwrap_or_else(|| panic!("one line on stdout: {stdout:?}"));
     assert!(!phc.contains('\n'), "one line on stdout: {stdout:?}");
     assert!(phc.starts_with("$argon2id$"), "{phc}");
     let hash = PasswordHash::new(phc).expect("a PHC string");
@@ -659,11 +572,7 @@ fn hash_password_refuses_an_empty_secret() {
         let out = run(&["hash-password"], input);
         assert_eq!(out.status.code(), Some(1), "input {input:?}");
         assert_eq!(text(&out.stdout), "", "input {input:?}");
-        assert_eq!(
-            text(&out.stderr),
-            "the secret on stdin is empty\n",
-            "input {input:?}"
-        );
+        assert_eq!(text(&out.stderr), "the secret on stdin is empty\n", "input {input:?}");
     }
 }
 
@@ -673,11 +582,7 @@ fn hash_password_refuses_an_empty_secret() {
 #[tokio::test]
 async fn the_readme_example_config_serves_the_demo_api_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(
-        dir.path(),
-        "portcullis.toml",
-        &example_config_for_test(dir.path(), None),
-    );
+    let path = write_config(dir.path(), "portcullis.toml", &example_config_for_test(dir.path(), None));
     let mut gw = Served::start(&path, &[]).await;
 
     let reply = client_credentials_token(gw.public, "calendar-secret", "calendar.read").await;
@@ -703,10 +608,7 @@ async fn the_readme_example_config_serves_the_demo_api_and_stops_on_sigterm() {
     let denied = get(&events, &[]).await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
 
-    assert!(
-        dir.path().join("p.db").exists(),
-        "the store was created where the config says"
-    );
+    assert!(dir.path().join("p.db").exists(), "the store was created where the config says");
 
     gw.sigterm();
     let status = gw.wait_exit().await;
@@ -750,21 +652,14 @@ impl HeldUpstream {
                             permit.forget();
                         }
                         let _ = stream
-                            .write_all(
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                            )
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
                             .await;
                         let _ = stream.shutdown().await;
                     });
                 }
             }
         });
-        HeldUpstream {
-            addr,
-            heads,
-            release,
-            task,
-        }
+        HeldUpstream { addr, heads, release, task }
     }
 
     /// The head of the next request that arrived (bounded wait).
@@ -808,28 +703,19 @@ async fn sigterm_drains_the_request_in_flight_refuses_new_connections_and_exits_
     // No new connections on the public listener once draining; the admin
     // listener stays up to tell load balancers so...
     wait_refused(gw.public).await;
-    let ready = try_raw(
-        gw.admin,
-        "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .expect("the admin listener answers while draining");
+    let ready = try_raw(gw.admin, "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("the admin listener answers while draining");
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     assert!(ready.ends_with("draining\n"), "{ready}");
     // ...while the process is still there, waiting for the held request.
-    assert!(
-        gw.running(),
-        "serve exited with a request in flight:\n{}",
-        gw.log()
-    );
+    assert!(gw.running(), "serve exited with a request in flight:\n{}", gw.log());
     assert!(!in_flight.is_finished(), "the held request already ended");
 
     let released = Instant::now();
     upstream.release_one();
-    let reply = tokio::time::timeout(BOUND, in_flight)
-        .await
-        .expect("the in-flight request completes")
-        .expect("request task");
+    let reply =
+        tokio::time::timeout(BOUND, in_flight).await.expect("the in-flight request completes").expect("request task");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "ok");
 
@@ -850,11 +736,7 @@ async fn sigterm_drains_the_request_in_flight_refuses_new_connections_and_exits_
 /// on, then checks none of them reached stderr.
 async fn no_secret_in_logs(token_format: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(
-        dir.path(),
-        "portcullis.toml",
-        &example_config_for_test(dir.path(), Some(token_format)),
-    );
+    let path = write_config(dir.path(), "portcullis.toml", &example_config_for_test(dir.path(), Some(token_format)));
     let mut gw = Served::start(&path, &[("RUST_LOG", "debug")]).await;
     let base = format!("http://{}", gw.public);
     let form = [("content-type", "application/x-www-form-urlencoded")];
@@ -862,10 +744,7 @@ async fn no_secret_in_logs(token_format: &str) {
     // A token with the secret in the form body, another with Basic auth.
     let reply = client_credentials_token(gw.public, "calendar-secret", "calendar.read").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let token = reply.json()["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string();
+    let token = reply.json()["access_token"].as_str().expect("token").to_string();
     let basic = "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA=="; // calendar-app:calendar-secret
     let reply = send(
         Method::POST,
@@ -875,10 +754,7 @@ async fn no_secret_in_logs(token_format: &str) {
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let revoked_token = reply.json()["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string();
+    let revoked_token = reply.json()["access_token"].as_str().expect("token").to_string();
     // A wrong secret.
     let wrong_secret = "wrong-secret-7f3a9c";
     let reply = client_credentials_token(gw.public, wrong_secret, "calendar.read").await;
@@ -894,11 +770,7 @@ async fn no_secret_in_logs(token_format: &str) {
     // Bad tokens, both ways.
     let bad_header = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJtYWxsb3J5In0.Zm9yZ2VkLXNpZ25hdHVyZS0xMjM0";
     let bad_query = "opaque-looking-bad-token-5d1e2b";
-    let denied = get(
-        &events,
-        &[("authorization", &format!("Bearer {bad_header}"))],
-    )
-    .await;
+    let denied = get(&events, &[("authorization", &format!("Bearer {bad_header}"))]).await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED, "{}", denied.text());
     let denied = get(&format!("{events}?access_token={bad_query}"), &[]).await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED, "{}", denied.text());
@@ -912,11 +784,7 @@ async fn no_secret_in_logs(token_format: &str) {
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let denied = get(
-        &events,
-        &[("authorization", &format!("Bearer {revoked_token}"))],
-    )
-    .await;
+    let denied = get(&events, &[("authorization", &format!("Bearer {revoked_token}"))]).await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED, "{}", denied.text());
 
     gw.sigterm();
@@ -925,16 +793,10 @@ async fn no_secret_in_logs(token_format: &str) {
     assert_eq!(status.code(), Some(0), "{log}");
 
     // Debug logging really was on, and saw these requests.
-    for expected in [
-        "access token issued",
-        "client authentication failed",
-        "refused an access token",
-        "access token revoked",
-    ] {
-        assert!(
-            log.contains(expected),
-            "{token_format}: no {expected:?} in the log:\n{log}"
-        );
+    for expected in
+        ["access token issued", "client authentication failed", "refused an access token", "access token revoked"]
+    {
+        assert!(log.contains(expected), "{token_format}: no {expected:?} in the log:\n{log}");
     }
     let mut secrets = vec![
         ("the access token", token.clone()),
@@ -953,10 +815,7 @@ async fn no_secret_in_logs(token_format: &str) {
         }
     }
     for (what, secret) in secrets {
-        assert!(
-            !log.contains(&secret),
-            "{token_format}: {what} ({secret}) is in the log:\n{log}"
-        );
+        assert!(!log.contains(&secret), "{token_format}: {what} ({secret}) is in the log:\n{log}");
     }
 }
 

@@ -37,11 +37,7 @@ fn sample(exposition: &str, series: &str) -> Option<f64> {
 
 #[track_caller]
 fn assert_sample(exposition: &str, series: &str, want: f64) {
-    assert_eq!(
-        sample(exposition, series),
-        Some(want),
-        "{series} in:\n{exposition}"
-    );
+    assert_eq!(sample(exposition, series), Some(want), "{series} in:\n{exposition}");
 }
 
 #[tokio::test]
@@ -53,11 +49,7 @@ async fn health_and_readiness_answer_on_the_admin_listener() {
         let reply = get(&gw.admin_url(path), &[]).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
         assert_eq!(reply.text(), body, "{path}");
-        assert_eq!(
-            reply.header("content-type"),
-            Some("text/plain; charset=utf-8"),
-            "{path}"
-        );
+        assert_eq!(reply.header("content-type"), Some("text/plain; charset=utf-8"), "{path}");
         assert_eq!(reply.header("cache-control"), Some("no-store"), "{path}");
     }
     gw.stop().await;
@@ -67,9 +59,8 @@ async fn health_and_readiness_answer_on_the_admin_listener() {
 async fn metrics_count_every_outcome_by_route() {
     let upstream = Upstream::start().await;
     let dead = dead_addr().await;
-    let extra = format!(
-        "[[routes]]\nname = \"dead\"\npath_prefix = \"/dead/\"\nupstream = \"http://{dead}\"\npublic = true\n"
-    );
+    let extra =
+        format!("[[routes]]\nname = \"dead\"\npath_prefix = \"/dead/\"\nupstream = \"http://{dead}\"\npublic = true\n");
     let gw = Gateway::start(&config_toml(upstream.addr, &extra)).await;
 
     // Before any traffic: the exposition is well-formed and every route's
@@ -77,24 +68,11 @@ async fn metrics_count_every_outcome_by_route() {
     let reply = get(&gw.admin_url("/metrics"), &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     let content_type = reply.header("content-type").expect("content-type");
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
     let before = reply.text();
-    assert!(
-        before.contains("# TYPE portcullis_request_duration_seconds histogram"),
-        "{before}"
-    );
-    assert!(
-        before.contains("# TYPE portcullis_requests_total counter"),
-        "{before}"
-    );
-    assert_sample(
-        &before,
-        r#"portcullis_requests_total{outcome="allowed",route="calendar"}"#,
-        0.0,
-    );
+    assert!(before.contains("# TYPE portcullis_request_duration_seconds histogram"), "{before}");
+    assert!(before.contains("# TYPE portcullis_requests_total counter"), "{before}");
+    assert_sample(&before, r#"portcullis_requests_total{outcome="allowed",route="calendar"}"#, 0.0);
     assert_sample(&before, "portcullis_requests_in_flight", 0.0);
 
     let token = gw.token("other", "calendar.read").await;
@@ -103,19 +81,9 @@ async fn metrics_count_every_outcome_by_route() {
     assert_eq!(allowed.status, StatusCode::OK, "{}", allowed.text());
     let missing = get(&gw.url("/calendar/x"), &[]).await;
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
-    let scope = send(
-        Method::POST,
-        &gw.url("/calendar/x"),
-        &[("authorization", &auth)],
-        "{}",
-    )
-    .await;
+    let scope = send(Method::POST, &gw.url("/calendar/x"), &[("authorization", &auth)], "{}").await;
     assert_eq!(scope.status, StatusCode::FORBIDDEN);
-    let invalid = get(
-        &gw.url("/calendar/x"),
-        &[("authorization", "Bearer not-a-token")],
-    )
-    .await;
+    let invalid = get(&gw.url("/calendar/x"), &[("authorization", "Bearer not-a-token")]).await;
     assert_eq!(invalid.status, StatusCode::UNAUTHORIZED);
     let nowhere = get(&gw.url("/nowhere"), &[]).await;
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
@@ -124,67 +92,22 @@ async fn metrics_count_every_outcome_by_route() {
 
     let m = metrics(&gw).await;
     for (series, want) in [
-        (
-            r#"portcullis_requests_total{outcome="allowed",route="calendar"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_requests_total{outcome="missing_token",route="calendar"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_requests_total{outcome="insufficient_scope",route="calendar"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_requests_total{outcome="invalid_token",route="calendar"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_requests_total{outcome="not_found",route="(none)"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_requests_total{outcome="upstream_error",route="dead"}"#,
-            1.0,
-        ),
+        (r#"portcullis_requests_total{outcome="allowed",route="calendar"}"#, 1.0),
+        (r#"portcullis_requests_total{outcome="missing_token",route="calendar"}"#, 1.0),
+        (r#"portcullis_requests_total{outcome="insufficient_scope",route="calendar"}"#, 1.0),
+        (r#"portcullis_requests_total{outcome="invalid_token",route="calendar"}"#, 1.0),
+        (r#"portcullis_requests_total{outcome="not_found",route="(none)"}"#, 1.0),
+        (r#"portcullis_requests_total{outcome="upstream_error",route="dead"}"#, 1.0),
         // Nothing else happened on these series.
-        (
-            r#"portcullis_requests_total{outcome="allowed",route="dead"}"#,
-            0.0,
-        ),
-        (
-            r#"portcullis_requests_total{outcome="allowed",route="public"}"#,
-            0.0,
-        ),
-        (
-            r#"portcullis_denials_total{reason="missing_token",route="calendar"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_denials_total{reason="insufficient_scope",route="calendar"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_denials_total{reason="invalid_token",route="calendar"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_request_duration_seconds_bucket{outcome="allowed",route="calendar",le="+Inf"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_request_duration_seconds_count{outcome="allowed",route="calendar"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_request_duration_seconds_count{outcome="upstream_error",route="dead"}"#,
-            1.0,
-        ),
-        (
-            r#"portcullis_tokens_issued_total{grant_type="client_credentials"}"#,
-            1.0,
-        ),
+        (r#"portcullis_requests_total{outcome="allowed",route="dead"}"#, 0.0),
+        (r#"portcullis_requests_total{outcome="allowed",route="public"}"#, 0.0),
+        (r#"portcullis_denials_total{reason="missing_token",route="calendar"}"#, 1.0),
+        (r#"portcullis_denials_total{reason="insufficient_scope",route="calendar"}"#, 1.0),
+        (r#"portcullis_denials_total{reason="invalid_token",route="calendar"}"#, 1.0),
+        (r#"portcullis_request_duration_seconds_bucket{outcome="allowed",route="calendar",le="+Inf"}"#, 1.0),
+        (r#"portcullis_request_duration_seconds_count{outcome="allowed",route="calendar"}"#, 1.0),
+        (r#"portcullis_request_duration_seconds_count{outcome="upstream_error",route="dead"}"#, 1.0),
+        (r#"portcullis_tokens_issued_total{grant_type="client_credentials"}"#, 1.0),
         ("portcullis_requests_in_flight", 0.0),
     ] {
         assert_sample(&m, series, want);
@@ -212,18 +135,11 @@ async fn admin_endpoints_and_public_routes_never_share_a_listener() {
     // listener.
     let token = gw.token("other", "calendar.read").await;
     for path in ["/calendar/x", "/public/x", "/oauth/jwks"] {
-        let reply = get(
-            &gw.admin_url(path),
-            &[("authorization", &format!("Bearer {token}"))],
-        )
-        .await;
+        let reply = get(&gw.admin_url(path), &[("authorization", &format!("Bearer {token}"))]).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(reply.json()["error"], "not_found", "{path}");
     }
-    assert!(
-        upstream.saw_nothing(),
-        "the admin listener forwarded a request"
-    );
+    assert!(upstream.saw_nothing(), "the admin listener forwarded a request");
     // The admin listener only reads.
     let reply = send(Method::POST, &gw.admin_url("/metrics"), &[], "x").await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
@@ -266,21 +182,14 @@ impl HeldUpstream {
                             permit.forget();
                         }
                         let _ = stream
-                            .write_all(
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                            )
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
                             .await;
                         let _ = stream.shutdown().await;
                     });
                 }
             }
         });
-        HeldUpstream {
-            addr,
-            heads,
-            release,
-            task,
-        }
+        HeldUpstream { addr, heads, release, task }
     }
 
     async fn next_head(&mut self) -> String {
@@ -305,16 +214,12 @@ impl Drop for HeldUpstream {
 async fn wait_refused(addr: SocketAddr) {
     let deadline = Instant::now() + BOUND;
     loop {
-        if let Ok(Err(e)) =
-            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
             && e.kind() == std::io::ErrorKind::ConnectionRefused
         {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} still accepts connections {BOUND:?} after shutdown began"
-        );
+        assert!(Instant::now() < deadline, "{addr} still accepts connections {BOUND:?} after shutdown began");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -330,18 +235,11 @@ async fn the_in_flight_gauge_counts_requests_being_handled() {
     assert_sample(&metrics(&gw).await, "portcullis_requests_in_flight", 1.0);
 
     upstream.release_one();
-    let reply = tokio::time::timeout(BOUND, in_flight)
-        .await
-        .expect("the request completes")
-        .expect("request task");
+    let reply = tokio::time::timeout(BOUND, in_flight).await.expect("the request completes").expect("request task");
     assert_eq!(reply.status, StatusCode::OK);
     let m = metrics(&gw).await;
     assert_sample(&m, "portcullis_requests_in_flight", 0.0);
-    assert_sample(
-        &m,
-        r#"portcullis_requests_total{outcome="allowed",route="public"}"#,
-        1.0,
-    );
+    assert_sample(&m, r#"portcullis_requests_total{outcome="allowed",route="public"}"#, 1.0);
     gw.stop().await;
 }
 
@@ -354,33 +252,22 @@ async fn stop_lets_the_request_in_flight_finish() {
     let url = gw.url("/public/report");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
     let head = upstream.next_head().await;
-    assert!(
-        head.starts_with("GET /public/report HTTP/1.1\r\n"),
-        "{head}"
-    );
+    assert!(head.starts_with("GET /public/report HTTP/1.1\r\n"), "{head}");
 
     let stopping = tokio::spawn(gw.stop());
     // Shutdown has begun once the public listener is closed...
     wait_refused(public).await;
     // ...and it waits for the request the upstream is still holding.
-    assert!(
-        !stopping.is_finished(),
-        "stop returned with a request in flight"
-    );
+    assert!(!stopping.is_finished(), "stop returned with a request in flight");
     assert!(!in_flight.is_finished(), "the held request already ended");
 
     let released = Instant::now();
     upstream.release_one();
-    let reply = tokio::time::timeout(BOUND, in_flight)
-        .await
-        .expect("the in-flight request completes")
-        .expect("request task");
+    let reply =
+        tokio::time::timeout(BOUND, in_flight).await.expect("the in-flight request completes").expect("request task");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "ok");
-    tokio::time::timeout(BOUND, stopping)
-        .await
-        .expect("stop returns once the request is done")
-        .expect("stop task");
+    tokio::time::timeout(BOUND, stopping).await.expect("stop returns once the request is done").expect("stop task");
     // Well inside the 5 s drain timeout: it ended because the request did.
     assert!(
         released.elapsed() < Duration::from_secs(2),
@@ -412,19 +299,14 @@ async fn read_response(stream: &mut TcpStream) -> String {
             data.extend_from_slice(&buf[..n]);
         }
     };
-    tokio::time::timeout(BOUND, read)
-        .await
-        .expect("a response in time");
+    tokio::time::timeout(BOUND, read).await.expect("a response in time");
     String::from_utf8_lossy(&data).into_owned()
 }
 
 /// Whether the server closed `stream` (EOF or reset) within the bound.
 async fn closed_by_server(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 64];
-    matches!(
-        tokio::time::timeout(BOUND, stream.read(&mut buf)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
+    matches!(tokio::time::timeout(BOUND, stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
 }
 
 #[tokio::test]
@@ -434,9 +316,7 @@ async fn idle_keep_alive_connections_do_not_hold_up_stop() {
 
     // A keep-alive connection with one finished exchange, left open.
     let mut idle = TcpStream::connect(gw.public).await.expect("connect");
-    idle.write_all(b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\n\r\n")
-        .await
-        .expect("write");
+    idle.write_all(b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.expect("write");
     let response = read_response(&mut idle).await;
     assert_eq!(raw_status(&response), 200, "{response}");
     assert!(
@@ -445,30 +325,19 @@ async fn idle_keep_alive_connections_do_not_hold_up_stop() {
     );
     // An admin connection the same way.
     let mut idle_admin = TcpStream::connect(gw.admin).await.expect("connect");
-    idle_admin
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
-        .await
-        .expect("write");
+    idle_admin.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n").await.expect("write");
     let response = read_response(&mut idle_admin).await;
     assert_eq!(raw_status(&response), 200, "{response}");
 
     let started = Instant::now();
-    tokio::time::timeout(BOUND, gw.stop())
-        .await
-        .expect("stop returns");
+    tokio::time::timeout(BOUND, gw.stop()).await.expect("stop returns");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "stop waited {:?} on idle connections (drain timeout 5 s)",
         started.elapsed()
     );
-    assert!(
-        closed_by_server(&mut idle).await,
-        "the idle public connection was left open"
-    );
-    assert!(
-        closed_by_server(&mut idle_admin).await,
-        "the idle admin connection was left open"
-    );
+    assert!(closed_by_server(&mut idle).await, "the idle public connection was left open");
+    assert!(closed_by_server(&mut idle_admin).await, "the idle admin connection was left open");
 }
 
 #[tokio::test]
@@ -483,16 +352,11 @@ async fn a_connection_that_never_sent_a_byte_does_not_hold_up_stop() {
     assert_eq!(reply.status, StatusCode::OK);
 
     let started = Instant::now();
-    tokio::time::timeout(BOUND, gw.stop())
-        .await
-        .expect("stop returns");
+    tokio::time::timeout(BOUND, gw.stop()).await.expect("stop returns");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "stop waited {:?} on a silent connection (drain timeout 5 s)",
         started.elapsed()
     );
-    assert!(
-        closed_by_server(&mut silent).await,
-        "the silent connection was left open"
-    );
+    assert!(closed_by_server(&mut silent).await, "the silent connection was left open");
 }

@@ -40,15 +40,11 @@ struct RawReply {
 
 impl RawReply {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -56,18 +52,14 @@ impl RawReply {
 /// decoding a chunked body.
 fn parse_raw(text: &str) -> RawReply {
     let status = raw_status(text);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no end of head in {text:?}"));
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in {text:?}"));
     let headers: Vec<(String, String)> = head
         .lines()
         .skip(1)
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     let body = if chunked {
         let mut body = String::new();
         let mut rest = rest;
@@ -84,50 +76,30 @@ fn parse_raw(text: &str) -> RawReply {
     } else {
         rest.to_string()
     };
-    RawReply {
-        status,
-        headers,
-        body,
-    }
+    RawReply { status, headers, body }
 }
 
 /// Sends `head` (request line and header lines, each ending in CRLF, without
 /// the blank line) plus `Connection: close`, and parses the answer.
 async fn raw_request(gw: &Gateway, head: &str, body: &str) -> RawReply {
-    let text = raw(
-        gw.public,
-        format!("{head}Connection: close\r\n\r\n{body}").as_bytes(),
-    )
-    .await;
+    let text = raw(gw.public, format!("{head}Connection: close\r\n\r\n{body}").as_bytes()).await;
     parse_raw(&text)
 }
 
 /// `GET path` with `Host: gw.example` and the given extra header lines.
 async fn raw_get(gw: &Gateway, path: &str, extra: &str) -> RawReply {
-    raw_request(
-        gw,
-        &format!("GET {path} HTTP/1.1\r\nHost: gw.example\r\n{extra}"),
-        "",
-    )
-    .await
+    raw_request(gw, &format!("GET {path} HTTP/1.1\r\nHost: gw.example\r\n{extra}"), "").await
 }
 
 /// Every value of header `name` the upstream saw.
 fn all(headers: &HeaderMap, name: &str) -> Vec<String> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.to_str().expect("ASCII header").to_string())
-        .collect()
+    headers.get_all(name).iter().map(|v| v.to_str().expect("ASCII header").to_string()).collect()
 }
 
 /// The names of the `X-Auth-*` headers in `headers`, sorted.
 fn auth_header_names(headers: &HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = headers
-        .keys()
-        .map(|k| k.as_str().to_string())
-        .filter(|k| k.starts_with("x-auth-"))
-        .collect();
+    let mut names: Vec<String> =
+        headers.keys().map(|k| k.as_str().to_string()).filter(|k| k.starts_with("x-auth-")).collect();
     names.sort();
     names
 }
@@ -135,11 +107,7 @@ fn auth_header_names(headers: &HeaderMap) -> Vec<String> {
 /// The standard configuration with `line` added to `[server]`.
 fn with_server_line(upstream: &Upstream, line: &str, extra: &str) -> String {
     let toml = config_toml(upstream.addr, extra);
-    let replaced = toml.replacen(
-        "drain_timeout = \"5s\"",
-        &format!("drain_timeout = \"5s\"\n{line}"),
-        1,
-    );
+    let replaced = toml.replacen("drain_timeout = \"5s\"", &format!("drain_timeout = \"5s\"\n{line}"), 1);
     assert_ne!(replaced, toml, "the [server] anchor line is gone");
     replaced
 }
@@ -184,11 +152,7 @@ async fn hop_by_hop_request_headers_do_not_reach_the_upstream() {
         "x-secret",
         "x-other",
     ] {
-        assert!(
-            seen.headers.get(name).is_none(),
-            "{name} reached the upstream: {:?}",
-            seen.headers
-        );
+        assert!(seen.headers.get(name).is_none(), "{name} reached the upstream: {:?}", seen.headers);
     }
     // An ordinary end-to-end header goes through untouched.
     assert_eq!(all(&seen.headers, "x-custom"), ["end-to-end"]);
@@ -209,11 +173,7 @@ async fn a_header_is_end_to_end_unless_connection_names_it() {
     assert_eq!(reply.status, 200, "{reply:?}");
     let seen = upstream.next().await;
     assert!(seen.headers.get("x-secret").is_none(), "{:?}", seen.headers);
-    assert!(
-        seen.headers.get("connection").is_none(),
-        "{:?}",
-        seen.headers
-    );
+    assert!(seen.headers.get("connection").is_none(), "{:?}", seen.headers);
     gw.stop().await;
 }
 
@@ -264,10 +224,7 @@ async fn a_protected_route_forwards_only_the_gateways_identity_headers() {
     assert_eq!(all(&seen.headers, "x-auth-subject"), ["other"]);
     assert_eq!(all(&seen.headers, "x-auth-client-id"), ["other"]);
     assert_eq!(all(&seen.headers, "x-auth-scope"), ["calendar.read"]);
-    assert_eq!(
-        auth_header_names(&seen.headers),
-        ["x-auth-client-id", "x-auth-scope", "x-auth-subject"]
-    );
+    assert_eq!(auth_header_names(&seen.headers), ["x-auth-client-id", "x-auth-scope", "x-auth-subject"]);
     gw.stop().await;
 }
 
@@ -302,37 +259,22 @@ async fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
     assert_eq!(all(&seen.headers, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(all(&seen.headers, "x-forwarded-proto"), ["http"]);
     assert_eq!(all(&seen.headers, "x-forwarded-host"), ["gw.example:8443"]);
-    assert!(
-        seen.headers.get("forwarded").is_none(),
-        "{:?}",
-        seen.headers
-    );
+    assert!(seen.headers.get("forwarded").is_none(), "{:?}", seen.headers);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn forwarding_headers_from_a_trusted_proxy_are_extended() {
     let mut upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(
-        &upstream,
-        "trusted_proxies = [\"127.0.0.1\"]",
-        "",
-    ))
-    .await;
+    let gw = Gateway::start(&with_server_line(&upstream, "trusted_proxies = [\"127.0.0.1\"]", "")).await;
 
     let reply = get(&gw.url("/public/x"), &SPOOFED_FORWARDING).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let seen = upstream.next().await;
-    assert_eq!(
-        all(&seen.headers, "x-forwarded-for"),
-        ["1.2.3.4, 127.0.0.1"]
-    );
+    assert_eq!(all(&seen.headers, "x-forwarded-for"), ["1.2.3.4, 127.0.0.1"]);
     assert_eq!(all(&seen.headers, "x-forwarded-proto"), ["https"]);
     assert_eq!(all(&seen.headers, "x-forwarded-host"), ["app.example"]);
-    assert_eq!(
-        all(&seen.headers, "forwarded"),
-        ["for=1.2.3.4;proto=https;host=app.example"]
-    );
+    assert_eq!(all(&seen.headers, "forwarded"), ["for=1.2.3.4;proto=https;host=app.example"]);
 
     // A trusted proxy that sends none gets the gateway's own.
     let reply = get(&gw.url("/public/y"), &[("host", "gw.example")]).await;
@@ -382,11 +324,7 @@ async fn the_authorization_header_is_forwarded_only_where_the_route_says_so() {
     let reply = get(&gw.url("/calendar/x"), &[("authorization", &auth)]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let seen = upstream.next().await;
-    assert!(
-        seen.headers.get("authorization").is_none(),
-        "{:?}",
-        seen.headers
-    );
+    assert!(seen.headers.get("authorization").is_none(), "{:?}", seen.headers);
     assert_eq!(all(&seen.headers, "x-auth-subject"), ["other"]);
 
     // `/forward/` has forward_bearer = true.
@@ -404,11 +342,7 @@ async fn a_query_token_is_taken_out_of_the_upstream_url() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
     let token = gw.token("other", "calendar.read").await;
 
-    let reply = get(
-        &gw.url(&format!("/calendar/x?a=1&access_token={token}&b=2")),
-        &[],
-    )
-    .await;
+    let reply = get(&gw.url(&format!("/calendar/x?a=1&access_token={token}&b=2")), &[]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     // RFC 6750 §2.3: not for shared caches.
     assert_eq!(reply.header("cache-control"), Some("private"));
@@ -424,11 +358,7 @@ async fn a_query_token_is_taken_out_of_the_upstream_url() {
 
     // Other parameters are forwarded exactly as written.
     let auth = format!("Bearer {token}");
-    let reply = get(
-        &gw.url("/calendar/z?q=a%20b&tokenish=1"),
-        &[("authorization", &auth)],
-    )
-    .await;
+    let reply = get(&gw.url("/calendar/z?q=a%20b&tokenish=1"), &[("authorization", &auth)]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.header("cache-control"), Some("public, max-age=60"));
     assert_eq!(upstream.next().await.uri, "/calendar/z?q=a%20b&tokenish=1");
@@ -466,24 +396,13 @@ async fn dot_segments_cannot_smuggle_a_protected_path_through_a_public_route() {
     let mut upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
-    for path in [
-        "/public/../calendar/x",
-        "/public/%2e%2e/calendar/x",
-        "/public/%2E./calendar/x",
-        "/public/./../calendar/x",
-    ] {
+    for path in
+        ["/public/../calendar/x", "/public/%2e%2e/calendar/x", "/public/%2E./calendar/x", "/public/./../calendar/x"]
+    {
         let reply = raw_get(&gw, path, "").await;
         assert_eq!(reply.status, 401, "{path}: {reply:?}");
-        assert_eq!(
-            reply.header("www-authenticate"),
-            Some(BARE_CHALLENGE),
-            "{path}"
-        );
-        assert_eq!(
-            reply.json()["error_description"],
-            "This route requires a bearer access token",
-            "{path}"
-        );
+        assert_eq!(reply.header("www-authenticate"), Some(BARE_CHALLENGE), "{path}");
+        assert_eq!(reply.json()["error_description"], "This route requires a bearer access token", "{path}");
         assert!(upstream.saw_nothing(), "{path} was forwarded");
     }
 
@@ -584,13 +503,7 @@ async fn prefixes_match_on_segment_boundaries_and_unrouted_paths_are_404() {
         "error": "not_found",
         "error_description": "No route matches this path",
     });
-    for path in [
-        "/calendars/x",
-        "/calendarx",
-        "/nothing",
-        "/",
-        "/publicity/x",
-    ] {
+    for path in ["/calendars/x", "/calendarx", "/nothing", "/", "/publicity/x"] {
         let reply = raw_get(&gw, path, &auth).await;
         assert_eq!(reply.status, 404, "{path}: {reply:?}");
         assert_eq!(reply.header("content-type"), Some("application/json"));
@@ -621,10 +534,7 @@ async fn a_missing_duplicated_or_invalid_host_is_refused() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
     for (head, description) in [
-        (
-            "GET /public/x HTTP/1.1\r\n",
-            "The request has no Host header",
-        ),
+        ("GET /public/x HTTP/1.1\r\n", "The request has no Host header"),
         (
             "GET /public/x HTTP/1.1\r\nHost: gw.example\r\nHost: evil.example\r\n",
             "The request has more than one Host header",
@@ -633,30 +543,12 @@ async fn a_missing_duplicated_or_invalid_host_is_refused() {
             "GET /public/x HTTP/1.1\r\nHost: gw.example\r\nHost: gw.example\r\n",
             "The request has more than one Host header",
         ),
-        (
-            "GET /public/x HTTP/1.1\r\nHost: a b\r\n",
-            "The Host header is invalid",
-        ),
-        (
-            "GET /public/x HTTP/1.1\r\nHost: \r\n",
-            "The Host header is invalid",
-        ),
-        (
-            "GET /public/x HTTP/1.1\r\nHost: gw.example/path\r\n",
-            "The Host header is invalid",
-        ),
-        (
-            "GET /public/x HTTP/1.1\r\nHost: [::1\r\n",
-            "The Host header is invalid",
-        ),
-        (
-            "GET /public/x HTTP/1.1\r\nHost: gw.example?x\r\n",
-            "The Host header is invalid",
-        ),
-        (
-            "GET /public/x HTTP/1.1\r\nHost: :8080\r\n",
-            "The Host header is invalid",
-        ),
+        ("GET /public/x HTTP/1.1\r\nHost: a b\r\n", "The Host header is invalid"),
+        ("GET /public/x HTTP/1.1\r\nHost: \r\n", "The Host header is invalid"),
+        ("GET /public/x HTTP/1.1\r\nHost: gw.example/path\r\n", "The Host header is invalid"),
+        ("GET /public/x HTTP/1.1\r\nHost: [::1\r\n", "The Host header is invalid"),
+        ("GET /public/x HTTP/1.1\r\nHost: gw.example?x\r\n", "The Host header is invalid"),
+        ("GET /public/x HTTP/1.1\r\nHost: :8080\r\n", "The Host header is invalid"),
     ] {
         let reply = raw_request(&gw, head, "").await;
         assert_eq!(reply.status, 400, "{head:?}: {reply:?}");
@@ -697,27 +589,14 @@ async fn a_host_that_is_not_host_and_port_is_refused() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
     for host in ["gw.example", "gw.example:8080", "127.0.0.1:1", "[::1]:8080"] {
-        let reply = raw_request(
-            &gw,
-            &format!("GET /public/x HTTP/1.1\r\nHost: {host}\r\n"),
-            "",
-        )
-        .await;
+        let reply = raw_request(&gw, &format!("GET /public/x HTTP/1.1\r\nHost: {host}\r\n"), "").await;
         assert_eq!(reply.status, 200, "{host}: {reply:?}");
-        assert_eq!(
-            all(&upstream.next().await.headers, "x-forwarded-host"),
-            [host]
-        );
+        assert_eq!(all(&upstream.next().await.headers, "x-forwarded-host"), [host]);
     }
 
     let mut let_through = Vec::new();
     for host in ["user@evil.example", "user:pw@gw.example", "gw.example:abc"] {
-        let reply = raw_request(
-            &gw,
-            &format!("GET /public/x HTTP/1.1\r\nHost: {host}\r\n"),
-            "",
-        )
-        .await;
+        let reply = raw_request(&gw, &format!("GET /public/x HTTP/1.1\r\nHost: {host}\r\n"), "").await;
         if reply.status == 400 {
             assert_eq!(
                 reply.json(),
@@ -732,11 +611,7 @@ async fn a_host_that_is_not_host_and_port_is_refused() {
             let_through.push(format!("{host} -> {}", reply.status));
         }
     }
-    assert_eq!(
-        let_through,
-        Vec::<String>::new(),
-        "invalid Hosts let through"
-    );
+    assert_eq!(let_through, Vec::<String>::new(), "invalid Hosts let through");
     gw.stop().await;
 }
 
@@ -754,10 +629,7 @@ async fn well_framed_bodies_are_forwarded() {
     for (headers, body) in [
         ("Content-Length: 5\r\n", "hello"),
         ("Content-Length: 5\r\nContent-Length: 5\r\n", "hello"),
-        (
-            "Transfer-Encoding: chunked\r\n",
-            "3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
-        ),
+        ("Transfer-Encoding: chunked\r\n", "3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"),
     ] {
         let reply = raw_request(&gw, &format!("{POST_PUBLIC}{headers}"), body).await;
         assert_eq!(reply.status, 200, "{headers:?}: {reply:?}");
@@ -791,16 +663,8 @@ async fn a_transfer_coding_that_is_not_chunked_last_is_refused() {
     let mut upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
-    for headers in [
-        "Transfer-Encoding: gzip\r\n",
-        "Transfer-Encoding: chunked, gzip\r\n",
-    ] {
-        let reply = raw_request(
-            &gw,
-            &format!("{POST_PUBLIC}{headers}"),
-            "5\r\nhello\r\n0\r\n\r\n",
-        )
-        .await;
+    for headers in ["Transfer-Encoding: gzip\r\n", "Transfer-Encoding: chunked, gzip\r\n"] {
+        let reply = raw_request(&gw, &format!("{POST_PUBLIC}{headers}"), "5\r\nhello\r\n0\r\n\r\n").await;
         assert_eq!(reply.status, 400, "{headers:?}: {reply:?}");
         assert!(upstream.saw_nothing(), "{headers:?} was forwarded");
     }
@@ -818,16 +682,10 @@ async fn content_length_with_transfer_encoding_is_refused() {
     let mut upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
-    for headers in [
-        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
-        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
-    ] {
-        let reply = raw_request(
-            &gw,
-            &format!("{POST_PUBLIC}{headers}"),
-            "5\r\nhello\r\n0\r\n\r\n",
-        )
-        .await;
+    for headers in
+        ["Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"]
+    {
+        let reply = raw_request(&gw, &format!("{POST_PUBLIC}{headers}"), "5\r\nhello\r\n0\r\n\r\n").await;
         assert_eq!(reply.status, 400, "{headers:?}: {reply:?}");
         assert!(upstream.saw_nothing(), "{headers:?} was forwarded");
     }
@@ -843,31 +701,18 @@ async fn a_duplicated_transfer_encoding_is_refused() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
     let mut let_through = Vec::new();
-    for headers in [
-        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
-        "Transfer-Encoding: chunked, chunked\r\n",
-    ] {
-        let reply = raw_request(
-            &gw,
-            &format!("{POST_PUBLIC}{headers}"),
-            "5\r\nhello\r\n0\r\n\r\n",
-        )
-        .await;
+    for headers in
+        ["Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "Transfer-Encoding: chunked, chunked\r\n"]
+    {
+        let reply = raw_request(&gw, &format!("{POST_PUBLIC}{headers}"), "5\r\nhello\r\n0\r\n\r\n").await;
         if reply.status == 400 {
             assert!(upstream.saw_nothing(), "{headers:?} was forwarded");
         } else {
             let seen = upstream.next().await;
-            let_through.push(format!(
-                "{headers:?} -> {}, upstream got body {:?}",
-                reply.status, seen.body
-            ));
+            let_through.push(format!("{headers:?} -> {}, upstream got body {:?}", reply.status, seen.body));
         }
     }
-    assert_eq!(
-        let_through,
-        Vec::<String>::new(),
-        "duplicated chunked codings let through"
-    );
+    assert_eq!(let_through, Vec::<String>::new(), "duplicated chunked codings let through");
     gw.stop().await;
 }
 
@@ -889,17 +734,10 @@ async fn an_oversized_header_block_gets_431() {
     let value = "a".repeat(40 * 1024);
     let text = raw(
         gw.public,
-        format!(
-            "GET /public/x HTTP/1.1\r\nHost: gw.example\r\nX-Big: {value}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
+        format!("GET /public/x HTTP/1.1\r\nHost: gw.example\r\nX-Big: {value}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
-    assert!(
-        text.starts_with("HTTP/1.1 431 "),
-        "{:?}",
-        &text[..text.len().min(200)]
-    );
+    assert!(text.starts_with("HTTP/1.1 431 "), "{:?}", &text[..text.len().min(200)]);
     assert!(upstream.saw_nothing());
     gw.stop().await;
 }
@@ -909,10 +747,7 @@ async fn an_oversized_form_body_gets_413() {
     let mut upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
     let auth = format!("Bearer {}", gw.token("app", "calendar.write").await);
-    let form = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/x-www-form-urlencoded"),
-    ];
+    let form = [("authorization", auth.as_str()), ("content-type", "application/x-www-form-urlencoded")];
     let too_large = serde_json::json!({
         "error": "invalid_request",
         "error_description": "The request body is larger than this gateway accepts",
@@ -927,12 +762,7 @@ async fn an_oversized_form_body_gets_413() {
     // One byte over, declared by Content-Length.
     let body = format!("x={}", "a".repeat(4095));
     let reply = send(Method::POST, &gw.url("/calendar/x"), &form, body).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "{}",
-        reply.text()
-    );
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", reply.text());
     assert_eq!(reply.json(), too_large);
     assert!(upstream.saw_nothing());
 
@@ -963,10 +793,7 @@ async fn a_large_non_form_body_streams_through() {
     let reply = send(
         Method::POST,
         &gw.url("/calendar/x"),
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/octet-stream"),
-        ],
+        &[("authorization", auth.as_str()), ("content-type", "application/octet-stream")],
         body.clone(),
     )
     .await;
@@ -974,10 +801,7 @@ async fn a_large_non_form_body_streams_through() {
     let seen = upstream.next().await;
     assert_eq!(seen.body.len(), body.len());
     assert!(seen.body == body, "the upstream got different bytes");
-    assert_eq!(
-        all(&seen.headers, "content-length"),
-        [body.len().to_string()]
-    );
+    assert_eq!(all(&seen.headers, "content-length"), [body.len().to_string()]);
     gw.stop().await;
 }
 
@@ -986,37 +810,21 @@ async fn a_large_non_form_body_streams_through() {
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_is_closed() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(
-        &upstream,
-        "header_read_timeout = \"300ms\"",
-        "",
-    ))
-    .await;
+    let gw = Gateway::start(&with_server_line(&upstream, "header_read_timeout = \"300ms\"", "")).await;
 
     // In time: answered.
     let reply = raw_get(&gw, "/public/x", "").await;
     assert_eq!(reply.status, 200, "{reply:?}");
 
-    for partial in [
-        &b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\nX-Slow: "[..],
-        b"G",
-    ] {
+    for partial in [&b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\nX-Slow: "[..], b"G"] {
         let started = Instant::now();
         let mut stream = TcpStream::connect(gw.public).await.expect("connect");
         stream.write_all(partial).await.expect("write");
         let mut out = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
-        assert!(
-            read.is_ok(),
-            "{:?}: the connection was still open after 3 s",
-            String::from_utf8_lossy(partial)
-        );
+        assert!(read.is_ok(), "{:?}: the connection was still open after 3 s", String::from_utf8_lossy(partial));
         assert!(started.elapsed() >= Duration::from_millis(250));
-        assert_eq!(
-            String::from_utf8_lossy(&out),
-            "",
-            "no response to a half request"
-        );
+        assert_eq!(String::from_utf8_lossy(&out), "", "no response to a half request");
     }
     gw.stop().await;
 }
@@ -1027,12 +835,7 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(
-        &upstream,
-        "header_read_timeout = \"300ms\"",
-        "",
-    ))
-    .await;
+    let gw = Gateway::start(&with_server_line(&upstream, "header_read_timeout = \"300ms\"", "")).await;
 
     let mut still_open = Vec::new();
     for partial in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n"] {
@@ -1060,9 +863,8 @@ async fn a_connection_that_sends_nothing_is_closed() {
 async fn an_unreachable_upstream_gets_502() {
     let mut upstream = Upstream::start().await;
     let dead = dead_addr().await;
-    let extra = format!(
-        "[[routes]]\nname = \"dead\"\npath_prefix = \"/dead/\"\nupstream = \"http://{dead}\"\npublic = true\n"
-    );
+    let extra =
+        format!("[[routes]]\nname = \"dead\"\npath_prefix = \"/dead/\"\nupstream = \"http://{dead}\"\npublic = true\n");
     let gw = Gateway::start(&config_toml(upstream.addr, &extra)).await;
 
     let reply = get(&gw.url("/dead/x"), &[]).await;
@@ -1097,12 +899,7 @@ async fn a_slow_upstream_gets_504_at_the_route_timeout() {
     let started = Instant::now();
     let reply = get(&gw.url("/slow/y"), &[("x-test-delay-ms", "2000")]).await;
     let elapsed = started.elapsed();
-    assert_eq!(
-        reply.status,
-        StatusCode::GATEWAY_TIMEOUT,
-        "{}",
-        reply.text()
-    );
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text());
     assert_eq!(
         reply.json(),
         serde_json::json!({
@@ -1121,11 +918,7 @@ async fn upstream_statuses_and_bodies_are_relayed() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
     for status in [404u16, 500, 503, 201] {
-        let reply = get(
-            &gw.url("/public/x"),
-            &[("x-test-status", &status.to_string())],
-        )
-        .await;
+        let reply = get(&gw.url("/public/x"), &[("x-test-status", &status.to_string())]).await;
         assert_eq!(reply.status.as_u16(), status, "{}", reply.text());
         // The upstream's own body, not one the gateway made up.
         assert_eq!(reply.header("x-upstream"), Some("echo"));
@@ -1145,13 +938,10 @@ async fn http2_clients_are_served_and_forwarded_as_http11() {
     let mut upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let req = Request::get(gw.url("/public/x"))
-        .header("x-custom", "h2")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let req =
+        Request::get(gw.url("/public/x")).header("x-custom", "h2").body(Full::new(Bytes::new())).expect("request");
     let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .expect("the gateway answers in time")
@@ -1172,10 +962,7 @@ async fn http2_clients_are_served_and_forwarded_as_http11() {
     assert_eq!(seen.uri, "/public/x");
     assert_eq!(all(&seen.headers, "x-custom"), ["h2"]);
     assert_eq!(all(&seen.headers, "host"), [upstream.addr.to_string()]);
-    assert_eq!(
-        all(&seen.headers, "x-forwarded-host"),
-        [gw.public.to_string()]
-    );
+    assert_eq!(all(&seen.headers, "x-forwarded-host"), [gw.public.to_string()]);
     gw.stop().await;
 }
 
@@ -1192,9 +979,8 @@ async fn counting_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                 let service = service_fn(|_req| async {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -1229,8 +1015,7 @@ async fn sequential_requests_reuse_connections_on_both_sides() {
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
+                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
             })
             .expect("content-length");
         let mut body = vec![0u8; length];
@@ -1242,18 +1027,12 @@ async fn sequential_requests_reuse_connections_on_both_sides() {
     // Upstream side: the pooled client reuses its connection. Returning a
     // connection to the pool races with the next request, so allow a few.
     let connections = accepted.load(Ordering::SeqCst);
-    assert!(
-        (1..=5).contains(&connections),
-        "20 sequential requests opened {connections} upstream connections"
-    );
+    assert!((1..=5).contains(&connections), "20 sequential requests opened {connections} upstream connections");
 
     // And through a pooling client, as a real one would.
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     for i in 0..20 {
-        let req = Request::get(gw.url(&format!("/public/{i}")))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
+        let req = Request::get(gw.url(&format!("/public/{i}"))).body(Full::new(Bytes::new())).expect("request");
         let res = client.request(req).await.expect("request succeeds");
         assert_eq!(res.status(), StatusCode::OK, "request {i}");
         let body = res.into_body().collect().await.expect("body").to_bytes();

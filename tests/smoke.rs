@@ -25,18 +25,9 @@ async fn token_call_401_403() {
 
     let none = get(&gw.url("/calendar/events"), &[]).await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        none.header("www-authenticate"),
-        Some("Bearer realm=\"portcullis\"")
-    );
+    assert_eq!(none.header("www-authenticate"), Some("Bearer realm=\"portcullis\""));
 
-    let write = send(
-        Method::POST,
-        &gw.url("/calendar/events"),
-        &[("authorization", &auth)],
-        "{}",
-    )
-    .await;
+    let write = send(Method::POST, &gw.url("/calendar/events"), &[("authorization", &auth)], "{}").await;
     assert_eq!(write.status, StatusCode::FORBIDDEN);
     assert_eq!(
         write.header("www-authenticate"),

@@ -29,17 +29,12 @@ const TTL_LINE: &str = "access_token_ttl = \"15m\"";
 /// form-urlencoded before they are joined and base64-encoded).
 fn basic(client_id: &str, secret: &str) -> String {
     let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!(
-        "Basic {}",
-        STANDARD.encode(format!("{}:{}", enc(client_id), enc(secret)))
-    )
+    format!("Basic {}", STANDARD.encode(format!("{}:{}", enc(client_id), enc(secret))))
 }
 
 /// A form body from pairs, properly encoded.
 fn form(pairs: &[(&str, &str)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }
 
 /// POSTs `body` as a form to `path`, with extra `headers`.
@@ -55,11 +50,7 @@ async fn token_request(gw: &Gateway, headers: &[(&str, &str)], body: &str) -> Re
 
 /// A `client_credentials` request authenticated with `client_secret_post`.
 async fn post_auth(gw: &Gateway, client: &str, secret: &str, scope: Option<&str>) -> Reply {
-    let mut pairs = vec![
-        ("grant_type", "client_credentials"),
-        ("client_id", client),
-        ("client_secret", secret),
-    ];
+    let mut pairs = vec![("grant_type", "client_credentials"), ("client_id", client), ("client_secret", secret)];
     if let Some(s) = scope {
         pairs.push(("scope", s));
     }
@@ -73,23 +64,9 @@ fn assert_token_response(reply: &Reply, scope: &str) -> Value {
     assert_eq!(reply.header("cache-control"), Some("no-store"));
     assert_eq!(reply.header("pragma"), Some("no-cache"));
     let body = reply.json();
-    let keys: BTreeSet<&str> = body
-        .as_object()
-        .expect("a JSON object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(
-        keys,
-        BTreeSet::from(["access_token", "expires_in", "scope", "token_type"]),
-        "{body}"
-    );
-    assert!(
-        body["access_token"]
-            .as_str()
-            .is_some_and(|t| t.len() >= 22 && t.is_ascii()),
-        "{body}"
-    );
+    let keys: BTreeSet<&str> = body.as_object().expect("a JSON object").keys().map(String::as_str).collect();
+    assert_eq!(keys, BTreeSet::from(["access_token", "expires_in", "scope", "token_type"]), "{body}");
+    assert!(body["access_token"].as_str().is_some_and(|t| t.len() >= 22 && t.is_ascii()), "{body}");
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 900);
     assert_eq!(body["scope"], scope);
@@ -97,10 +74,7 @@ fn assert_token_response(reply: &Reply, scope: &str) -> Value {
 }
 
 fn access_token(reply: &Reply) -> String {
-    reply.json()["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_string()
+    reply.json()["access_token"].as_str().expect("access_token").to_string()
 }
 
 /// Asserts an RFC 6749 §5.2 error response.
@@ -114,17 +88,11 @@ fn assert_oauth_error(reply: &Reply, status: StatusCode, code: &str) {
     // §5.2: error_description is %x20-21 / %x23-5B / %x5D-7E.
     let description = body["error_description"].as_str().unwrap_or_default();
     assert!(
-        !description.is_empty()
-            && description
-                .bytes()
-                .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'),
+        !description.is_empty() && description.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'),
         "{body}"
     );
     if code == "invalid_client" {
-        assert_eq!(
-            reply.header("www-authenticate"),
-            Some("Basic realm=\"portcullis\"")
-        );
+        assert_eq!(reply.header("www-authenticate"), Some("Basic realm=\"portcullis\""));
     } else {
         assert_eq!(reply.header("www-authenticate"), None);
     }
@@ -134,14 +102,9 @@ fn assert_oauth_error(reply: &Reply, status: StatusCode, code: &str) {
 fn decode_jwt(token: &str) -> (Value, Value, [String; 3]) {
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3, "a JWS compact serialization: {token}");
-    let json = |s: &str| -> Value {
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(s).expect("base64url")).expect("JSON")
-    };
-    (
-        json(parts[0]),
-        json(parts[1]),
-        [parts[0].into(), parts[1].into(), parts[2].into()],
-    )
+    let json =
+        |s: &str| -> Value { serde_json::from_slice(&URL_SAFE_NO_PAD.decode(s).expect("base64url")).expect("JSON") };
+    (json(parts[0]), json(parts[1]), [parts[0].into(), parts[1].into(), parts[2].into()])
 }
 
 async fn jwks(gw: &Gateway, path: &str) -> Value {
@@ -153,11 +116,8 @@ async fn jwks(gw: &Gateway, path: &str) -> Value {
 /// Verifies the Ed25519 signature of `token` with the `x` of `jwk`.
 fn signature_verifies(token: &str, jwk: &Value) -> bool {
     use ed25519_dalek::Verifier as _;
-    let x = URL_SAFE_NO_PAD
-        .decode(jwk["x"].as_str().expect("x"))
-        .expect("x is base64url");
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&x.try_into().expect("32 bytes"))
-        .expect("an Ed25519 point");
+    let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().expect("x")).expect("x is base64url");
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&x.try_into().expect("32 bytes")).expect("an Ed25519 point");
     let (signing_input, signature) = token.rsplit_once('.').expect("a JWS");
     let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
         return false;
@@ -169,19 +129,12 @@ fn signature_verifies(token: &str, jwk: &Value) -> bool {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_secs() as i64
 }
 
 /// GET /calendar/x with a bearer header.
 async fn call_calendar(gw: &Gateway, token: &str) -> Reply {
-    get(
-        &gw.url("/calendar/x"),
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await
+    get(&gw.url("/calendar/x"), &[("authorization", &format!("Bearer {token}"))]).await
 }
 
 /// A third client that may only use the authorization code grant.
@@ -202,12 +155,8 @@ async fn client_secret_basic_issues_a_bearer_token() {
     let mut upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
-    let reply = token_request(
-        &gw,
-        &[("authorization", &basic("app", "app-secret"))],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let reply =
+        token_request(&gw, &[("authorization", &basic("app", "app-secret"))], "grant_type=client_credentials").await;
     assert_token_response(&reply, APP_SCOPES);
 
     // The token is accepted where the gateway enforces it.
@@ -221,14 +170,8 @@ async fn client_secret_basic_issues_a_bearer_token() {
         Method::POST,
         &gw.url("/oauth/token"),
         &[
-            (
-                "content-type",
-                "application/x-www-form-urlencoded; charset=UTF-8",
-            ),
-            (
-                "authorization",
-                &basic("other", "other-secret").replacen("Basic", "basic", 1),
-            ),
+            ("content-type", "application/x-www-form-urlencoded; charset=UTF-8"),
+            ("authorization", &basic("other", "other-secret").replacen("Basic", "basic", 1)),
         ],
         "grant_type=client_credentials",
     )
@@ -281,10 +224,7 @@ async fn access_token_is_an_rfc9068_jwt_signed_with_the_published_key() {
     assert_eq!(claims["scope"], "calendar.read");
     let iat = claims["iat"].as_i64().expect("iat is a number");
     let exp = claims["exp"].as_i64().expect("exp is a number");
-    assert!(
-        (before..=after).contains(&iat),
-        "{iat} not in {before}..={after}"
-    );
+    assert!((before..=after).contains(&iat), "{iat} not in {before}..={after}");
     assert_eq!(exp - iat, 900);
     let jti = claims["jti"].as_str().expect("jti is a string");
     assert!(jti.len() >= 22, "{jti}");
@@ -300,35 +240,19 @@ async fn access_token_is_an_rfc9068_jwt_signed_with_the_published_key() {
         let mut c = claims.clone();
         c["scope"] = "admin calendar.read".into();
         let (_, _, parts) = decode_jwt(&first);
-        format!(
-            "{}.{}.{}",
-            parts[0],
-            URL_SAFE_NO_PAD.encode(c.to_string()),
-            parts[2]
-        )
+        format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(c.to_string()), parts[2])
     };
     assert!(!signature_verifies(&tampered, jwk));
-    let refused = get(
-        &gw.url("/admin/x"),
-        &[("authorization", &format!("Bearer {tampered}"))],
-    )
-    .await;
-    assert_eq!(
-        refused.status,
-        StatusCode::UNAUTHORIZED,
-        "{}",
-        refused.text()
-    );
+    let refused = get(&gw.url("/admin/x"), &[("authorization", &format!("Bearer {tampered}"))]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.text());
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn configured_audience_is_the_aud_claim_and_tokens_still_work() {
     let mut upstream = Upstream::start().await;
-    let toml = config_toml(upstream.addr, "").replace(
-        TTL_LINE,
-        &format!("{TTL_LINE}\naudience = \"https://api.example\""),
-    );
+    let toml =
+        config_toml(upstream.addr, "").replace(TTL_LINE, &format!("{TTL_LINE}\naudience = \"https://api.example\""));
     let gw = Gateway::start(&toml).await;
 
     let token = access_token(&post_auth(&gw, "other", "other-secret", None).await);
@@ -365,12 +289,8 @@ async fn scope_omitted_or_empty_grants_all_the_clients_scopes() {
     assert_eq!(claims["scope"], APP_SCOPES);
 
     // A parameter sent without a value is treated as omitted (RFC 6749 §3.1).
-    let empty = token_request(
-        &gw,
-        &[],
-        "grant_type=client_credentials&client_id=app&client_secret=app-secret&scope=",
-    )
-    .await;
+    let empty =
+        token_request(&gw, &[], "grant_type=client_credentials&client_id=app&client_secret=app-secret&scope=").await;
     assert_token_response(&empty, APP_SCOPES);
     gw.stop().await;
 }
@@ -389,22 +309,12 @@ async fn scope_subset_is_granted_exactly() {
     let read = call_calendar(&gw, &token).await;
     assert_eq!(read.status, StatusCode::OK, "{}", read.text());
     upstream.next().await;
-    let admin = get(
-        &gw.url("/admin/x"),
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await;
+    let admin = get(&gw.url("/admin/x"), &[("authorization", &format!("Bearer {token}"))]).await;
     assert_eq!(admin.status, StatusCode::FORBIDDEN, "{}", admin.text());
 
     // Order, duplicates and runs of spaces do not matter; the answer is the
     // canonical set.
-    let reply = post_auth(
-        &gw,
-        "app",
-        "app-secret",
-        Some("calendar.write  admin calendar.write"),
-    )
-    .await;
+    let reply = post_auth(&gw, "app", "app-secret", Some("calendar.write  admin calendar.write")).await;
     assert_token_response(&reply, "admin calendar.write");
     let reply = post_auth(&gw, "app", "app-secret", Some(APP_SCOPES)).await;
     assert_token_response(&reply, APP_SCOPES);
@@ -433,19 +343,11 @@ async fn malformed_scope_is_invalid_scope() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
     // `"`, `\`, a tab, a control character, non-ASCII: none is a scope-token.
-    for encoded in [
-        "%22admin%22",
-        "calendar.read%20a%5Cb",
-        "admin%09calendar.read",
-        "admin%00",
-        "caf%C3%A9",
-    ] {
+    for encoded in ["%22admin%22", "calendar.read%20a%5Cb", "admin%09calendar.read", "admin%00", "caf%C3%A9"] {
         let reply = token_request(
             &gw,
             &[],
-            &format!(
-                "grant_type=client_credentials&client_id=app&client_secret=app-secret&scope={encoded}"
-            ),
+            &format!("grant_type=client_credentials&client_id=app&client_secret=app-secret&scope={encoded}"),
         )
         .await;
         assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_scope");
@@ -464,9 +366,7 @@ async fn whitespace_only_scope_is_invalid_scope() {
         let reply = token_request(
             &gw,
             &[],
-            &format!(
-                "grant_type=client_credentials&client_id=app&client_secret=app-secret&scope={encoded}"
-            ),
+            &format!("grant_type=client_credentials&client_id=app&client_secret=app-secret&scope={encoded}"),
         )
         .await;
         assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_scope");
@@ -495,12 +395,7 @@ async fn wrong_or_unknown_credentials_are_invalid_client() {
     let reply = token_request(&gw, &[("authorization", &basic("app", ""))], grant).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     // Unknown client, Basic and post.
-    let reply = token_request(
-        &gw,
-        &[("authorization", &basic("nobody", "app-secret"))],
-        grant,
-    )
-    .await;
+    let reply = token_request(&gw, &[("authorization", &basic("nobody", "app-secret"))], grant).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     let reply = post_auth(&gw, "nobody", "app-secret", None).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
@@ -519,19 +414,9 @@ async fn missing_or_incomplete_credentials_are_invalid_client() {
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     let reply = token_request(&gw, &[], "grant_type=client_credentials&client_id=app").await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
-    let reply = token_request(
-        &gw,
-        &[],
-        "grant_type=client_credentials&client_secret=app-secret",
-    )
-    .await;
+    let reply = token_request(&gw, &[], "grant_type=client_credentials&client_secret=app-secret").await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
-    let reply = token_request(
-        &gw,
-        &[],
-        "grant_type=client_credentials&client_id=app&client_secret=",
-    )
-    .await;
+    let reply = token_request(&gw, &[], "grant_type=client_credentials&client_id=app&client_secret=").await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     gw.stop().await;
 }
@@ -545,13 +430,7 @@ async fn malformed_basic_header_is_invalid_client() {
     let no_colon = format!("Basic {}", STANDARD.encode("app"));
     let empty_id = format!("Basic {}", STANDARD.encode(":app-secret"));
     let bad_escape = format!("Basic {}", STANDARD.encode("app:%ZZ"));
-    for header in [
-        "Basic !!!not-base64!!!",
-        "Basic",
-        no_colon.as_str(),
-        empty_id.as_str(),
-        bad_escape.as_str(),
-    ] {
+    for header in ["Basic !!!not-base64!!!", "Basic", no_colon.as_str(), empty_id.as_str(), bad_escape.as_str()] {
         let reply = token_request(&gw, &[("authorization", header)], grant).await;
         assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     }
@@ -561,11 +440,7 @@ async fn malformed_basic_header_is_invalid_client() {
     let reply = send(
         Method::POST,
         &gw.url("/oauth/token"),
-        &[
-            ("content-type", FORM),
-            ("authorization", &good),
-            ("authorization", &good),
-        ],
+        &[("content-type", FORM), ("authorization", &good), ("authorization", &good)],
         grant,
     )
     .await;
@@ -605,20 +480,10 @@ async fn basic_auth_with_the_same_client_id_in_the_body_is_served() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
     let good = basic("app", "app-secret");
 
-    let reply = token_request(
-        &gw,
-        &[("authorization", &good)],
-        "grant_type=client_credentials&client_id=other",
-    )
-    .await;
+    let reply = token_request(&gw, &[("authorization", &good)], "grant_type=client_credentials&client_id=other").await;
     assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
 
-    let reply = token_request(
-        &gw,
-        &[("authorization", &good)],
-        "grant_type=client_credentials&client_id=app",
-    )
-    .await;
+    let reply = token_request(&gw, &[("authorization", &good)], "grant_type=client_credentials&client_id=app").await;
     assert_token_response(&reply, APP_SCOPES);
     gw.stop().await;
 }
@@ -633,19 +498,12 @@ async fn a_proven_secret_does_not_make_a_wrong_one_pass() {
     let reply = post_auth(&gw, "app", "app-secret-", None).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     // ... another client's proven secret does not carry over ...
-    assert_token_response(
-        &post_auth(&gw, "other", "other-secret", None).await,
-        "calendar.read",
-    );
+    assert_token_response(&post_auth(&gw, "other", "other-secret", None).await, "calendar.read");
     let reply = post_auth(&gw, "other", "app-secret", None).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     // ... and the right secret keeps working.
-    let reply = token_request(
-        &gw,
-        &[("authorization", &basic("app", "app-secret"))],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let reply =
+        token_request(&gw, &[("authorization", &basic("app", "app-secret"))], "grant_type=client_credentials").await;
     assert_token_response(&reply, APP_SCOPES);
     gw.stop().await;
 }
@@ -664,25 +522,19 @@ async fn grant_type_is_required_and_must_be_supported() {
     let reply = token_request(&gw, &[("authorization", &auth)], "grant_type=").await;
     assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
 
-    for grant in [
-        "password",
-        "implicit",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer",
-        "Client_Credentials",
-        "authorization_code",
-        "refresh_token",
-    ] {
+    for grant in ["password", "implicit", "urn:ietf:params:oauth:grant-type:jwt-bearer", "Client_Credentials"] {
         let body = form(&[("grant_type", grant), ("username", "u"), ("password", "p")]);
         let reply = token_request(&gw, &[("authorization", &auth)], &body).await;
         assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
+    // Supported grants that this client is not registered for.
+    for grant in ["authorization_code", "refresh_token"] {
+        let body = form(&[("grant_type", grant), ("code", "c"), ("refresh_token", "r")]);
+        let reply = token_request(&gw, &[("authorization", &auth)], &body).await;
+        assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "unauthorized_client");
+    }
 
-    let reply = token_request(
-        &gw,
-        &[("authorization", &auth)],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let reply = token_request(&gw, &[("authorization", &auth)], "grant_type=client_credentials").await;
     assert_token_response(&reply, APP_SCOPES);
     gw.stop().await;
 }
@@ -702,12 +554,9 @@ async fn repeated_parameters_are_invalid_request() {
         let reply = token_request(&gw, &[("authorization", &auth)], body).await;
         assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
     }
-    let reply = token_request(
-        &gw,
-        &[],
-        "grant_type=client_credentials&client_id=app&client_id=app&client_secret=app-secret",
-    )
-    .await;
+    let reply =
+        token_request(&gw, &[], "grant_type=client_credentials&client_id=app&client_id=app&client_secret=app-secret")
+            .await;
     assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
 
     // Unrecognised parameters are ignored (RFC 6749 §3.2).
@@ -729,11 +578,7 @@ async fn token_endpoint_accepts_only_post() {
 
     // The code answers a non-POST with 400 invalid_request (RFC 6749 §3.2:
     // the client MUST use POST), not 405.
-    let reply = get(
-        &gw.url("/oauth/token?grant_type=client_credentials"),
-        &[("authorization", &auth)],
-    )
-    .await;
+    let reply = get(&gw.url("/oauth/token?grant_type=client_credentials"), &[("authorization", &auth)]).await;
     assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
     let reply = send(
         Method::PUT,
@@ -752,12 +597,7 @@ async fn body_must_be_form_urlencoded() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
     let auth = basic("app", "app-secret");
 
-    for content_type in [
-        Some("application/json"),
-        Some("text/plain"),
-        Some("multipart/form-data; boundary=x"),
-        None,
-    ] {
+    for content_type in [Some("application/json"), Some("text/plain"), Some("multipart/form-data; boundary=x"), None] {
         let mut headers = vec![("authorization", auth.as_str())];
         if let Some(ct) = content_type {
             headers.push(("content-type", ct));
@@ -767,13 +607,7 @@ async fn body_must_be_form_urlencoded() {
         } else {
             "grant_type=client_credentials"
         };
-        let reply = send(
-            Method::POST,
-            &gw.url("/oauth/token"),
-            &headers,
-            body.to_string(),
-        )
-        .await;
+        let reply = send(Method::POST, &gw.url("/oauth/token"), &headers, body.to_string()).await;
         assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
     }
 
@@ -781,10 +615,7 @@ async fn body_must_be_form_urlencoded() {
     let reply = send(
         Method::POST,
         &gw.url("/oauth/token"),
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "Application/X-WWW-Form-URLEncoded"),
-        ],
+        &[("authorization", auth.as_str()), ("content-type", "Application/X-WWW-Form-URLEncoded")],
         "grant_type=client_credentials",
     )
     .await;
@@ -797,13 +628,9 @@ async fn client_secret_in_the_url_is_invalid_request() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
-    let reply = post_form(
-        &gw,
-        "/oauth/token?client_secret=app-secret",
-        &[],
-        "grant_type=client_credentials&client_id=app",
-    )
-    .await;
+    let reply =
+        post_form(&gw, "/oauth/token?client_secret=app-secret", &[], "grant_type=client_credentials&client_id=app")
+            .await;
     assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
     // Even when the body authenticates correctly: the secret has leaked.
     let reply = post_form(
@@ -912,44 +739,26 @@ grant_types = ["client_credentials"]
     let call = call_calendar(&gw, &access_token(&reply)).await;
     assert_eq!(call.status, StatusCode::OK, "{}", call.text());
     assert_eq!(upstream.next().await.headers["x-auth-client-id"], "envy");
-    let reply = token_request(
-        &gw,
-        &[("authorization", &basic("envy", "from-env"))],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let reply =
+        token_request(&gw, &[("authorization", &basic("envy", "from-env"))], "grant_type=client_credentials").await;
     assert_token_response(&reply, "calendar.read");
 
     // Refused: wrong secret, and the variable's name is not the secret.
     for secret in ["from-env-", "X_SECRET", ""] {
-        let reply = token_request(
-            &gw,
-            &[("authorization", &basic("envy", secret))],
-            "grant_type=client_credentials",
-        )
-        .await;
+        let reply =
+            token_request(&gw, &[("authorization", &basic("envy", secret))], "grant_type=client_credentials").await;
         assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     }
 
     // A secret with ':', '%', '+', spaces and non-ASCII survives both
     // encodings: form-urlencoded inside Basic (RFC 6749 §2.3.1) and in a body.
-    let reply = token_request(
-        &gw,
-        &[("authorization", &basic("odd", special))],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let reply = token_request(&gw, &[("authorization", &basic("odd", special))], "grant_type=client_credentials").await;
     assert_token_response(&reply, "calendar.read");
     let reply = post_auth(&gw, "odd", special, None).await;
     assert_token_response(&reply, "calendar.read");
     // Sent raw (not form-encoded) in Basic, it is a different secret.
     let raw = format!("Basic {}", STANDARD.encode(format!("odd:{special}")));
-    let reply = token_request(
-        &gw,
-        &[("authorization", &raw)],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let reply = token_request(&gw, &[("authorization", &raw)], "grant_type=client_credentials").await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     gw.stop().await;
 }
@@ -969,38 +778,27 @@ async fn metadata_describes_the_endpoints() {
     assert_eq!(meta["issuer"], ISSUER, "{meta}");
     assert_eq!(meta["token_endpoint"], format!("{ISSUER}/oauth/token"));
     assert_eq!(meta["jwks_uri"], format!("{ISSUER}/oauth/jwks"));
-    assert_eq!(
-        meta["revocation_endpoint"],
-        format!("{ISSUER}/oauth/revoke")
-    );
+    assert_eq!(meta["revocation_endpoint"], format!("{ISSUER}/oauth/revoke"));
     assert_eq!(
         meta["grant_types_supported"],
-        serde_json::json!(["client_credentials"])
+        serde_json::json!(["authorization_code", "refresh_token", "client_credentials"])
     );
-    for field in [
-        "token_endpoint_auth_methods_supported",
-        "revocation_endpoint_auth_methods_supported",
-    ] {
+    assert_eq!(meta["authorization_endpoint"], format!("{ISSUER}/oauth/authorize"));
+    assert_eq!(meta["introspection_endpoint"], format!("{ISSUER}/oauth/introspect"));
+    assert_eq!(meta["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+    assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
+    // "none": public clients identify themselves with client_id alone.
+    for field in ["token_endpoint_auth_methods_supported", "revocation_endpoint_auth_methods_supported"] {
         let methods: BTreeSet<&str> = meta[field]
             .as_array()
             .unwrap_or_else(|| panic!("{field} in {meta}"))
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        assert_eq!(
-            methods,
-            BTreeSet::from(["client_secret_basic", "client_secret_post"]),
-            "{field}"
-        );
+        assert_eq!(methods, BTreeSet::from(["client_secret_basic", "client_secret_post", "none"]), "{field}");
     }
-    assert_eq!(
-        meta["scopes_supported"],
-        serde_json::json!(["admin", "calendar.read", "calendar.write"])
-    );
-    assert!(
-        meta["response_types_supported"].is_array(),
-        "required by RFC 8414 §2"
-    );
+    assert_eq!(meta["scopes_supported"], serde_json::json!(["admin", "calendar.read", "calendar.write"]));
+    assert!(meta["response_types_supported"].is_array(), "required by RFC 8414 §2");
 
     // The advertised endpoints are the ones served.
     let path = |field: &str| {
@@ -1010,12 +808,8 @@ async fn metadata_describes_the_endpoints() {
             .unwrap_or_else(|| panic!("{field} under the issuer"))
             .to_string()
     };
-    let reply = token_request(
-        &gw,
-        &[("authorization", &basic("app", "app-secret"))],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let reply =
+        token_request(&gw, &[("authorization", &basic("app", "app-secret"))], "grant_type=client_credentials").await;
     assert_eq!(path("token_endpoint"), "/oauth/token");
     assert_token_response(&reply, APP_SCOPES);
     let keys = jwks(&gw, &path("jwks_uri")).await;
@@ -1031,23 +825,12 @@ async fn metadata_describes_the_endpoints() {
 
     // Only GET and HEAD.
     for method in [Method::POST, Method::DELETE] {
-        let reply = send(
-            method,
-            &gw.url("/.well-known/oauth-authorization-server"),
-            &[("content-type", FORM)],
-            "x=1",
-        )
-        .await;
+        let reply =
+            send(method, &gw.url("/.well-known/oauth-authorization-server"), &[("content-type", FORM)], "x=1").await;
         assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(reply.header("allow"), Some("GET, HEAD"));
     }
-    let head = send(
-        Method::HEAD,
-        &gw.url("/.well-known/oauth-authorization-server"),
-        &[],
-        "",
-    )
-    .await;
+    let head = send(Method::HEAD, &gw.url("/.well-known/oauth-authorization-server"), &[], "").await;
     assert_eq!(head.status, StatusCode::OK);
     assert!(head.body.is_empty());
     gw.stop().await;
@@ -1057,10 +840,8 @@ async fn metadata_describes_the_endpoints() {
 async fn issuer_with_a_path_moves_every_endpoint_under_it() {
     let mut upstream = Upstream::start().await;
     let issuer = format!("{ISSUER}/auth");
-    let toml = config_toml(upstream.addr, "").replace(
-        &format!("issuer = \"{ISSUER}\""),
-        &format!("issuer = \"{issuer}\""),
-    );
+    let toml =
+        config_toml(upstream.addr, "").replace(&format!("issuer = \"{ISSUER}\""), &format!("issuer = \"{issuer}\""));
     let gw = Gateway::start(&toml).await;
 
     // RFC 8414 §3.1: the well-known segment goes between host and path.
@@ -1070,10 +851,7 @@ async fn issuer_with_a_path_moves_every_endpoint_under_it() {
     assert_eq!(meta["issuer"], issuer.as_str());
     assert_eq!(meta["token_endpoint"], format!("{issuer}/oauth/token"));
     assert_eq!(meta["jwks_uri"], format!("{issuer}/oauth/jwks"));
-    assert_eq!(
-        meta["revocation_endpoint"],
-        format!("{issuer}/oauth/revoke")
-    );
+    assert_eq!(meta["revocation_endpoint"], format!("{issuer}/oauth/revoke"));
     for wrong in [
         "/.well-known/oauth-authorization-server",
         "/auth/.well-known/oauth-authorization-server",
@@ -1081,12 +859,7 @@ async fn issuer_with_a_path_moves_every_endpoint_under_it() {
         "/oauth/jwks",
     ] {
         let reply = get(&gw.url(wrong), &[]).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::NOT_FOUND,
-            "{wrong}: {}",
-            reply.text()
-        );
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{wrong}: {}", reply.text());
     }
     let reply = post_form(
         &gw,
@@ -1141,12 +914,7 @@ async fn jwks_publishes_the_public_key_only() {
     let x = key["x"].as_str().expect("x");
     assert_eq!(x.len(), 43, "{x}");
     assert_eq!(URL_SAFE_NO_PAD.decode(x).expect("base64url").len(), 32);
-    let members: BTreeSet<&str> = key
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let members: BTreeSet<&str> = key.as_object().expect("object").keys().map(String::as_str).collect();
     assert_eq!(
         members,
         BTreeSet::from(["alg", "crv", "kid", "kty", "use", "x"]),
@@ -1197,13 +965,7 @@ async fn revoked_token_is_refused_on_routes() {
     assert!(upstream.saw_nothing());
 
     // Revoking again is fine (idempotent), and other tokens are untouched.
-    let reply = post_form(
-        &gw,
-        "/oauth/revoke",
-        &[("authorization", &auth)],
-        &form(&[("token", &token)]),
-    )
-    .await;
+    let reply = post_form(&gw, "/oauth/revoke", &[("authorization", &auth)], &form(&[("token", &token)])).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let call = call_calendar(&gw, &keep).await;
     assert_eq!(call.status, StatusCode::OK, "{}", call.text());
@@ -1221,11 +983,7 @@ async fn revocation_with_client_secret_post() {
         &gw,
         "/oauth/revoke",
         &[],
-        &form(&[
-            ("token", &token),
-            ("client_id", "other"),
-            ("client_secret", "other-secret"),
-        ]),
+        &form(&[("token", &token), ("client_id", "other"), ("client_secret", "other-secret")]),
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -1243,13 +1001,7 @@ async fn revocation_of_unknown_tokens_succeeds() {
 
     let long = "a".repeat(3000);
     for token in ["garbage", "a.b.c", "pca_unknown", long.as_str()] {
-        let reply = post_form(
-            &gw,
-            "/oauth/revoke",
-            &[("authorization", &auth)],
-            &form(&[("token", token)]),
-        )
-        .await;
+        let reply = post_form(&gw, "/oauth/revoke", &[("authorization", &auth)], &form(&[("token", token)])).await;
         assert_eq!(reply.status, StatusCode::OK, "{token}: {}", reply.text());
     }
     gw.stop().await;
@@ -1271,21 +1023,9 @@ async fn revocation_errors() {
     // No client authentication, wrong secret, unknown client.
     let reply = post_form(&gw, "/oauth/revoke", &[], &body).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
-    let reply = post_form(
-        &gw,
-        "/oauth/revoke",
-        &[("authorization", &basic("app", "wrong"))],
-        &body,
-    )
-    .await;
+    let reply = post_form(&gw, "/oauth/revoke", &[("authorization", &basic("app", "wrong"))], &body).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
-    let reply = post_form(
-        &gw,
-        "/oauth/revoke",
-        &[("authorization", &basic("nobody", "app-secret"))],
-        &body,
-    )
-    .await;
+    let reply = post_form(&gw, "/oauth/revoke", &[("authorization", &basic("nobody", "app-secret"))], &body).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     // Not POST, not a form.
     let reply = get(&gw.url("/oauth/revoke"), &[("authorization", &auth)]).await;
@@ -1293,10 +1033,7 @@ async fn revocation_errors() {
     let reply = send(
         Method::POST,
         &gw.url("/oauth/revoke"),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
+        &[("authorization", &auth), ("content-type", "application/json")],
         format!(r#"{{"token":"{token}"}}"#),
     )
     .await;
@@ -1331,13 +1068,9 @@ async fn another_clients_token_is_not_revoked() {
     upstream.next().await;
 
     // The owner can.
-    let reply = post_form(
-        &gw,
-        "/oauth/revoke",
-        &[("authorization", &basic("app", "app-secret"))],
-        &form(&[("token", &token)]),
-    )
-    .await;
+    let reply =
+        post_form(&gw, "/oauth/revoke", &[("authorization", &basic("app", "app-secret"))], &form(&[("token", &token)]))
+            .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let call = call_calendar(&gw, &token).await;
     assert_eq!(call.status, StatusCode::UNAUTHORIZED, "{}", call.text());
@@ -1347,8 +1080,7 @@ async fn another_clients_token_is_not_revoked() {
 #[tokio::test]
 async fn opaque_tokens_are_issued_and_revoked() {
     let mut upstream = Upstream::start().await;
-    let toml = config_toml(upstream.addr, "")
-        .replace(TTL_LINE, &format!("{TTL_LINE}\ntoken_format = \"opaque\""));
+    let toml = config_toml(upstream.addr, "").replace(TTL_LINE, &format!("{TTL_LINE}\ntoken_format = \"opaque\""));
     let gw = Gateway::start(&toml).await;
 
     let reply = post_auth(&gw, "app", "app-secret", Some("calendar.read")).await;
@@ -1357,18 +1089,11 @@ async fn opaque_tokens_are_issued_and_revoked() {
     assert!(!token.contains('.'), "not a JWT: {token}");
     let call = call_calendar(&gw, &token).await;
     assert_eq!(call.status, StatusCode::OK, "{}", call.text());
-    assert_eq!(
-        upstream.next().await.headers["x-auth-scope"],
-        "calendar.read"
-    );
+    assert_eq!(upstream.next().await.headers["x-auth-scope"], "calendar.read");
 
-    let reply = post_form(
-        &gw,
-        "/oauth/revoke",
-        &[("authorization", &basic("app", "app-secret"))],
-        &form(&[("token", &token)]),
-    )
-    .await;
+    let reply =
+        post_form(&gw, "/oauth/revoke", &[("authorization", &basic("app", "app-secret"))], &form(&[("token", &token)]))
+            .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let call = call_calendar(&gw, &token).await;
     assert_eq!(call.status, StatusCode::UNAUTHORIZED, "{}", call.text());
@@ -1385,10 +1110,8 @@ async fn signing_key_and_tokens_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = upstream.addr;
     let db = |name: &str| {
-        config_toml(addr, "").replace(
-            "url = \"sqlite::memory:\"",
-            &format!("url = \"sqlite://{}/{name}\"", dir.path().display()),
-        )
+        config_toml(addr, "")
+            .replace("url = \"sqlite::memory:\"", &format!("url = \"sqlite://{}/{name}\"", dir.path().display()))
     };
     let toml = db("p.db");
 
@@ -1418,10 +1141,7 @@ async fn opaque_tokens_and_revocations_survive_a_restart() {
     let mut upstream = Upstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = config_toml(upstream.addr, "")
-        .replace(
-            "url = \"sqlite::memory:\"",
-            &format!("url = \"sqlite://{}/p.db\"", dir.path().display()),
-        )
+        .replace("url = \"sqlite::memory:\"", &format!("url = \"sqlite://{}/p.db\"", dir.path().display()))
         .replace(TTL_LINE, &format!("{TTL_LINE}\ntoken_format = \"opaque\""));
 
     let gw = Gateway::start(&toml).await;
@@ -1447,10 +1167,9 @@ async fn opaque_tokens_and_revocations_survive_a_restart() {
     gw.stop().await;
 
     // Refused case: an in-memory store has never heard of the token.
-    let fresh = Gateway::start(&toml.replace(
-        &format!("url = \"sqlite://{}/p.db\"", dir.path().display()),
-        "url = \"sqlite::memory:\"",
-    ))
+    let fresh = Gateway::start(
+        &toml.replace(&format!("url = \"sqlite://{}/p.db\"", dir.path().display()), "url = \"sqlite::memory:\""),
+    )
     .await;
     let call = call_calendar(&fresh, &kept).await;
     assert_eq!(call.status, StatusCode::UNAUTHORIZED, "{}", call.text());
@@ -1466,10 +1185,7 @@ async fn token_endpoint_metrics() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
 
     assert_token_response(&post_auth(&gw, "app", "app-secret", None).await, APP_SCOPES);
-    assert_token_response(
-        &post_auth(&gw, "other", "other-secret", None).await,
-        "calendar.read",
-    );
+    assert_token_response(&post_auth(&gw, "other", "other-secret", None).await, "calendar.read");
     let reply = post_auth(&gw, "app", "wrong", None).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     let reply = post_auth(&gw, "other", "other-secret", Some("admin")).await;
@@ -1501,17 +1217,10 @@ async fn token_endpoint_metrics() {
 async fn repeated_wrong_secrets_are_throttled_without_locking_out_the_client() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
-    assert_eq!(
-        post_auth(&gw, "app", "app-secret", None).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(post_auth(&gw, "app", "app-secret", None).await.status, StatusCode::OK);
 
     for _ in 0..portcullis::oauth::clients::MAX_FAILURES {
-        assert_oauth_error(
-            &post_auth(&gw, "app", "guess", None).await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-        );
+        assert_oauth_error(&post_auth(&gw, "app", "guess", None).await, StatusCode::UNAUTHORIZED, "invalid_client");
     }
     let throttled = post_auth(&gw, "app", "guess", None).await;
     assert_oauth_error(&throttled, StatusCode::TOO_MANY_REQUESTS, "slow_down");
@@ -1519,8 +1228,5 @@ async fn repeated_wrong_secrets_are_throttled_without_locking_out_the_client() {
 
     assert_token_response(&post_auth(&gw, "app", "app-secret", None).await, APP_SCOPES);
     // Another client is not affected.
-    assert_eq!(
-        post_auth(&gw, "other", "other-secret", None).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(post_auth(&gw, "other", "other-secret", None).await.status, StatusCode::OK);
 }

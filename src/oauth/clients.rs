@@ -24,20 +24,13 @@ type Digest = [u8; 32];
 
 /// Hashes a secret or password for the config (`portcullis hash-password`).
 pub fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error> {
-    let salt =
-        argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Ok(Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)?
-        .to_string())
+    let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Ok(Argon2::default().hash_password(secret.as_bytes(), &salt)?.to_string())
 }
 
 /// Verifies `secret` against a PHC string; false for a malformed hash.
 pub fn verify_hash(secret: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(secret.as_bytes(), &h)
-            .is_ok()
-    })
+    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
 }
 
 /// Registered clients, and the digests of secrets already proven.
@@ -78,19 +71,11 @@ impl ClientRegistry {
         rand::rngs::OsRng.fill_bytes(&mut digest_key);
         let dummy_hash = hash_secret("portcullis-dummy-secret").unwrap_or_default();
         ClientRegistry {
-            clients: clients
-                .iter()
-                .map(|c| (c.client_id.clone(), Arc::new(c.clone())))
-                .collect(),
+            clients: clients.iter().map(|c| (c.client_id.clone(), Arc::new(c.clone()))).collect(),
             digest_key,
             proven: RwLock::new(HashMap::new()),
-            failures: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(FAILURE_WINDOW)
-                .build(),
-            hashing: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ),
+            failures: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(FAILURE_WINDOW).build(),
+            hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             dummy_hash,
         }
     }
@@ -104,8 +89,7 @@ impl ClientRegistry {
     }
 
     fn digest(&self, secret: &str) -> Digest {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.digest_key).expect("HMAC takes any key length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.digest_key).expect("HMAC takes any key length");
         mac.update(secret.as_bytes());
         mac.finalize().into_bytes().into()
     }
@@ -124,25 +108,17 @@ impl ClientRegistry {
         let client = self.clients.get(client_id).cloned();
         match client.as_deref().map(|c| &c.secret) {
             Some(ClientSecret::None) => return Err(AuthFailure::WrongMethod),
-            Some(ClientSecret::Plain(expected))
-                if bool::from(self.digest(expected).ct_eq(&presented)) =>
-            {
+            Some(ClientSecret::Plain(expected)) if bool::from(self.digest(expected).ct_eq(&presented)) => {
                 return client.ok_or(AuthFailure::UnknownClient);
             }
             Some(ClientSecret::Hash(_))
-                if self
-                    .remembered(client_id)
-                    .is_some_and(|d| bool::from(d.ct_eq(&presented))) =>
+                if self.remembered(client_id).is_some_and(|d| bool::from(d.ct_eq(&presented))) =>
             {
                 return client.ok_or(AuthFailure::UnknownClient);
             }
             _ => {}
         }
-        if self
-            .failures
-            .get(client_id)
-            .is_some_and(|n| n.load(Ordering::Relaxed) >= MAX_FAILURES)
-        {
+        if self.failures.get(client_id).is_some_and(|n| n.load(Ordering::Relaxed) >= MAX_FAILURES) {
             return Err(AuthFailure::Throttled);
         }
         let verified = match client.as_deref().map(|c| &c.secret) {
@@ -161,20 +137,13 @@ impl ClientRegistry {
                 self.failures
                     .get_with(client_id.to_string(), || Arc::new(AtomicU32::new(0)))
                     .fetch_add(1, Ordering::Relaxed);
-                Err(if found.is_some() {
-                    AuthFailure::WrongSecret
-                } else {
-                    AuthFailure::UnknownClient
-                })
+                Err(if found.is_some() { AuthFailure::WrongSecret } else { AuthFailure::UnknownClient })
             }
         }
     }
 
     fn remembered(&self, client_id: &str) -> Option<Digest> {
-        self.proven
-            .read()
-            .ok()
-            .and_then(|m| m.get(client_id).copied())
+        self.proven.read().ok().and_then(|m| m.get(client_id).copied())
     }
 
     async fn slow_verify(&self, secret: &str, phc: Option<String>) -> bool {
@@ -184,9 +153,7 @@ impl ClientRegistry {
         let secret = secret.to_string();
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy_hash.clone());
-        let ok = tokio::task::spawn_blocking(move || verify_hash(&secret, &phc))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || verify_hash(&secret, &phc)).await.unwrap_or(false);
         ok && known
     }
 }
@@ -205,6 +172,8 @@ mod tests {
             redirect_uris: vec![],
             scopes: ScopeSet::default(),
             grant_types: vec![GrantType::ClientCredentials],
+            public: false,
+            require_pkce: true,
         }
     }
 
@@ -218,42 +187,21 @@ mod tests {
         assert!(reg.authenticate("h", "s1").await.is_ok());
         // second time through the remembered digest
         assert!(reg.authenticate("h", "s1").await.is_ok());
-        assert_eq!(
-            reg.authenticate("h", "s2").await.unwrap_err(),
-            AuthFailure::WrongSecret
-        );
+        assert_eq!(reg.authenticate("h", "s2").await.unwrap_err(), AuthFailure::WrongSecret);
         assert!(reg.authenticate("p", "s2").await.is_ok());
-        assert_eq!(
-            reg.authenticate("p", "s1").await.unwrap_err(),
-            AuthFailure::WrongSecret
-        );
-        assert_eq!(
-            reg.authenticate("pub", "x").await.unwrap_err(),
-            AuthFailure::WrongMethod
-        );
-        assert_eq!(
-            reg.authenticate("nobody", "s1").await.unwrap_err(),
-            AuthFailure::UnknownClient
-        );
+        assert_eq!(reg.authenticate("p", "s1").await.unwrap_err(), AuthFailure::WrongSecret);
+        assert_eq!(reg.authenticate("pub", "x").await.unwrap_err(), AuthFailure::WrongMethod);
+        assert_eq!(reg.authenticate("nobody", "s1").await.unwrap_err(), AuthFailure::UnknownClient);
     }
 
     #[tokio::test]
     async fn repeated_failures_are_throttled_but_the_proven_secret_still_works() {
-        let reg = Arc::new(ClientRegistry::new(&[client(
-            "h",
-            ClientSecret::Hash(hash_secret("s1").unwrap()),
-        )]));
+        let reg = Arc::new(ClientRegistry::new(&[client("h", ClientSecret::Hash(hash_secret("s1").unwrap()))]));
         assert!(reg.authenticate("h", "s1").await.is_ok());
         for _ in 0..MAX_FAILURES {
-            assert_eq!(
-                reg.authenticate("h", "guess").await.unwrap_err(),
-                AuthFailure::WrongSecret
-            );
+            assert_eq!(reg.authenticate("h", "guess").await.unwrap_err(), AuthFailure::WrongSecret);
         }
-        assert_eq!(
-            reg.authenticate("h", "guess").await.unwrap_err(),
-            AuthFailure::Throttled
-        );
+        assert_eq!(reg.authenticate("h", "guess").await.unwrap_err(), AuthFailure::Throttled);
         assert!(reg.authenticate("h", "s1").await.is_ok());
     }
 }

@@ -2,6 +2,7 @@
 //! parameters in, a token response or an RFC 6749 §5.2 error out. The HTTP
 //! adapter (`crate::authz`) only moves bytes in and out of this module.
 
+pub mod authorize;
 pub mod clients;
 
 use std::collections::HashMap;
@@ -9,10 +10,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{AuthorizationServerConfig, GrantType};
+use crate::cache::TokenValidator;
+use crate::config::{AuthorizationServerConfig, ClientConfig, GrantType};
 use crate::scope::ScopeSet;
-use crate::store::StoreError;
-use crate::tokens::TokenService;
+use crate::store::{CodeRecord, Consumed, GrantRecord, RefreshRecord, Store, StoreError};
+use crate::tokens::{TokenService, now_unix, random_token, token_hash};
+use authorize::AuthorizationRequest;
 use clients::{AuthFailure, ClientRegistry};
 
 /// RFC 6749 §5.2 error codes (plus the RFC 6749 §4.1.2.1 ones the token
@@ -60,21 +63,14 @@ pub struct OAuthError {
 
 impl OAuthError {
     pub fn new(code: ErrorCode, description: &'static str) -> OAuthError {
-        OAuthError {
-            code,
-            description,
-            basic_auth: false,
-        }
+        OAuthError { code, description, basic_auth: false }
     }
 }
 
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "token endpoint could not reach the store");
-        OAuthError::new(
-            ErrorCode::TemporarilyUnavailable,
-            "The authorization server is temporarily unavailable",
-        )
+        OAuthError::new(ErrorCode::TemporarilyUnavailable, "The authorization server is temporarily unavailable")
     }
 }
 
@@ -88,10 +84,7 @@ impl Params {
         let mut map = HashMap::new();
         for (k, v) in form_urlencoded::parse(form) {
             if map.contains_key(k.as_ref()) {
-                return Err(OAuthError::new(
-                    ErrorCode::InvalidRequest,
-                    "A request parameter is repeated",
-                ));
+                return Err(OAuthError::new(ErrorCode::InvalidRequest, "A request parameter is repeated"));
             }
             map.insert(k.into_owned(), v.into_owned());
         }
@@ -119,21 +112,29 @@ pub struct TokenResponse {
     pub token_type: &'static str,
     pub expires_in: u64,
     pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
 }
 
-/// The token and revocation endpoints.
+/// Refresh tokens start with this; they are never accepted as access
+/// tokens (the validator only knows `pca_` handles and JWTs).
+const REFRESH_PREFIX: &str = "pcr_";
+
+/// The token, revocation and introspection endpoints, and the issuing side
+/// of the authorization endpoint.
 pub struct AuthorizationServer {
     pub clients: Arc<ClientRegistry>,
     pub tokens: Arc<TokenService>,
+    validator: Arc<TokenValidator>,
     config: AuthorizationServerConfig,
 }
 
 fn invalid_client(basic_auth: bool) -> OAuthError {
-    OAuthError {
-        code: ErrorCode::InvalidClient,
-        description: "Client authentication failed",
-        basic_auth,
-    }
+    OAuthError { code: ErrorCode::InvalidClient, description: "Client authentication failed", basic_auth }
+}
+
+fn invalid_grant(description: &'static str) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidGrant, description)
 }
 
 impl AuthorizationServer {
@@ -141,21 +142,25 @@ impl AuthorizationServer {
         config: AuthorizationServerConfig,
         clients: Arc<ClientRegistry>,
         tokens: Arc<TokenService>,
+        validator: Arc<TokenValidator>,
     ) -> Self {
-        AuthorizationServer {
-            clients,
-            tokens,
-            config,
-        }
+        AuthorizationServer { clients, tokens, validator, config }
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.tokens.store()
     }
 
     /// Authenticates the client of a token-endpoint style request (RFC 6749
-    /// §2.3.1): exactly one method, and a secret that verifies.
+    /// §2.3.1): exactly one method, and a secret that verifies. A public
+    /// client identifies itself with `client_id` alone when
+    /// `allow_public` (the grants where PKCE or a refresh token binds it).
     pub async fn authenticate_client(
         &self,
         basic: Option<Result<BasicCredentials, ()>>,
         params: &Params,
-    ) -> Result<Arc<crate::config::ClientConfig>, OAuthError> {
+        allow_public: bool,
+    ) -> Result<Arc<ClientConfig>, OAuthError> {
         let (creds, basic_auth) = match basic {
             Some(_) if params.get("client_secret").is_some() => {
                 return Err(OAuthError::new(
@@ -174,28 +179,26 @@ impl AuthorizationServer {
             Some(Ok(c)) => (c, true),
             Some(Err(())) => return Err(invalid_client(true)),
             None => match (params.get("client_id"), params.get("client_secret")) {
-                (Some(id), Some(secret)) => (
-                    BasicCredentials {
-                        client_id: id.to_string(),
-                        client_secret: secret.to_string(),
-                    },
-                    false,
-                ),
+                (Some(id), Some(secret)) => {
+                    (BasicCredentials { client_id: id.to_string(), client_secret: secret.to_string() }, false)
+                }
+                (Some(id), None) => {
+                    return match self.clients.get(id) {
+                        Some(c) if c.public && allow_public => Ok(c.clone()),
+                        _ => {
+                            tracing::info!(client_id = %id, "client authentication failed: no secret");
+                            Err(invalid_client(false))
+                        }
+                    };
+                }
                 _ => return Err(invalid_client(false)),
             },
         };
-        match self
-            .clients
-            .authenticate(&creds.client_id, &creds.client_secret)
-            .await
-        {
+        match self.clients.authenticate(&creds.client_id, &creds.client_secret).await {
             Ok(client) => Ok(client),
             Err(AuthFailure::Throttled) => {
                 tracing::warn!(client_id = %creds.client_id, "client authentication throttled after repeated failures");
-                Err(OAuthError::new(
-                    ErrorCode::SlowDown,
-                    "Too many failed authentication attempts; retry later",
-                ))
+                Err(OAuthError::new(ErrorCode::SlowDown, "Too many failed authentication attempts; retry later"))
             }
             Err(failure) => {
                 tracing::info!(client_id = %creds.client_id, reason = ?failure, "client authentication failed");
@@ -211,91 +214,272 @@ impl AuthorizationServer {
         basic: Option<Result<BasicCredentials, ()>>,
         params: &Params,
     ) -> Result<(GrantType, TokenResponse), OAuthError> {
-        let grant_type = params.get("grant_type").ok_or(OAuthError::new(
-            ErrorCode::InvalidRequest,
-            "The grant_type parameter is missing",
-        ))?;
-        let client = self.authenticate_client(basic, params).await?;
-        let grant = match GrantType::parse(grant_type) {
-            Some(GrantType::ClientCredentials) => GrantType::ClientCredentials,
-            _ => {
-                return Err(OAuthError::new(
-                    ErrorCode::UnsupportedGrantType,
-                    "This grant type is not supported",
-                ));
-            }
-        };
+        let grant_type = params
+            .get("grant_type")
+            .ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The grant_type parameter is missing"))?;
+        let grant = GrantType::parse(grant_type)
+            .ok_or(OAuthError::new(ErrorCode::UnsupportedGrantType, "This grant type is not supported"))?;
+        let client = self.authenticate_client(basic, params, grant != GrantType::ClientCredentials).await?;
         if !client.grant_types.contains(&grant) {
-            return Err(OAuthError::new(
-                ErrorCode::UnauthorizedClient,
-                "This client may not use this grant type",
-            ));
+            return Err(OAuthError::new(ErrorCode::UnauthorizedClient, "This client may not use this grant type"));
         }
-        let scopes = match params.get("scope") {
-            None => client.scopes.clone(),
-            Some(s) => {
-                // RFC 6749 §3.3: `scope = scope-token *( SP scope-token )`,
-                // so a value of spaces alone is malformed, not "no scope".
-                let requested =
-                    ScopeSet::parse(s)
-                        .filter(|set| !set.is_empty())
-                        .ok_or(OAuthError::new(
-                            ErrorCode::InvalidScope,
-                            "The scope parameter is malformed",
-                        ))?;
-                if !requested.is_subset(&client.scopes) {
-                    return Err(OAuthError::new(
-                        ErrorCode::InvalidScope,
-                        "A requested scope is not allowed for this client",
-                    ));
-                }
-                requested
-            }
+        let response = match grant {
+            GrantType::ClientCredentials => self.client_credentials(&client, params).await?,
+            GrantType::AuthorizationCode => self.authorization_code(&client, params).await?,
+            GrantType::RefreshToken => self.refresh_token(&client, params).await?,
         };
-        // RFC 9068 §2.2: with no resource owner, the subject is the client.
-        let issued = self
-            .tokens
-            .issue(&client.client_id, &client.client_id, scopes)
-            .await?;
-        tracing::info!(client_id = %client.client_id, grant_type = grant.as_str(), scope = %issued.scopes, "access token issued");
-        Ok((
-            grant,
-            TokenResponse {
-                access_token: issued.value,
-                token_type: "Bearer",
-                expires_in: issued.expires_in,
-                scope: issued.scopes.to_string(),
-            },
-        ))
+        tracing::info!(client_id = %client.client_id, grant_type = grant.as_str(), scope = %response.scope, "access token issued");
+        Ok((grant, response))
     }
 
-    /// The revocation endpoint (RFC 7009 §2.1). Returns the token to forget
-    /// from the validation cache when one was revoked. Unknown tokens, and
-    /// tokens issued to another client, are answered like success (§2.2) but
-    /// left alone.
-    pub async fn revoke(
+    async fn client_credentials(&self, client: &ClientConfig, params: &Params) -> Result<TokenResponse, OAuthError> {
+        let scopes = requested_scopes(params, &client.scopes)?;
+        // RFC 9068 §2.2: with no resource owner, the subject is the client.
+        let issued = self.tokens.issue(&client.client_id, &client.client_id, scopes).await?;
+        Ok(TokenResponse {
+            access_token: issued.value,
+            token_type: "Bearer",
+            expires_in: issued.expires_in,
+            scope: issued.scopes.to_string(),
+            refresh_token: None,
+        })
+    }
+
+    /// RFC 6749 §4.1.3 with PKCE (RFC 7636 §4.6) and replay detection
+    /// (OAuth 2.1 §4.1.3: a code used twice revokes what it gave).
+    async fn authorization_code(&self, client: &ClientConfig, params: &Params) -> Result<TokenResponse, OAuthError> {
+        let code =
+            params.get("code").ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The code parameter is missing"))?;
+        let verifier = params.get("code_verifier");
+        if verifier.is_some_and(|v| !authorize::is_pkce_value(v)) {
+            return Err(OAuthError::new(ErrorCode::InvalidRequest, "The code_verifier is malformed"));
+        }
+        let now = now_unix() as i64;
+        let (record, replayed) = match self.store().consume_code(&token_hash(code), now).await? {
+            Consumed::Unknown => return Err(invalid_grant("The authorization code is invalid")),
+            Consumed::Consumed(r) => (r, false),
+            Consumed::AlreadyUsed(r) => (r, true),
+        };
+        // A request that does not match the code revokes nothing (an
+        // attacker holding only a stale code cannot end a user's grant).
+        if record.client_id != client.client_id {
+            return Err(invalid_grant("The authorization code was issued to another client"));
+        }
+        if record.redirect_uri_sent && params.get("redirect_uri") != Some(record.redirect_uri.as_str()) {
+            return Err(invalid_grant("The redirect_uri does not match the authorization request"));
+        }
+        match (&record.code_challenge, verifier) {
+            (Some(challenge), Some(v)) if authorize::pkce_matches(v, challenge) => {}
+            (Some(_), Some(_)) => return Err(invalid_grant("The code_verifier does not match the code_challenge")),
+            (Some(_), None) => return Err(invalid_grant("The code_verifier is missing")),
+            // RFC 9700 §4.8.2: a verifier for a code issued without a
+            // challenge is a PKCE downgrade attempt.
+            (None, Some(_)) => return Err(invalid_grant("No code_challenge was sent for this code")),
+            (None, None) => {}
+        }
+        if replayed {
+            let jtis = self.store().revoke_grant(&record.grant_id, now).await?;
+            self.validator.forget_jtis(jtis).await;
+            tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
+            return Err(invalid_grant("The authorization code was already used"));
+        }
+        if record.expires_at <= now {
+            return Err(invalid_grant("The authorization code expired"));
+        }
+        let scopes = ScopeSet::parse(&record.scope).unwrap_or_default();
+        self.issue_for_grant(client, &record.grant_id, &record.subject, scopes).await
+    }
+
+    /// RFC 6749 §6 with rotation (RFC 9700 §4.14.2): each refresh token is
+    /// good once; presenting a used one revokes its whole family.
+    async fn refresh_token(&self, client: &ClientConfig, params: &Params) -> Result<TokenResponse, OAuthError> {
+        let token = params
+            .get("refresh_token")
+            .ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The refresh_token parameter is missing"))?;
+        let now = now_unix() as i64;
+        let hash = token_hash(token);
+        // Check ownership before consuming, so another client cannot burn
+        // (and so revoke) a token it does not own.
+        let Some(found) = self.store().find_refresh_token(&hash).await? else {
+            return Err(invalid_grant("The refresh token is invalid"));
+        };
+        if found.client_id != client.client_id {
+            return Err(invalid_grant("The refresh token was issued to another client"));
+        }
+        let record = match self.store().consume_refresh_token(&hash, now).await? {
+            Consumed::Unknown => return Err(invalid_grant("The refresh token is invalid")),
+            Consumed::AlreadyUsed(r) => {
+                let jtis = self.store().revoke_grant(&r.grant_id, now).await?;
+                self.validator.forget_jtis(jtis).await;
+                tracing::warn!(client_id = %client.client_id, "refresh token reused; its family is revoked");
+                return Err(invalid_grant("The refresh token was already used"));
+            }
+            Consumed::Consumed(r) => r,
+        };
+        if record.expires_at <= now {
+            return Err(invalid_grant("The refresh token expired"));
+        }
+        if self.store().grant_is_revoked(&record.grant_id).await? {
+            return Err(invalid_grant("The grant behind this refresh token was revoked"));
+        }
+        let granted = ScopeSet::parse(&record.scope).unwrap_or_default();
+        // RFC 6749 §6: scopes may be narrowed, never widened.
+        let scopes = requested_scopes(params, &granted)?;
+        self.issue_for_grant(client, &record.grant_id, &record.subject, scopes).await
+    }
+
+    /// An access token (and, for clients allowed to refresh, a refresh
+    /// token) under `grant_id`, recorded so the grant can be revoked whole.
+    async fn issue_for_grant(
         &self,
-        basic: Option<Result<BasicCredentials, ()>>,
-        params: &Params,
-    ) -> Result<Option<String>, OAuthError> {
-        let client = self.authenticate_client(basic, params).await?;
-        let token = params.get("token").ok_or(OAuthError::new(
-            ErrorCode::InvalidRequest,
-            "The token parameter is missing",
-        ))?;
+        client: &ClientConfig,
+        grant_id: &str,
+        subject: &str,
+        scopes: ScopeSet,
+    ) -> Result<TokenResponse, OAuthError> {
+        let issued = self.tokens.issue(&client.client_id, subject, scopes).await?;
+        let exp = now_unix() as i64 + issued.expires_in as i64;
+        self.store().record_grant_access_token(grant_id, &issued.jti, exp).await?;
+        let refresh_token = if client.grant_types.contains(&GrantType::RefreshToken) {
+            let value = format!("{REFRESH_PREFIX}{}", random_token());
+            let now = now_unix() as i64;
+            self.store()
+                .save_refresh_token(&RefreshRecord {
+                    token_hash: token_hash(&value),
+                    grant_id: grant_id.to_string(),
+                    client_id: client.client_id.clone(),
+                    subject: subject.to_string(),
+                    scope: issued.scopes.to_string(),
+                    issued_at: now,
+                    expires_at: now + self.config.refresh_token_ttl.as_secs() as i64,
+                    used: false,
+                })
+                .await?;
+            Some(value)
+        } else {
+            None
+        };
+        Ok(TokenResponse {
+            access_token: issued.value,
+            token_type: "Bearer",
+            expires_in: issued.expires_in,
+            scope: issued.scopes.to_string(),
+            refresh_token,
+        })
+    }
+
+    /// Records a user's approval and mints the one-time code for it.
+    pub async fn issue_code(&self, request: &AuthorizationRequest, subject: &str) -> Result<String, StoreError> {
+        let now = now_unix() as i64;
+        let grant_id = random_token();
+        self.store()
+            .create_grant(&GrantRecord {
+                grant_id: grant_id.clone(),
+                client_id: request.client.client_id.clone(),
+                subject: subject.to_string(),
+                scope: request.scopes.to_string(),
+                created_at: now,
+                expires_at: now + self.config.refresh_token_ttl.as_secs() as i64,
+            })
+            .await?;
+        let code = random_token();
+        self.store()
+            .save_code(&CodeRecord {
+                code_hash: token_hash(&code),
+                grant_id,
+                client_id: request.client.client_id.clone(),
+                subject: subject.to_string(),
+                redirect_uri: request.redirect_uri.clone(),
+                redirect_uri_sent: request.redirect_uri_sent,
+                scope: request.scopes.to_string(),
+                code_challenge: request.code_challenge.clone(),
+                expires_at: now + self.config.authorization_code_ttl.as_secs() as i64,
+            })
+            .await?;
+        Ok(code)
+    }
+
+    /// The revocation endpoint (RFC 7009 §2.1). Unknown tokens, and tokens
+    /// issued to another client, are answered like success (§2.2) but left
+    /// alone. Revoking a refresh token revokes its whole grant, access
+    /// tokens included.
+    pub async fn revoke(&self, basic: Option<Result<BasicCredentials, ()>>, params: &Params) -> Result<(), OAuthError> {
+        let client = self.authenticate_client(basic, params, true).await?;
+        let token =
+            params.get("token").ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The token parameter is missing"))?;
+        if token.starts_with(REFRESH_PREFIX) {
+            let Some(record) = self.store().find_refresh_token(&token_hash(token)).await? else { return Ok(()) };
+            if record.client_id != client.client_id {
+                tracing::info!(client_id = %client.client_id, "revocation of another client's token ignored");
+                return Ok(());
+            }
+            let jtis = self.store().revoke_grant(&record.grant_id, now_unix() as i64).await?;
+            self.validator.forget_jtis(jtis).await;
+            tracing::info!(client_id = %client.client_id, "refresh token revoked with its grant");
+            return Ok(());
+        }
         let Some(owner) = self.tokens.inspect(token).await? else {
-            return Ok(None);
+            return Ok(());
         };
         if owner.client_id != client.client_id {
             tracing::info!(client_id = %client.client_id, "revocation of another client's token ignored");
-            return Ok(None);
+            return Ok(());
         }
-        self.tokens
-            .store()
-            .revoke(&owner.jti, owner.expires_at as i64)
-            .await?;
+        self.store().revoke(&owner.jti, owner.expires_at as i64).await?;
+        self.validator.forget(token).await;
         tracing::info!(client_id = %client.client_id, "access token revoked");
-        Ok(Some(token.to_string()))
+        Ok(())
+    }
+
+    /// The introspection endpoint (RFC 7662 §2). A client learns about its
+    /// own tokens only; anything else, and anything unknown, expired or
+    /// revoked, is `{"active": false}`.
+    pub async fn introspect(
+        &self,
+        basic: Option<Result<BasicCredentials, ()>>,
+        params: &Params,
+    ) -> Result<serde_json::Value, OAuthError> {
+        let client = self.authenticate_client(basic, params, false).await?;
+        let token =
+            params.get("token").ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The token parameter is missing"))?;
+        let inactive = serde_json::json!({ "active": false });
+        let now = now_unix() as i64;
+        if token.starts_with(REFRESH_PREFIX) {
+            let Some(r) = self.store().find_refresh_token(&token_hash(token)).await? else { return Ok(inactive) };
+            if r.client_id != client.client_id
+                || r.used
+                || r.expires_at <= now
+                || self.store().grant_is_revoked(&r.grant_id).await?
+            {
+                return Ok(inactive);
+            }
+            return Ok(serde_json::json!({
+                "active": true,
+                "token_type": "refresh_token",
+                "client_id": r.client_id,
+                "sub": r.subject,
+                "username": r.subject,
+                "scope": r.scope,
+                "iat": r.issued_at,
+                "exp": r.expires_at,
+                "iss": self.config.issuer,
+            }));
+        }
+        match self.tokens.verify(token).await? {
+            Ok(id) if id.client_id == client.client_id => Ok(serde_json::json!({
+                "active": true,
+                "token_type": "Bearer",
+                "client_id": id.client_id,
+                "sub": id.subject,
+                "username": id.subject,
+                "scope": id.scopes.to_string(),
+                "exp": id.expires_at,
+                "jti": id.jti,
+                "iss": self.config.issuer,
+                "aud": self.config.audience,
+            })),
+            _ => Ok(inactive),
+        }
     }
 
     /// Authorization server metadata (RFC 8414 §2).
@@ -304,16 +488,45 @@ impl AuthorizationServer {
         let mut scopes: Vec<&str> = self.clients.all().flat_map(|c| c.scopes.iter()).collect();
         scopes.sort_unstable();
         scopes.dedup();
+        let auth_methods = ["client_secret_basic", "client_secret_post"];
         serde_json::json!({
             "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/oauth/authorize"),
             "token_endpoint": format!("{issuer}/oauth/token"),
             "jwks_uri": format!("{issuer}/oauth/jwks"),
             "revocation_endpoint": format!("{issuer}/oauth/revoke"),
+            "introspection_endpoint": format!("{issuer}/oauth/introspect"),
             "scopes_supported": scopes,
-            "response_types_supported": [],
-            "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": true,
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "introspection_endpoint_auth_methods_supported": auth_methods,
         })
+    }
+}
+
+/// The `scope` parameter narrowed within `allowed`, or all of `allowed`
+/// when omitted.
+fn requested_scopes(params: &Params, allowed: &ScopeSet) -> Result<ScopeSet, OAuthError> {
+    match params.get("scope") {
+        None => Ok(allowed.clone()),
+        Some(s) => {
+            // RFC 6749 §3.3: `scope = scope-token *( SP scope-token )`, so a
+            // value of spaces alone is malformed, not "no scope".
+            let requested = ScopeSet::parse(s)
+                .filter(|set| !set.is_empty())
+                .ok_or(OAuthError::new(ErrorCode::InvalidScope, "The scope parameter is malformed"))?;
+            if !requested.is_subset(allowed) {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidScope,
+                    "A requested scope is not allowed for this client",
+                ));
+            }
+            Ok(requested)
+        }
     }
 }

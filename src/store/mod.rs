@@ -61,10 +61,7 @@ pub trait Store: Send + Sync {
 
     async fn save_access_token(&self, record: &AccessTokenRecord) -> Result<(), StoreError>;
 
-    async fn find_access_token(
-        &self,
-        token_hash: &[u8; 32],
-    ) -> Result<Option<AccessTokenRecord>, StoreError>;
+    async fn find_access_token(&self, token_hash: &[u8; 32]) -> Result<Option<AccessTokenRecord>, StoreError>;
 
     /// Marks the token `jti` revoked until `expires_at`. Idempotent.
     async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;
@@ -73,6 +70,121 @@ pub trait Store: Send + Sync {
 
     /// Deletes what expired before `now`; returns how many rows went.
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
+
+    // --- The authorization code flow -------------------------------------
+
+    async fn create_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
+
+    async fn grant_is_revoked(&self, grant_id: &str) -> Result<bool, StoreError>;
+
+    /// Revokes a grant and everything issued under it: its refresh tokens
+    /// and the jtis of its access tokens (which join `revoked_tokens`).
+    /// Returns those jtis, so caches can forget them.
+    async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<Vec<String>, StoreError>;
+
+    async fn save_code(&self, code: &CodeRecord) -> Result<(), StoreError>;
+
+    /// Marks a code used, atomically: of any number of concurrent calls for
+    /// one code, exactly one gets `Consumed`.
+    async fn consume_code(&self, code_hash: &[u8; 32], now: i64) -> Result<Consumed<CodeRecord>, StoreError>;
+
+    async fn save_refresh_token(&self, token: &RefreshRecord) -> Result<(), StoreError>;
+
+    /// Marks a refresh token used (rotated), atomically like `consume_code`.
+    async fn consume_refresh_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Consumed<RefreshRecord>, StoreError>;
+
+    async fn find_refresh_token(&self, token_hash: &[u8; 32]) -> Result<Option<RefreshRecord>, StoreError>;
+
+    /// Records that access token `jti` was issued under `grant_id`.
+    async fn record_grant_access_token(&self, grant_id: &str, jti: &str, expires_at: i64) -> Result<(), StoreError>;
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+
+    async fn find_session(&self, session_hash: &[u8; 32], now: i64) -> Result<Option<SessionRecord>, StoreError>;
+
+    async fn delete_session(&self, session_hash: &[u8; 32]) -> Result<(), StoreError>;
+
+    /// The scopes `subject` has approved for `client_id`, if any.
+    async fn find_consent(&self, subject: &str, client_id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Records (replacing) the scopes `subject` approved for `client_id`.
+    async fn save_consent(&self, subject: &str, client_id: &str, scope: &str, now: i64) -> Result<(), StoreError>;
+
+    /// Every consent, or those of one subject: (subject, client_id, scope, granted_at).
+    async fn list_consents(&self, subject: Option<&str>) -> Result<Vec<ConsentRecord>, StoreError>;
+
+    /// Withdraws a consent, and revokes the grants it backed. Returns
+    /// whether there was one.
+    async fn delete_consent(&self, subject: &str, client_id: &str, now: i64) -> Result<bool, StoreError>;
+}
+
+/// The outcome of consuming a one-time item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed<T> {
+    /// This call used it.
+    Consumed(T),
+    /// It had been used before (a replay).
+    AlreadyUsed(T),
+    Unknown,
+}
+
+/// One user's approval of one client: the root of a refresh-token family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub grant_id: String,
+    pub client_id: String,
+    pub subject: String,
+    pub scope: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRecord {
+    pub code_hash: [u8; 32],
+    pub grant_id: String,
+    pub client_id: String,
+    pub subject: String,
+    pub redirect_uri: String,
+    /// Whether the authorization request named the redirect URI (then the
+    /// token request must repeat it, RFC 6749 §4.1.3).
+    pub redirect_uri_sent: bool,
+    pub scope: String,
+    pub code_challenge: Option<String>,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRecord {
+    pub token_hash: [u8; 32],
+    pub grant_id: String,
+    pub client_id: String,
+    pub subject: String,
+    pub scope: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub used: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub session_hash: [u8; 32],
+    pub subject: String,
+    pub csrf_token: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentRecord {
+    pub subject: String,
+    pub client_id: String,
+    pub scope: String,
+    pub granted_at: i64,
 }
 
 /// Opens the store a URL names.
@@ -80,9 +192,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else {
-        Err(StoreError::Open {
-            url: url.to_string(),
-            reason: "unsupported scheme".into(),
-        })
+        Err(StoreError::Open { url: url.to_string(), reason: "unsupported scheme".into() })
     }
 }

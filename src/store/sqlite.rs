@@ -9,15 +9,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{
+    AccessTokenRecord, CodeRecord, ConsentRecord, Consumed, GrantRecord, RefreshRecord, SessionRecord, Store,
+    StoreError, StoredKey,
 };
 
-use super::{AccessTokenRecord, Store, StoreError, StoredKey};
-
 /// Schema migrations, numbered alike for every backend.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/sqlite/0001_init.sql")),
+    (2, "authorization_code", include_str!("migrations/sqlite/0002_authorization_code.sql")),
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -27,10 +30,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database a `sqlite:` URL names, and
     /// brings its schema up to date.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
-        let open_err = |reason: String| StoreError::Open {
-            url: url.to_string(),
-            reason,
-        };
+        let open_err = |reason: String| StoreError::Open { url: url.to_string(), reason };
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| open_err(e.to_string()))?
             .create_if_missing(true)
@@ -43,8 +43,7 @@ impl SqliteStore {
         let file = options.get_filename();
         let in_memory = file == Path::new(":memory:");
         if !in_memory && let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
         let pool = SqlitePoolOptions::new()
             // Each connection to ":memory:" would be a database of its own.
@@ -60,13 +59,7 @@ impl SqliteStore {
                 MIGRATIONS
                     .iter()
                     .map(|(v, d, sql)| {
-                        Migration::new(
-                            *v,
-                            Cow::Borrowed(d),
-                            MigrationType::Simple,
-                            Cow::Borrowed(sql),
-                            false,
-                        )
+                        Migration::new(*v, Cow::Borrowed(d), MigrationType::Simple, Cow::Borrowed(sql), false)
                     })
                     .collect(),
             ),
@@ -74,10 +67,7 @@ impl SqliteStore {
             locking: true,
             no_tx: false,
         };
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| open_err(format!("migration failed: {e}")))?;
+        migrator.run(&pool).await.map_err(|e| open_err(format!("migration failed: {e}")))?;
         Ok(SqliteStore { pool })
     }
 }
@@ -140,10 +130,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn find_access_token(
-        &self,
-        token_hash: &[u8; 32],
-    ) -> Result<Option<AccessTokenRecord>, StoreError> {
+    async fn find_access_token(&self, token_hash: &[u8; 32]) -> Result<Option<AccessTokenRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT jti, client_id, subject, scope, issued_at, expires_at FROM access_tokens WHERE token_hash = ?",
         )
@@ -171,23 +158,301 @@ impl Store for SqliteStore {
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM revoked_tokens WHERE jti = ?")
-            .bind(jti)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT 1 FROM revoked_tokens WHERE jti = ?").bind(jti).fetch_optional(&self.pool).await?;
         Ok(row.is_some())
     }
 
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
-        let a = sqlx::query("DELETE FROM access_tokens WHERE expires_at < ?")
+        let mut rows = 0;
+        for table in [
+            "access_tokens",
+            "revoked_tokens",
+            "authorization_codes",
+            "refresh_tokens",
+            "grant_access_tokens",
+            "sessions",
+            "grants",
+        ] {
+            // Table names come from the list above, never from input.
+            let sql = format!("DELETE FROM {table} WHERE expires_at < ?");
+            rows += sqlx::query(&sql).bind(now).execute(&self.pool).await?.rows_affected();
+        }
+        Ok(rows)
+    }
+
+    async fn create_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO grants (grant_id, client_id, subject, scope, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&g.grant_id)
+        .bind(&g.client_id)
+        .bind(&g.subject)
+        .bind(&g.scope)
+        .bind(g.created_at)
+        .bind(g.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn grant_is_revoked(&self, grant_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT revoked_at FROM grants WHERE grant_id = ?")
+            .bind(grant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        // An unknown grant (purged after expiry) counts as revoked.
+        Ok(row.is_none_or(|r| r.get::<Option<i64>, _>("revoked_at").is_some()))
+    }
+
+    async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE grants SET revoked_at = COALESCE(revoked_at, ?) WHERE grant_id = ?")
             .bind(now)
+            .bind(grant_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE refresh_tokens SET used_at = COALESCE(used_at, ?) WHERE grant_id = ?")
+            .bind(now)
+            .bind(grant_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at)
+             SELECT jti, expires_at FROM grant_access_tokens WHERE grant_id = ?
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(grant_id)
+        .execute(&mut *tx)
+        .await?;
+        let jtis = sqlx::query("SELECT jti FROM grant_access_tokens WHERE grant_id = ?")
+            .bind(grant_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| r.get("jti"))
+            .collect();
+        tx.commit().await?;
+        Ok(jtis)
+    }
+
+    async fn save_code(&self, c: &CodeRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO authorization_codes (code_hash, grant_id, client_id, subject, redirect_uri, redirect_uri_sent,
+                scope, code_challenge, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.code_hash[..])
+        .bind(&c.grant_id)
+        .bind(&c.client_id)
+        .bind(&c.subject)
+        .bind(&c.redirect_uri)
+        .bind(c.redirect_uri_sent)
+        .bind(&c.scope)
+        .bind(&c.code_challenge)
+        .bind(c.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn consume_code(&self, code_hash: &[u8; 32], now: i64) -> Result<Consumed<CodeRecord>, StoreError> {
+        // The conditional UPDATE is the atomic step: SQLite serialises
+        // writers, and only one sees `used_at IS NULL`.
+        let won = sqlx::query("UPDATE authorization_codes SET used_at = ? WHERE code_hash = ? AND used_at IS NULL")
+            .bind(now)
+            .bind(&code_hash[..])
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1;
+        let row = sqlx::query(
+            "SELECT grant_id, client_id, subject, redirect_uri, redirect_uri_sent, scope, code_challenge, expires_at
+             FROM authorization_codes WHERE code_hash = ?",
+        )
+        .bind(&code_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(Consumed::Unknown) };
+        let record = CodeRecord {
+            code_hash: *code_hash,
+            grant_id: r.get("grant_id"),
+            client_id: r.get("client_id"),
+            subject: r.get("subject"),
+            redirect_uri: r.get("redirect_uri"),
+            redirect_uri_sent: r.get("redirect_uri_sent"),
+            scope: r.get("scope"),
+            code_challenge: r.get("code_challenge"),
+            expires_at: r.get("expires_at"),
+        };
+        Ok(if won { Consumed::Consumed(record) } else { Consumed::AlreadyUsed(record) })
+    }
+
+    async fn save_refresh_token(&self, t: &RefreshRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, subject, scope, issued_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.token_hash[..])
+        .bind(&t.grant_id)
+        .bind(&t.client_id)
+        .bind(&t.subject)
+        .bind(&t.scope)
+        .bind(t.issued_at)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn consume_refresh_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Consumed<RefreshRecord>, StoreError> {
+        let won = sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL")
+            .bind(now)
+            .bind(&token_hash[..])
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1;
+        Ok(match self.find_refresh_token(token_hash).await? {
+            None => Consumed::Unknown,
+            Some(r) if won => Consumed::Consumed(r),
+            Some(r) => Consumed::AlreadyUsed(r),
+        })
+    }
+
+    async fn find_refresh_token(&self, token_hash: &[u8; 32]) -> Result<Option<RefreshRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT grant_id, client_id, subject, scope, issued_at, expires_at, used_at FROM refresh_tokens
+             WHERE token_hash = ?",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| RefreshRecord {
+            token_hash: *token_hash,
+            grant_id: r.get("grant_id"),
+            client_id: r.get("client_id"),
+            subject: r.get("subject"),
+            scope: r.get("scope"),
+            issued_at: r.get("issued_at"),
+            expires_at: r.get("expires_at"),
+            used: r.get::<Option<i64>, _>("used_at").is_some(),
+        }))
+    }
+
+    async fn record_grant_access_token(&self, grant_id: &str, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO grant_access_tokens (jti, grant_id, expires_at) VALUES (?, ?, ?)")
+            .bind(jti)
+            .bind(grant_id)
+            .bind(expires_at)
             .execute(&self.pool)
             .await?;
-        let b = sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < ?")
-            .bind(now)
-            .execute(&self.pool)
+        Ok(())
+    }
+
+    async fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (session_hash, subject, csrf_token, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&s.session_hash[..])
+        .bind(&s.subject)
+        .bind(&s.csrf_token)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_session(&self, session_hash: &[u8; 32], now: i64) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT subject, csrf_token, created_at, expires_at FROM sessions WHERE session_hash = ? AND expires_at > ?",
+        )
+        .bind(&session_hash[..])
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| SessionRecord {
+            session_hash: *session_hash,
+            subject: r.get("subject"),
+            csrf_token: r.get("csrf_token"),
+            created_at: r.get("created_at"),
+            expires_at: r.get("expires_at"),
+        }))
+    }
+
+    async fn delete_session(&self, session_hash: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sessions WHERE session_hash = ?").bind(&session_hash[..]).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn find_consent(&self, subject: &str, client_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT scope FROM consents WHERE subject = ? AND client_id = ?")
+            .bind(subject)
+            .bind(client_id)
+            .fetch_optional(&self.pool)
             .await?;
-        Ok(a.rows_affected() + b.rows_affected())
+        Ok(row.map(|r| r.get("scope")))
+    }
+
+    async fn save_consent(&self, subject: &str, client_id: &str, scope: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO consents (subject, client_id, scope, granted_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (subject, client_id) DO UPDATE SET scope = excluded.scope, granted_at = excluded.granted_at",
+        )
+        .bind(subject)
+        .bind(client_id)
+        .bind(scope)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_consents(&self, subject: Option<&str>) -> Result<Vec<ConsentRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT subject, client_id, scope, granted_at FROM consents WHERE ?1 IS NULL OR subject = ?1
+             ORDER BY subject, client_id",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ConsentRecord {
+                subject: r.get("subject"),
+                client_id: r.get("client_id"),
+                scope: r.get("scope"),
+                granted_at: r.get("granted_at"),
+            })
+            .collect())
+    }
+
+    async fn delete_consent(&self, subject: &str, client_id: &str, now: i64) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM consents WHERE subject = ? AND client_id = ?")
+            .bind(subject)
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0;
+        // Withdrawing consent ends what it allowed: the grants it backed.
+        let grants: Vec<String> =
+            sqlx::query("SELECT grant_id FROM grants WHERE subject = ? AND client_id = ? AND revoked_at IS NULL")
+                .bind(subject)
+                .bind(client_id)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get("grant_id"))
+                .collect();
+        for grant in grants {
+            self.revoke_grant(&grant, now).await?;
+        }
+        Ok(deleted)
     }
 }
 

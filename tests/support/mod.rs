@@ -25,9 +25,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Secret of the `app` client ("app-secret").
-pub const APP_SECRET_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$JY630gxMHjUwUo/PH7g4ZA$b69xjb6VhafcJlAoNpheoVnQvGqIftr3hG6qJ7iPi6A";
+pub const APP_SECRET_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$JY630gxMHjUwUo/PH7g4ZA$b69xjb6VhafcJlAoNpheoVnQvGqIftr3hG6qJ7iPi6A";
 /// Secret of the `other` client ("other-secret").
-pub const OTHER_SECRET_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$DDJ+6B13rzB3hrWpaug9KA$8GLM0OZzhoT6Baez03vvpdLBJILakXFMchhHAAKMWjs";
+pub const OTHER_SECRET_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$DDJ+6B13rzB3hrWpaug9KA$8GLM0OZzhoT6Baez03vvpdLBJILakXFMchhHAAKMWjs";
 
 /// The standard test configuration, in front of `upstream`:
 /// - client `app` / `app-secret`: scopes `calendar.read calendar.write admin`
@@ -136,12 +138,7 @@ impl Gateway {
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
-        Gateway {
-            public,
-            admin,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
+        Gateway { public, admin, shutdown: Some(tx), task: Some(task) }
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -172,16 +169,8 @@ impl Gateway {
             format!("grant_type=client_credentials&client_id={client}&client_secret={client}-secret&scope={scope}"),
         )
         .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "token request failed: {}",
-            reply.text()
-        );
-        reply.json()["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_string()
+        assert_eq!(reply.status, StatusCode::OK, "token request failed: {}", reply.text());
+        reply.json()["access_token"].as_str().expect("access_token").to_string()
     }
 }
 
@@ -219,9 +208,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -264,21 +251,10 @@ impl Drop for Upstream {
     }
 }
 
-async fn echo(
-    req: Request<Incoming>,
-    tx: tokio::sync::mpsc::UnboundedSender<Seen>,
-) -> Response<Full<Bytes>> {
+async fn echo(req: Request<Incoming>, tx: tokio::sync::mpsc::UnboundedSender<Seen>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    if let Some(ms) = parts
-        .headers
-        .get("x-test-delay-ms")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-    {
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if let Some(ms) = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let status = parts
@@ -290,12 +266,7 @@ async fn echo(
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let json = serde_json::json!({
         "method": parts.method.as_str(),
@@ -303,12 +274,8 @@ async fn echo(
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });
-    let _ = tx.send(Seen {
-        method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
-        headers: parts.headers,
-        body,
-    });
+    let _ =
+        tx.send(Seen { method: parts.method.to_string(), uri: parts.uri.to_string(), headers: parts.headers, body });
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -335,26 +302,17 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ASCII header"))
+        self.headers.get(name).map(|v| v.to_str().expect("ASCII header"))
     }
 }
 
 /// Sends one request on a fresh connection and reads the whole response.
-pub async fn send(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Reply {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -366,11 +324,7 @@ pub async fn send(
         .expect("request succeeds");
     let (parts, body) = res.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply { status: parts.status, headers: parts.headers, body }
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
@@ -389,11 +343,7 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 
 /// The status code of the first response in raw HTTP/1.1 text.
 pub fn raw_status(response: &str) -> u16 {
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"))
+    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line in {response:?}"))
 }
 
 /// A loopback address nothing listens on (bound, then released).

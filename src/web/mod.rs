@@ -1,0 +1,492 @@
+//! The pages a person sees: the authorization endpoint (RFC 6749 §4.1.1)
+//! with its login and consent pages, server-rendered, no JavaScript.
+//!
+//! - The client and redirect URI are validated before anything else
+//!   (`oauth::authorize::validate`); until then errors are pages, never
+//!   redirects.
+//! - Sessions are random cookies (`HttpOnly; SameSite=Lax`, `Secure` over
+//!   TLS) whose hash is stored; every POST carries a CSRF token (the
+//!   session's, or a double-submit cookie before login).
+//! - Passwords are checked with argon2 on a blocking thread; an unknown
+//!   user costs the same as a wrong password; repeated failures for one
+//!   account or one address are refused for a while.
+//! - Pages forbid framing, load nothing from elsewhere (a strict CSP whose
+//!   only style is hashed), and send no referrer.
+
+mod pages;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use subtle::ConstantTimeEq as _;
+
+use crate::config::{Config, UserConfig};
+use crate::metrics::Metrics;
+use crate::oauth::AuthorizationServer;
+use crate::oauth::authorize::{self, AuthorizationRequest, AuthorizeError, RawParams};
+use crate::oauth::clients::verify_hash;
+use crate::respond::{Body, full};
+use crate::scope::ScopeSet;
+use crate::store::SessionRecord;
+use crate::tokens::{now_unix, random_token, token_hash};
+pub use pages::Pages;
+
+const SESSION_COOKIE: &str = "portcullis_session";
+const LOGIN_COOKIE: &str = "portcullis_login";
+
+/// Failed logins per account, and per client address, within
+/// `LOGIN_WINDOW`, before further attempts are refused.
+pub const MAX_LOGIN_FAILURES_PER_USER: u32 = 5;
+pub const MAX_LOGIN_FAILURES_PER_ADDRESS: u32 = 20;
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+
+pub struct Web {
+    server: Arc<AuthorizationServer>,
+    pages: Pages,
+    users: Vec<UserConfig>,
+    scope_descriptions: std::collections::BTreeMap<String, String>,
+    issuer: String,
+    /// `{issuer path}/oauth/authorize` and `{issuer path}/oauth/login`.
+    authorize_path: String,
+    login_path: String,
+    secure_cookies: bool,
+    session_ttl: Duration,
+    max_body: usize,
+    metrics: Arc<Metrics>,
+    user_failures: moka::sync::Cache<String, Arc<AtomicU32>>,
+    address_failures: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
+    dummy_hash: String,
+}
+
+/// A response header set for every page.
+fn page_response(status: StatusCode, html: String, form_action: &str, style_hash: &str) -> Response<Body> {
+    let mut res = Response::new(full(Bytes::from(html)));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    let csp = format!(
+        "default-src 'none'; style-src '{style_hash}'; form-action 'self'{form_action}; frame-ancestors 'none'; base-uri 'none'"
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    res
+}
+
+fn see_other(location: &str) -> Response<Body> {
+    let mut res = Response::new(crate::respond::empty());
+    *res.status_mut() = StatusCode::SEE_OTHER;
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    res
+}
+
+/// The origin a redirect URI lands on, as a CSP source: a form whose
+/// answer redirects there must be allowed to (Chromium applies
+/// `form-action` to redirects).
+fn csp_origin(uri: &str) -> String {
+    let origin = match uri.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            format!(" {scheme}://{authority}")
+        }
+        None => uri.split_once(':').map_or_else(String::new, |(scheme, _)| format!(" {scheme}:")),
+    };
+    // Nothing that could end the directive or the header.
+    origin.chars().filter(|c| !matches!(c, ';' | ',' | '\'' | '"') && !c.is_control()).collect()
+}
+
+/// A cookie's value from the `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+impl Web {
+    pub fn new(config: &Config, server: Arc<AuthorizationServer>, metrics: Arc<Metrics>) -> Web {
+        let base = &config.authorization_server.issuer_path;
+        Web {
+            server,
+            pages: Pages::new(),
+            users: config.users.clone(),
+            scope_descriptions: config.scope_descriptions.clone(),
+            issuer: config.authorization_server.issuer.clone(),
+            authorize_path: format!("{base}/oauth/authorize"),
+            login_path: format!("{base}/oauth/login"),
+            secure_cookies: config.authorization_server.secure_cookies,
+            session_ttl: config.authorization_server.session_ttl,
+            max_body: config.server.max_form_body_bytes,
+            metrics,
+            user_failures: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(LOGIN_WINDOW).build(),
+            address_failures: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(LOGIN_WINDOW).build(),
+            dummy_hash: crate::oauth::clients::hash_secret("portcullis-dummy-password").unwrap_or_default(),
+        }
+    }
+
+    pub fn authorize_path(&self) -> &str {
+        &self.authorize_path
+    }
+
+    pub fn login_path(&self) -> &str {
+        &self.login_path
+    }
+
+    fn flow(&self, outcome: &str) {
+        self.metrics.authorization_flow.with_label_values(&[outcome]).inc();
+    }
+
+    fn error_page(&self, status: StatusCode, title: &str, message: &str) -> Response<Body> {
+        page_response(status, self.pages.error(title, message), "", self.pages.style_hash())
+    }
+
+    fn cookie_header(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
+        let secure = if self.secure_cookies { "; Secure" } else { "" };
+        let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
+        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
+    }
+
+    /// `GET` or `POST` on the authorization endpoint.
+    pub async fn authorize(&self, req: Request<Incoming>) -> Response<Body> {
+        match *req.method() {
+            Method::GET => {
+                let params = RawParams::parse(req.uri().query().unwrap_or("").as_bytes());
+                let query = req.uri().query().unwrap_or("").to_string();
+                self.show(req.headers(), &params, &query).await
+            }
+            Method::POST => self.decide(req).await,
+            _ => {
+                let mut res = self.error_page(StatusCode::METHOD_NOT_ALLOWED, "Not allowed", "Use GET or POST.");
+                res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+                res
+            }
+        }
+    }
+
+    fn validate(&self, params: &RawParams) -> Result<AuthorizationRequest, Box<Response<Body>>> {
+        authorize::validate(params, |id| self.server.clients.get(id).cloned()).map_err(|e| {
+            Box::new(match e {
+                AuthorizeError::Page(message) => {
+                    tracing::info!(reason = message, "authorization request refused");
+                    self.error_page(StatusCode::BAD_REQUEST, "This request cannot be served", message)
+                }
+                AuthorizeError::Redirect { redirect_uri, error, description, state } => {
+                    let mut p = vec![("error", error), ("error_description", description)];
+                    if let Some(s) = state.as_deref() {
+                        p.push(("state", s));
+                    }
+                    p.push(("iss", &self.issuer));
+                    see_other(&authorize::redirect_with(&redirect_uri, &p))
+                }
+            })
+        })
+    }
+
+    async fn session(&self, headers: &HeaderMap) -> Option<SessionRecord> {
+        let value = cookie(headers, SESSION_COOKIE)?;
+        match self.server.tokens.store().find_session(&token_hash(value), now_unix() as i64).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "session lookup failed");
+                None
+            }
+        }
+    }
+
+    /// Shows the login page, the consent page, or (consent already given)
+    /// redirects straight back with a code.
+    async fn show(&self, headers: &HeaderMap, params: &RawParams, query: &str) -> Response<Body> {
+        let request = match self.validate(params) {
+            Ok(r) => r,
+            Err(res) => return *res,
+        };
+        let Some(session) = self.session(headers).await else {
+            return self.login_page(&request, &format!("{}?{query}", self.authorize_path), None, "", StatusCode::OK);
+        };
+        let store = self.server.tokens.store();
+        let consented = match store.find_consent(&session.subject, &request.client.client_id).await {
+            Ok(c) => c.and_then(|s| ScopeSet::parse(&s)).is_some_and(|given| request.scopes.is_subset(&given)),
+            Err(e) => return self.unavailable(e),
+        };
+        if consented {
+            self.flow("consent_remembered");
+            return self.approve(&request, &session.subject).await;
+        }
+        self.consent_page(&request, params, &session)
+    }
+
+    fn login_page(
+        &self,
+        request: &AuthorizationRequest,
+        return_to: &str,
+        error: Option<&str>,
+        username: &str,
+        status: StatusCode,
+    ) -> Response<Body> {
+        let csrf = random_token();
+        let html = self.pages.login(&request.client.name, &self.login_path, &csrf, return_to, error, username);
+        let mut res = page_response(status, html, &csp_origin(&request.redirect_uri), self.pages.style_hash());
+        res.headers_mut().append(header::SET_COOKIE, self.cookie_header(LOGIN_COOKIE, &csrf, 3600));
+        res
+    }
+
+    fn consent_page(
+        &self,
+        request: &AuthorizationRequest,
+        params: &RawParams,
+        session: &SessionRecord,
+    ) -> Response<Body> {
+        let scopes: Vec<(String, String)> = request
+            .scopes
+            .iter()
+            .map(|s| {
+                let description = self.scope_descriptions.get(s).cloned().unwrap_or_else(|| format!("Use “{s}”"));
+                (s.to_string(), description)
+            })
+            .collect();
+        let fields: Vec<(String, String)> = params
+            .pairs()
+            .filter(|(k, _)| !matches!(*k, "csrf" | "decision"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let html = self.pages.consent(
+            &request.client.name,
+            &session.subject,
+            &scopes,
+            &self.authorize_path,
+            &session.csrf_token,
+            &fields,
+        );
+        page_response(StatusCode::OK, html, &csp_origin(&request.redirect_uri), self.pages.style_hash())
+    }
+
+    async fn approve(&self, request: &AuthorizationRequest, subject: &str) -> Response<Body> {
+        let code = match self.server.issue_code(request, subject).await {
+            Ok(c) => c,
+            Err(e) => return self.unavailable(e),
+        };
+        tracing::info!(client_id = %request.client.client_id, subject = %subject, scope = %request.scopes, "authorization code issued");
+        let mut p = vec![("code", code.as_str())];
+        if let Some(s) = request.state.as_deref() {
+            p.push(("state", s));
+        }
+        // RFC 9207: the issuer, so the client can tell which server answered.
+        p.push(("iss", &self.issuer));
+        see_other(&authorize::redirect_with(&request.redirect_uri, &p))
+    }
+
+    fn unavailable(&self, e: crate::store::StoreError) -> Response<Body> {
+        tracing::error!(error = %e, "authorization endpoint could not reach the store");
+        self.error_page(StatusCode::SERVICE_UNAVAILABLE, "Try again shortly", "The service is temporarily unavailable.")
+    }
+
+    async fn read_form(&self, req: Request<Incoming>) -> Result<(HeaderMap, RawParams), Box<Response<Body>>> {
+        if !req.headers().get(header::CONTENT_TYPE).is_some_and(crate::bearer::is_form_urlencoded) {
+            return Err(Box::new(self.error_page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "Expected a form submission.",
+            )));
+        }
+        let (parts, body) = req.into_parts();
+        match Limited::new(body, self.max_body).collect().await {
+            Ok(b) => Ok((parts.headers, RawParams::parse(&b.to_bytes()))),
+            Err(_) => {
+                Err(Box::new(self.error_page(StatusCode::PAYLOAD_TOO_LARGE, "Bad request", "The form is too large.")))
+            }
+        }
+    }
+
+    /// The consent form's answer.
+    async fn decide(&self, req: Request<Incoming>) -> Response<Body> {
+        let (headers, form) = match self.read_form(req).await {
+            Ok(f) => f,
+            Err(res) => return *res,
+        };
+        let request = match self.validate(&form) {
+            Ok(r) => r,
+            Err(res) => return *res,
+        };
+        let Some(session) = self.session(&headers).await else {
+            return self.error_page(
+                StatusCode::BAD_REQUEST,
+                "Your session ended",
+                "Please go back to the application and start again.",
+            );
+        };
+        let csrf_ok = form.one("csrf").ok().flatten().is_some_and(|t| ct_eq(t, &session.csrf_token));
+        if !csrf_ok {
+            tracing::warn!(subject = %session.subject, "consent form with a bad CSRF token refused");
+            return self.error_page(
+                StatusCode::FORBIDDEN,
+                "Request refused",
+                "The form has expired or was not sent by this site.",
+            );
+        }
+        match form.one("decision").ok().flatten() {
+            Some("approve") => {
+                let store = self.server.tokens.store();
+                let previous = match store.find_consent(&session.subject, &request.client.client_id).await {
+                    Ok(p) => p.and_then(|s| ScopeSet::parse(&s)).unwrap_or_default(),
+                    Err(e) => return self.unavailable(e),
+                };
+                let all = ScopeSet::from_iter(previous.iter().chain(request.scopes.iter()));
+                let now = now_unix() as i64;
+                if let Err(e) =
+                    store.save_consent(&session.subject, &request.client.client_id, &all.to_string(), now).await
+                {
+                    return self.unavailable(e);
+                }
+                tracing::info!(client_id = %request.client.client_id, subject = %session.subject, scope = %request.scopes, "consent granted");
+                self.flow("consent_granted");
+                self.approve(&request, &session.subject).await
+            }
+            Some("deny") => {
+                tracing::info!(client_id = %request.client.client_id, subject = %session.subject, "consent denied");
+                self.flow("consent_denied");
+                let mut p = vec![("error", "access_denied"), ("error_description", "The user denied the request")];
+                if let Some(s) = request.state.as_deref() {
+                    p.push(("state", s));
+                }
+                p.push(("iss", &self.issuer));
+                see_other(&authorize::redirect_with(&request.redirect_uri, &p))
+            }
+            _ => self.error_page(StatusCode::BAD_REQUEST, "Bad request", "Choose Allow or Deny."),
+        }
+    }
+
+    /// `POST` on the login endpoint.
+    pub async fn login(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        if req.method() != Method::POST {
+            let mut res = self.error_page(StatusCode::METHOD_NOT_ALLOWED, "Not allowed", "Use POST.");
+            res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return res;
+        }
+        let (headers, form) = match self.read_form(req).await {
+            Ok(f) => f,
+            Err(res) => return *res,
+        };
+        // SECURITY #14: go back only to this server's authorization endpoint.
+        let return_to = form.one("return_to").ok().flatten().unwrap_or("");
+        let Some(query) = return_to.strip_prefix(&format!("{}?", self.authorize_path)) else {
+            return self.error_page(StatusCode::BAD_REQUEST, "Bad request", "The sign-in form is incomplete.");
+        };
+        let request = match self.validate(&RawParams::parse(query.as_bytes())) {
+            Ok(r) => r,
+            Err(res) => return *res,
+        };
+        let csrf_ok = match (form.one("csrf").ok().flatten(), cookie(&headers, LOGIN_COOKIE)) {
+            (Some(a), Some(b)) => ct_eq(a, b),
+            _ => false,
+        };
+        if !csrf_ok {
+            tracing::warn!("sign-in form with a bad CSRF token refused");
+            return self.error_page(
+                StatusCode::FORBIDDEN,
+                "Request refused",
+                "The form has expired or was not sent by this site.",
+            );
+        }
+        let username = form.one("username").ok().flatten().unwrap_or("");
+        let password = form.one("password").ok().flatten().unwrap_or("");
+        let count = |c: Option<Arc<AtomicU32>>| c.map_or(0, |n| n.load(Ordering::Relaxed));
+        if count(self.user_failures.get(username)) >= MAX_LOGIN_FAILURES_PER_USER
+            || count(self.address_failures.get(&peer)) >= MAX_LOGIN_FAILURES_PER_ADDRESS
+        {
+            self.flow("login_throttled");
+            tracing::warn!(username = %username, %peer, "sign-in throttled after repeated failures");
+            let mut res = self.login_page(
+                &request,
+                return_to,
+                Some("Too many failed sign-in attempts. Wait a few minutes and try again."),
+                username,
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(LOGIN_WINDOW.as_secs()));
+            return res;
+        }
+        if !self.check_password(username, password).await {
+            self.user_failures
+                .get_with(username.to_string(), || Arc::new(AtomicU32::new(0)))
+                .fetch_add(1, Ordering::Relaxed);
+            self.address_failures.get_with(peer, || Arc::new(AtomicU32::new(0))).fetch_add(1, Ordering::Relaxed);
+            self.flow("login_failed");
+            tracing::info!(username = %username, %peer, "sign-in failed");
+            return self.login_page(&request, return_to, Some("Wrong username or password."), username, StatusCode::OK);
+        }
+        let value = random_token();
+        let now = now_unix() as i64;
+        let session = SessionRecord {
+            session_hash: token_hash(&value),
+            subject: username.to_string(),
+            csrf_token: random_token(),
+            created_at: now,
+            expires_at: now + self.session_ttl.as_secs() as i64,
+        };
+        if let Err(e) = self.server.tokens.store().create_session(&session).await {
+            return self.unavailable(e);
+        }
+        self.flow("login_succeeded");
+        tracing::info!(username = %username, "signed in");
+        // RFC 9700 §4.12: 303, so the browser does not re-POST credentials.
+        let mut res = see_other(return_to);
+        let h = res.headers_mut();
+        h.append(header::SET_COOKIE, self.cookie_header(SESSION_COOKIE, &value, self.session_ttl.as_secs()));
+        h.append(header::SET_COOKIE, self.cookie_header(LOGIN_COOKIE, "", 0));
+        res
+    }
+
+    /// Argon2 against the user's hash, or a dummy one for an unknown user,
+    /// so both cost the same (no user enumeration by timing).
+    async fn check_password(&self, username: &str, password: &str) -> bool {
+        let user = self.users.iter().find(|u| u.username == username);
+        let known = user.is_some();
+        let hash = user.map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || verify_hash(&password, &hash)).await.unwrap_or(false);
+        ok && known
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; portcullis_session_x=2; portcullis_session=3"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("3"));
+        assert_eq!(cookie(&h, "b"), None);
+    }
+
+    #[test]
+    fn csp_origins() {
+        assert_eq!(csp_origin("https://app.example/cb?x=1"), " https://app.example");
+        assert_eq!(csp_origin("http://127.0.0.1:3000/cb"), " http://127.0.0.1:3000");
+        assert_eq!(csp_origin("com.example.app:/cb"), " com.example.app:");
+    }
+}
