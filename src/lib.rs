@@ -15,6 +15,7 @@ pub mod cache;
 pub mod config;
 pub mod gateway;
 pub mod logging;
+pub mod manage;
 pub mod metrics;
 pub mod net;
 pub mod oauth;

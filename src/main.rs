@@ -1,4 +1,5 @@
-//! The `portcullis` command: `serve`, `check` and `hash-password`. All the
+//! The `portcullis` command: `serve`, `check`, `hash-password`, `clients`
+//! and `consents`. All the
 //! work is in the library; this file parses arguments and maps failures to
 //! exit codes (78, EX_CONFIG, for a bad configuration).
 
@@ -39,6 +40,68 @@ enum Command {
     /// Read a secret on stdin and print its argon2id PHC string, for
     /// `password_hash` or `client_secret_hash`.
     HashPassword,
+    /// Register, list, remove clients in the store, or rotate their secrets
+    /// (no restart needed).
+    Clients {
+        #[arg(long, short, default_value = "config/portcullis.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: ClientsAction,
+    },
+    /// List users' consents, or withdraw one (revoking what it granted).
+    Consents {
+        #[arg(long, short, default_value = "config/portcullis.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: ConsentsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsAction {
+    /// Register a client; its secret is printed once.
+    Add {
+        client_id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// An exact redirect URI (repeat for several).
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// A scope the client may be granted (repeat for several).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A grant type (repeat; default: authorization_code and refresh_token).
+        #[arg(long = "grant-type")]
+        grant_types: Vec<String>,
+        /// A client without a secret (browser or native app); PKCE required.
+        #[arg(long)]
+        public: bool,
+        /// Do not require PKCE (confidential clients only).
+        #[arg(long)]
+        no_pkce: bool,
+    },
+    /// List clients from the config file and the store.
+    List,
+    /// Remove a client registered in the store.
+    Remove { client_id: String },
+    /// Give a client a new secret (printed once); the old one stops working.
+    RotateSecret { client_id: String },
+}
+
+#[derive(Subcommand)]
+enum ConsentsAction {
+    /// List consents, of every user or of one.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Withdraw a user's consent for a client, revoking its tokens.
+    Revoke {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        client: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +124,62 @@ fn main() -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::Clients { config, action } => manage(&config, |cfg, store| async move {
+            use portcullis::manage::*;
+            match action {
+                ClientsAction::Add { client_id, name, redirect_uris, scopes, grant_types, public, no_pkce } => {
+                    let new = NewClient { client_id, name, redirect_uris, scopes, grant_types, public, no_pkce };
+                    add_client(&cfg, &*store, new).await
+                }
+                ClientsAction::List => list_clients(&cfg, &*store).await,
+                ClientsAction::Remove { client_id } => remove_client(&cfg, &*store, &client_id).await,
+                ClientsAction::RotateSecret { client_id } => rotate_secret(&cfg, &*store, &client_id).await,
+            }
+        }),
+        Command::Consents { config, action } => manage(&config, |_cfg, store| async move {
+            use portcullis::manage::*;
+            match action {
+                ConsentsAction::List { user } => list_consents(&*store, user.as_deref()).await,
+                ConsentsAction::Revoke { user, client } => revoke_consent(&*store, &user, &client).await,
+            }
+        }),
+    }
+}
+
+/// Runs a store-changing command: load the config, open its store, print
+/// what the command says. Exit 78 for a bad config, 1 for a refused command.
+fn manage<F, Fut>(path: &std::path::Path, command: F) -> ExitCode
+where
+    F: FnOnce(Config, std::sync::Arc<dyn portcullis::store::Store>) -> Fut,
+    Fut: std::future::Future<Output = Result<String, portcullis::manage::ManageError>>,
+{
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let store = portcullis::manage::open_store(&config).await?;
+        command(config, store).await
+    });
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

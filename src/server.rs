@@ -70,7 +70,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
         let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
-        let clients = Arc::new(ClientRegistry::new(&config.clients));
+        let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));
         let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, validator.clone());
         let authz = AuthzEndpoints::new(&config, server, metrics.clone());
         let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), &metrics)).collect());

@@ -18,7 +18,9 @@ use rand::RngCore as _;
 use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
-use crate::config::{ClientConfig, ClientSecret};
+use crate::config::{ClientConfig, ClientSecret, GrantType};
+use crate::scope::ScopeSet;
+use crate::store::{Store, StoredClient};
 
 type Digest = [u8; 32];
 
@@ -37,7 +39,9 @@ pub fn verify_hash(secret: &str, phc: &str) -> bool {
 pub struct ClientRegistry {
     clients: HashMap<String, Arc<ClientConfig>>,
     digest_key: [u8; 32],
-    proven: RwLock<HashMap<String, Digest>>,
+    proven: RwLock<HashMap<String, (String, Digest)>>,
+    store: Option<Arc<dyn Store>>,
+    registered: moka::future::Cache<String, Option<Arc<ClientConfig>>>,
     /// Recent failures per client id (known or not), forgotten after
     /// `FAILURE_WINDOW`.
     failures: moka::sync::Cache<String, Arc<AtomicU32>>,
@@ -60,18 +64,52 @@ pub enum AuthFailure {
     Throttled,
 }
 
+/// How long a client read from the store is reused before it is read again.
+pub const REGISTERED_TTL: Duration = Duration::from_secs(5);
+
+/// Converts a stored client; `None` (and a log line) if it no longer
+/// validates, so a bad row can never widen what a client may do.
+pub fn stored_to_config(c: &StoredClient) -> Option<ClientConfig> {
+    let grant_types: Option<Vec<GrantType>> = c.grant_types.iter().map(|g| GrantType::parse(g)).collect();
+    let scopes = ScopeSet::parse(&c.scopes.join(" "));
+    match (grant_types, scopes) {
+        (Some(grant_types), Some(scopes)) => Some(ClientConfig {
+            client_id: c.client_id.clone(),
+            name: c.name.clone(),
+            secret: match &c.secret_hash {
+                Some(h) if !c.public => ClientSecret::Hash(h.clone()),
+                _ => ClientSecret::None,
+            },
+            redirect_uris: c.redirect_uris.clone(),
+            scopes,
+            grant_types,
+            public: c.public,
+            require_pkce: c.public || c.require_pkce,
+        }),
+        _ => {
+            tracing::error!(client_id = %c.client_id, "stored client is malformed; ignored");
+            None
+        }
+    }
+}
+
 /// Failed authentications per client id per `FAILURE_WINDOW` before further
 /// attempts are refused unverified.
 pub const MAX_FAILURES: u32 = 10;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 impl ClientRegistry {
-    pub fn new(clients: &[ClientConfig]) -> ClientRegistry {
+    /// Clients from the config, and (with `store`) those registered at run
+    /// time with `portcullis clients`, looked up on demand so new ones work
+    /// without a restart.
+    pub fn new(clients: &[ClientConfig], store: Option<Arc<dyn Store>>) -> ClientRegistry {
         let mut digest_key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut digest_key);
         let dummy_hash = hash_secret("portcullis-dummy-secret").unwrap_or_default();
         ClientRegistry {
             clients: clients.iter().map(|c| (c.client_id.clone(), Arc::new(c.clone()))).collect(),
+            store,
+            registered: moka::future::Cache::builder().max_capacity(10_000).time_to_live(REGISTERED_TTL).build(),
             digest_key,
             proven: RwLock::new(HashMap::new()),
             failures: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(FAILURE_WINDOW).build(),
@@ -80,11 +118,29 @@ impl ClientRegistry {
         }
     }
 
-    pub fn get(&self, client_id: &str) -> Option<&Arc<ClientConfig>> {
-        self.clients.get(client_id)
+    /// The client `client_id`: from the config, else from the store (what
+    /// the store says is reused for `REGISTERED_TTL`, so a rotated secret or
+    /// removed client takes effect within that time).
+    pub async fn get(&self, client_id: &str) -> Option<Arc<ClientConfig>> {
+        if let Some(c) = self.clients.get(client_id) {
+            return Some(c.clone());
+        }
+        let store = self.store.as_ref()?;
+        self.registered
+            .get_with(client_id.to_string(), async {
+                match store.find_client(client_id).await {
+                    Ok(found) => found.and_then(|c| stored_to_config(&c)).map(Arc::new),
+                    Err(e) => {
+                        tracing::error!(error = %e, "client lookup failed");
+                        None
+                    }
+                }
+            })
+            .await
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<ClientConfig>> {
+    /// The clients of the config file.
+    pub fn configured(&self) -> impl Iterator<Item = &Arc<ClientConfig>> {
         self.clients.values()
     }
 
@@ -105,14 +161,14 @@ impl ClientRegistry {
         secret: &str,
     ) -> Result<Arc<ClientConfig>, AuthFailure> {
         let presented = self.digest(secret);
-        let client = self.clients.get(client_id).cloned();
+        let client = self.get(client_id).await;
         match client.as_deref().map(|c| &c.secret) {
             Some(ClientSecret::None) => return Err(AuthFailure::WrongMethod),
             Some(ClientSecret::Plain(expected)) if bool::from(self.digest(expected).ct_eq(&presented)) => {
                 return client.ok_or(AuthFailure::UnknownClient);
             }
-            Some(ClientSecret::Hash(_))
-                if self.remembered(client_id).is_some_and(|d| bool::from(d.ct_eq(&presented))) =>
+            Some(ClientSecret::Hash(phc))
+                if self.remembered(client_id, phc).is_some_and(|d| bool::from(d.ct_eq(&presented))) =>
             {
                 return client.ok_or(AuthFailure::UnknownClient);
             }
@@ -128,8 +184,8 @@ impl ClientRegistry {
         };
         match client {
             Some(client) if verified => {
-                if let Ok(mut m) = self.proven.write() {
-                    m.insert(client_id.to_string(), presented);
+                if let (Ok(mut m), ClientSecret::Hash(phc)) = (self.proven.write(), &client.secret) {
+                    m.insert(client_id.to_string(), (phc.clone(), presented));
                 }
                 Ok(client)
             }
@@ -142,8 +198,10 @@ impl ClientRegistry {
         }
     }
 
-    fn remembered(&self, client_id: &str) -> Option<Digest> {
-        self.proven.read().ok().and_then(|m| m.get(client_id).copied())
+    /// The digest proven against `phc`; one proven against an older hash
+    /// (before `rotate-secret`) does not count.
+    fn remembered(&self, client_id: &str, phc: &str) -> Option<Digest> {
+        self.proven.read().ok().and_then(|m| m.get(client_id).filter(|(p, _)| p == phc).map(|(_, d)| *d))
     }
 
     async fn slow_verify(&self, secret: &str, phc: Option<String>) -> bool {
@@ -162,7 +220,6 @@ impl ClientRegistry {
 mod tests {
     use super::*;
     use crate::config::GrantType;
-    use crate::scope::ScopeSet;
 
     fn client(id: &str, secret: ClientSecret) -> ClientConfig {
         ClientConfig {
@@ -179,11 +236,14 @@ mod tests {
 
     #[tokio::test]
     async fn hashed_and_plain_secrets() {
-        let reg = Arc::new(ClientRegistry::new(&[
-            client("h", ClientSecret::Hash(hash_secret("s1").unwrap())),
-            client("p", ClientSecret::Plain("s2".into())),
-            client("pub", ClientSecret::None),
-        ]));
+        let reg = Arc::new(ClientRegistry::new(
+            &[
+                client("h", ClientSecret::Hash(hash_secret("s1").unwrap())),
+                client("p", ClientSecret::Plain("s2".into())),
+                client("pub", ClientSecret::None),
+            ],
+            None,
+        ));
         assert!(reg.authenticate("h", "s1").await.is_ok());
         // second time through the remembered digest
         assert!(reg.authenticate("h", "s1").await.is_ok());
@@ -196,7 +256,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_failures_are_throttled_but_the_proven_secret_still_works() {
-        let reg = Arc::new(ClientRegistry::new(&[client("h", ClientSecret::Hash(hash_secret("s1").unwrap()))]));
+        let reg = Arc::new(ClientRegistry::new(&[client("h", ClientSecret::Hash(hash_secret("s1").unwrap()))], None));
         assert!(reg.authenticate("h", "s1").await.is_ok());
         for _ in 0..MAX_FAILURES {
             assert_eq!(reg.authenticate("h", "guess").await.unwrap_err(), AuthFailure::WrongSecret);

@@ -183,8 +183,8 @@ impl AuthorizationServer {
                     (BasicCredentials { client_id: id.to_string(), client_secret: secret.to_string() }, false)
                 }
                 (Some(id), None) => {
-                    return match self.clients.get(id) {
-                        Some(c) if c.public && allow_public => Ok(c.clone()),
+                    return match self.clients.get(id).await {
+                        Some(c) if c.public && allow_public => Ok(c),
                         _ => {
                             tracing::info!(client_id = %id, "client authentication failed: no secret");
                             Err(invalid_client(false))
@@ -485,7 +485,7 @@ impl AuthorizationServer {
     /// Authorization server metadata (RFC 8414 §2).
     pub fn metadata(&self) -> serde_json::Value {
         let issuer = &self.config.issuer;
-        let mut scopes: Vec<&str> = self.clients.all().flat_map(|c| c.scopes.iter()).collect();
+        let mut scopes: Vec<&str> = self.clients.configured().flat_map(|c| c.scopes.iter()).collect();
         scopes.sort_unstable();
         scopes.dedup();
         let auth_methods = ["client_secret_basic", "client_secret_post"];

@@ -120,6 +120,36 @@ pub trait Store: Send + Sync {
     /// Withdraws a consent, and revokes the grants it backed. Returns
     /// whether there was one.
     async fn delete_consent(&self, subject: &str, client_id: &str, now: i64) -> Result<bool, StoreError>;
+
+    // --- Clients registered at run time ----------------------------------
+
+    async fn find_client(&self, client_id: &str) -> Result<Option<StoredClient>, StoreError>;
+
+    async fn list_clients(&self) -> Result<Vec<StoredClient>, StoreError>;
+
+    /// Inserts a client; false when the id is taken.
+    async fn insert_client(&self, client: &StoredClient) -> Result<bool, StoreError>;
+
+    /// Deletes a client; false when there was none.
+    async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError>;
+
+    /// Replaces a client's secret hash; false when there is no such client.
+    async fn set_client_secret(&self, client_id: &str, secret_hash: &str) -> Result<bool, StoreError>;
+}
+
+/// A client as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredClient {
+    pub client_id: String,
+    pub name: String,
+    /// `None` for a public client.
+    pub secret_hash: Option<String>,
+    pub public: bool,
+    pub require_pkce: bool,
+    pub redirect_uris: Vec<String>,
+    pub scopes: Vec<String>,
+    pub grant_types: Vec<String>,
+    pub created_at: i64,
 }
 
 /// The outcome of consuming a one-time item.

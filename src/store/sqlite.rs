@@ -13,13 +13,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use super::{
     AccessTokenRecord, CodeRecord, ConsentRecord, Consumed, GrantRecord, RefreshRecord, SessionRecord, Store,
-    StoreError, StoredKey,
+    StoreError, StoredClient, StoredKey,
 };
 
 /// Schema migrations, numbered alike for every backend.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("migrations/sqlite/0001_init.sql")),
     (2, "authorization_code", include_str!("migrations/sqlite/0002_authorization_code.sql")),
+    (3, "clients", include_str!("migrations/sqlite/0003_clients.sql")),
 ];
 
 pub struct SqliteStore {
@@ -453,6 +454,68 @@ impl Store for SqliteStore {
             self.revoke_grant(&grant, now).await?;
         }
         Ok(deleted)
+    }
+
+    async fn find_client(&self, client_id: &str) -> Result<Option<StoredClient>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM clients WHERE client_id = ?").bind(client_id).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| stored_client(&r)))
+    }
+
+    async fn list_clients(&self) -> Result<Vec<StoredClient>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM clients ORDER BY client_id").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(stored_client).collect())
+    }
+
+    async fn insert_client(&self, c: &StoredClient) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO clients (client_id, name, secret_hash, public, require_pkce, redirect_uris, scopes, grant_types,
+                created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
+        )
+        .bind(&c.client_id)
+        .bind(&c.name)
+        .bind(&c.secret_hash)
+        .bind(c.public)
+        .bind(c.require_pkce)
+        .bind(c.redirect_uris.join("\n"))
+        .bind(c.scopes.join("\n"))
+        .bind(c.grant_types.join("\n"))
+        .bind(c.created_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query("DELETE FROM clients WHERE client_id = ?").bind(client_id).execute(&self.pool).await?;
+        Ok(n.rows_affected() == 1)
+    }
+
+    async fn set_client_secret(&self, client_id: &str, secret_hash: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE clients SET secret_hash = ? WHERE client_id = ? AND public = 0")
+            .bind(secret_hash)
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(n.rows_affected() == 1)
+    }
+}
+
+fn stored_client(r: &sqlx::sqlite::SqliteRow) -> StoredClient {
+    let list = |col: &str| -> Vec<String> {
+        r.get::<String, _>(col).split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    };
+    StoredClient {
+        client_id: r.get("client_id"),
+        name: r.get("name"),
+        secret_hash: r.get("secret_hash"),
+        public: r.get("public"),
+        require_pkce: r.get("require_pkce"),
+        redirect_uris: list("redirect_uris"),
+        scopes: list("scopes"),
+        grant_types: list("grant_types"),
+        created_at: r.get("created_at"),
     }
 }
 

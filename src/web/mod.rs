@@ -186,8 +186,14 @@ impl Web {
         }
     }
 
-    fn validate(&self, params: &RawParams) -> Result<AuthorizationRequest, Box<Response<Body>>> {
-        authorize::validate(params, |id| self.server.clients.get(id).cloned()).map_err(|e| {
+    async fn validate(&self, params: &RawParams) -> Result<AuthorizationRequest, Box<Response<Body>>> {
+        // Look the client up first (it may live in the store), then let the
+        // synchronous rules run.
+        let client = match params.one("client_id") {
+            Ok(Some(id)) => self.server.clients.get(id).await,
+            _ => None,
+        };
+        authorize::validate(params, |_| client.clone()).map_err(|e| {
             Box::new(match e {
                 AuthorizeError::Page(message) => {
                     tracing::info!(reason = message, "authorization request refused");
@@ -219,7 +225,7 @@ impl Web {
     /// Shows the login page, the consent page, or (consent already given)
     /// redirects straight back with a code.
     async fn show(&self, headers: &HeaderMap, params: &RawParams, query: &str) -> Response<Body> {
-        let request = match self.validate(params) {
+        let request = match self.validate(params).await {
             Ok(r) => r,
             Err(res) => return *res,
         };
@@ -326,7 +332,7 @@ impl Web {
             Ok(f) => f,
             Err(res) => return *res,
         };
-        let request = match self.validate(&form) {
+        let request = match self.validate(&form).await {
             Ok(r) => r,
             Err(res) => return *res,
         };
@@ -394,7 +400,7 @@ impl Web {
         let Some(query) = return_to.strip_prefix(&format!("{}?", self.authorize_path)) else {
             return self.error_page(StatusCode::BAD_REQUEST, "Bad request", "The sign-in form is incomplete.");
         };
-        let request = match self.validate(&RawParams::parse(query.as_bytes())) {
+        let request = match self.validate(&RawParams::parse(query.as_bytes())).await {
             Ok(r) => r,
             Err(res) => return *res,
         };

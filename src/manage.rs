@@ -1,0 +1,176 @@
+//! Operator commands that change the store while the gateway runs:
+//! registering clients (`portcullis clients …`) and withdrawing users'
+//! consents (`portcullis consents …`). A running gateway sees a new or
+//! changed client within `oauth::clients::REGISTERED_TTL`.
+//!
+//! A client secret is generated here, shown once, and only its argon2 hash
+//! is stored.
+
+use std::fmt::Write as _;
+
+use crate::config::{Config, GrantType, check_redirect_uri};
+use crate::oauth::clients::{hash_secret, stored_to_config};
+use crate::scope::is_valid_scope_token;
+use crate::store::{self, Store, StoredClient};
+use crate::tokens::{now_unix, random_token};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+fn invalid(msg: impl Into<String>) -> ManageError {
+    ManageError::Invalid(msg.into())
+}
+
+/// What `clients add` registers.
+#[derive(Debug, Clone, Default)]
+pub struct NewClient {
+    pub client_id: String,
+    pub name: Option<String>,
+    pub redirect_uris: Vec<String>,
+    pub scopes: Vec<String>,
+    pub grant_types: Vec<String>,
+    pub public: bool,
+    pub no_pkce: bool,
+}
+
+pub async fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>, ManageError> {
+    Ok(store::open(&config.storage.url).await?)
+}
+
+/// Registers a client; returns the lines to print (with the secret, once).
+pub async fn add_client(config: &Config, store: &dyn Store, new: NewClient) -> Result<String, ManageError> {
+    let id = &new.client_id;
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_graphic() && c != ':') {
+        return Err(invalid("the client id must be printable ASCII without spaces or ':'"));
+    }
+    if config.client(id).is_some() {
+        return Err(invalid(format!("{id:?} is registered in the config file already")));
+    }
+    if config.users.iter().any(|u| &u.username == id) {
+        return Err(invalid(format!("{id:?} is a username; a client may not share a user's subject")));
+    }
+    for uri in &new.redirect_uris {
+        check_redirect_uri(uri).map_err(invalid)?;
+    }
+    if let Some(bad) = new.scopes.iter().find(|s| !is_valid_scope_token(s)) {
+        return Err(invalid(format!("{bad:?} is not a valid scope")));
+    }
+    let grant_types = if new.grant_types.is_empty() {
+        vec!["authorization_code".to_string(), "refresh_token".to_string()]
+    } else {
+        new.grant_types.clone()
+    };
+    if let Some(bad) = grant_types.iter().find(|g| GrantType::parse(g).is_none()) {
+        return Err(invalid(format!("{bad:?}: grant types are client_credentials, authorization_code, refresh_token")));
+    }
+    if new.public && grant_types.iter().any(|g| g == "client_credentials") {
+        return Err(invalid("client_credentials is only for confidential clients (OAuth 2.1 §4.2)"));
+    }
+    if new.public && new.no_pkce {
+        return Err(invalid("PKCE is mandatory for public clients"));
+    }
+    if grant_types.iter().any(|g| g == "authorization_code") && new.redirect_uris.is_empty() {
+        return Err(invalid("authorization_code needs at least one --redirect-uri"));
+    }
+    let secret = (!new.public).then(random_token);
+    let secret_hash = match &secret {
+        Some(s) => Some(hash_secret(s).map_err(|e| invalid(format!("hashing failed: {e}")))?),
+        None => None,
+    };
+    let client = StoredClient {
+        client_id: id.clone(),
+        name: new.name.clone().unwrap_or_else(|| id.clone()),
+        secret_hash,
+        public: new.public,
+        require_pkce: !new.no_pkce,
+        redirect_uris: new.redirect_uris.clone(),
+        scopes: new.scopes.clone(),
+        grant_types,
+        created_at: now_unix() as i64,
+    };
+    if stored_to_config(&client).is_none() {
+        return Err(invalid("the client does not validate"));
+    }
+    if !store.insert_client(&client).await? {
+        return Err(invalid(format!("{id:?} is registered already")));
+    }
+    let mut out = format!("client_id: {id}\n");
+    match secret {
+        Some(s) => {
+            let _ = writeln!(out, "client_secret: {s}");
+            out.push_str("(the secret is shown only now; only its hash is stored)\n");
+        }
+        None => out.push_str("public client: no secret; PKCE is required\n"),
+    }
+    Ok(out)
+}
+
+pub async fn list_clients(config: &Config, store: &dyn Store) -> Result<String, ManageError> {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<24} {:<7} {:<12} {:<40} scopes", "client_id", "source", "type", "grant types");
+    for c in &config.clients {
+        let grants: Vec<&str> = c.grant_types.iter().map(|g| g.as_str()).collect();
+        let kind = if c.public { "public" } else { "confidential" };
+        let _ = writeln!(out, "{:<24} {:<7} {:<12} {:<40} {}", c.client_id, "config", kind, grants.join(","), c.scopes);
+    }
+    for c in store.list_clients().await? {
+        let kind = if c.public { "public" } else { "confidential" };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<7} {:<12} {:<40} {}",
+            c.client_id,
+            "store",
+            kind,
+            c.grant_types.join(","),
+            c.scopes.join(" ")
+        );
+    }
+    Ok(out)
+}
+
+pub async fn remove_client(config: &Config, store: &dyn Store, client_id: &str) -> Result<String, ManageError> {
+    if config.client(client_id).is_some() {
+        return Err(invalid(format!("{client_id:?} is in the config file; remove it there")));
+    }
+    if store.delete_client(client_id).await? {
+        Ok(format!("removed {client_id}\n"))
+    } else {
+        Err(invalid(format!("no registered client {client_id:?}")))
+    }
+}
+
+pub async fn rotate_secret(config: &Config, store: &dyn Store, client_id: &str) -> Result<String, ManageError> {
+    if config.client(client_id).is_some() {
+        return Err(invalid(format!("{client_id:?} is in the config file; change its client_secret_hash there")));
+    }
+    let secret = random_token();
+    let hash = hash_secret(&secret).map_err(|e| invalid(format!("hashing failed: {e}")))?;
+    if store.set_client_secret(client_id, &hash).await? {
+        Ok(format!(
+            "client_id: {client_id}\nclient_secret: {secret}\n(the old secret stops working; this one is shown only now)\n"
+        ))
+    } else {
+        Err(invalid(format!("no registered confidential client {client_id:?}")))
+    }
+}
+
+pub async fn list_consents(store: &dyn Store, user: Option<&str>) -> Result<String, ManageError> {
+    let mut out = format!("{:<20} {:<24} {:<20} scopes\n", "user", "client_id", "granted_at (unix)");
+    for c in store.list_consents(user).await? {
+        let _ = writeln!(out, "{:<20} {:<24} {:<20} {}", c.subject, c.client_id, c.granted_at, c.scope);
+    }
+    Ok(out)
+}
+
+pub async fn revoke_consent(store: &dyn Store, user: &str, client_id: &str) -> Result<String, ManageError> {
+    if store.delete_consent(user, client_id, now_unix() as i64).await? {
+        Ok(format!("withdrew {user}'s consent for {client_id}; its grants and tokens are revoked\n"))
+    } else {
+        Err(invalid(format!("{user} has no consent for {client_id}")))
+    }
+}

@@ -1,0 +1,158 @@
+//! `portcullis clients` and `portcullis consents`: registering a client in
+//! the store makes it usable by a running gateway without a restart, its
+//! secret is shown once and rotates, and consents can be listed and
+//! withdrawn.
+
+mod support;
+
+use std::process::Command;
+
+use http::{Method, StatusCode};
+use portcullis::store::{SqliteStore, Store};
+use support::{Gateway, Upstream, config_toml, send};
+
+fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run portcullis");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn secret_of(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .unwrap_or_else(|| panic!("no secret in {stdout:?}"))
+        .to_string()
+}
+
+async fn token_status(gw: &Gateway, client: &str, secret: &str) -> StatusCode {
+    send(
+        Method::POST,
+        &gw.url("/oauth/token"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("grant_type=client_credentials&client_id={client}&client_secret={secret}"),
+    )
+    .await
+    .status
+}
+
+#[tokio::test]
+async fn a_client_registered_in_the_store_works_without_a_restart_and_its_secret_rotates() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("p.db");
+    let toml = config_toml(upstream.addr, "")
+        .replace("url = \"sqlite::memory:\"", &format!("url = \"sqlite://{}\"", db.display()));
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &toml).expect("write config");
+    let gw = Gateway::start(&toml).await;
+
+    let (code, out, err) =
+        cli(&path, &["clients", "add", "svc", "--grant-type", "client_credentials", "--scope", "calendar.read"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("shown only now"), "{out}");
+    let first = secret_of(&out);
+    assert!(first.len() >= 43, "a secret of at least 256 bits: {first}");
+    // Only the hash is stored.
+    let store = SqliteStore::open(&format!("sqlite://{}", db.display())).await.expect("open store");
+    let stored = store.find_client("svc").await.expect("query").expect("client");
+    assert!(stored.secret_hash.as_deref().is_some_and(|h| h.starts_with("$argon2id$") && !h.contains(&first)));
+
+    assert_eq!(token_status(&gw, "svc", &first).await, StatusCode::OK);
+    assert_eq!(token_status(&gw, "svc", "wrong").await, StatusCode::UNAUTHORIZED);
+
+    let (code, out, err) = cli(&path, &["clients", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("svc ") && l.contains("store")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("app ") && l.contains("config")), "{out}");
+
+    let (code, out, err) = cli(&path, &["clients", "rotate-secret", "svc"]);
+    assert_eq!(code, 0, "{err}");
+    let second = secret_of(&out);
+    assert_ne!(first, second);
+    gw.stop().await;
+    // A gateway reading the store afresh takes the new secret only.
+    let gw = Gateway::start(&toml).await;
+    assert_eq!(token_status(&gw, "svc", &second).await, StatusCode::OK);
+    assert_eq!(token_status(&gw, "svc", &first).await, StatusCode::UNAUTHORIZED);
+
+    let (code, _, err) = cli(&path, &["clients", "remove", "svc"]);
+    assert_eq!(code, 0, "{err}");
+    gw.stop().await;
+    let gw = Gateway::start(&toml).await;
+    assert_eq!(token_status(&gw, "svc", &second).await, StatusCode::UNAUTHORIZED);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bad_registrations_are_refused_with_a_reason() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config_toml(upstream.addr, "")
+        .replace("url = \"sqlite::memory:\"", &format!("url = \"sqlite://{}/p.db\"", dir.path().display()));
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &toml).expect("write config");
+    for (args, reason) in [
+        (vec!["clients", "add", "app"], "config file already"),
+        (vec!["clients", "add", "x", "--redirect-uri", "http://evil.example/cb"], "loopback"),
+        (vec!["clients", "add", "x"], "needs at least one --redirect-uri"),
+        (vec!["clients", "add", "x", "--public", "--grant-type", "client_credentials"], "confidential"),
+        (vec!["clients", "add", "x", "--grant-type", "password"], "grant types"),
+        (vec!["clients", "add", "a:b", "--grant-type", "client_credentials"], "':'"),
+        (vec!["clients", "remove", "nobody"], "no registered client"),
+        (vec!["clients", "rotate-secret", "app"], "config file"),
+        (vec!["consents", "revoke", "--user", "alice", "--client", "app"], "no consent"),
+    ] {
+        let (code, _, err) = cli(&path, &args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
+    let (code, out, _) = cli(&path, &["clients", "add", "ok", "--grant-type", "client_credentials"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = cli(&path, &["clients", "add", "ok", "--grant-type", "client_credentials"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("registered already"), "{err} after {out}");
+}
+
+#[tokio::test]
+async fn consents_are_listed_and_withdrawn_with_their_grants() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/p.db", dir.path().display());
+    let toml = config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\""));
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &toml).expect("write config");
+    let store = SqliteStore::open(&url).await.expect("open store");
+    store.save_consent("alice", "app", "calendar.read", 100).await.expect("save");
+    store.save_consent("bob", "app", "admin", 100).await.expect("save");
+    store
+        .create_grant(&portcullis::store::GrantRecord {
+            grant_id: "g1".into(),
+            client_id: "app".into(),
+            subject: "alice".into(),
+            scope: "calendar.read".into(),
+            created_at: 100,
+            expires_at: i64::MAX,
+        })
+        .await
+        .expect("grant");
+
+    let (code, out, err) = cli(&path, &["consents", "list", "--user", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("alice ") && l.contains("app") && l.contains("calendar.read")), "{out}");
+    assert!(!out.contains("bob"), "{out}");
+
+    let (code, _, err) = cli(&path, &["consents", "revoke", "--user", "alice", "--client", "app"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(store.find_consent("alice", "app").await.expect("query"), None);
+    assert!(store.grant_is_revoked("g1").await.expect("query"));
+    assert_eq!(store.find_consent("bob", "app").await.expect("query").as_deref(), Some("admin"));
+}
