@@ -828,3 +828,166 @@ async fn no_token_or_secret_reaches_the_logs_with_jwt_tokens() {
 async fn no_token_or_secret_reaches_the_logs_with_opaque_tokens() {
     no_secret_in_logs("opaque").await;
 }
+
+// ---------------------------------------------------------------------------
+// Durability: what was acknowledged survives `kill -9`.
+
+/// The value of the hidden input `name` in `html`, unescaped.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no input {name:?} in:\n{html}")) + marker.len();
+    let raw = &html[start..start + html[start..].find('"').expect("closing quote")];
+    raw.replace("&#x2f;", "/")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// `name=value` of the `Set-Cookie` header that sets `name`.
+fn set_cookie(reply: &support::Reply, name: &str) -> String {
+    reply
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("no {name} cookie in {:?}", reply.headers))
+        .to_string()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+/// Drives the README's browser steps by hand against `gw`: sign in as
+/// alice, approve, and return the authorization code.
+async fn approve_as_alice(gw: SocketAddr) -> String {
+    let query = form(&[
+        ("response_type", "code"),
+        ("client_id", "calendar-app"),
+        ("redirect_uri", "http://127.0.0.1:3000/callback"),
+        ("scope", "calendar.read"),
+        ("state", "s1"),
+        ("code_challenge", CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ]);
+    let login = get(&format!("http://{gw}/oauth/authorize?{query}"), &[]).await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+    let login_cookie = set_cookie(&login, "portcullis_login");
+    let html = login.text();
+    let body = form(&[
+        ("csrf", &hidden(&html, "csrf")),
+        ("return_to", &hidden(&html, "return_to")),
+        ("username", "alice"),
+        ("password", "wonderland"),
+    ]);
+    let signed_in = send(
+        Method::POST,
+        &format!("http://{gw}/oauth/login"),
+        &[("content-type", FORM), ("cookie", &login_cookie)],
+        body,
+    )
+    .await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER, "{}", signed_in.text());
+    let session = set_cookie(&signed_in, "portcullis_session");
+    let back = signed_in.header("location").expect("location").to_string();
+    let consent = get(&format!("http://{gw}{back}"), &[("cookie", &session)]).await;
+    if consent.status == StatusCode::SEE_OTHER {
+        // Consent given before (and remembered): straight back with a code.
+        let location = consent.header("location").expect("location");
+        return location.split(['?', '&']).find_map(|p| p.strip_prefix("code=")).expect("a code").to_string();
+    }
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.text());
+    let approve = format!("{query}&{}", form(&[("csrf", &hidden(&consent.text(), "csrf")), ("decision", "approve")]));
+    let redirect = send(
+        Method::POST,
+        &format!("http://{gw}/oauth/authorize"),
+        &[("content-type", FORM), ("cookie", &session)],
+        approve,
+    )
+    .await;
+    assert_eq!(redirect.status, StatusCode::SEE_OTHER, "{}", redirect.text());
+    let location = redirect.header("location").expect("location");
+    let code = location.split(['?', '&']).find_map(|p| p.strip_prefix("code=")).expect("a code");
+    code.to_string()
+}
+
+async fn token_request(gw: SocketAddr, pairs: &[(&str, &str)]) -> support::Reply {
+    send(
+        Method::POST,
+        &format!("http://{gw}/oauth/token"),
+        &[("content-type", FORM), ("authorization", "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA==")],
+        form(pairs),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn tokens_and_redeemed_codes_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "durable.toml", &example_config_for_test(dir.path(), None));
+    let mut gw = Served::start(&config, &[]).await;
+
+    let code = approve_as_alice(gw.public).await;
+    let redeem = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "http://127.0.0.1:3000/callback"),
+        ("code_verifier", VERIFIER),
+    ];
+    let tokens = token_request(gw.public, &redeem).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.text());
+    let tokens = tokens.json();
+    let access = tokens["access_token"].as_str().expect("access token").to_string();
+    let refresh = tokens["refresh_token"].as_str().expect("refresh token").to_string();
+
+    // SIGKILL: no shutdown path runs, nothing is flushed on the way out.
+    gw.child.kill().expect("kill -9");
+    gw.wait_exit().await;
+
+    let mut gw = Served::start(&config, &[]).await;
+    let api =
+        get(&format!("http://{}/calendar/events", gw.public), &[("authorization", &format!("Bearer {access}"))]).await;
+    assert_eq!(api.status, StatusCode::OK, "the access token outlives the crash: {}", api.text());
+    let again = token_request(gw.public, &redeem).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    assert_eq!(again.json()["error"], "invalid_grant", "the code stays redeemed");
+    let refreshed = token_request(gw.public, &[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
+    // The replayed code above revoked its grant, refresh token included.
+    assert_eq!(refreshed.status, StatusCode::BAD_REQUEST, "{}", refreshed.text());
+
+    // A second approval, then a crash between issue and refresh.
+    let code = approve_as_alice(gw.public).await;
+    let redeem = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "http://127.0.0.1:3000/callback"),
+        ("code_verifier", VERIFIER),
+    ];
+    let tokens = token_request(gw.public, &redeem).await.json();
+    let refresh = tokens["refresh_token"].as_str().expect("refresh token").to_string();
+    gw.child.kill().expect("kill -9");
+    gw.wait_exit().await;
+    let mut gw = Served::start(&config, &[]).await;
+    let refreshed = token_request(gw.public, &[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
+    assert_eq!(
+        refreshed.status,
+        StatusCode::OK,
+        "a refresh token issued before kill -9 works after: {}",
+        refreshed.text()
+    );
+    assert_ne!(refreshed.json()["refresh_token"], refresh.as_str(), "rotated");
+    gw.sigterm();
+    assert_eq!(gw.wait_exit().await.code(), Some(0));
+}
