@@ -255,13 +255,13 @@ impl AuthorizationServer {
             return Err(OAuthError::new(ErrorCode::InvalidRequest, "The code_verifier is malformed"));
         }
         let now = now_unix() as i64;
-        let (record, replayed) = match self.store().consume_code(&token_hash(code), now).await? {
-            Consumed::Unknown => return Err(invalid_grant("The authorization code is invalid")),
-            Consumed::Consumed(r) => (r, false),
-            Consumed::AlreadyUsed(r) => (r, true),
+        let hash = token_hash(code);
+        // Check the request against the code before using it up: a request
+        // that does not match changes nothing (it neither burns the code
+        // nor, for a stale code, revokes the user's grant).
+        let Some((record, _)) = self.store().find_code(&hash).await? else {
+            return Err(invalid_grant("The authorization code is invalid"));
         };
-        // A request that does not match the code revokes nothing (an
-        // attacker holding only a stale code cannot end a user's grant).
         if record.client_id != client.client_id {
             return Err(invalid_grant("The authorization code was issued to another client"));
         }
@@ -277,6 +277,11 @@ impl AuthorizationServer {
             (None, Some(_)) => return Err(invalid_grant("No code_challenge was sent for this code")),
             (None, None) => {}
         }
+        let replayed = match self.store().consume_code(&hash, now).await? {
+            Consumed::Consumed(_) => false,
+            Consumed::AlreadyUsed(_) => true,
+            Consumed::Unknown => return Err(invalid_grant("The authorization code is invalid")),
+        };
         if replayed {
             let jtis = self.store().revoke_grant(&record.grant_id, now).await?;
             self.validator.forget_jtis(jtis).await;
@@ -287,7 +292,7 @@ impl AuthorizationServer {
             return Err(invalid_grant("The authorization code expired"));
         }
         let scopes = ScopeSet::parse(&record.scope).unwrap_or_default();
-        self.issue_for_grant(client, &record.grant_id, &record.subject, scopes).await
+        self.issue_for_grant(client, &record.grant_id, &record.subject, scopes.clone(), &scopes).await
     }
 
     /// RFC 6749 §6 with rotation (RFC 9700 §4.14.2): each refresh token is
@@ -306,6 +311,10 @@ impl AuthorizationServer {
         if found.client_id != client.client_id {
             return Err(invalid_grant("The refresh token was issued to another client"));
         }
+        // RFC 6749 §6: scopes may be narrowed, never widened. Checked before
+        // the token is used, so a refused request leaves it usable.
+        let granted = ScopeSet::parse(&found.scope).unwrap_or_default();
+        let scopes = requested_scopes(params, &granted)?;
         let record = match self.store().consume_refresh_token(&hash, now).await? {
             Consumed::Unknown => return Err(invalid_grant("The refresh token is invalid")),
             Consumed::AlreadyUsed(r) => {
@@ -322,10 +331,9 @@ impl AuthorizationServer {
         if self.store().grant_is_revoked(&record.grant_id).await? {
             return Err(invalid_grant("The grant behind this refresh token was revoked"));
         }
-        let granted = ScopeSet::parse(&record.scope).unwrap_or_default();
-        // RFC 6749 §6: scopes may be narrowed, never widened.
-        let scopes = requested_scopes(params, &granted)?;
-        self.issue_for_grant(client, &record.grant_id, &record.subject, scopes).await
+        // The new refresh token keeps the presented one's scope (RFC 6749 §6),
+        // even when this access token was narrowed.
+        self.issue_for_grant(client, &record.grant_id, &record.subject, scopes, &granted).await
     }
 
     /// An access token (and, for clients allowed to refresh, a refresh
@@ -336,6 +344,7 @@ impl AuthorizationServer {
         grant_id: &str,
         subject: &str,
         scopes: ScopeSet,
+        refresh_scope: &ScopeSet,
     ) -> Result<TokenResponse, OAuthError> {
         let issued = self.tokens.issue(&client.client_id, subject, scopes).await?;
         let exp = now_unix() as i64 + issued.expires_in as i64;
@@ -349,7 +358,7 @@ impl AuthorizationServer {
                     grant_id: grant_id.to_string(),
                     client_id: client.client_id.clone(),
                     subject: subject.to_string(),
-                    scope: issued.scopes.to_string(),
+                    scope: refresh_scope.to_string(),
                     issued_at: now,
                     expires_at: now + self.config.refresh_token_ttl.as_secs() as i64,
                     used: false,

@@ -84,6 +84,9 @@ pub trait Store: Send + Sync {
 
     async fn save_code(&self, code: &CodeRecord) -> Result<(), StoreError>;
 
+    /// A code and whether it was used, without using it.
+    async fn find_code(&self, code_hash: &[u8; 32]) -> Result<Option<(CodeRecord, bool)>, StoreError>;
+
     /// Marks a code used, atomically: of any number of concurrent calls for
     /// one code, exactly one gets `Consumed`.
     async fn consume_code(&self, code_hash: &[u8; 32], now: i64) -> Result<Consumed<CodeRecord>, StoreError>;

@@ -256,6 +256,30 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn find_code(&self, code_hash: &[u8; 32]) -> Result<Option<(CodeRecord, bool)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT grant_id, client_id, subject, redirect_uri, redirect_uri_sent, scope, code_challenge, expires_at,
+                used_at FROM authorization_codes WHERE code_hash = ?",
+        )
+        .bind(&code_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            let record = CodeRecord {
+                code_hash: *code_hash,
+                grant_id: r.get("grant_id"),
+                client_id: r.get("client_id"),
+                subject: r.get("subject"),
+                redirect_uri: r.get("redirect_uri"),
+                redirect_uri_sent: r.get("redirect_uri_sent"),
+                scope: r.get("scope"),
+                code_challenge: r.get("code_challenge"),
+                expires_at: r.get("expires_at"),
+            };
+            (record, r.get::<Option<i64>, _>("used_at").is_some())
+        }))
+    }
+
     async fn consume_code(&self, code_hash: &[u8; 32], now: i64) -> Result<Consumed<CodeRecord>, StoreError> {
         // The conditional UPDATE is the atomic step: SQLite serialises
         // writers, and only one sees `used_at IS NULL`.
@@ -266,25 +290,7 @@ impl Store for SqliteStore {
             .await?
             .rows_affected()
             == 1;
-        let row = sqlx::query(
-            "SELECT grant_id, client_id, subject, redirect_uri, redirect_uri_sent, scope, code_challenge, expires_at
-             FROM authorization_codes WHERE code_hash = ?",
-        )
-        .bind(&code_hash[..])
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(Consumed::Unknown) };
-        let record = CodeRecord {
-            code_hash: *code_hash,
-            grant_id: r.get("grant_id"),
-            client_id: r.get("client_id"),
-            subject: r.get("subject"),
-            redirect_uri: r.get("redirect_uri"),
-            redirect_uri_sent: r.get("redirect_uri_sent"),
-            scope: r.get("scope"),
-            code_challenge: r.get("code_challenge"),
-            expires_at: r.get("expires_at"),
-        };
+        let Some((record, _)) = self.find_code(code_hash).await? else { return Ok(Consumed::Unknown) };
         Ok(if won { Consumed::Consumed(record) } else { Consumed::AlreadyUsed(record) })
     }
 
