@@ -315,6 +315,11 @@ impl AuthorizationServer {
         // the token is used, so a refused request leaves it usable.
         let granted = ScopeSet::parse(&found.scope).unwrap_or_default();
         let scopes = requested_scopes(params, &granted)?;
+        // Before consuming: the first use of a token wins even if a reuse
+        // revokes the family a moment later (its tokens then die with it).
+        if self.store().grant_is_revoked(&found.grant_id).await? {
+            return Err(invalid_grant("The grant behind this refresh token was revoked"));
+        }
         let record = match self.store().consume_refresh_token(&hash, now).await? {
             Consumed::Unknown => return Err(invalid_grant("The refresh token is invalid")),
             Consumed::AlreadyUsed(r) => {
@@ -327,9 +332,6 @@ impl AuthorizationServer {
         };
         if record.expires_at <= now {
             return Err(invalid_grant("The refresh token expired"));
-        }
-        if self.store().grant_is_revoked(&record.grant_id).await? {
-            return Err(invalid_grant("The grant behind this refresh token was revoked"));
         }
         // The new refresh token keeps the presented one's scope (RFC 6749 §6),
         // even when this access token was narrowed.

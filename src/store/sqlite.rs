@@ -296,8 +296,10 @@ impl Store for SqliteStore {
 
     async fn save_refresh_token(&self, t: &RefreshRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, subject, scope, issued_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            // A refresh token minted after its grant was revoked starts out
+            // used, so it can never refresh.
+            "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, subject, scope, issued_at, expires_at, used_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT revoked_at FROM grants WHERE grant_id = ?))",
         )
         .bind(&t.token_hash[..])
         .bind(&t.grant_id)
@@ -306,6 +308,7 @@ impl Store for SqliteStore {
         .bind(&t.scope)
         .bind(t.issued_at)
         .bind(t.expires_at)
+        .bind(&t.grant_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -351,12 +354,27 @@ impl Store for SqliteStore {
     }
 
     async fn record_grant_access_token(&self, grant_id: &str, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        // One transaction with revoke_grant's: either the revocation sees
+        // this jti, or this sees the grant already revoked and revokes the
+        // jti itself (a token won in a race with a replay dies with it).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("INSERT INTO grant_access_tokens (jti, grant_id, expires_at) VALUES (?, ?, ?)")
             .bind(jti)
             .bind(grant_id)
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at)
+             SELECT ?, ? WHERE EXISTS (SELECT 1 FROM grants WHERE grant_id = ? AND revoked_at IS NOT NULL)
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at)
+        .bind(grant_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
