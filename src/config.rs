@@ -92,6 +92,17 @@ struct RawServer {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     workers: Option<usize>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    hsts: Option<bool>,
+    hsts_max_age: Option<String>,
+    watch_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +239,19 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
+    /// TLS on the public listener; `None` for plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first) and PEM private key.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// `Strict-Transport-Security` max-age; `None` sends no HSTS.
+    pub hsts_max_age: Option<Duration>,
+    /// How often the files are checked for changes.
+    pub watch_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -549,6 +573,27 @@ impl Validator {
             drain_timeout: self.duration("server.drain_timeout", raw.drain_timeout.as_deref(), "30s"),
             trusted_proxies,
             workers: raw.workers.unwrap_or(0),
+            tls: raw.tls.map(|t| self.tls(t)),
+        }
+    }
+
+    fn tls(&mut self, raw: RawTls) -> TlsConfig {
+        let cert = std::path::PathBuf::from(&raw.cert);
+        let key = std::path::PathBuf::from(&raw.key);
+        // Loaded now, so a missing, unreadable or mismatched pair is a
+        // config error before anything binds.
+        if let Err((which, reason)) = crate::tls::load_certified_key(&cert, &key) {
+            self.err(format!("server.tls.{which}"), reason);
+        }
+        let hsts_max_age = match raw.hsts {
+            Some(false) => None,
+            _ => Some(self.duration("server.tls.hsts_max_age", raw.hsts_max_age.as_deref(), "365d")),
+        };
+        TlsConfig {
+            cert,
+            key,
+            hsts_max_age,
+            watch_interval: self.duration("server.tls.watch_interval", raw.watch_interval.as_deref(), "10s"),
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_form_body: usize,
+    /// `X-Forwarded-Proto` for the upstream: how clients reached us.
+    pub forwarded_proto: &'static str,
     /// Series for requests that match no route.
     unrouted: RouteMetrics,
 }
@@ -93,7 +95,17 @@ impl Gateway {
         max_form_body: usize,
     ) -> Gateway {
         let unrouted = metrics.route("(none)");
-        Gateway { realm, routes, authz, validator, metrics, trusted_proxies, max_form_body, unrouted }
+        Gateway {
+            realm,
+            routes,
+            authz,
+            validator,
+            metrics,
+            trusted_proxies,
+            max_form_body,
+            forwarded_proto: "http",
+            unrouted,
+        }
     }
 
     /// Handles one request from `peer`. `forwarder` is the calling worker's
@@ -169,6 +181,7 @@ impl Gateway {
             let ctx = ForwardContext {
                 peer,
                 trusted_proxies: &self.trusted_proxies,
+                proto: self.forwarded_proto,
                 host,
                 identity: None,
                 keep_authorization: true,
@@ -228,6 +241,7 @@ impl Gateway {
         let ctx = ForwardContext {
             peer,
             trusted_proxies: &self.trusted_proxies,
+            proto: self.forwarded_proto,
             host,
             identity: Some(&identity),
             keep_authorization: cfg.forward_bearer && source == TokenSource::Header,

@@ -25,5 +25,6 @@ pub mod respond;
 pub mod scope;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 pub mod web;

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub token_requests: IntCounterVec,
     pub in_flight: IntGauge,
     pub authorization_flow: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
+    pub tls_expiry: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -154,6 +156,16 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new("portcullis_tls_reload_total", "TLS certificate reloads, by result (success or error)."),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let tls_expiry = IntGauge::new(
+            "portcullis_tls_certificate_expiry_timestamp_seconds",
+            "When the serving TLS certificate expires (notAfter), in Unix seconds.",
+        )
+        .expect("static metric definition");
         let in_flight =
             IntGauge::new("portcullis_requests_in_flight", "Requests being handled on the public listener.")
                 .expect("static metric definition");
@@ -170,6 +182,8 @@ impl Metrics {
             Box::new(token_requests.clone()),
             Box::new(in_flight.clone()),
             Box::new(authorization_flow.clone()),
+            Box::new(tls_reloads.clone()),
+            Box::new(tls_expiry.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -187,6 +201,8 @@ impl Metrics {
             token_requests,
             in_flight,
             authorization_flow,
+            tls_reloads,
+            tls_expiry,
         }
     }
 

@@ -72,6 +72,8 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
 pub struct ForwardContext<'a> {
     pub peer: SocketAddr,
     pub trusted_proxies: &'a [IpNet],
+    /// `http` or `https`: how the client reached the gateway.
+    pub proto: &'static str,
     /// The client-facing `Host` (or `:authority`).
     pub host: Option<HeaderValue>,
     pub identity: Option<&'a Identity>,
@@ -101,7 +103,7 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(ctx.proto));
     }
     if !headers.contains_key(&X_FORWARDED_HOST)
         && let Some(host) = &ctx.host
@@ -247,6 +249,7 @@ mod tests {
         let ctx = ForwardContext {
             peer: "10.0.0.7:5000".parse().unwrap(),
             trusted_proxies: &[],
+            proto: "http",
             host: Some(HeaderValue::from_static("gw.example")),
             identity: None,
             keep_authorization: false,

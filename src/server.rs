@@ -29,6 +29,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use http::HeaderValue;
+use tokio_rustls::TlsAcceptor;
+
 use crate::admin::Admin;
 use crate::authz::AuthzEndpoints;
 use crate::cache::TokenValidator;
@@ -39,6 +42,7 @@ use crate::oauth::AuthorizationServer;
 use crate::oauth::clients::ClientRegistry;
 use crate::proxy::Forwarder;
 use crate::store::{self, Store};
+use crate::tls::CertStore;
 use crate::tokens::{TokenService, now_unix};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Keys(#[from] crate::tokens::KeyError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
 }
@@ -60,6 +66,16 @@ pub struct Server {
     admin: Arc<Admin>,
     store: Arc<dyn Store>,
     server_config: ServerConfig,
+    tls: Option<Tls>,
+}
+
+/// TLS on the public listener: the acceptor, the certificate it serves
+/// (for reloads), and the HSTS header every response gets.
+#[derive(Clone)]
+struct Tls {
+    acceptor: TlsAcceptor,
+    certs: Arc<CertStore>,
+    hsts: Option<HeaderValue>,
 }
 
 impl Server {
@@ -74,7 +90,7 @@ impl Server {
         let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, validator.clone());
         let authz = AuthzEndpoints::new(&config, server, metrics.clone());
         let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), &metrics)).collect());
-        let gateway = Arc::new(Gateway::new(
+        let mut gateway = Gateway::new(
             config.server.realm.clone(),
             routes,
             authz,
@@ -82,7 +98,22 @@ impl Server {
             metrics.clone(),
             config.server.trusted_proxies.clone(),
             config.server.max_form_body_bytes,
-        ));
+        );
+        if config.server.tls.is_some() {
+            gateway.forwarded_proto = "https";
+        }
+        let gateway = Arc::new(gateway);
+        let tls = match &config.server.tls {
+            None => None,
+            Some(t) => {
+                let certs = Arc::new(CertStore::open(&t.cert, &t.key, metrics.clone()).map_err(StartError::Tls)?);
+                let acceptor = TlsAcceptor::from(crate::tls::server_config(certs.clone()).map_err(StartError::Tls)?);
+                let hsts = t.hsts_max_age.and_then(|age| {
+                    HeaderValue::from_str(&format!("max-age={}; includeSubDomains", age.as_secs())).ok()
+                });
+                Some(Tls { acceptor, certs, hsts })
+            }
+        };
         let draining = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin { metrics, store: store.clone(), validator, draining });
 
@@ -92,7 +123,7 @@ impl Server {
         };
         let public = bind("public", config.server.listen, workers)?;
         let admin_listener = bind("admin", config.admin.listen, 1)?.remove(0);
-        Ok(Server { public, admin_listener, gateway, admin, store, server_config: config.server })
+        Ok(Server { public, admin_listener, gateway, admin, store, server_config: config.server, tls })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -123,15 +154,16 @@ impl Server {
         );
 
         let mut listeners = self.public.into_iter();
-        let local =
-            listeners.next().map(|l| tokio::spawn(serve_public(l, self.gateway.clone(), cfg.clone(), stop_rx.clone())));
+        let local = listeners.next().map(|l| {
+            tokio::spawn(serve_public(l, self.gateway.clone(), cfg.clone(), stop_rx.clone(), self.tls.clone()))
+        });
         let mut workers_done = Vec::new();
         for (i, listener) in listeners.enumerate() {
-            let (gateway, cfg, stop) = (self.gateway.clone(), cfg.clone(), stop_rx.clone());
+            let (gateway, cfg, stop, tls) = (self.gateway.clone(), cfg.clone(), stop_rx.clone(), self.tls.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let spawned = std::thread::Builder::new().name(format!("portcullis-worker-{}", i + 1)).spawn(move || {
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop)),
+                    Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop, tls)),
                     Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
                 }
                 let _ = done_tx.send(());
@@ -149,19 +181,27 @@ impl Server {
                 Ok(l) => l,
                 Err(e) => return tracing::error!(error = %e, "cannot serve the admin listener"),
             };
-            accept_loop(listener, admin_cfg, admin_stop_rx, move |req, _peer| {
+            accept_loop(listener, admin_cfg, admin_stop_rx, None, move |req, _peer| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             })
             .await
         });
         let janitor = tokio::spawn(janitor(self.store.clone()));
+        let reloader = self
+            .tls
+            .as_ref()
+            .zip(cfg.tls.as_ref())
+            .map(|(tls, t)| tokio::spawn(watch_certificates(tls.certs.clone(), t.watch_interval)));
 
         shutdown.await;
         tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: no new connections, draining in-flight requests");
         self.admin.draining.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(true);
         janitor.abort();
+        if let Some(r) = reloader {
+            r.abort();
+        }
         if let Some(local) = local {
             let _ = local.await;
         }
@@ -180,17 +220,54 @@ async fn serve_public(
     gateway: Arc<Gateway>,
     cfg: Arc<ServerConfig>,
     stop: watch::Receiver<bool>,
+    tls: Option<Tls>,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => return tracing::error!(error = %e, "cannot serve the public listener"),
     };
     let forwarder = Arc::new(Forwarder::new());
-    accept_loop(listener, cfg, stop, move |req, peer| {
-        let (gateway, forwarder) = (gateway.clone(), forwarder.clone());
-        async move { Ok::<_, Infallible>(gateway.handle(req, peer, &forwarder).await) }
+    let hsts = tls.as_ref().and_then(|t| t.hsts.clone());
+    accept_loop(listener, cfg, stop, tls.map(|t| t.acceptor), move |req, peer| {
+        let (gateway, forwarder, hsts) = (gateway.clone(), forwarder.clone(), hsts.clone());
+        async move {
+            let mut res = gateway.handle(req, peer, &forwarder).await;
+            if let Some(hsts) = hsts {
+                res.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
+            }
+            Ok::<_, Infallible>(res)
+        }
     })
     .await
+}
+
+/// Reloads the certificate when its files change, and on SIGHUP.
+async fn watch_certificates(certs: Arc<CertStore>, every: Duration) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let force = match hangup.as_mut() {
+            Some(h) => tokio::select! {
+                _ = tick.tick() => false,
+                _ = h.recv() => true,
+            },
+            None => {
+                tick.tick().await;
+                false
+            }
+        };
+        #[cfg(not(unix))]
+        let force = {
+            tick.tick().await;
+            false
+        };
+        let certs = certs.clone();
+        // File reads and PEM parsing off the worker.
+        let _ = tokio::task::spawn_blocking(move || certs.reload(force)).await;
+    }
 }
 
 /// Binds `count` sockets to `addr`, sharing it with `SO_REUSEPORT` when
@@ -230,8 +307,13 @@ async fn janitor(store: Arc<dyn Store>) {
 }
 
 /// Accepts connections until told to stop, then drains them.
-async fn accept_loop<F, Fut>(listener: TcpListener, cfg: Arc<ServerConfig>, mut stop: watch::Receiver<bool>, handler: F)
-where
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    cfg: Arc<ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
+    handler: F,
+) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
@@ -273,7 +355,8 @@ where
                 }
             },
         };
-        serve_connection(stream, peer, &builder, &graceful, cfg.header_read_timeout, handler.clone(), permit);
+        let conn = Conn { peer, first_request_timeout: cfg.header_read_timeout, tls: tls.clone() };
+        serve_connection(stream, conn, &builder, &graceful, handler.clone(), permit);
     }
     drop(listener);
     tokio::select! {
@@ -284,12 +367,18 @@ where
     }
 }
 
+/// What a connection task needs to know besides its socket.
+struct Conn {
+    peer: SocketAddr,
+    first_request_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+}
+
 fn serve_connection<F, Fut>(
     stream: TcpStream,
-    peer: SocketAddr,
+    conn: Conn,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
-    first_request_timeout: Duration,
     handler: F,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
@@ -297,6 +386,40 @@ fn serve_connection<F, Fut>(
     Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        let Conn { peer, first_request_timeout, tls } = conn;
+        match tls {
+            None => serve_io(TokioIo::new(stream), peer, first_request_timeout, &builder, watcher, handler).await,
+            Some(acceptor) => {
+                // The handshake shares the first-request budget: a client
+                // that never finishes it is dropped, not kept on a worker.
+                match tokio::time::timeout(first_request_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        serve_io(TokioIo::new(tls), peer, first_request_timeout, &builder, watcher, handler).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+        drop(permit);
+    });
+}
+
+async fn serve_io<I, F, Fut>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    first_request_timeout: Duration,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    handler: F,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
+{
     // hyper's header-read timeout starts only once it knows the protocol;
     // until the first request arrives, a silent peer (or one that stops
     // inside the HTTP/2 preface) is timed out here, so it cannot sit on a
@@ -307,25 +430,20 @@ fn serve_connection<F, Fut>(
         seen.store(true, Ordering::Relaxed);
         handler(req, peer)
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-    let conn = graceful.watch(conn);
-    tokio::spawn(async move {
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            result = &mut conn => Some(result),
-            _ = tokio::time::sleep(first_request_timeout) => None,
-        };
-        let result = match result {
-            Some(r) => r,
-            None if !served.load(Ordering::Relaxed) => {
-                tracing::debug!(%peer, "closed a connection that sent no request in time");
-                return drop(permit);
-            }
-            None => conn.await,
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, %peer, "connection ended with an error");
+    let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = &mut conn => Some(result),
+        _ = tokio::time::sleep(first_request_timeout) => None,
+    };
+    let result = match result {
+        Some(r) => r,
+        None if !served.load(Ordering::Relaxed) => {
+            return tracing::debug!(%peer, "closed a connection that sent no request in time");
         }
-        drop(permit);
-    });
+        None => conn.await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
 }

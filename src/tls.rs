@@ -1,0 +1,220 @@
+//! TLS termination with rustls: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`,
+//! and certificates that reload without a restart.
+//!
+//! The certificate lives behind an `ArcSwap` that the resolver reads on
+//! every handshake, so a reload changes what new handshakes get and leaves
+//! connections in flight alone. A reload that fails (unreadable file, bad
+//! PEM, key not matching the certificate) keeps the old certificate and
+//! says why in the log and in `portcullis_tls_reload_total{result="error"}`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::metrics::Metrics;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a PEM certificate chain and private key and checks that they
+/// belong together. The error names which file is wrong and why.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'static str, String)> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| ("cert", format!("cannot read {}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("cert", format!("{} is not a PEM certificate chain: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(("cert", format!("{} holds no certificate", cert.display())));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ("key", format!("cannot read a PEM private key from {}: {e}", key.display())))?;
+    CertifiedKey::from_der(chain, private, &provider())
+        .map_err(|e| ("key", format!("{} does not fit the certificate in {}: {e}", key.display(), cert.display())))
+}
+
+/// The current certificate, swapped atomically on reload.
+pub struct CertStore {
+    current: ArcSwap<CertifiedKey>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    /// Modification times of the files last loaded, to notice changes.
+    loaded: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore").field("cert", &self.cert_path).finish()
+    }
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl CertStore {
+    pub fn open(cert: &Path, key: &Path, metrics: Arc<Metrics>) -> Result<CertStore, String> {
+        let loaded = (mtime(cert), mtime(key));
+        let certified = load_certified_key(cert, key).map_err(|(_, e)| e)?;
+        let store = CertStore {
+            current: ArcSwap::from_pointee(certified),
+            cert_path: cert.to_path_buf(),
+            key_path: key.to_path_buf(),
+            loaded: Mutex::new(loaded),
+            metrics,
+        };
+        store.publish_expiry();
+        Ok(store)
+    }
+
+    /// Reloads when either file changed since the last load (or always,
+    /// with `force`, as on SIGHUP). Returns whether a new certificate is in
+    /// use.
+    pub fn reload(&self, force: bool) -> bool {
+        let now = (mtime(&self.cert_path), mtime(&self.key_path));
+        let Ok(mut loaded) = self.loaded.lock() else { return false };
+        if !force && *loaded == now {
+            return false;
+        }
+        // Remember the attempt either way: a broken file is reported once,
+        // not on every poll, and retried when it changes again.
+        *loaded = now;
+        match load_certified_key(&self.cert_path, &self.key_path) {
+            Ok(certified) => {
+                self.current.store(Arc::new(certified));
+                self.metrics.tls_reloads.with_label_values(&["success"]).inc();
+                self.publish_expiry();
+                tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
+                true
+            }
+            Err((_, reason)) => {
+                self.metrics.tls_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(%reason, "TLS certificate reload failed; keeping the current certificate");
+                false
+            }
+        }
+    }
+
+    fn publish_expiry(&self) {
+        let current = self.current.load();
+        if let Some(not_after) = current.cert.first().and_then(|c| not_after(c.as_ref())) {
+            self.metrics.tls_expiry.set(not_after);
+        }
+    }
+
+    /// The end-entity certificate in use (DER).
+    pub fn current_certificate(&self) -> Vec<u8> {
+        self.current.load().cert.first().map(|c| c.as_ref().to_vec()).unwrap_or_default()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The rustls configuration of the public listener.
+pub fn server_config(certs: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+// --- notAfter, for the expiry gauge ---------------------------------------
+// A certificate's validity is at a fixed place in its DER (RFC 5280 §4.1):
+// Certificate > TBSCertificate > [version] serial signature issuer validity.
+
+/// One DER element at the start of `der`: (tag, contents, rest).
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        (rest[..n].iter().fold(0usize, |acc, b| acc << 8 | usize::from(*b)), &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The certificate's notAfter as Unix seconds.
+pub fn not_after(cert: &[u8]) -> Option<i64> {
+    let (_, certificate, _) = der_element(cert)?;
+    let (_, tbs, _) = der_element(certificate)?;
+    let mut rest = tbs;
+    let (tag, _, after) = der_element(rest)?;
+    if tag == 0xa0 {
+        rest = after; // explicit version
+    }
+    for _ in 0..3 {
+        rest = der_element(rest)?.2; // serial, signature, issuer
+    }
+    let (_, validity, _) = der_element(rest)?;
+    let (_, after_not_before) = der_element(validity).map(|(_, _, r)| ((), r))?;
+    let (tag, time, _) = der_element(after_not_before)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 if digits.len() == 12 => {
+            let yy: i64 = digits[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+        }
+        0x18 if digits.len() == 14 => (digits[..4].parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| rest.get(i..i + 2).and_then(|s| s.parse::<i64>().ok());
+    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 11, 23), 20_415);
+    }
+
+    #[test]
+    fn not_after_of_generated_certificates() {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 6, 15);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(not_after(cert.der()), Some(days_from_civil(2031, 6, 15) * 86_400));
+        params.not_after = rcgen::date_time_ymd(2051, 1, 2);
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(not_after(cert.der()), Some(days_from_civil(2051, 1, 2) * 86_400));
+        assert_eq!(not_after(b"garbage"), None);
+    }
+}
