@@ -155,6 +155,7 @@ struct RawCache {
 struct RawLog {
     format: Option<String>,
     level: Option<String>,
+    access: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +313,8 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// One access log line per request (target `access`, level info).
+    pub access: bool,
 }
 
 /// How a client proves who it is at the token endpoint.
@@ -689,7 +692,7 @@ impl Validator {
                 format!("{level:?} is not a level or filter such as \"info\" or \"portcullis=debug\""),
             );
         }
-        LogConfig { format, level }
+        LogConfig { format, level, access: raw.access.unwrap_or(true) }
     }
 
     fn scopes(&mut self, field: &str, list: &[String]) -> ScopeSet {

@@ -12,6 +12,7 @@ use http::{HeaderValue, Method, Request, Response, Version, header};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 
+use crate::access::AccessInfo;
 use crate::authz::AuthzEndpoints;
 use crate::bearer::{self, BearerError, TokenSource};
 use crate::cache::{TokenValidator, Verdict};
@@ -25,6 +26,9 @@ use crate::respond::{Body, Refusal, full};
 /// A route with what it needs at request time, resolved once.
 pub struct Route {
     pub config: RouteConfig,
+    /// The route's name and upstream, shared into every access log record.
+    name: Arc<str>,
+    upstream: Arc<str>,
     metrics: RouteMetrics,
     /// The `Allow` header of a 405 from this route.
     allow: HeaderValue,
@@ -36,7 +40,13 @@ impl Route {
             Some(ScopeRule { methods, other: None }) => methods.keys().cloned().collect::<Vec<_>>().join(", "),
             _ => String::new(),
         };
+        let upstream = match &config.upstream {
+            crate::config::Upstream::Static => "static://".to_string(),
+            crate::config::Upstream::Http { scheme, authority, .. } => format!("{scheme}://{authority}"),
+        };
         Route {
+            name: Arc::from(config.name.as_str()),
+            upstream: Arc::from(upstream),
             metrics: metrics.route(&config.name),
             allow: HeaderValue::try_from(allow).unwrap_or_else(|_| HeaderValue::from_static("")),
             config,
@@ -70,6 +80,8 @@ pub struct Gateway {
     pub max_form_body: usize,
     /// `X-Forwarded-Proto` for the upstream: how clients reached us.
     pub forwarded_proto: &'static str,
+    /// Whether each request is written to the access log.
+    pub access_log: bool,
     /// Series for requests that match no route.
     unrouted: RouteMetrics,
 }
@@ -104,6 +116,7 @@ impl Gateway {
             trusted_proxies,
             max_form_body,
             forwarded_proto: "http",
+            access_log: true,
             unrouted,
         }
     }
@@ -130,12 +143,18 @@ impl Gateway {
             }
         };
         if let Some(endpoint) = self.authz.endpoint(&path) {
-            return self.authz.handle(endpoint, req, peer.ip().to_canonical()).await;
+            let mut res = self.authz.handle(endpoint, req, peer.ip().to_canonical()).await;
+            res.extensions_mut().insert(AccessInfo {
+                route: Some(Arc::from("(authorization server)")),
+                path: Some(path),
+                ..AccessInfo::default()
+            });
+            return res;
         }
         let Some(route) = self.routes.find(&path) else {
             return self.refuse(&self.unrouted, Refusal::NotFound, started);
         };
-        match self.through_route(route, req, &path, host, peer, forwarder).await {
+        let mut res = match self.through_route(route, req, &path, host, peer, forwarder).await {
             Ok(res) => self.finish(&route.metrics, res, Outcome::Allowed, started),
             Err(refusal) => {
                 if let Some(reason) = refusal.denial_reason() {
@@ -143,7 +162,12 @@ impl Gateway {
                 }
                 self.refuse(&route.metrics, refusal, started)
             }
-        }
+        };
+        let info = res.extensions_mut().get_or_insert_default::<AccessInfo>();
+        info.route = Some(route.name.clone());
+        info.upstream = Some(route.upstream.clone());
+        info.path = Some(path);
+        res
     }
 
     fn refuse(&self, metrics: &RouteMetrics, refusal: Refusal, started: Instant) -> Response<Body> {
@@ -275,7 +299,14 @@ impl Gateway {
         let cfg = &route.config;
         let forwarded = forwarder.forward(&cfg.upstream, req, path_and_query, cfg.timeout, identity).await?;
         route.metrics.upstream_duration.observe(forwarded.upstream_time.as_secs_f64());
-        Ok(forwarded.response)
+        let mut res = forwarded.response;
+        res.extensions_mut().insert(AccessInfo {
+            upstream_time: Some(forwarded.upstream_time),
+            subject: identity.map(|i| i.subject.clone()),
+            client_id: identity.map(|i| i.client_id.clone()),
+            ..AccessInfo::default()
+        });
+        Ok(res)
     }
 
     async fn read_form_body(&self, headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {

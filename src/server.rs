@@ -32,6 +32,7 @@ use tokio::sync::{Semaphore, watch};
 use http::HeaderValue;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access;
 use crate::admin::Admin;
 use crate::authz::AuthzEndpoints;
 use crate::cache::TokenValidator;
@@ -102,6 +103,7 @@ impl Server {
         if config.server.tls.is_some() {
             gateway.forwarded_proto = "https";
         }
+        gateway.access_log = config.log.access;
         let gateway = Arc::new(gateway);
         let tls = match &config.server.tls {
             None => None,
@@ -228,13 +230,21 @@ async fn serve_public(
     };
     let forwarder = Arc::new(Forwarder::new());
     let hsts = tls.as_ref().and_then(|t| t.hsts.clone());
-    accept_loop(listener, cfg, stop, tls.map(|t| t.acceptor), move |req, peer| {
+    accept_loop(listener, cfg, stop, tls.map(|t| t.acceptor), move |mut req: Request<Incoming>, peer| {
         let (gateway, forwarder, hsts) = (gateway.clone(), forwarder.clone(), hsts.clone());
         async move {
+            let started = std::time::Instant::now();
+            let id = access::request_id(req.headers());
+            req.headers_mut().insert(access::X_REQUEST_ID.clone(), id.clone());
+            let (method, raw_path) = (req.method().clone(), req.uri().path().to_owned());
             let mut res = gateway.handle(req, peer, &forwarder).await;
             if let Some(hsts) = hsts {
                 res.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
             }
+            if gateway.access_log {
+                access::log(&id, &method, &raw_path, res.status(), started.elapsed(), res.extensions().get());
+            }
+            res.headers_mut().insert(access::X_REQUEST_ID.clone(), id);
             Ok::<_, Infallible>(res)
         }
     })

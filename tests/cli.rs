@@ -991,3 +991,50 @@ async fn tokens_and_redeemed_codes_survive_kill_9() {
     gw.sigterm();
     assert_eq!(gw.wait_exit().await.code(), Some(0));
 }
+
+/// One JSON access log line per request: route, method, normalised path
+/// without the query, status, durations, upstream, client and subject,
+/// and the request id; never the token.
+#[tokio::test]
+async fn access_log_lines_say_who_did_what_without_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = example_config_for_test(dir.path(), None).replace("format = \"text\"", "format = \"json\"");
+    assert!(text.contains("format = \"json\""), "the example config sets a log format");
+    let path = write_config(dir.path(), "portcullis.toml", &text);
+    let mut gw = Served::start(&path, &[]).await;
+
+    let token = client_credentials_token(gw.public, "calendar-secret", "calendar.read").await.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let url = format!("http://{}/calendar//events?access_token={token}&x=1", gw.public);
+    let ok = get(&url, &[("x-request-id", "acc-1")]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    assert_eq!(ok.header("x-request-id"), Some("acc-1"));
+    let denied = get(&format!("http://{}/calendar/events", gw.public), &[("x-request-id", "acc-2")]).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+
+    let line = gw.wait_for_line("\"acc-2\"").await;
+    gw.sigterm();
+    assert_eq!(gw.wait_exit().await.code(), Some(0));
+    let log = gw.full_log().await;
+    let entry = |id: &str| -> serde_json::Value {
+        let line = log.lines().find(|l| l.contains(&format!("\"request_id\":\"{id}\""))).expect("an access line");
+        serde_json::from_str(line).expect("JSON")
+    };
+    let allowed = entry("acc-1");
+    assert_eq!(allowed["target"], "access");
+    assert_eq!(allowed["method"], "GET");
+    assert_eq!(allowed["path"], "/calendar/events", "normalised, without the query");
+    assert_eq!(allowed["status"], 200);
+    assert_eq!(allowed["route"], "calendar");
+    assert_eq!(allowed["upstream"], "static://");
+    assert_eq!(allowed["client_id"], "calendar-app");
+    assert_eq!(allowed["subject"], "calendar-app");
+    assert!(allowed["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
+    let refused: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["client_id"], "");
+    assert!(!log.contains(&token), "the token never reaches the log");
+    assert!(!log.contains("access_token="), "nor the query that held it");
+}

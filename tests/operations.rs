@@ -360,3 +360,33 @@ async fn a_connection_that_never_sent_a_byte_does_not_hold_up_stop() {
     );
     assert!(closed_by_server(&mut silent).await, "the silent connection was left open");
 }
+
+/// Every request gets an `X-Request-Id` (the client's when it sent a sane
+/// one), which goes upstream and comes back to the client.
+#[tokio::test]
+async fn request_ids_go_upstream_and_back() {
+    let mut upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+
+    let fresh = get(&gw.url("/public/a"), &[]).await;
+    let id = fresh.header("x-request-id").expect("an id is generated").to_string();
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(upstream.next().await.headers["x-request-id"], id.as_str());
+
+    let kept = get(&gw.url("/public/b"), &[("x-request-id", "trace-42")]).await;
+    assert_eq!(kept.header("x-request-id"), Some("trace-42"));
+    assert_eq!(upstream.next().await.headers["x-request-id"], "trace-42");
+
+    let replaced = get(&gw.url("/public/c"), &[("x-request-id", "has spaces and \"quotes\"")]).await;
+    let new = replaced.header("x-request-id").expect("id");
+    assert_ne!(new, "has spaces and \"quotes\"");
+    assert_eq!(new.len(), 32);
+    upstream.next().await;
+
+    // The gateway's own answers carry one too.
+    let refused = get(&gw.url("/calendar/x"), &[]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.header("x-request-id").map(str::len), Some(32));
+    gw.stop().await;
+}
