@@ -9,14 +9,16 @@
 #
 # Env: the harness's (ROUNDS, DURATION, CONNS, THREADS, WORKERS, UPSTREAM_PORT,
 # PROXY_PORT), plus GATEWAY_PORT (18083), ADMIN_PORT (18093), TOKEN_FORMAT (jwt),
-# GATEWAY_WORKERS (0 = one per core). Needs nginx-light and wrk.
+# GATEWAY_WORKERS (0 = one per core), LOG_LEVEL (warn: the access log is
+# off; info: one access line per request, written to a file). Needs
+# nginx-light and wrk.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 harness=${HARNESS:-$top/../shared/bench/compare.sh}
 GATEWAY_PORT=${GATEWAY_PORT:-18083}; ADMIN_PORT=${ADMIN_PORT:-18093}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18081}; TOKEN_FORMAT=${TOKEN_FORMAT:-jwt}
-GATEWAY_WORKERS=${GATEWAY_WORKERS:-0}
+GATEWAY_WORKERS=${GATEWAY_WORKERS:-0}; LOG_LEVEL=${LOG_LEVEL:-warn}
 
 (cd "$top" && cargo build --release --locked --quiet)
 run=$(mktemp -d)
@@ -33,7 +35,8 @@ issuer = "http://127.0.0.1:$GATEWAY_PORT"
 token_format = "$TOKEN_FORMAT"
 access_token_ttl = "1h"
 [log]
-level = "warn"
+level = "$LOG_LEVEL"
+format = "json"
 [[clients]]
 client_id = "bench"
 client_secret_env = "BENCH_SECRET"
