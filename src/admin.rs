@@ -8,15 +8,19 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
-use crate::cache::TokenValidator;
+use arc_swap::ArcSwap;
+
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::respond::{Body, error_json, full};
+use crate::server::Reloader;
 use crate::store::Store;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
-    pub validator: Arc<TokenValidator>,
+    pub gateway: Arc<ArcSwap<Gateway>>,
+    pub reloader: Arc<Reloader>,
     pub draining: Arc<AtomicBool>,
 }
 
@@ -30,6 +34,17 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::B
 
 impl Admin {
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        if req.uri().path() == "/reload" {
+            if req.method() != Method::POST {
+                let mut res = error_json(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Use POST");
+                res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+                return res;
+            }
+            return match self.reloader.reload().await {
+                Ok(()) => text(StatusCode::OK, "text/plain; charset=utf-8", "reloaded\n"),
+                Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, "text/plain; charset=utf-8", format!("{e}\n")),
+            };
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut res = error_json(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Use GET");
             res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -37,7 +52,8 @@ impl Admin {
         }
         match req.uri().path() {
             "/metrics" => {
-                self.metrics.cache_entries.set(i64::try_from(self.validator.entry_count()).unwrap_or(i64::MAX));
+                let entries = self.gateway.load().validator.entry_count();
+                self.metrics.cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
                 text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
             }
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
@@ -54,7 +70,11 @@ impl Admin {
                     Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "store timed out\n"),
                 }
             }
-            _ => error_json(StatusCode::NOT_FOUND, "not_found", "Admin endpoints: /metrics, /healthz, /readyz"),
+            _ => error_json(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Admin endpoints: /metrics, /healthz, /readyz, POST /reload",
+            ),
         }
     }
 }

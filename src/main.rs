@@ -40,6 +40,12 @@ enum Command {
     /// Read a secret on stdin and print its argon2id PHC string, for
     /// `password_hash` or `client_secret_hash`.
     HashPassword,
+    /// Ask the running gateway (through its admin listener) to re-read its
+    /// config file; prints why when the new file is refused.
+    Reload {
+        #[arg(long, short, default_value = "config/portcullis.toml")]
+        config: PathBuf,
+    },
     /// Register, list, remove clients in the store, or rotate their secrets
     /// (no restart needed).
     Clients {
@@ -124,6 +130,7 @@ fn main() -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::Reload { config } => reload(&config),
         Command::Clients { config, action } => manage(&config, |cfg, store| async move {
             use portcullis::manage::*;
             match action {
@@ -143,6 +150,45 @@ fn main() -> ExitCode {
                 ConsentsAction::Revoke { user, client } => revoke_consent(&*store, &user, &client).await,
             }
         }),
+    }
+}
+
+/// `POST /reload` on the admin listener named in the config file.
+fn reload(path: &std::path::Path) -> ExitCode {
+    use http_body_util::BodyExt as _;
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return ExitCode::FAILURE;
+    };
+    let url = format!("http://{}/reload", config.admin.listen);
+    let result = runtime.block_on(async {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let req = http::Request::post(&url).body(http_body_util::Empty::new()).map_err(|e| e.to_string())?;
+        let res = client.request(req).await.map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let status = res.status();
+        let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+    });
+    match result {
+        Ok((status, body)) if status.is_success() => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((_, body)) => {
+            eprint!("{body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -233,6 +279,7 @@ fn serve(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        server.reload_from(path);
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })

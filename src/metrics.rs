@@ -85,6 +85,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub authorization_flow: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub config_reloads: IntCounterVec,
     pub tls_expiry: IntGauge,
 }
 
@@ -166,6 +167,11 @@ impl Metrics {
             "When the serving TLS certificate expires (notAfter), in Unix seconds.",
         )
         .expect("static metric definition");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("portcullis_config_reload_total", "Configuration reloads, by result (success or error)."),
+            &["result"],
+        )
+        .expect("static metric definition");
         let in_flight =
             IntGauge::new("portcullis_requests_in_flight", "Requests being handled on the public listener.")
                 .expect("static metric definition");
@@ -183,6 +189,7 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(authorization_flow.clone()),
             Box::new(tls_reloads.clone()),
+            Box::new(config_reloads.clone()),
             Box::new(tls_expiry.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -202,6 +209,7 @@ impl Metrics {
             in_flight,
             authorization_flow,
             tls_reloads,
+            config_reloads,
             tls_expiry,
         }
     }

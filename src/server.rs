@@ -29,6 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio_rustls::TlsAcceptor;
 
@@ -63,7 +64,10 @@ pub struct Server {
     /// One socket per worker, all bound to the same address.
     public: Vec<std::net::TcpListener>,
     admin_listener: std::net::TcpListener,
-    gateway: Arc<Gateway>,
+    /// The gateway in force; a reload swaps in a new one atomically, so a
+    /// request sees the old table or the new one, never a mix.
+    gateway: Arc<ArcSwap<Gateway>>,
+    reloader: Arc<Reloader>,
     admin: Arc<Admin>,
     store: Arc<dyn Store>,
     server_config: ServerConfig,
@@ -85,26 +89,7 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let store = store::open(&config.storage.url).await?;
         let metrics = Arc::new(Metrics::new());
-        let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
-        let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
-        let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));
-        let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, validator.clone());
-        let authz = AuthzEndpoints::new(&config, server, metrics.clone());
-        let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), &metrics)).collect());
-        let mut gateway = Gateway::new(
-            config.server.realm.clone(),
-            routes,
-            authz,
-            validator.clone(),
-            metrics.clone(),
-            config.server.trusted_proxies.clone(),
-            config.server.max_form_body_bytes,
-        );
-        if config.server.tls.is_some() {
-            gateway.forwarded_proto = "https";
-        }
-        gateway.access_log = config.log.access;
-        let gateway = Arc::new(gateway);
+        let gateway = Arc::new(ArcSwap::from_pointee(build_gateway(&config, &store, &metrics).await?));
         let tls = match &config.server.tls {
             None => None,
             Some(t) => {
@@ -117,7 +102,21 @@ impl Server {
             }
         };
         let draining = Arc::new(AtomicBool::new(false));
-        let admin = Arc::new(Admin { metrics, store: store.clone(), validator, draining });
+        let reloader = Arc::new(Reloader {
+            path: std::sync::Mutex::new(None),
+            current: gateway.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            started: config.clone(),
+            busy: tokio::sync::Mutex::new(()),
+        });
+        let admin = Arc::new(Admin {
+            metrics,
+            store: store.clone(),
+            gateway: gateway.clone(),
+            reloader: reloader.clone(),
+            draining,
+        });
 
         let workers = match config.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -125,7 +124,15 @@ impl Server {
         };
         let public = bind("public", config.server.listen, workers)?;
         let admin_listener = bind("admin", config.admin.listen, 1)?.remove(0);
-        Ok(Server { public, admin_listener, gateway, admin, store, server_config: config.server, tls })
+        Ok(Server { public, admin_listener, gateway, reloader, admin, store, server_config: config.server, tls })
+    }
+
+    /// The file `SIGHUP` and `POST /reload` re-read; without one, reloads
+    /// are refused.
+    pub fn reload_from(&self, path: std::path::PathBuf) {
+        if let Ok(mut p) = self.reloader.path.lock() {
+            *p = Some(path);
+        }
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -190,20 +197,20 @@ impl Server {
             .await
         });
         let janitor = tokio::spawn(janitor(self.store.clone()));
-        let reloader = self
-            .tls
-            .as_ref()
-            .zip(cfg.tls.as_ref())
-            .map(|(tls, t)| tokio::spawn(watch_certificates(tls.certs.clone(), t.watch_interval)));
+        let certs = self.tls.as_ref().map(|t| t.certs.clone());
+        let cert_watch =
+            certs.clone().zip(cfg.tls.as_ref()).map(|(c, t)| tokio::spawn(watch_certificates(c, t.watch_interval)));
+        let hangup = tokio::spawn(on_hangup(self.reloader.clone(), certs));
 
         shutdown.await;
         tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: no new connections, draining in-flight requests");
         self.admin.draining.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(true);
         janitor.abort();
-        if let Some(r) = reloader {
-            r.abort();
+        if let Some(w) = cert_watch {
+            w.abort();
         }
+        hangup.abort();
         if let Some(local) = local {
             let _ = local.await;
         }
@@ -219,7 +226,7 @@ impl Server {
 /// One public worker: its own socket, its own upstream pool.
 async fn serve_public(
     listener: std::net::TcpListener,
-    gateway: Arc<Gateway>,
+    gateway: Arc<ArcSwap<Gateway>>,
     cfg: Arc<ServerConfig>,
     stop: watch::Receiver<bool>,
     tls: Option<Tls>,
@@ -231,7 +238,7 @@ async fn serve_public(
     let forwarder = Arc::new(Forwarder::new());
     let hsts = tls.as_ref().and_then(|t| t.hsts.clone());
     accept_loop(listener, cfg, stop, tls.map(|t| t.acceptor), move |mut req: Request<Incoming>, peer| {
-        let (gateway, forwarder, hsts) = (gateway.clone(), forwarder.clone(), hsts.clone());
+        let (gateway, forwarder, hsts) = (gateway.load_full(), forwarder.clone(), hsts.clone());
         async move {
             let started = std::time::Instant::now();
             let id = access::request_id(req.headers());
@@ -251,33 +258,117 @@ async fn serve_public(
     .await
 }
 
-/// Reloads the certificate when its files change, and on SIGHUP.
+/// Reloads the certificate when its files change.
 async fn watch_certificates(certs: Arc<CertStore>, every: Duration) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        #[cfg(unix)]
-        let force = match hangup.as_mut() {
-            Some(h) => tokio::select! {
-                _ = tick.tick() => false,
-                _ = h.recv() => true,
-            },
-            None => {
-                tick.tick().await;
-                false
-            }
-        };
-        #[cfg(not(unix))]
-        let force = {
-            tick.tick().await;
-            false
-        };
+        tick.tick().await;
         let certs = certs.clone();
         // File reads and PEM parsing off the worker.
-        let _ = tokio::task::spawn_blocking(move || certs.reload(force)).await;
+        let _ = tokio::task::spawn_blocking(move || certs.reload(false)).await;
     }
+}
+
+/// SIGHUP re-reads the configuration and the certificate. (Installing the
+/// handler also means SIGHUP never terminates the process.)
+async fn on_hangup(reloader: Arc<Reloader>, certs: Option<Arc<CertStore>>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return tracing::warn!("cannot listen for SIGHUP; reload with POST /reload on the admin listener");
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let _ = reloader.reload().await;
+            if let Some(certs) = certs.clone() {
+                let _ = tokio::task::spawn_blocking(move || certs.reload(true)).await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, certs);
+        std::future::pending::<()>().await
+    }
+}
+
+/// Everything a configuration change can replace while serving: routes,
+/// clients, users, token and cache settings. Listeners, the store and TLS
+/// files are fixed at start; changing them is reported as needing a
+/// restart.
+pub struct Reloader {
+    path: std::sync::Mutex<Option<std::path::PathBuf>>,
+    current: Arc<ArcSwap<Gateway>>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    started: Config,
+    /// One reload at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// Re-reads and validates the file, then swaps the new gateway in.
+    /// An invalid file changes nothing; the error lists why.
+    pub async fn reload(&self) -> Result<(), String> {
+        let _one = self.busy.lock().await;
+        let result = self.try_reload().await;
+        let label = if result.is_ok() { "success" } else { "error" };
+        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(()) => tracing::info!("configuration reloaded"),
+            Err(e) => tracing::error!(error = %e, "configuration reload failed; nothing changed"),
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), String> {
+        let path = self.path.lock().ok().and_then(|p| p.clone()).ok_or("this gateway has no config file to reload")?;
+        let config = Config::load(&path).map_err(|e| e.to_string())?;
+        let old = &self.started;
+        for (what, changed) in [
+            ("server.listen", config.server.listen != old.server.listen),
+            ("admin.listen", config.admin.listen != old.admin.listen),
+            ("server.workers", config.server.workers != old.server.workers),
+            ("storage.url", config.storage.url != old.storage.url),
+            (
+                "server.tls",
+                config.server.tls.as_ref().map(|t| (&t.cert, &t.key))
+                    != old.server.tls.as_ref().map(|t| (&t.cert, &t.key)),
+            ),
+        ] {
+            if changed {
+                tracing::warn!(field = what, "changed in the config file; this takes a restart to apply");
+            }
+        }
+        let gateway = build_gateway(&config, &self.store, &self.metrics).await.map_err(|e| e.to_string())?;
+        self.current.store(Arc::new(gateway));
+        Ok(())
+    }
+}
+
+/// The request-handling state a configuration describes.
+async fn build_gateway(config: &Config, store: &Arc<dyn Store>, metrics: &Arc<Metrics>) -> Result<Gateway, StartError> {
+    let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
+    let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
+    let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));
+    let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, validator.clone());
+    let authz = AuthzEndpoints::new(config, server, metrics.clone());
+    let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), metrics)).collect());
+    let mut gateway = Gateway::new(
+        config.server.realm.clone(),
+        routes,
+        authz,
+        validator,
+        metrics.clone(),
+        config.server.trusted_proxies.clone(),
+        config.server.max_form_body_bytes,
+    );
+    if config.server.tls.is_some() {
+        gateway.forwarded_proto = "https";
+    }
+    gateway.access_log = config.log.access;
+    Ok(gateway)
 }
 
 /// Binds `count` sockets to `addr`, sharing it with `SO_REUSEPORT` when

@@ -1038,3 +1038,46 @@ async fn access_log_lines_say_who_did_what_without_the_token() {
     assert!(!log.contains(&token), "the token never reaches the log");
     assert!(!log.contains("access_token="), "nor the query that held it");
 }
+
+/// SIGHUP re-reads the config (and never ends the process, TLS or not);
+/// `portcullis reload` asks through the admin listener and reports a bad
+/// file.
+#[tokio::test]
+async fn sighup_and_the_reload_command_apply_a_new_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = example_config_for_test(dir.path(), None);
+    let path = write_config(dir.path(), "portcullis.toml", &original);
+    let mut gw = Served::start(&path, &[]).await;
+    let url = format!("http://{}/extra/x", gw.public);
+    assert_eq!(get(&url, &[]).await.status, StatusCode::NOT_FOUND);
+
+    let with_extra = format!(
+        "{original}\n[[routes]]\nname = \"extra\"\npath_prefix = \"/extra/\"\nupstream = \"static://\"\npublic = true\n"
+    );
+    std::fs::write(&path, &with_extra).expect("rewrite config");
+    let status = std::process::Command::new("kill").args(["-HUP", &gw.child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    gw.wait_for_line("configuration reloaded").await;
+    assert!(gw.running(), "SIGHUP does not end the gateway");
+    assert_eq!(get(&url, &[]).await.status, StatusCode::OK);
+
+    // The command: a bad file is refused with the reason, and nothing
+    // changes. It reads the admin address from a config file, and the
+    // served one says port 0, so it gets a copy naming the live address.
+    std::fs::write(&path, with_extra.replace("path_prefix = \"/extra/\"", "path_prefix = \"extra\"")).expect("write");
+    let admin_cfg =
+        with_extra.replace("[admin]\nlisten = \"127.0.0.1:0\"", &format!("[admin]\nlisten = \"{}\"", gw.admin));
+    assert_ne!(admin_cfg, with_extra, "the admin address was substituted");
+    let cmd_cfg = write_config(dir.path(), "cmd.toml", &admin_cfg);
+    let out = run(&["reload", "--config", cmd_cfg.to_str().expect("utf-8")], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("routes[2].path_prefix"), "{}", text(&out.stderr));
+    assert_eq!(get(&url, &[]).await.status, StatusCode::OK, "the running table stays");
+
+    std::fs::write(&path, &with_extra).expect("write");
+    let out = run(&["reload", "--config", cmd_cfg.to_str().expect("utf-8")], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "reloaded\n");
+    gw.sigterm();
+    assert_eq!(gw.wait_exit().await.code(), Some(0));
+}

@@ -134,7 +134,19 @@ impl Gateway {
     }
 
     pub async fn start_config(config: Config) -> Gateway {
+        Gateway::start_server(Server::start(config).await.expect("gateway starts")).await
+    }
+
+    /// Starts from a config file that `POST /reload` on the admin listener
+    /// re-reads.
+    pub async fn start_file(path: &std::path::Path) -> Gateway {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
         let server = Server::start(config).await.expect("gateway starts");
+        server.reload_from(path.to_path_buf());
+        Gateway::start_server(server).await
+    }
+
+    async fn start_server(server: Server) -> Gateway {
         let (public, admin) = (server.public_addr(), server.admin_addr());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
