@@ -260,7 +260,7 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    portcullis::logging::init(&config.log);
+    let _log_writer = portcullis::logging::init(&config.log);
     // The main thread runs the first public worker and the admin listener;
     // `Server::run` starts a thread per further worker.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
