@@ -55,8 +55,16 @@ pub struct TokenValidator {
 
 impl TokenValidator {
     pub fn new(tokens: Arc<TokenService>, config: &CacheConfig, metrics: Arc<Metrics>) -> TokenValidator {
+        let evictions = metrics.cache_evictions.clone();
         let cache = Cache::builder()
             .max_capacity(config.max_entries)
+            // Only entries pushed out by the size bound count: expiry and
+            // invalidation are the cache working as meant.
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .expire_after(VerdictExpiry { ttl: config.ttl, negative_ttl: config.negative_ttl })
             .support_invalidation_closures()
             .build();

@@ -457,6 +457,42 @@ impl Config {
         if v.errors.is_empty() { Ok(config) } else { Err(fail(v.errors)) }
     }
 
+    /// Routes that overlap, for `check` and reloads to report: a nested
+    /// prefix takes part of its parent's paths (longest prefix wins), and
+    /// the authorization server's endpoints are served before any route.
+    pub fn route_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let shown = |p: &str| if p.is_empty() { "/".to_string() } else { p.to_string() };
+        for outer in &self.routes {
+            for inner in &self.routes {
+                if inner.path_prefix != outer.path_prefix
+                    && crate::path::under_prefix(&inner.path_prefix, &outer.path_prefix)
+                {
+                    notes.push(format!(
+                        "route {:?} ({}) takes the paths under {} from route {:?} ({})",
+                        inner.name,
+                        shown(&inner.path_prefix),
+                        shown(&inner.path_prefix),
+                        outer.name,
+                        shown(&outer.path_prefix)
+                    ));
+                }
+            }
+            let base = &self.authorization_server.issuer_path;
+            for endpoint in ["authorize", "login", "token", "revoke", "introspect", "jwks"] {
+                let path = format!("{base}/oauth/{endpoint}");
+                if crate::path::under_prefix(&path, &outer.path_prefix) {
+                    notes.push(format!(
+                        "{path} is the authorization server's, served before route {:?} ({})",
+                        outer.name,
+                        shown(&outer.path_prefix)
+                    ));
+                }
+            }
+        }
+        notes
+    }
+
     /// The client registered under `client_id`.
     pub fn client(&self, client_id: &str) -> Option<&ClientConfig> {
         self.clients.iter().find(|c| c.client_id == client_id)
@@ -1103,5 +1139,30 @@ mod tests {
         }
         assert!(parse_upstream("http://u:p@host").is_err());
         assert!(parse_upstream("127.0.0.1:9001").is_err());
+    }
+
+    #[test]
+    fn nested_routes_and_endpoints_under_a_route_are_noted() {
+        let route = |name: &str, prefix: &str| {
+            format!(
+                "\n[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"static://\"\npublic = true\n"
+            )
+        };
+        let c = parse(&format!("{MINIMAL}{}{}", route("api", "/api/"), route("admin", "/api/admin/"))).unwrap();
+        assert_eq!(
+            c.route_notes(),
+            vec!["route \"admin\" (/api/admin) takes the paths under /api/admin from route \"api\" (/api)"]
+        );
+        let c = parse(&format!("{MINIMAL}{}{}", route("all", "/"), route("pub", "/public/"))).unwrap();
+        let notes = c.route_notes();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("route \"pub\" (/public) takes the paths under /public from route \"all\" (/)")),
+            "{notes:?}"
+        );
+        assert!(notes.iter().any(|n| n.starts_with("/oauth/token is the authorization server's")), "{notes:?}");
+        let c = parse(&format!("{MINIMAL}{}{}", route("a", "/a/"), route("b", "/b/"))).unwrap();
+        assert!(c.route_notes().is_empty());
     }
 }

@@ -122,6 +122,9 @@ fn main() -> ExitCode {
                     c.clients.len(),
                     c.users.len()
                 );
+                for note in c.route_notes() {
+                    println!("note: {note}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

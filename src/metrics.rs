@@ -79,6 +79,7 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_entries: IntGauge,
+    pub cache_evictions: IntCounter,
     pub token_validations: IntCounter,
     pub tokens_issued: IntCounterVec,
     pub token_requests: IntCounterVec,
@@ -131,6 +132,11 @@ impl Metrics {
         let cache_entries =
             IntGauge::new("portcullis_validation_cache_entries", "Entries in the token validation cache.")
                 .expect("static metric definition");
+        let cache_evictions = IntCounter::new(
+            "portcullis_validation_cache_evictions_total",
+            "Validation cache entries evicted because the cache was full (raise cache.max_entries if this grows).",
+        )
+        .expect("static metric definition");
         let token_validations = IntCounter::new(
             "portcullis_token_validations_total",
             "Full token validations (signature check or store lookup) done on cache misses.",
@@ -183,6 +189,7 @@ impl Metrics {
             Box::new(denials.clone()),
             Box::new(cache_requests.clone()),
             Box::new(cache_entries.clone()),
+            Box::new(cache_evictions.clone()),
             Box::new(token_validations.clone()),
             Box::new(tokens_issued.clone()),
             Box::new(token_requests.clone()),
@@ -203,6 +210,7 @@ impl Metrics {
             upstream_duration,
             denials,
             cache_entries,
+            cache_evictions,
             token_validations,
             tokens_issued,
             token_requests,

@@ -87,6 +87,9 @@ impl Server {
     /// Opens the store, loads (or creates) the signing key and binds both
     /// listeners. Nothing is served until `run`.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        for note in config.route_notes() {
+            tracing::info!(%note, "overlapping routes");
+        }
         let store = store::open(&config.storage.url).await?;
         let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(ArcSwap::from_pointee(build_gateway(&config, &store, &metrics).await?));
@@ -340,6 +343,9 @@ impl Reloader {
             if changed {
                 tracing::warn!(field = what, "changed in the config file; this takes a restart to apply");
             }
+        }
+        for note in config.route_notes() {
+            tracing::info!(%note, "overlapping routes");
         }
         let gateway = build_gateway(&config, &self.store, &self.metrics).await.map_err(|e| e.to_string())?;
         self.current.store(Arc::new(gateway));

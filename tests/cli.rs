@@ -1081,3 +1081,22 @@ async fn sighup_and_the_reload_command_apply_a_new_config_file() {
     gw.sigterm();
     assert_eq!(gw.wait_exit().await.code(), Some(0));
 }
+
+/// `check` reports routes that overlap, so a nested prefix is a decision
+/// the operator sees, not a surprise at request time.
+#[test]
+fn check_notes_overlapping_routes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = "[[routes]]\nname = \"api\"\npath_prefix = \"/api/\"\nupstream = \"static://\"\npublic = true\n\
+                  [[routes]]\nname = \"api-admin\"\npath_prefix = \"/api/admin/\"\nupstream = \"static://\"\npublic = true\n";
+    let path = write_config(dir.path(), "overlap.toml", &minimal_config(dir.path(), "", routes));
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "note: route \"api-admin\" (/api/admin) takes the paths under /api/admin from route \"api\" (/api)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+}

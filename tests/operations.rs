@@ -390,3 +390,33 @@ async fn request_ids_go_upstream_and_back() {
     assert_eq!(refused.header("x-request-id").map(str::len), Some(32));
     gw.stop().await;
 }
+
+/// A full validation cache evicts, and says so: the eviction counter
+/// grows when more tokens are in use than `cache.max_entries` holds.
+#[tokio::test]
+async fn a_full_validation_cache_counts_its_evictions() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_toml(upstream.addr, "").replace("max_entries = 1000", "max_entries = 2")).await;
+    let mut tokens = Vec::new();
+    for _ in 0..6 {
+        tokens.push(gw.token("other", "calendar.read").await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for t in &tokens {
+            let ok = get(&gw.url("/calendar/x"), &[("authorization", &format!("Bearer {t}"))]).await;
+            assert_eq!(ok.status, StatusCode::OK);
+        }
+        let metrics = get(&gw.admin_url("/metrics"), &[]).await.text();
+        let evicted: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis_validation_cache_evictions_total "))
+            .map(|v| v.trim().parse().expect("number"))
+            .expect("the eviction counter is exported");
+        if evicted > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "six tokens in a two-entry cache never evicted:\n{metrics}");
+    }
+    gw.stop().await;
+}
