@@ -283,8 +283,7 @@ impl AuthorizationServer {
             Consumed::Unknown => return Err(invalid_grant("The authorization code is invalid")),
         };
         if replayed {
-            let jtis = self.store().revoke_grant(&record.grant_id, now).await?;
-            self.validator.forget_jtis(jtis).await;
+            self.revoke_grant(&record.grant_id).await?;
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
             return Err(invalid_grant("The authorization code was already used"));
         }
@@ -323,8 +322,7 @@ impl AuthorizationServer {
         let record = match self.store().consume_refresh_token(&hash, now).await? {
             Consumed::Unknown => return Err(invalid_grant("The refresh token is invalid")),
             Consumed::AlreadyUsed(r) => {
-                let jtis = self.store().revoke_grant(&r.grant_id, now).await?;
-                self.validator.forget_jtis(jtis).await;
+                self.revoke_grant(&r.grant_id).await?;
                 tracing::warn!(client_id = %client.client_id, "refresh token reused; its family is revoked");
                 return Err(invalid_grant("The refresh token was already used"));
             }
@@ -336,6 +334,14 @@ impl AuthorizationServer {
         // The new refresh token keeps the presented one's scope (RFC 6749 §6),
         // even when this access token was narrowed.
         self.issue_for_grant(client, &record.grant_id, &record.subject, scopes, &granted).await
+    }
+
+    /// Revokes a grant in the store and drops its access tokens from this
+    /// instance's validation cache, so no later request sees them.
+    async fn revoke_grant(&self, grant_id: &str) -> Result<(), StoreError> {
+        let jtis = self.store().revoke_grant(grant_id, now_unix() as i64).await?;
+        self.validator.forget_jtis(jtis).await;
+        Ok(())
     }
 
     /// An access token (and, for clients allowed to refresh, a refresh
@@ -424,8 +430,7 @@ impl AuthorizationServer {
                 tracing::info!(client_id = %client.client_id, "revocation of another client's token ignored");
                 return Ok(());
             }
-            let jtis = self.store().revoke_grant(&record.grant_id, now_unix() as i64).await?;
-            self.validator.forget_jtis(jtis).await;
+            self.revoke_grant(&record.grant_id).await?;
             tracing::info!(client_id = %client.client_id, "refresh token revoked with its grant");
             return Ok(());
         }

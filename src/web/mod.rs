@@ -199,14 +199,11 @@ impl Web {
                     tracing::info!(reason = message, "authorization request refused");
                     self.error_page(StatusCode::BAD_REQUEST, "This request cannot be served", message)
                 }
-                AuthorizeError::Redirect { redirect_uri, error, description, state } => {
-                    let mut p = vec![("error", error), ("error_description", description)];
-                    if let Some(s) = state.as_deref() {
-                        p.push(("state", s));
-                    }
-                    p.push(("iss", &self.issuer));
-                    see_other(&authorize::redirect_with(&redirect_uri, &p))
-                }
+                AuthorizeError::Redirect { redirect_uri, error, description, state } => self.back_to_client(
+                    &redirect_uri,
+                    &[("error", error), ("error_description", description)],
+                    state.as_deref(),
+                ),
             })
         })
     }
@@ -295,13 +292,19 @@ impl Web {
             Err(e) => return self.unavailable(e),
         };
         tracing::info!(client_id = %request.client.client_id, subject = %subject, scope = %request.scopes, "authorization code issued");
-        let mut p = vec![("code", code.as_str())];
-        if let Some(s) = request.state.as_deref() {
+        self.back_to_client(&request.redirect_uri, &[("code", &code)], request.state.as_deref())
+    }
+
+    /// The 303 back to the client's redirect URI with `params`, the
+    /// unchanged `state`, and `iss` (RFC 9207: the client can tell which
+    /// server answered).
+    fn back_to_client(&self, redirect_uri: &str, params: &[(&str, &str)], state: Option<&str>) -> Response<Body> {
+        let mut p = params.to_vec();
+        if let Some(s) = state {
             p.push(("state", s));
         }
-        // RFC 9207: the issuer, so the client can tell which server answered.
         p.push(("iss", &self.issuer));
-        see_other(&authorize::redirect_with(&request.redirect_uri, &p))
+        see_other(&authorize::redirect_with(redirect_uri, &p))
     }
 
     fn unavailable(&self, e: crate::store::StoreError) -> Response<Body> {
@@ -373,12 +376,11 @@ impl Web {
             Some("deny") => {
                 tracing::info!(client_id = %request.client.client_id, subject = %session.subject, "consent denied");
                 self.flow("consent_denied");
-                let mut p = vec![("error", "access_denied"), ("error_description", "The user denied the request")];
-                if let Some(s) = request.state.as_deref() {
-                    p.push(("state", s));
-                }
-                p.push(("iss", &self.issuer));
-                see_other(&authorize::redirect_with(&request.redirect_uri, &p))
+                self.back_to_client(
+                    &request.redirect_uri,
+                    &[("error", "access_denied"), ("error_description", "The user denied the request")],
+                    request.state.as_deref(),
+                )
             }
             _ => self.error_page(StatusCode::BAD_REQUEST, "Bad request", "Choose Allow or Deny."),
         }
