@@ -8,12 +8,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::net::IpNet;
 use crate::scope::{ScopeSet, is_valid_scope_token};
+use crate::upstream_tls::{Trust, UpstreamTls};
 
 /// One problem in a configuration file: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +199,8 @@ struct RawRoute {
     forward_bearer: Option<bool>,
     preserve_host: Option<bool>,
     timeout: Option<String>,
+    ca: Option<String>,
+    tls_skip_verify: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -435,6 +439,8 @@ pub struct RouteConfig {
     pub preserve_host: bool,
     /// How long the upstream has to start its response.
     pub timeout: Duration,
+    /// How an `https://` upstream is verified; `None` for the others.
+    pub upstream_tls: Option<crate::upstream_tls::UpstreamTls>,
 }
 
 impl Config {
@@ -491,6 +497,21 @@ impl Config {
             }
         }
         notes
+    }
+
+    /// Settings that are valid but unsafe, for `check` and the log at every
+    /// start and reload: today, routes that do not verify their upstream.
+    pub fn warnings(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|r| r.upstream_tls.as_ref().is_some_and(|t| t.trust == Trust::SkipVerify))
+            .map(|r| {
+                format!(
+                    "route {:?} does not verify its upstream's certificate (tls_skip_verify): anyone on the network path can impersonate the upstream and read its traffic, tokens' identities included",
+                    r.name
+                )
+            })
+            .collect()
     }
 
     /// The client registered under `client_id`.
@@ -870,6 +891,9 @@ impl Validator {
 
     fn routes(&mut self, raw: Vec<RawRoute>, authz: &AuthorizationServerConfig) -> Vec<RouteConfig> {
         let mut routes: Vec<RouteConfig> = Vec::new();
+        // One client configuration per trust setting, shared by the routes
+        // that have it (and so their TLS session cache).
+        let mut clients: std::collections::HashMap<Trust, Arc<rustls::ClientConfig>> = Default::default();
         for (i, r) in raw.into_iter().enumerate() {
             let at = format!("routes[{i}]");
             let path_prefix = match crate::path::normalize(&r.path_prefix) {
@@ -926,10 +950,12 @@ impl Validator {
                     "allow_query_token, allow_body_token and forward_bearer apply only to protected routes",
                 );
             }
+            let upstream_tls = self.upstream_tls(&at, &upstream, r.ca, r.tls_skip_verify, &mut clients);
             routes.push(RouteConfig {
                 name,
                 path_prefix,
                 upstream,
+                upstream_tls,
                 scopes,
                 allow_query_token: r.allow_query_token.unwrap_or(true),
                 allow_body_token: r.allow_body_token.unwrap_or(true),
@@ -953,6 +979,55 @@ impl Validator {
             }
         }
         routes
+    }
+
+    /// The trust setting of a route's upstream: `ca` and `tls_skip_verify`
+    /// only mean something for `https://`, and not together.
+    fn upstream_tls(
+        &mut self,
+        at: &str,
+        upstream: &Upstream,
+        ca: Option<String>,
+        skip_verify: Option<bool>,
+        clients: &mut std::collections::HashMap<Trust, Arc<rustls::ClientConfig>>,
+    ) -> Option<UpstreamTls> {
+        let https = matches!(upstream, Upstream::Http { scheme, .. } if *scheme == http::uri::Scheme::HTTPS);
+        if !https {
+            if ca.is_some() {
+                self.err(format!("{at}.ca"), "applies only to an https:// upstream");
+            }
+            if skip_verify.is_some() {
+                self.err(format!("{at}.tls_skip_verify"), "applies only to an https:// upstream");
+            }
+            return None;
+        }
+        let trust = match (ca, skip_verify.unwrap_or(false)) {
+            (Some(_), true) => {
+                self.err(
+                    format!("{at}.tls_skip_verify"),
+                    "cannot be combined with ca: a route either verifies its upstream against ca or not at all",
+                );
+                return None;
+            }
+            (Some(path), false) => Trust::Ca(std::path::PathBuf::from(path)),
+            (None, true) => Trust::SkipVerify,
+            (None, false) => Trust::System,
+        };
+        let client = match clients.get(&trust) {
+            Some(c) => c.clone(),
+            None => match crate::upstream_tls::client_config(&trust) {
+                Ok(c) => {
+                    clients.insert(trust.clone(), c.clone());
+                    c
+                }
+                Err(reason) => {
+                    let field = if matches!(trust, Trust::Ca(_)) { "ca" } else { "upstream" };
+                    self.err(format!("{at}.{field}"), reason);
+                    return None;
+                }
+            },
+        };
+        Some(UpstreamTls { trust, client })
     }
 
     fn scope_rule(&mut self, at: &str, table: BTreeMap<String, Vec<String>>) -> ScopeRule {
@@ -1006,11 +1081,11 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     let uri: http::Uri = s.parse().map_err(|_| format!("{s:?} is not a URL like \"http://127.0.0.1:9001\""))?;
     let scheme = match uri.scheme_str() {
         Some("http") => http::uri::Scheme::HTTP,
-        Some("https") => {
-            return Err(format!("{s:?}: https upstreams are not supported yet; use http:// on a trusted network"));
-        }
+        Some("https") => http::uri::Scheme::HTTPS,
         _ => {
-            return Err(format!("{s:?} must start with http:// (or be static:// for the built-in demo API)"));
+            return Err(format!(
+                "{s:?} must start with http:// or https:// (or be static:// for the built-in demo API)"
+            ));
         }
     };
     let authority = uri.authority().cloned().ok_or_else(|| format!("{s:?} has no host"))?;
@@ -1137,8 +1212,51 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        match parse_upstream("https://api.internal:8443").unwrap() {
+            Upstream::Http { scheme, authority, base_path } => {
+                assert_eq!(scheme, http::uri::Scheme::HTTPS);
+                assert_eq!(authority.as_str(), "api.internal:8443");
+                assert_eq!(base_path, "");
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(parse_upstream("http://u:p@host").is_err());
         assert!(parse_upstream("127.0.0.1:9001").is_err());
+        assert!(parse_upstream("ftp://host").is_err());
+    }
+
+    #[test]
+    fn upstream_tls_settings_are_checked() {
+        let route = |upstream: &str, tls: &str| {
+            format!("{MINIMAL}\n[[routes]]\npath_prefix = \"/a/\"\nupstream = \"{upstream}\"\npublic = true\n{tls}\n")
+        };
+        let fields = |text: String| -> Vec<String> {
+            parse(&text).unwrap_err().errors.into_iter().map(|e| format!("{}: {}", e.field, e.reason)).collect()
+        };
+        let c = parse(&route("https://api.internal", "")).unwrap();
+        let tls = c.routes[0].upstream_tls.as_ref().expect("an https route has TLS settings");
+        assert_eq!(tls.trust, Trust::System);
+        assert!(c.warnings().is_empty());
+        assert!(parse(&route("http://api.internal", "")).unwrap().routes[0].upstream_tls.is_none());
+
+        let errors = fields(route("http://api.internal", "ca = \"ca.pem\"\ntls_skip_verify = false"));
+        assert_eq!(
+            errors,
+            [
+                "routes[0].ca: applies only to an https:// upstream",
+                "routes[0].tls_skip_verify: applies only to an https:// upstream"
+            ]
+        );
+        let errors = fields(route("https://api.internal", "ca = \"ca.pem\"\ntls_skip_verify = true"));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("routes[0].tls_skip_verify: cannot be combined with ca"), "{errors:?}");
+        let errors = fields(route("https://api.internal", "ca = \"/nonexistent/ca.pem\""));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("routes[0].ca: cannot read /nonexistent/ca.pem"), "{errors:?}");
+
+        let c = parse(&route("https://api.internal", "tls_skip_verify = true")).unwrap();
+        assert_eq!(c.routes[0].upstream_tls.as_ref().map(|t| &t.trust), Some(&Trust::SkipVerify));
+        assert_eq!(c.warnings().len(), 1);
     }
 
     #[test]

@@ -297,7 +297,9 @@ impl Gateway {
         identity: Option<&crate::tokens::Identity>,
     ) -> Result<Response<Body>, Refusal> {
         let cfg = &route.config;
-        let forwarded = forwarder.forward(&cfg.upstream, req, path_and_query, cfg.timeout, identity).await?;
+        let forwarded = forwarder
+            .forward(&cfg.upstream, cfg.upstream_tls.as_ref(), req, path_and_query, cfg.timeout, identity)
+            .await?;
         route.metrics.upstream_duration.observe(forwarded.upstream_time.as_secs_f64());
         let mut res = forwarded.response;
         res.extensions_mut().insert(AccessInfo {

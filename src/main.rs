@@ -125,6 +125,9 @@ fn main() -> ExitCode {
                 for note in c.route_notes() {
                     println!("note: {note}");
                 }
+                for warning in c.warnings() {
+                    println!("warning: {warning}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -1,5 +1,6 @@
 //! Forwarding: rewriting a request that was let through for its upstream,
-//! sending it on a pooled keep-alive connection, and relaying the answer.
+//! sending it on a pooled keep-alive connection (plain, or TLS as
+//! `crate::upstream_tls` says), and relaying the answer.
 //!
 //! Bodies stream both ways untouched (except a form body whose token was
 //! taken out). Hop-by-hop headers, including any the `Connection` header
@@ -8,12 +9,14 @@
 //! `X-Forwarded-*` from a client are believed only from a trusted proxy.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -22,6 +25,7 @@ use crate::config::Upstream;
 use crate::net::IpNet;
 use crate::respond::{Body, Refusal, full};
 use crate::tokens::Identity;
+use crate::upstream_tls::UpstreamTls;
 
 pub static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
@@ -124,10 +128,17 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     }
 }
 
-/// The pooled upstream client.
-#[derive(Clone)]
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// A worker's pooled upstream clients: one for plain `http://` upstreams,
+/// and one per TLS client configuration in use, so a route that skips
+/// certificate verification never reuses a connection that one which
+/// verifies would accept, and the other way round.
 pub struct Forwarder {
-    client: Client<HttpConnector, Body>,
+    http: Client<HttpConnector, Body>,
+    /// Looked up by `Arc` identity; only `https://` routes come here, and
+    /// the lock is a worker's own (no other thread takes it).
+    https: Mutex<Vec<(Arc<rustls::ClientConfig>, HttpsClient)>>,
 }
 
 /// A forwarded exchange's result: the response and how long the upstream
@@ -143,26 +154,71 @@ impl Default for Forwarder {
     }
 }
 
+fn tcp_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector
+}
+
+fn pooled<C>(connector: C) -> Client<C, Body>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http1_writev(false)
+        .build(connector)
+}
+
+/// An error and its causes, which is where the reason lives ("client
+/// error (Connect): invalid peer certificate: Expired").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl Forwarder {
     pub fn new() -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http1_writev(false)
-            .build(connector);
-        Forwarder { client }
+        Forwarder { http: pooled(tcp_connector()), https: Mutex::new(Vec::new()) }
+    }
+
+    /// The pool for `config`, made on first use. Pools of configurations
+    /// no route holds any more (a reload replaced them) are dropped then.
+    fn https_client(&self, config: &Arc<rustls::ClientConfig>) -> HttpsClient {
+        let mut pools = self.https.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, client)) = pools.iter().find(|(c, _)| Arc::ptr_eq(c, config)) {
+            return client.clone();
+        }
+        pools.retain(|(c, _)| Arc::strong_count(c) > 1);
+        let mut tcp = tcp_connector();
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((**config).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client = pooled(connector);
+        pools.push((config.clone(), client.clone()));
+        client
     }
 
     /// Sends `req` (already rewritten) to `upstream` and relays the answer.
-    /// `path_and_query` is the normalised path plus the filtered query.
+    /// `path_and_query` is the normalised path plus the filtered query;
+    /// `tls` is how an `https://` upstream is verified.
     pub async fn forward(
         &self,
         upstream: &Upstream,
+        tls: Option<&UpstreamTls>,
         mut req: Request<Body>,
         path_and_query: &str,
         timeout: Duration,
@@ -186,13 +242,17 @@ impl Forwarder {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         let started = Instant::now();
-        let response = match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let sent = match tls {
+            None => self.http.request(req),
+            Some(tls) => self.https_client(&tls.client).request(req),
+        };
+        let response = match tokio::time::timeout(timeout, sent).await {
             Err(_) => {
                 tracing::warn!(upstream = %authority, timeout = ?timeout, "upstream did not answer in time");
                 return Err(Refusal::UpstreamTimeout);
             }
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %authority, error = %e, connect = e.is_connect(), "upstream request failed");
+                tracing::warn!(upstream = %authority, error = %causes(&e), connect = e.is_connect(), "upstream request failed");
                 return Err(Refusal::UpstreamUnreachable);
             }
             Ok(Ok(res)) => res,

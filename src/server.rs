@@ -87,9 +87,7 @@ impl Server {
     /// Opens the store, loads (or creates) the signing key and binds both
     /// listeners. Nothing is served until `run`.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        for note in config.route_notes() {
-            tracing::info!(%note, "overlapping routes");
-        }
+        log_notes(&config);
         let store = store::open(&config.storage.url).await?;
         let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(ArcSwap::from_pointee(build_gateway(&config, &store, &metrics).await?));
@@ -344,12 +342,21 @@ impl Reloader {
                 tracing::warn!(field = what, "changed in the config file; this takes a restart to apply");
             }
         }
-        for note in config.route_notes() {
-            tracing::info!(%note, "overlapping routes");
-        }
+        log_notes(&config);
         let gateway = build_gateway(&config, &self.store, &self.metrics).await.map_err(|e| e.to_string())?;
         self.current.store(Arc::new(gateway));
         Ok(())
+    }
+}
+
+/// What a valid configuration still deserves a word about, at every start
+/// and reload.
+fn log_notes(config: &Config) {
+    for note in config.route_notes() {
+        tracing::info!(%note, "overlapping routes");
+    }
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "unsafe setting");
     }
 }
 
