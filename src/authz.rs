@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
+use tracing::Instrument as _;
 
 use crate::bearer::is_form_urlencoded;
 use std::net::IpAddr;
@@ -70,6 +71,14 @@ impl AuthzEndpoints {
     }
 
     pub async fn handle(&self, endpoint: Endpoint, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        // Every audit event of the authorization server carries the peer and
+        // the request id (the access log's, to join the two).
+        let request_id = req.headers().get(&crate::access::X_REQUEST_ID).and_then(|v| v.to_str().ok());
+        let span = tracing::info_span!(target: crate::audit::TARGET, "oauth", peer = %peer, request_id);
+        self.serve(endpoint, req, peer).instrument(span).await
+    }
+
+    async fn serve(&self, endpoint: Endpoint, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         match endpoint {
             Endpoint::Authorize => self.web.authorize(req).await,
             Endpoint::Login => self.web.login(req, peer).await,

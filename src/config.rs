@@ -158,6 +158,7 @@ struct RawLog {
     format: Option<String>,
     level: Option<String>,
     access: Option<bool>,
+    audit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +320,18 @@ pub struct LogConfig {
     pub level: String,
     /// One access log line per request (target `access`, level info).
     pub access: bool,
+    /// Where the audit log of security events goes.
+    pub audit: AuditSink,
+}
+
+/// The audit log's destination: JSON lines, whatever `format` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// Interleaved with the rest of the log on stderr (the default).
+    Stderr,
+    /// Appended to this file, created if missing.
+    File(std::path::PathBuf),
+    Off,
 }
 
 /// How a client proves who it is at the token endpoint.
@@ -749,7 +762,16 @@ impl Validator {
                 format!("{level:?} is not a level or filter such as \"info\" or \"portcullis=debug\""),
             );
         }
-        LogConfig { format, level, access: raw.access.unwrap_or(true) }
+        let audit = match raw.audit.as_deref() {
+            None | Some("stderr") => AuditSink::Stderr,
+            Some("off") => AuditSink::Off,
+            Some("") => {
+                self.err("log.audit", "must be \"stderr\", \"off\" or a file path");
+                AuditSink::Off
+            }
+            Some(path) => AuditSink::File(std::path::PathBuf::from(path)),
+        };
+        LogConfig { format, level, access: raw.access.unwrap_or(true), audit }
     }
 
     fn scopes(&mut self, field: &str, list: &[String]) -> ScopeSet {

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod authz;
 pub mod bearer;
 pub mod cache;

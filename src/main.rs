@@ -212,6 +212,13 @@ where
             return ExitCode::from(EX_CONFIG);
         }
     };
+    let _audit_writer = match portcullis::logging::init(&config.log, false) {
+        Ok(guards) => guards,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -266,7 +273,13 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let _log_writer = portcullis::logging::init(&config.log);
+    let _log_writer = match portcullis::logging::init(&config.log, true) {
+        Ok(guards) => guards,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // The main thread runs the first public worker and the admin listener;
     // `Server::run` starts a thread per further worker.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

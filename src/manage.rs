@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+use crate::audit::{self, Event};
 use crate::config::{Config, GrantType, check_redirect_uri};
 use crate::oauth::clients::{hash_secret, stored_to_config};
 use crate::scope::is_valid_scope_token;
@@ -99,6 +100,7 @@ pub async fn add_client(config: &Config, store: &dyn Store, new: NewClient) -> R
     if !store.insert_client(&client).await? {
         return Err(invalid(format!("{id:?} is registered already")));
     }
+    audit::record(Event::ClientRegistered, audit::Fields { client_id: Some(id), ..Default::default() });
     let mut out = format!("client_id: {id}\n");
     match secret {
         Some(s) => {
@@ -138,6 +140,7 @@ pub async fn remove_client(config: &Config, store: &dyn Store, client_id: &str) 
         return Err(invalid(format!("{client_id:?} is in the config file; remove it there")));
     }
     if store.delete_client(client_id).await? {
+        audit::record(Event::ClientRemoved, audit::Fields { client_id: Some(client_id), ..Default::default() });
         Ok(format!("removed {client_id}\n"))
     } else {
         Err(invalid(format!("no registered client {client_id:?}")))
@@ -151,6 +154,7 @@ pub async fn rotate_secret(config: &Config, store: &dyn Store, client_id: &str) 
     let secret = random_token();
     let hash = hash_secret(&secret).map_err(|e| invalid(format!("hashing failed: {e}")))?;
     if store.set_client_secret(client_id, &hash).await? {
+        audit::record(Event::ClientSecretRotated, audit::Fields { client_id: Some(client_id), ..Default::default() });
         Ok(format!(
             "client_id: {client_id}\nclient_secret: {secret}\n(the old secret stops working; this one is shown only now)\n"
         ))
@@ -169,6 +173,10 @@ pub async fn list_consents(store: &dyn Store, user: Option<&str>) -> Result<Stri
 
 pub async fn revoke_consent(store: &dyn Store, user: &str, client_id: &str) -> Result<String, ManageError> {
     if store.delete_consent(user, client_id, now_unix() as i64).await? {
+        audit::record(
+            Event::ConsentWithdrawn,
+            audit::Fields { client_id: Some(client_id), subject: Some(user), ..Default::default() },
+        );
         Ok(format!("withdrew {user}'s consent for {client_id}; its grants and tokens are revoked\n"))
     } else {
         Err(invalid(format!("{user} has no consent for {client_id}")))

@@ -792,10 +792,14 @@ async fn no_secret_in_logs(token_format: &str) {
     let log = gw.full_log().await;
     assert_eq!(status.code(), Some(0), "{log}");
 
-    // Debug logging really was on, and saw these requests.
-    for expected in
-        ["access token issued", "client authentication failed", "refused an access token", "access token revoked"]
-    {
+    // Debug logging really was on, and saw these requests; so did the
+    // audit log, on stderr by default.
+    for expected in [
+        r#""event":"token_issued""#,
+        "client authentication failed",
+        "refused an access token",
+        r#""event":"token_revoked""#,
+    ] {
         assert!(log.contains(expected), "{token_format}: no {expected:?} in the log:\n{log}");
     }
     let mut secrets = vec![
@@ -1037,6 +1041,188 @@ async fn access_log_lines_say_who_did_what_without_the_token() {
     assert_eq!(refused["client_id"], "");
     assert!(!log.contains(&token), "the token never reaches the log");
     assert!(!log.contains("access_token="), "nor the query that held it");
+}
+
+/// Signs in as `user` with a wrong password once.
+async fn fail_to_sign_in(gw: SocketAddr, user: &str) {
+    let query = form(&[
+        ("response_type", "code"),
+        ("client_id", "calendar-app"),
+        ("redirect_uri", "http://127.0.0.1:3000/callback"),
+        ("scope", "calendar.read"),
+        ("code_challenge", CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ]);
+    let login = get(&format!("http://{gw}/oauth/authorize?{query}"), &[]).await;
+    let html = login.text();
+    let body = form(&[
+        ("csrf", &hidden(&html, "csrf")),
+        ("return_to", &hidden(&html, "return_to")),
+        ("username", user),
+        ("password", "not-the-password"),
+    ]);
+    let cookie = set_cookie(&login, "portcullis_login");
+    let reply =
+        send(Method::POST, &format!("http://{gw}/oauth/login"), &[("content-type", FORM), ("cookie", &cookie)], body)
+            .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.text().contains("Wrong username or password."));
+}
+
+/// The audit log, to a file: every security event of the three-party story
+/// as a JSON line with who, what and from where; a replayed code and a
+/// reused refresh token stand out; the CLI's changes are audited too; no
+/// token, code, secret or password is ever written.
+#[tokio::test]
+async fn the_audit_log_records_security_events_as_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit_path = dir.path().join("audit.jsonl");
+    let config_text = example_config_for_test(dir.path(), None)
+        .replace("audit = \"stderr\"", &format!("audit = \"{}\"", audit_path.display()));
+    assert!(config_text.contains("audit.jsonl"), "the example config sets log.audit");
+    let path = write_config(dir.path(), "portcullis.toml", &config_text);
+    let mut gw = Served::start(&path, &[]).await;
+    let mut secrets = vec!["calendar-secret".to_string(), "wonderland".to_string(), "not-the-password".to_string()];
+
+    let issued = client_credentials_token(gw.public, "calendar-secret", "calendar.read").await;
+    let service_token = issued.json()["access_token"].as_str().expect("token").to_string();
+    assert_eq!(client_credentials_token(gw.public, "wrong-secret", "calendar.read").await.status, 401);
+    fail_to_sign_in(gw.public, "alice").await;
+
+    let code = approve_as_alice(gw.public).await;
+    let redeem = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "http://127.0.0.1:3000/callback"),
+        ("code_verifier", VERIFIER),
+    ];
+    let first = token_request(gw.public, &redeem).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(token_request(gw.public, &redeem).await.status, StatusCode::BAD_REQUEST, "a replay");
+    secrets.push(code.clone());
+    secrets.push(first.json()["access_token"].as_str().expect("access").to_string());
+    secrets.push(first.json()["refresh_token"].as_str().expect("refresh").to_string());
+
+    // Consent is remembered now: a second code, whose refresh token is
+    // then used twice.
+    let code = approve_as_alice(gw.public).await;
+    let redeem = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "http://127.0.0.1:3000/callback"),
+        ("code_verifier", VERIFIER),
+    ];
+    let tokens = token_request(gw.public, &redeem).await.json();
+    let refresh = tokens["refresh_token"].as_str().expect("refresh").to_string();
+    let refreshed = token_request(gw.public, &[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text());
+    let reused = token_request(gw.public, &[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
+    assert_eq!(reused.status, StatusCode::BAD_REQUEST);
+    secrets.extend([code, refresh, refreshed.json()["refresh_token"].as_str().expect("rotated").to_string()]);
+
+    let revoked = send(
+        Method::POST,
+        &format!("http://{}/oauth/revoke", gw.public),
+        &[("content-type", FORM), ("authorization", "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA==")],
+        form(&[("token", &service_token)]),
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    secrets.push(service_token);
+
+    gw.sigterm();
+    assert_eq!(gw.wait_exit().await.code(), Some(0), "stopping flushes the audit log");
+    let withdrawn = run(
+        &[
+            "consents",
+            "revoke",
+            "--user",
+            "alice",
+            "--client",
+            "calendar-app",
+            "--config",
+            path.to_str().expect("path"),
+        ],
+        b"",
+    );
+    assert!(withdrawn.status.success(), "{}", text(&withdrawn.stderr));
+
+    let audit = std::fs::read_to_string(&audit_path).expect("the audit file exists");
+    let events: Vec<serde_json::Value> =
+        audit.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().expect("an event name")).collect();
+    assert_eq!(
+        names,
+        [
+            "token_issued",
+            "token_refused",
+            "login_failed",
+            "login_succeeded",
+            "consent_granted",
+            "token_issued",
+            "code_replayed",
+            "token_refused",
+            "login_succeeded",
+            "token_issued",
+            "token_issued",
+            "refresh_token_reused",
+            "token_refused",
+            "token_revoked",
+            "consent_withdrawn",
+        ],
+        "{audit}"
+    );
+    for e in &events {
+        assert_eq!(e["target"], "audit");
+        if e["event"] != "consent_withdrawn" {
+            assert_eq!(e["span"]["peer"], "127.0.0.1", "{e}");
+            assert!(e["span"]["request_id"].as_str().is_some_and(|id| id.len() == 32), "{e}");
+        }
+    }
+    let (service, refused) = (&events[0], &events[1]);
+    assert_eq!(service["level"], "INFO");
+    assert_eq!(service["client_id"], "calendar-app");
+    assert_eq!(service["subject"], "calendar-app");
+    assert_eq!(service["grant_type"], "client_credentials");
+    assert_eq!(service["scope"], "calendar.read");
+    assert_eq!(refused["level"], "WARN");
+    assert_eq!(refused["reason"], "invalid_client");
+    assert_eq!(events[2]["subject"], "alice");
+    assert_eq!(events[4]["scope"], "calendar.read");
+    assert_eq!(events[5]["subject"], "alice");
+    assert_eq!(events[5]["grant_type"], "authorization_code");
+    assert_eq!(events[6]["level"], "WARN");
+    assert_eq!(events[7]["reason"], "invalid_grant");
+    assert_eq!(events[10]["grant_type"], "refresh_token");
+    assert_eq!(events[13]["token_type"], "access_token");
+    assert_eq!(events[14]["subject"], "alice");
+    assert_eq!(events[14]["client_id"], "calendar-app");
+    for secret in &secrets {
+        assert!(!audit.contains(secret.as_str()), "{secret:?} is in the audit log");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&audit_path).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only its owner reads the audit log");
+    }
+    // And the main log holds none of it.
+    assert!(!gw.full_log().await.contains("\"event\":"));
+}
+
+/// An audit file that cannot be opened stops `serve` before it binds.
+#[test]
+fn serve_refuses_an_audit_file_it_cannot_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-dir/audit.jsonl");
+    let config_text = example_config_for_test(dir.path(), None)
+        .replace("audit = \"stderr\"", &format!("audit = \"{}\"", missing.display()));
+    let path = write_config(dir.path(), "portcullis.toml", &config_text);
+    let out = run(&["serve", "--config", path.to_str().expect("path")], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("cannot open the audit log {} (log.audit)", missing.display())), "{err}");
+    assert!(!dir.path().join("p.db").exists(), "nothing was opened or bound");
 }
 
 /// SIGHUP re-reads the config (and never ends the process, TLS or not);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::audit::{self, Event};
 use crate::cache::TokenValidator;
 use crate::config::{AuthorizationServerConfig, ClientConfig, GrantType};
 use crate::scope::ScopeSet;
@@ -114,6 +115,9 @@ pub struct TokenResponse {
     pub scope: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// Whom the token speaks for: for the audit log, not the client.
+    #[serde(skip)]
+    pub subject: String,
 }
 
 /// Refresh tokens start with this; they are never accepted as access
@@ -214,6 +218,41 @@ impl AuthorizationServer {
         basic: Option<Result<BasicCredentials, ()>>,
         params: &Params,
     ) -> Result<(GrantType, TokenResponse), OAuthError> {
+        // Who the request claims to be, for the audit line of a refusal.
+        let claimed = match &basic {
+            Some(Ok(c)) => Some(c.client_id.clone()),
+            _ => params.get("client_id").map(str::to_owned),
+        };
+        let result = self.token_grant(basic, params).await;
+        match &result {
+            Ok((grant, response)) => audit::record(
+                Event::TokenIssued,
+                audit::Fields {
+                    client_id: claimed.as_deref(),
+                    subject: Some(&response.subject),
+                    grant_type: Some(grant.as_str()),
+                    scope: Some(&response.scope),
+                    ..Default::default()
+                },
+            ),
+            Err(e) => audit::record(
+                Event::TokenRefused,
+                audit::Fields {
+                    client_id: claimed.as_deref(),
+                    grant_type: params.get("grant_type"),
+                    reason: Some(e.code.as_str()),
+                    ..Default::default()
+                },
+            ),
+        }
+        result
+    }
+
+    async fn token_grant(
+        &self,
+        basic: Option<Result<BasicCredentials, ()>>,
+        params: &Params,
+    ) -> Result<(GrantType, TokenResponse), OAuthError> {
         let grant_type = params
             .get("grant_type")
             .ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The grant_type parameter is missing"))?;
@@ -228,7 +267,6 @@ impl AuthorizationServer {
             GrantType::AuthorizationCode => self.authorization_code(&client, params).await?,
             GrantType::RefreshToken => self.refresh_token(&client, params).await?,
         };
-        tracing::info!(client_id = %client.client_id, grant_type = grant.as_str(), scope = %response.scope, "access token issued");
         Ok((grant, response))
     }
 
@@ -242,6 +280,7 @@ impl AuthorizationServer {
             expires_in: issued.expires_in,
             scope: issued.scopes.to_string(),
             refresh_token: None,
+            subject: client.client_id.clone(),
         })
     }
 
@@ -285,6 +324,14 @@ impl AuthorizationServer {
         if replayed {
             self.revoke_grant(&record.grant_id).await?;
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
+            audit::record(
+                Event::CodeReplayed,
+                audit::Fields {
+                    client_id: Some(&client.client_id),
+                    subject: Some(&record.subject),
+                    ..Default::default()
+                },
+            );
             return Err(invalid_grant("The authorization code was already used"));
         }
         if record.expires_at <= now {
@@ -324,6 +371,14 @@ impl AuthorizationServer {
             Consumed::AlreadyUsed(r) => {
                 self.revoke_grant(&r.grant_id).await?;
                 tracing::warn!(client_id = %client.client_id, "refresh token reused; its family is revoked");
+                audit::record(
+                    Event::RefreshTokenReused,
+                    audit::Fields {
+                        client_id: Some(&client.client_id),
+                        subject: Some(&r.subject),
+                        ..Default::default()
+                    },
+                );
                 return Err(invalid_grant("The refresh token was already used"));
             }
             Consumed::Consumed(r) => r,
@@ -382,6 +437,7 @@ impl AuthorizationServer {
             expires_in: issued.expires_in,
             scope: issued.scopes.to_string(),
             refresh_token,
+            subject: subject.to_string(),
         })
     }
 
@@ -431,7 +487,16 @@ impl AuthorizationServer {
                 return Ok(());
             }
             self.revoke_grant(&record.grant_id).await?;
-            tracing::info!(client_id = %client.client_id, "refresh token revoked with its grant");
+            audit::record(
+                Event::TokenRevoked,
+                audit::Fields {
+                    client_id: Some(&client.client_id),
+                    subject: Some(&record.subject),
+                    token_type: Some("refresh_token"),
+                    reason: Some("revoked with its grant"),
+                    ..Default::default()
+                },
+            );
             return Ok(());
         }
         let Some(owner) = self.tokens.inspect(token).await? else {
@@ -443,7 +508,14 @@ impl AuthorizationServer {
         }
         self.store().revoke(&owner.jti, owner.expires_at as i64).await?;
         self.validator.forget(token).await;
-        tracing::info!(client_id = %client.client_id, "access token revoked");
+        audit::record(
+            Event::TokenRevoked,
+            audit::Fields {
+                client_id: Some(&client.client_id),
+                token_type: Some("access_token"),
+                ..Default::default()
+            },
+        );
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq as _;
 
+use crate::audit::{self, Event};
 use crate::config::{Config, UserConfig};
 use crate::metrics::Metrics;
 use crate::oauth::AuthorizationServer;
@@ -369,12 +370,28 @@ impl Web {
                 {
                     return self.unavailable(e);
                 }
-                tracing::info!(client_id = %request.client.client_id, subject = %session.subject, scope = %request.scopes, "consent granted");
+                let scope = request.scopes.to_string();
+                audit::record(
+                    Event::ConsentGranted,
+                    audit::Fields {
+                        client_id: Some(&request.client.client_id),
+                        subject: Some(&session.subject),
+                        scope: Some(&scope),
+                        ..Default::default()
+                    },
+                );
                 self.flow("consent_granted");
                 self.approve(&request, &session.subject).await
             }
             Some("deny") => {
-                tracing::info!(client_id = %request.client.client_id, subject = %session.subject, "consent denied");
+                audit::record(
+                    Event::ConsentDenied,
+                    audit::Fields {
+                        client_id: Some(&request.client.client_id),
+                        subject: Some(&session.subject),
+                        ..Default::default()
+                    },
+                );
                 self.flow("consent_denied");
                 self.back_to_client(
                     &request.redirect_uri,
@@ -426,6 +443,14 @@ impl Web {
         {
             self.flow("login_throttled");
             tracing::warn!(username = %username, %peer, "sign-in throttled after repeated failures");
+            audit::record(
+                Event::LoginThrottled,
+                audit::Fields {
+                    client_id: Some(&request.client.client_id),
+                    subject: Some(username),
+                    ..Default::default()
+                },
+            );
             let mut res = self.login_page(
                 &request,
                 return_to,
@@ -442,7 +467,14 @@ impl Web {
                 .fetch_add(1, Ordering::Relaxed);
             self.address_failures.get_with(peer, || Arc::new(AtomicU32::new(0))).fetch_add(1, Ordering::Relaxed);
             self.flow("login_failed");
-            tracing::info!(username = %username, %peer, "sign-in failed");
+            audit::record(
+                Event::LoginFailed,
+                audit::Fields {
+                    client_id: Some(&request.client.client_id),
+                    subject: Some(username),
+                    ..Default::default()
+                },
+            );
             return self.login_page(&request, return_to, Some("Wrong username or password."), username, StatusCode::OK);
         }
         let value = random_token();
@@ -458,7 +490,10 @@ impl Web {
             return self.unavailable(e);
         }
         self.flow("login_succeeded");
-        tracing::info!(username = %username, "signed in");
+        audit::record(
+            Event::LoginSucceeded,
+            audit::Fields { client_id: Some(&request.client.client_id), subject: Some(username), ..Default::default() },
+        );
         // RFC 9700 §4.12: 303, so the browser does not re-POST credentials.
         let mut res = see_other(return_to);
         let h = res.headers_mut();
