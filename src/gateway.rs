@@ -297,11 +297,13 @@ impl Gateway {
         identity: Option<&crate::tokens::Identity>,
     ) -> Result<Response<Body>, Refusal> {
         let cfg = &route.config;
+        let req = req.map(|body| crate::metrics::counted(body, route.metrics.request_bytes.clone()));
         let forwarded = forwarder
             .forward(&cfg.upstream, cfg.upstream_tls.as_ref(), req, path_and_query, cfg.timeout, identity)
             .await?;
         route.metrics.upstream_duration.observe(forwarded.upstream_time.as_secs_f64());
-        let mut res = forwarded.response;
+        let mut res =
+            forwarded.response.map(|body| crate::metrics::counted(body, route.metrics.response_bytes.clone()));
         res.extensions_mut().insert(AccessInfo {
             upstream_time: Some(forwarded.upstream_time),
             subject: identity.map(|i| i.subject.clone()),

@@ -5,10 +5,13 @@
 //! ever a label. Per-route series are resolved once at start, so the hot
 //! path touches only atomics.
 
+use http_body_util::BodyExt as _;
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+
+use crate::respond::Body;
 
 /// How a request through a route ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +62,21 @@ impl Outcome {
 pub struct RouteMetrics {
     series: Vec<(IntCounter, Histogram)>,
     pub upstream_duration: Histogram,
+    /// Body bytes forwarded to the upstream, and relayed back from it.
+    pub request_bytes: IntCounter,
+    pub response_bytes: IntCounter,
+}
+
+/// `body`, adding the length of each data frame to `counter` as it passes:
+/// bodies stream, so this is the only place their size is known.
+pub fn counted(body: Body, counter: IntCounter) -> Body {
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            counter.inc_by(data.len() as u64);
+        }
+        frame
+    })
+    .boxed_unsync()
 }
 
 impl RouteMetrics {
@@ -75,6 +93,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
     pub denials: IntCounterVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
@@ -116,6 +136,19 @@ impl Metrics {
                 "Time the upstream took to start its response, by route.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let request_bytes = IntCounterVec::new(
+            Opts::new("portcullis_request_body_bytes_total", "Request body bytes forwarded to the upstream, by route."),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let response_bytes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_response_body_bytes_total",
+                "Response body bytes relayed from the upstream to the client, by route.",
+            ),
             &["route"],
         )
         .expect("static metric definition");
@@ -186,6 +219,8 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
+            Box::new(request_bytes.clone()),
+            Box::new(response_bytes.clone()),
             Box::new(denials.clone()),
             Box::new(cache_requests.clone()),
             Box::new(cache_entries.clone()),
@@ -208,6 +243,8 @@ impl Metrics {
             requests,
             request_duration,
             upstream_duration,
+            request_bytes,
+            response_bytes,
             denials,
             cache_entries,
             cache_evictions,
@@ -235,6 +272,8 @@ impl Metrics {
                 })
                 .collect(),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
+            request_bytes: self.request_bytes.with_label_values(&[route]),
+            response_bytes: self.response_bytes.with_label_values(&[route]),
         }
     }
 

@@ -89,6 +89,8 @@ async fn metrics_count_every_outcome_by_route() {
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
     let bad_gateway = get(&gw.url("/dead/x"), &[]).await;
     assert_eq!(bad_gateway.status, StatusCode::BAD_GATEWAY);
+    let upload = send(Method::PUT, &gw.url("/public/upload"), &[], vec![b'x'; 12_345]).await;
+    assert_eq!(upload.status, StatusCode::OK);
 
     let m = metrics(&gw).await;
     for (series, want) in [
@@ -100,7 +102,7 @@ async fn metrics_count_every_outcome_by_route() {
         (r#"portcullis_requests_total{outcome="upstream_error",route="dead"}"#, 1.0),
         // Nothing else happened on these series.
         (r#"portcullis_requests_total{outcome="allowed",route="dead"}"#, 0.0),
-        (r#"portcullis_requests_total{outcome="allowed",route="public"}"#, 0.0),
+        (r#"portcullis_requests_total{outcome="allowed",route="public"}"#, 1.0),
         (r#"portcullis_denials_total{reason="missing_token",route="calendar"}"#, 1.0),
         (r#"portcullis_denials_total{reason="insufficient_scope",route="calendar"}"#, 1.0),
         (r#"portcullis_denials_total{reason="invalid_token",route="calendar"}"#, 1.0),
@@ -109,6 +111,13 @@ async fn metrics_count_every_outcome_by_route() {
         (r#"portcullis_request_duration_seconds_count{outcome="upstream_error",route="dead"}"#, 1.0),
         (r#"portcullis_tokens_issued_total{grant_type="client_credentials"}"#, 1.0),
         ("portcullis_requests_in_flight", 0.0),
+        // Bodies both ways, counted as they stream: only what the upstream
+        // got and sent, not the gateway's own refusals.
+        (r#"portcullis_request_body_bytes_total{route="public"}"#, 12_345.0),
+        (r#"portcullis_response_body_bytes_total{route="public"}"#, upload.body.len() as f64),
+        (r#"portcullis_request_body_bytes_total{route="calendar"}"#, 0.0),
+        (r#"portcullis_response_body_bytes_total{route="calendar"}"#, allowed.body.len() as f64),
+        (r#"portcullis_response_body_bytes_total{route="dead"}"#, 0.0),
     ] {
         assert_sample(&m, series, want);
     }
