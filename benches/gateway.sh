@@ -6,32 +6,57 @@
 #
 #   benches/gateway.sh                 # JWT tokens
 #   TOKEN_FORMAT=opaque benches/gateway.sh
+#   TLS=1 benches/gateway.sh           # both terminate TLS (a self-signed
+#                                      # certificate made here with openssl)
 #
 # Env: the harness's (ROUNDS, DURATION, CONNS, THREADS, WORKERS, UPSTREAM_PORT,
 # PROXY_PORT), plus GATEWAY_PORT (18083), ADMIN_PORT (18093), TOKEN_FORMAT (jwt),
 # GATEWAY_WORKERS (0 = one per core), LOG_LEVEL (warn: the access log is
-# off; info: one access line per request, written to a file). Needs
-# nginx-light and wrk.
+# off; info: one access line per request, written to a file), TLS (0). Needs
+# nginx-light and wrk (and openssl with TLS=1).
+#
+# With TLS=1 the harness runs from a copy whose nginx proxy listens with TLS
+# (the shared config with `ssl` and a certificate added to its listener) and
+# is reached over https://; the measuring and reporting are the harness's
+# own, unchanged.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 harness=${HARNESS:-$top/../shared/bench/compare.sh}
 GATEWAY_PORT=${GATEWAY_PORT:-18083}; ADMIN_PORT=${ADMIN_PORT:-18093}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18081}; TOKEN_FORMAT=${TOKEN_FORMAT:-jwt}
-GATEWAY_WORKERS=${GATEWAY_WORKERS:-0}; LOG_LEVEL=${LOG_LEVEL:-warn}
+GATEWAY_WORKERS=${GATEWAY_WORKERS:-0}; LOG_LEVEL=${LOG_LEVEL:-warn}; TLS=${TLS:-0}
 
 (cd "$top" && cargo build --release --locked --quiet)
 run=$(mktemp -d)
+scheme=http; tls_table=""; curl_tls=()
+if [ "$TLS" = 1 ]; then
+  scheme=https; curl_tls=(-k)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$run/key.pem" -out "$run/cert.pem" 2>/dev/null
+  tls_table="[server.tls]
+cert = \"$run/cert.pem\"
+key = \"$run/key.pem\""
+  shared=$(dirname "$harness")
+  cp "$shared/upstream.nginx.conf" "$run/"
+  sed -e "s#listen 127.0.0.1:__PROXY_PORT__;#listen 127.0.0.1:__PROXY_PORT__ ssl; ssl_certificate $run/cert.pem; ssl_certificate_key $run/key.pem; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;#" \
+    "$shared/proxy.nginx.conf" > "$run/proxy.nginx.conf"
+  grep -q "ssl_certificate" "$run/proxy.nginx.conf" || { echo "gateway.sh: could not switch the nginx proxy to TLS" >&2; exit 2; }
+  sed -e 's#http://127.0.0.1:$PROXY_PORT#https://127.0.0.1:$PROXY_PORT#g' -e 's#curl -fsS#curl -kfsS#g' -e 's#curl -s -o#curl -ks -o#' \
+    "$harness" > "$run/compare.sh"
+  harness="$run/compare.sh"
+fi
 cat > "$run/bench.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GATEWAY_PORT"
 workers = $GATEWAY_WORKERS
+$tls_table
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [storage]
 url = "sqlite://$run/bench.db"
 [authorization_server]
-issuer = "http://127.0.0.1:$GATEWAY_PORT"
+issuer = "$scheme://127.0.0.1:$GATEWAY_PORT"
 token_format = "$TOKEN_FORMAT"
 access_token_ttl = "1h"
 [log]
@@ -53,6 +78,6 @@ BENCH_SECRET=bench-secret "$top/target/release/portcullis" serve --config "$run/
 gw=$!
 trap 'kill $gw 2>/dev/null; wait $gw 2>/dev/null; rm -rf "$run"' EXIT
 for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && break; sleep 0.1; done
-token=$(curl -fsS -u bench:bench-secret -d grant_type=client_credentials "http://127.0.0.1:$GATEWAY_PORT/oauth/token" \
+token=$(curl "${curl_tls[@]}" -fsS -u bench:bench-secret -d grant_type=client_credentials "$scheme://127.0.0.1:$GATEWAY_PORT/oauth/token" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-"$harness" "http://127.0.0.1:$GATEWAY_PORT/calendar/events" "Authorization: Bearer $token"
+bash "$harness" "$scheme://127.0.0.1:$GATEWAY_PORT/calendar/events" "Authorization: Bearer $token"

@@ -155,7 +155,13 @@ impl Gateway {
             return self.refuse(&self.unrouted, Refusal::NotFound, started);
         };
         let mut res = match self.through_route(route, req, &path, host, peer, forwarder).await {
-            Ok(res) => self.finish(&route.metrics, res, Outcome::Allowed, started),
+            Ok(res) => {
+                let res = self.finish(&route.metrics, res, Outcome::Allowed, started);
+                if let Some(upstream) = res.extensions().get::<AccessInfo>().and_then(|i| i.upstream_time) {
+                    route.metrics.overhead.observe(started.elapsed().saturating_sub(upstream).as_secs_f64());
+                }
+                res
+            }
             Err(refusal) => {
                 if let Some(reason) = refusal.denial_reason() {
                     self.metrics.denials.with_label_values(&[&route.config.name, reason]).inc();

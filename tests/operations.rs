@@ -118,6 +118,12 @@ async fn metrics_count_every_outcome_by_route() {
         (r#"portcullis_request_body_bytes_total{route="calendar"}"#, 0.0),
         (r#"portcullis_response_body_bytes_total{route="calendar"}"#, allowed.body.len() as f64),
         (r#"portcullis_response_body_bytes_total{route="dead"}"#, 0.0),
+        // The gateway's own share of allowed requests, apart from the
+        // upstream's.
+        (r#"portcullis_gateway_overhead_seconds_count{route="calendar"}"#, 1.0),
+        (r#"portcullis_gateway_overhead_seconds_count{route="public"}"#, 1.0),
+        (r#"portcullis_gateway_overhead_seconds_count{route="dead"}"#, 0.0),
+        (r#"portcullis_upstream_duration_seconds_count{route="calendar"}"#, 1.0),
     ] {
         assert_sample(&m, series, want);
     }
