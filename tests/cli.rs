@@ -1286,3 +1286,34 @@ fn check_notes_overlapping_routes() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn check_warns_about_an_upstream_it_does_not_verify_and_names_a_bad_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let route = |tls: &str| {
+        format!(
+            "[[routes]]\nname = \"staging\"\npath_prefix = \"/staging/\"\nupstream = \"https://staging.internal:8443\"\npublic = true\n{tls}\n"
+        )
+    };
+    let path = write_config(dir.path(), "skip.toml", &minimal_config(dir.path(), "", &route("tls_skip_verify = true")));
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("warning: route \"staging\" does not verify its upstream's certificate"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Verified against the system roots: nothing to warn about.
+    let path = write_config(dir.path(), "verified.toml", &minimal_config(dir.path(), "", &route("")));
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("warning:"), "{}", text(&out.stdout));
+
+    let missing = dir.path().join("missing-ca.pem");
+    let bad = minimal_config(dir.path(), "", &route(&format!("ca = \"{}\"", missing.display())));
+    let out = check(&write_config(dir.path(), "bad-ca.toml", &bad));
+    assert_eq!(out.status.code(), Some(EX_CONFIG));
+    assert_eq!(reported_fields(&text(&out.stderr)), ["routes[0].ca"]);
+    assert!(text(&out.stderr).contains(&format!("cannot read {}", missing.display())), "{}", text(&out.stderr));
+}
