@@ -927,6 +927,16 @@ async fn approve_as_alice(gw: SocketAddr) -> String {
     code.to_string()
 }
 
+/// The token request that trades `code` (from `approve_as_alice`).
+fn redemption(code: &str) -> [(&'static str, &str); 4] {
+    [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", "http://127.0.0.1:3000/callback"),
+        ("code_verifier", VERIFIER),
+    ]
+}
+
 async fn token_request(gw: SocketAddr, pairs: &[(&str, &str)]) -> support::Reply {
     send(
         Method::POST,
@@ -944,12 +954,7 @@ async fn tokens_and_redeemed_codes_survive_kill_9() {
     let mut gw = Served::start(&config, &[]).await;
 
     let code = approve_as_alice(gw.public).await;
-    let redeem = [
-        ("grant_type", "authorization_code"),
-        ("code", code.as_str()),
-        ("redirect_uri", "http://127.0.0.1:3000/callback"),
-        ("code_verifier", VERIFIER),
-    ];
+    let redeem = redemption(&code);
     let tokens = token_request(gw.public, &redeem).await;
     assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.text());
     let tokens = tokens.json();
@@ -973,12 +978,7 @@ async fn tokens_and_redeemed_codes_survive_kill_9() {
 
     // A second approval, then a crash between issue and refresh.
     let code = approve_as_alice(gw.public).await;
-    let redeem = [
-        ("grant_type", "authorization_code"),
-        ("code", code.as_str()),
-        ("redirect_uri", "http://127.0.0.1:3000/callback"),
-        ("code_verifier", VERIFIER),
-    ];
+    let redeem = redemption(&code);
     let tokens = token_request(gw.public, &redeem).await.json();
     let refresh = tokens["refresh_token"].as_str().expect("refresh token").to_string();
     gw.child.kill().expect("kill -9");
@@ -1090,12 +1090,7 @@ async fn the_audit_log_records_security_events_as_json_lines() {
     fail_to_sign_in(gw.public, "alice").await;
 
     let code = approve_as_alice(gw.public).await;
-    let redeem = [
-        ("grant_type", "authorization_code"),
-        ("code", code.as_str()),
-        ("redirect_uri", "http://127.0.0.1:3000/callback"),
-        ("code_verifier", VERIFIER),
-    ];
+    let redeem = redemption(&code);
     let first = token_request(gw.public, &redeem).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
     assert_eq!(token_request(gw.public, &redeem).await.status, StatusCode::BAD_REQUEST, "a replay");
@@ -1106,12 +1101,7 @@ async fn the_audit_log_records_security_events_as_json_lines() {
     // Consent is remembered now: a second code, whose refresh token is
     // then used twice.
     let code = approve_as_alice(gw.public).await;
-    let redeem = [
-        ("grant_type", "authorization_code"),
-        ("code", code.as_str()),
-        ("redirect_uri", "http://127.0.0.1:3000/callback"),
-        ("code_verifier", VERIFIER),
-    ];
+    let redeem = redemption(&code);
     let tokens = token_request(gw.public, &redeem).await.json();
     let refresh = tokens["refresh_token"].as_str().expect("refresh").to_string();
     let refreshed = token_request(gw.public, &[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
