@@ -579,6 +579,13 @@ async fn oversized_token_is_invalid_token() {
     gw.stop().await;
 }
 
+/// `portcullis_denials_total` of the calendar route for `reason`.
+async fn denials(gw: &Gateway, reason: &str) -> u64 {
+    let series = format!("portcullis_denials_total{{reason=\"{reason}\",route=\"calendar\"}} ");
+    let metrics = get(&gw.admin_url("/metrics"), &[]).await.text();
+    metrics.lines().find_map(|l| l.strip_prefix(&series)?.trim().parse().ok()).unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------
 // 7. Expiry
 // ---------------------------------------------------------------------------
@@ -610,6 +617,8 @@ async fn expired_token_is_refused_with_the_expired_description() {
     };
     assert_invalid_token(&refused, "The access token expired");
     assert!(upstream.saw_nothing());
+    assert_eq!(denials(&gw, "expired").await, 1);
+    assert_eq!(denials(&gw, "invalid_token").await, 0, "counted under its own reason");
     gw.stop().await;
 }
 
@@ -699,6 +708,8 @@ async fn revoked_token_is_refused_at_once_though_it_was_cached_valid() {
     let reply = get(&gw.url("/calendar/x"), &[("authorization", &auth)]).await;
     assert_invalid_token(&reply, "The access token was revoked");
     assert!(upstream.saw_nothing());
+    assert_eq!(denials(&gw, "revoked").await, 1);
+    assert_eq!(denials(&gw, "invalid_token").await, 0, "counted under its own reason");
     gw.stop().await;
 }
 
