@@ -97,11 +97,19 @@ struct TlsUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    /// How each completed handshake went (full or resumed), in order.
+    handshakes: Arc<Mutex<Vec<rustls::HandshakeKind>>>,
     task: JoinHandle<()>,
 }
 
 impl TlsUpstream {
-    async fn start((cert_pem, key_pem): (String, String)) -> TlsUpstream {
+    async fn start(cert: (String, String)) -> TlsUpstream {
+        TlsUpstream::serve(cert, false).await
+    }
+
+    /// With `close`, every response carries `Connection: close`, so each
+    /// request needs a new connection (and handshake).
+    async fn serve((cert_pem, key_pem): (String, String), close: bool) -> TlsUpstream {
         let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert PEM")];
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -115,23 +123,31 @@ impl TlsUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (conns, reqs) = (connections.clone(), requests.clone());
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let (conns, reqs, kinds) = (connections.clone(), requests.clone(), handshakes.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, reqs) = (acceptor.clone(), reqs.clone());
+                let (acceptor, reqs, kinds) = (acceptor.clone(), reqs.clone(), kinds.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    if let Some(kind) = tls.get_ref().1.handshake_kind() {
+                        kinds.lock().expect("handshakes").push(kind);
+                    }
                     let service = service_fn(move |req: Request<Incoming>| {
                         reqs.fetch_add(1, Ordering::SeqCst);
-                        async move { Ok::<_, Infallible>(answer(&req)) }
+                        let mut res = answer(&req);
+                        if close {
+                            res.headers_mut().insert("connection", http::HeaderValue::from_static("close"));
+                        }
+                        async move { Ok::<_, Infallible>(res) }
                     });
                     let _ =
                         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
                 });
             }
         });
-        TlsUpstream { addr, connections, requests, task }
+        TlsUpstream { addr, connections, requests, handshakes, task }
     }
 
     fn connections(&self) -> usize {
@@ -140,6 +156,10 @@ impl TlsUpstream {
 
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    fn handshakes(&self) -> Vec<rustls::HandshakeKind> {
+        self.handshakes.lock().expect("handshakes").clone()
     }
 }
 
@@ -203,6 +223,29 @@ async fn an_upstream_signed_by_the_route_ca_is_reached_over_one_pooled_connectio
     // handshake, whichever worker took them (each worker pools its own).
     assert_eq!(upstream.requests(), 3);
     assert!(upstream.connections() <= 2, "{} connections for 3 requests", upstream.connections());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_connection_to_an_upstream_resumes_the_tls_session() {
+    log();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("Upstream Test CA");
+    // The upstream closes every connection: each request reconnects.
+    let upstream = TlsUpstream::serve(ca.issue(&["localhost", "127.0.0.1"], (2040, 1, 1)), true).await;
+    let toml = config(upstream.addr, &ca_line(&ca.write(dir.path()))).replace("[server]", "[server]\nworkers = 1");
+    let gw = Gateway::start(&toml).await;
+    let bearer = format!("Bearer {}", gw.token("app", "calendar.read").await);
+    for _ in 0..3 {
+        let reply = get(&gw.url("/secure/x"), &[("authorization", &bearer)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert_eq!(upstream.connections(), 3);
+    assert_eq!(
+        upstream.handshakes(),
+        [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed, rustls::HandshakeKind::Resumed],
+        "one full handshake, then resumed sessions"
+    );
     gw.stop().await;
 }
 
