@@ -435,3 +435,35 @@ async fn a_full_validation_cache_counts_its_evictions() {
     }
     gw.stop().await;
 }
+
+/// A store that fails (here its tables are gone, dropped by another
+/// process): `/readyz` says so, and validation fails closed with `503`
+/// and `Retry-After` rather than letting a token through unchecked.
+#[tokio::test]
+async fn a_failing_store_fails_readiness_and_validation_closed() {
+    use sqlx::Connection as _;
+    let mut upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("p.db");
+    let toml = config_toml(upstream.addr, "")
+        .replace("url = \"sqlite::memory:\"", &format!("url = \"sqlite://{}\"", db.display()));
+    let gw = Gateway::start(&toml).await;
+    let token = gw.token("other", "calendar.read").await;
+    let ready = get(&gw.admin_url("/readyz"), &[]).await;
+    assert_eq!((ready.status, ready.text().as_str()), (StatusCode::OK, "ready\n"));
+
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.expect("connect");
+    sqlx::query("DROP TABLE revoked_tokens").execute(&mut other).await.expect("drop");
+    other.close().await.expect("close");
+
+    let ready = get(&gw.admin_url("/readyz"), &[]).await;
+    assert_eq!((ready.status, ready.text().as_str()), (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"));
+    let refused = get(&gw.url("/calendar/x"), &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.json()["error"], "temporarily_unavailable");
+    assert!(upstream.saw_nothing(), "nothing is forwarded on an unchecked token");
+    // Liveness is not readiness: the process itself is fine.
+    assert_eq!(get(&gw.admin_url("/healthz"), &[]).await.status, StatusCode::OK);
+    gw.stop().await;
+}

@@ -76,7 +76,10 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        // A table the hot path reads (revocation checks), not a bare
+        // `SELECT 1`, which SQLite answers without touching the database:
+        // readiness should fail when validation would.
+        sqlx::query("SELECT 1 FROM revoked_tokens LIMIT 1").execute(&self.pool).await?;
         Ok(())
     }
 
