@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, Version, header};
+use http_body::Body as _;
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 
@@ -303,13 +304,17 @@ impl Gateway {
         identity: Option<&crate::tokens::Identity>,
     ) -> Result<Response<Body>, Refusal> {
         let cfg = &route.config;
-        let req = req.map(|body| crate::metrics::counted(body, route.metrics.request_bytes.clone()));
+        // Most requests have no body: nothing to count, no layer to add.
+        let req = if req.body().is_end_stream() {
+            req
+        } else {
+            req.map(|body| crate::metrics::counted(body, &route.metrics.request_bytes))
+        };
         let forwarded = forwarder
             .forward(&cfg.upstream, cfg.upstream_tls.as_ref(), req, path_and_query, cfg.timeout, identity)
             .await?;
         route.metrics.upstream_duration.observe(forwarded.upstream_time.as_secs_f64());
-        let mut res =
-            forwarded.response.map(|body| crate::metrics::counted(body, route.metrics.response_bytes.clone()));
+        let mut res = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
         res.extensions_mut().insert(AccessInfo {
             upstream_time: Some(forwarded.upstream_time),
             subject: identity.map(|i| i.subject.clone()),

@@ -73,17 +73,26 @@ pub struct RouteMetrics {
 /// `body`, adding the length of each data frame to `counter` as it passes:
 /// bodies stream, so this is the only place their size is known. The size
 /// hint passes through, so a body of known length keeps its
-/// `Content-Length` framing.
-pub fn counted(body: Body, counter: IntCounter) -> Body {
-    Counted { inner: body, counter }.boxed_unsync()
+/// `Content-Length` framing. It boxes `body` once: wrap a body here
+/// instead of boxing it, not after (every layer is polled per frame).
+pub fn counted<B>(body: B, counter: &IntCounter) -> Body
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<crate::respond::BoxError>,
+{
+    Counted { inner: body, counter: counter.clone() }.boxed_unsync()
 }
 
-struct Counted {
-    inner: Body,
+struct Counted<B> {
+    inner: B,
     counter: IntCounter,
 }
 
-impl http_body::Body for Counted {
+impl<B> http_body::Body for Counted<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<crate::respond::BoxError>,
+{
     type Data = bytes::Bytes;
     type Error = crate::respond::BoxError;
 
@@ -92,12 +101,17 @@ impl http_body::Body for Counted {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.counter.inc_by(data.len() as u64);
+        match polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.counter.inc_by(data.len() as u64);
+                }
+                std::task::Poll::Ready(Some(Ok(frame)))
+            }
+            std::task::Poll::Ready(Some(Err(e))) => std::task::Poll::Ready(Some(Err(e.into()))),
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt as _;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -144,8 +143,26 @@ pub struct Forwarder {
 /// A forwarded exchange's result: the response and how long the upstream
 /// took to start it.
 pub struct Forwarded {
-    pub response: Response<Body>,
+    pub response: Response<Relayed>,
     pub upstream_time: Duration,
+}
+
+/// A response body on its way back: the upstream's, not yet boxed, so the
+/// caller can wrap it (count it) and box it in one go.
+pub enum Relayed {
+    Upstream(hyper::body::Incoming),
+    /// The built-in demo API's answer.
+    Demo(Body),
+}
+
+impl Relayed {
+    /// The body to send, its bytes added to `counter` as they pass.
+    pub fn into_body(self, counter: &prometheus::IntCounter) -> Body {
+        match self {
+            Relayed::Upstream(body) => crate::metrics::counted(body, counter),
+            Relayed::Demo(body) => crate::metrics::counted(body, counter),
+        }
+    }
 }
 
 impl Default for Forwarder {
@@ -227,7 +244,7 @@ impl Forwarder {
         let (scheme, authority, base_path) = match upstream {
             Upstream::Static => {
                 return Ok(Forwarded {
-                    response: static_demo(&req, path_and_query, identity),
+                    response: static_demo(&req, path_and_query, identity).map(Relayed::Demo),
                     upstream_time: Duration::ZERO,
                 });
             }
@@ -260,7 +277,7 @@ impl Forwarder {
         let upstream_time = started.elapsed();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Forwarded { response: Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()), upstream_time })
+        Ok(Forwarded { response: Response::from_parts(parts, Relayed::Upstream(body)), upstream_time })
     }
 }
 
