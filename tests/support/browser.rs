@@ -2,7 +2,7 @@
 //! `chromedriver`, so integration tests can log in and click buttons in a real
 //! browser.
 //!
-//! Each [`Browser`] is its own `chromedriver` on a free loopback port with its
+//! Each [`Browser`] is its own `chromedriver` on a loopback port it picks with its
 //! own Chromium session and empty profile, with a phone's viewport
 //! ([`VIEWPORT`], mobile emulation: like a real phone, a page lays out at
 //! 412 px only with `<meta name=viewport content="width=device-width">`,
@@ -150,41 +150,54 @@ impl Browser {
         }
         let started = Instant::now();
         let profile = tempfile::Builder::new().prefix("portcullis-chromium-").tempdir().expect("profile dir");
-        let port = free_port();
+        // `--port=0`: chromedriver binds a port the kernel picks and names it
+        // on stdout. (Picking a free port here and passing it on races the
+        // other tests binding `127.0.0.1:0` in between, and lost in CI.)
         let log = profile.path().join("chromedriver.log");
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
+        let mut child = Command::new(CHROMEDRIVER)
+            .arg("--port=0")
             .arg(format!("--log-path={}", log.display()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {CHROMEDRIVER}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
         let mut driver = Driver { child, browser_pid: None };
+        let (port_tx, mut port_rx) = tokio::sync::oneshot::channel::<u16>();
+        std::thread::spawn(move || announced_port(stdout, port_tx));
         let http: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let base = format!("http://127.0.0.1:{port}");
 
-        // Ready when /status says so; bounded, and failing early if the
-        // driver exits (a port taken between bind and spawn, say).
+        // Ready when it names its port and /status says so; bounded, and
+        // failing early if the driver exits.
         let deadline = Instant::now() + DRIVER_READY_TIMEOUT;
+        let mut port = None;
         loop {
             if let Ok(Some(status)) = driver.child.try_wait() {
                 panic!("chromedriver exited with {status} before it was ready; log:\n{}", log_tail(&log));
             }
-            let ready = request(&http, Method::GET, &format!("{base}/status"), None, Duration::from_secs(1))
-                .await
-                .is_ok_and(|(_, v)| v["value"]["ready"] == json!(true));
-            if ready {
-                break;
+            if port.is_none() {
+                port = port_rx.try_recv().ok();
+            }
+            if let Some(port) = port {
+                let status = format!("http://127.0.0.1:{port}/status");
+                let ready = request(&http, Method::GET, &status, None, Duration::from_secs(1))
+                    .await
+                    .is_ok_and(|(_, v)| v["value"]["ready"] == json!(true));
+                if ready {
+                    break;
+                }
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "chromedriver on port {port} not ready after {DRIVER_READY_TIMEOUT:?}; log:\n{}",
+                    "chromedriver (port {port:?}) not ready after {DRIVER_READY_TIMEOUT:?}; log:\n{}",
                     log_tail(&log)
                 );
             }
             tokio::time::sleep(POLL).await;
         }
+        let port = port.expect("the loop breaks only with a port");
+        let base = format!("http://127.0.0.1:{port}");
 
         let driver_ready = started.elapsed();
 
@@ -534,10 +547,23 @@ fn element_id(v: &Value) -> Result<String> {
         .ok_or_else(|| Error::harness("find element", format!("not an element reference: {v}")))
 }
 
-/// A loopback port that was free a moment ago (bound, then released).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+/// Reads chromedriver's stdout: sends the port of its "ChromeDriver was
+/// started successfully on port N." line, then drains the rest so the driver
+/// never blocks on a full pipe.
+fn announced_port(stdout: std::process::ChildStdout, port: tokio::sync::oneshot::Sender<u16>) {
+    use std::io::BufRead as _;
+    let mut port = Some(port);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Ok(line) = line else { return };
+        let announced = line
+            .strip_prefix("ChromeDriver was started successfully on port ")
+            .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok());
+        if let Some(n) = announced
+            && let Some(tx) = port.take()
+        {
+            let _ = tx.send(n);
+        }
+    }
 }
 
 /// The parent pid of `pid` if it is alive (not a zombie).
