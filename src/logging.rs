@@ -13,7 +13,7 @@
 use std::io::IsTerminal as _;
 
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::filter::{Targets, filter_fn};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -46,7 +46,14 @@ fn open_audit_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 /// audit log is written: the store-changing commands use that, so what
 /// they change is audited while their output stays what they print.
 pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    // The audit target is kept out of the main log by the level filter
+    // itself, not by a filter closure beside it: a closure cannot say ahead
+    // of time which call sites it refuses, so every `trace!` in every
+    // dependency would be evaluated on every call, on the request path.
+    let audit_off = format!("{}=off", audit::TARGET).parse().expect("a valid directive");
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(&config.level))
+        .add_directive(audit_off);
     let (stderr, stderr_guard) = background("portcullis-log", std::io::stderr());
     let mut guards = vec![stderr_guard];
 
@@ -55,7 +62,7 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
         LogFormat::Json => main.json().flatten_event(true).with_current_span(false).boxed(),
         LogFormat::Text => main.boxed(),
     };
-    let main = main_log.then(|| main.with_filter(filter).with_filter(filter_fn(|meta| meta.target() != audit::TARGET)));
+    let main = main_log.then(|| main.with_filter(filter));
 
     let audit_writer = match &config.audit {
         AuditSink::Off => None,
@@ -76,7 +83,10 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
             .with_span_list(false)
             .with_ansi(false)
             .with_writer(writer)
-            .with_filter(Targets::new().with_target(audit::TARGET, tracing::Level::TRACE))
+            // INFO: the level of audit events and of their `oauth` span, so
+            // the hint of the most verbose layer stays INFO and `debug!` and
+            // `trace!` call sites are skipped by one comparison.
+            .with_filter(Targets::new().with_target(audit::TARGET, tracing::Level::INFO))
     });
     let _ = tracing_subscriber::registry().with(main).with(audit).try_init();
     Ok(LogGuards(guards))
