@@ -21,7 +21,7 @@ use crate::config::{RouteConfig, ScopeRule};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::net::IpNet;
 use crate::path::{normalize, under_prefix};
-use crate::proxy::{ForwardContext, Forwarder, upstream_headers};
+use crate::proxy::{Destination, ForwardContext, Forwarder, upstream_headers};
 use crate::respond::{Body, Refusal, full};
 
 /// A route with what it needs at request time, resolved once.
@@ -31,6 +31,7 @@ pub struct Route {
     name: Arc<str>,
     upstream: Arc<str>,
     metrics: RouteMetrics,
+    destination: Destination,
     /// The `Allow` header of a 405 from this route.
     allow: HeaderValue,
 }
@@ -49,6 +50,7 @@ impl Route {
             name: Arc::from(config.name.as_str()),
             upstream: Arc::from(upstream),
             metrics: metrics.route(&config.name),
+            destination: Destination::new(&config.upstream, config.upstream_tls.as_ref()),
             allow: HeaderValue::try_from(allow).unwrap_or_else(|_| HeaderValue::from_static("")),
             config,
         }
@@ -310,9 +312,7 @@ impl Gateway {
         } else {
             req.map(|body| crate::metrics::counted(body, &route.metrics.request_bytes))
         };
-        let forwarded = forwarder
-            .forward(&cfg.upstream, cfg.upstream_tls.as_ref(), req, path_and_query, cfg.timeout, identity)
-            .await?;
+        let forwarded = forwarder.forward(&route.destination, req, path_and_query, cfg.timeout, identity).await?;
         route.metrics.upstream_duration.observe(forwarded.upstream_time.as_secs_f64());
         let mut res = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
         res.extensions_mut().insert(AccessInfo {

@@ -51,9 +51,8 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
     // of time which call sites it refuses, so every `trace!` in every
     // dependency would be evaluated on every call, on the request path.
     let audit_off = format!("{}=off", audit::TARGET).parse().expect("a valid directive");
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&config.level))
-        .add_directive(audit_off);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level)).add_directive(audit_off);
     let (stderr, stderr_guard) = background("portcullis-log", std::io::stderr());
     let mut guards = vec![stderr_guard];
 

@@ -9,21 +9,17 @@
 //! `X-Forwarded-*` from a client are believed only from a trusted proxy.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Upstream;
 use crate::net::IpNet;
 use crate::respond::{Body, Refusal, full};
 use crate::tokens::Identity;
+use crate::upstream_pool::{Pool, PooledBody, Target};
 use crate::upstream_tls::UpstreamTls;
 
 pub static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
@@ -127,17 +123,30 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+/// Where a route's requests go, resolved once per configuration.
+pub enum Destination {
+    /// The built-in demo API.
+    Static,
+    /// An upstream server, and the path its routes live under there.
+    Upstream { target: Target, base_path: String },
+}
 
-/// A worker's pooled upstream clients: one for plain `http://` upstreams,
-/// and one per TLS client configuration in use, so a route that skips
-/// certificate verification never reuses a connection that one which
-/// verifies would accept, and the other way round.
+impl Destination {
+    pub fn new(upstream: &Upstream, tls: Option<&UpstreamTls>) -> Destination {
+        match upstream {
+            Upstream::Static => Destination::Static,
+            Upstream::Http { scheme, authority, base_path } => Destination::Upstream {
+                target: Target::new(scheme.clone(), authority.clone(), tls.map(|t| t.client.clone())),
+                base_path: base_path.clone(),
+            },
+        }
+    }
+}
+
+/// A worker's upstream connections (see `crate::upstream_pool`).
+#[derive(Default)]
 pub struct Forwarder {
-    http: Client<HttpConnector, Body>,
-    /// Looked up by `Arc` identity; only `https://` routes come here, and
-    /// the lock is a worker's own (no other thread takes it).
-    https: Mutex<Vec<(Arc<rustls::ClientConfig>, HttpsClient)>>,
+    pool: Pool,
 }
 
 /// A forwarded exchange's result: the response and how long the upstream
@@ -150,7 +159,7 @@ pub struct Forwarded {
 /// A response body on its way back: the upstream's, not yet boxed, so the
 /// caller can wrap it (count it) and box it in one go.
 pub enum Relayed {
-    Upstream(hyper::body::Incoming),
+    Upstream(PooledBody),
     /// The built-in demo API's answer.
     Demo(Body),
 }
@@ -165,34 +174,8 @@ impl Relayed {
     }
 }
 
-impl Default for Forwarder {
-    fn default() -> Self {
-        Forwarder::new()
-    }
-}
-
-fn tcp_connector() -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    connector
-}
-
-fn pooled<C>(connector: C) -> Client<C, Body>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone,
-{
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http1_writev(false)
-        .build(connector)
-}
-
-/// An error and its causes, which is where the reason lives ("client
-/// error (Connect): invalid peer certificate: Expired").
+/// An error and its causes, which is where the reason lives ("TLS
+/// handshake: invalid peer certificate: Expired").
 fn causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -205,71 +188,61 @@ fn causes(e: &dyn std::error::Error) -> String {
 }
 
 impl Forwarder {
+    /// Must be called inside the worker's runtime (see `Pool::new`).
     pub fn new() -> Forwarder {
-        Forwarder { http: pooled(tcp_connector()), https: Mutex::new(Vec::new()) }
+        Forwarder { pool: Pool::new() }
     }
 
-    /// The pool for `config`, made on first use. Pools of configurations
-    /// no route holds any more (a reload replaced them) are dropped then.
-    fn https_client(&self, config: &Arc<rustls::ClientConfig>) -> HttpsClient {
-        let mut pools = self.https.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, client)) = pools.iter().find(|(c, _)| Arc::ptr_eq(c, config)) {
-            return client.clone();
-        }
-        pools.retain(|(c, _)| Arc::strong_count(c) > 1);
-        let mut tcp = tcp_connector();
-        tcp.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((**config).clone())
-            .https_only()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let client = pooled(connector);
-        pools.push((config.clone(), client.clone()));
-        client
+    /// Idle upstream connections this worker holds.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
     }
 
-    /// Sends `req` (already rewritten) to `upstream` and relays the answer.
-    /// `path_and_query` is the normalised path plus the filtered query;
-    /// `tls` is how an `https://` upstream is verified.
+    /// Sends `req` (already rewritten) to `destination` and relays the
+    /// answer. `path_and_query` is the normalised path plus the filtered
+    /// query.
     pub async fn forward(
         &self,
-        upstream: &Upstream,
-        tls: Option<&UpstreamTls>,
+        destination: &Destination,
         mut req: Request<Body>,
         path_and_query: &str,
         timeout: Duration,
         identity: Option<&Identity>,
     ) -> Result<Forwarded, Refusal> {
-        let (scheme, authority, base_path) = match upstream {
-            Upstream::Static => {
+        let (target, base_path) = match destination {
+            Destination::Static => {
                 return Ok(Forwarded {
                     response: static_demo(&req, path_and_query, identity).map(Relayed::Demo),
                     upstream_time: Duration::ZERO,
                 });
             }
-            Upstream::Http { scheme, authority, base_path } => (scheme, authority, base_path),
+            Destination::Upstream { target, base_path } => (target, base_path),
         };
-        let uri = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
-            .path_and_query(format!("{base_path}{path_and_query}"))
-            .build()
-            .map_err(|_| Refusal::BadRequest("The request target cannot be forwarded"))?;
-        *req.uri_mut() = uri;
+        // Origin form (RFC 9112 §3.2.1): the path and query, with the
+        // authority in `Host`.
+        let target_uri = if base_path.is_empty() {
+            Uri::try_from(path_and_query)
+        } else {
+            Uri::try_from(format!("{base_path}{path_and_query}"))
+        };
+        *req.uri_mut() = target_uri.map_err(|_| Refusal::BadRequest("The request target cannot be forwarded"))?;
         *req.version_mut() = Version::HTTP_11;
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, target.host.clone());
+        }
         let started = Instant::now();
-        let sent = match tls {
-            None => self.http.request(req),
-            Some(tls) => self.https_client(&tls.client).request(req),
-        };
-        let response = match tokio::time::timeout(timeout, sent).await {
+        let response = match tokio::time::timeout(timeout, self.pool.send(target, req)).await {
             Err(_) => {
-                tracing::warn!(upstream = %authority, timeout = ?timeout, "upstream did not answer in time");
+                tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
                 return Err(Refusal::UpstreamTimeout);
             }
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %authority, error = %causes(&e), connect = e.is_connect(), "upstream request failed");
+                tracing::warn!(
+                    upstream = %target.authority(),
+                    error = %causes(&e),
+                    connect = e.is_connect(),
+                    "upstream request failed"
+                );
                 return Err(Refusal::UpstreamUnreachable);
             }
             Ok(Ok(res)) => res,
