@@ -13,6 +13,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore as _;
 
+use crate::tokens::Identity;
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What the gateway learnt about a request, carried to the access log in
@@ -24,8 +26,8 @@ pub struct AccessInfo {
     pub path: Option<String>,
     pub upstream: Option<Arc<str>>,
     pub upstream_time: Option<Duration>,
-    pub subject: Option<String>,
-    pub client_id: Option<String>,
+    /// Whom the token named (shared with the cache, not copied).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// A client's id is kept if it is 1 to 128 characters of a conservative
@@ -79,8 +81,8 @@ pub fn log(
         route = info.route.as_deref().unwrap_or("(none)"),
         upstream = info.upstream.as_deref().unwrap_or(""),
         upstream_ms = info.upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        client_id = info.client_id.as_deref().unwrap_or(""),
-        subject = info.subject.as_deref().unwrap_or(""),
+        client_id = info.identity.as_deref().map_or("", |i| i.client_id.as_str()),
+        subject = info.identity.as_deref().map_or("", |i| i.subject.as_str()),
     );
 }
 

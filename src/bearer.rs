@@ -53,8 +53,13 @@ impl BearerError {
 /// `token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
 /// (RFC 9110 §11.2).
 pub fn is_token68(s: &str) -> bool {
-    let body = s.trim_end_matches('=');
-    !body.is_empty() && body.bytes().all(|b| TOKEN68[usize::from(b)])
+    is_token68_bytes(s.as_bytes())
+}
+
+fn is_token68_bytes(s: &[u8]) -> bool {
+    let padding = s.iter().rev().take_while(|&&b| b == b'=').count();
+    let body = &s[..s.len() - padding];
+    !body.is_empty() && body.iter().all(|&b| TOKEN68[usize::from(b)])
 }
 
 /// The token68 characters, as a table: this runs over every token of every
@@ -75,25 +80,32 @@ static TOKEN68: [bool; 256] = {
 /// bearer credentials and yield `None`.
 pub fn from_header(headers: &HeaderMap) -> Result<Option<&str>, BearerError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
+    let Some(header) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
         return Err(BearerError::RepeatedHeader);
     }
-    let value = value.to_str().map_err(|_| BearerError::MalformedHeader)?;
-    let (scheme, rest) = match value.split_once(' ') {
-        Some((s, r)) => (s, r),
-        None => (value, ""),
+    // Bytes, not `to_str()`: the token68 check below admits only ASCII, so
+    // a second pass over a long token to prove it is text would be waste.
+    let value = header.as_bytes();
+    let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
+        Some(i) => (&value[..i], &value[i + 1..]),
+        None => (value, &b""[..]),
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(None);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        // Not ours to read, but a value that is not visible ASCII is
+        // malformed whatever its scheme.
+        return header.to_str().map(|_| None).map_err(|_| BearerError::MalformedHeader);
     }
-    let token = rest.trim_matches(' ');
-    if !is_token68(token) {
+    let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    let end = rest.iter().rposition(|&b| b != b' ').map_or(start, |i| i + 1);
+    let token = &rest[start..end];
+    if !is_token68_bytes(token) {
         return Err(BearerError::MalformedHeader);
     }
-    Ok(Some(token))
+    // token68 is ASCII, so this cannot fail.
+    std::str::from_utf8(token).map(Some).map_err(|_| BearerError::MalformedHeader)
 }
 
 /// Splits `access_token` out of a form-encoded string (a query or an
@@ -251,6 +263,16 @@ mod tests {
         assert_eq!(from_header(&headers(&["Bearer a b"])), Err(BearerError::MalformedHeader));
         assert_eq!(from_header(&headers(&["Bearer a,b"])), Err(BearerError::MalformedHeader));
         assert_eq!(from_header(&headers(&["Bearer ="])), Err(BearerError::MalformedHeader));
+        assert_eq!(from_header(&headers(&["Bearer \tabc"])), Err(BearerError::MalformedHeader));
+        assert_eq!(from_header(&headers(&["Bearer  abc  "])).unwrap(), Some("abc"));
+        assert_eq!(from_header(&headers(&["Bearer a=b"])), Err(BearerError::MalformedHeader));
+        let obs_text = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+            from_header(&h).map(|t| t.map(str::to_owned))
+        };
+        assert_eq!(obs_text(b"Bearer abc\xff"), Err(BearerError::MalformedHeader));
+        assert_eq!(obs_text(b"Basic \xff"), Err(BearerError::MalformedHeader), "not text, whatever the scheme");
     }
 
     #[test]

@@ -287,7 +287,7 @@ impl Gateway {
         upstream_headers(&mut parts.headers, &ctx);
         let path_and_query = join_path_query(path, query.as_deref());
         let mut res =
-            self.send(forwarder, route, Request::from_parts(parts, body), &path_and_query, Some(&identity)).await?;
+            self.send(forwarder, route, Request::from_parts(parts, body), &path_and_query, Some(identity)).await?;
         // RFC 6750 §2.3: a response to a request with the token in its URI
         // must not be stored by shared caches, whatever its status (404s and
         // redirects are cacheable too, under a URI holding the token).
@@ -303,7 +303,7 @@ impl Gateway {
         route: &Route,
         req: Request<Body>,
         path_and_query: &str,
-        identity: Option<&crate::tokens::Identity>,
+        identity: Option<Arc<crate::tokens::Identity>>,
     ) -> Result<Response<Body>, Refusal> {
         let cfg = &route.config;
         // Most requests have no body: nothing to count, no layer to add.
@@ -312,13 +312,13 @@ impl Gateway {
         } else {
             req.map(|body| crate::metrics::counted(body, &route.metrics.request_bytes))
         };
-        let forwarded = forwarder.forward(&route.destination, req, path_and_query, cfg.timeout, identity).await?;
+        let forwarded =
+            forwarder.forward(&route.destination, req, path_and_query, cfg.timeout, identity.as_deref()).await?;
         route.metrics.upstream_duration.observe(forwarded.upstream_time.as_secs_f64());
         let mut res = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
         res.extensions_mut().insert(AccessInfo {
             upstream_time: Some(forwarded.upstream_time),
-            subject: identity.map(|i| i.subject.clone()),
-            client_id: identity.map(|i| i.client_id.clone()),
+            identity,
             ..AccessInfo::default()
         });
         Ok(res)

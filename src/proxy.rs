@@ -32,9 +32,30 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The headers RFC 9110 §7.6.1 lists as connection-specific, and
+/// `Proxy-Connection`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+    .contains(&name)
+}
+
 /// Removes the connection-specific headers of one hop: those RFC 9110
 /// §7.6.1 lists, the ones `Connection` names, and `Proxy-Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over the few names present is
+    // cheaper than eight hashed removals that find nothing.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -45,16 +66,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
+    let present: Vec<HeaderName> = headers.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
+    for name in present {
         headers.remove(name);
     }
 }
@@ -88,17 +101,17 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
         headers.remove(header::AUTHORIZATION);
     }
     let trusted = ctx.trusted_proxies.iter().any(|net| net.contains(ctx.peer.ip()));
-    let peer_ip = ctx.peer.ip().to_canonical().to_string();
+    let peer_ip = ip_text(ctx.peer.ip().to_canonical());
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|_| trusted) {
-        Some(chain) => format!("{chain}, {peer_ip}"),
-        None => peer_ip,
+        Some(chain) => HeaderValue::try_from(format!("{chain}, {}", peer_ip.as_str())),
+        None => HeaderValue::from_str(peer_ip.as_str()),
     };
     if !trusted {
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
         headers.remove(&FORWARDED);
     }
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -120,6 +133,53 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
         headers.insert(X_AUTH_SUBJECT.clone(), id.subject_header.clone());
         headers.insert(X_AUTH_CLIENT_ID.clone(), id.client_id_header.clone());
         headers.insert(X_AUTH_SCOPE.clone(), id.scope_header.clone());
+    }
+}
+
+/// An address as text, on the stack: IPv4 by hand, since `Display` goes
+/// through the formatting machinery four times per request.
+fn ip_text(ip: std::net::IpAddr) -> IpText {
+    let mut text = IpText { bytes: [0; 45], len: 0 };
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push(b'.');
+                }
+                if octet >= 100 {
+                    text.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    text.push(b'0' + octet / 10 % 10);
+                }
+                text.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let mut cursor = std::io::Cursor::new(&mut text.bytes[..]);
+            // 45 bytes hold the longest IPv6 text form.
+            let _ = write!(cursor, "{v6}");
+            text.len = cursor.position() as usize;
+        }
+    }
+    text
+}
+
+struct IpText {
+    bytes: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits, dots, hex and colons are ever written.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
     }
 }
 
@@ -274,6 +334,32 @@ fn static_demo(req: &Request<Body>, path_and_query: &str, identity: Option<&Iden
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.99.100.109",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip).as_str(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn a_request_with_no_hop_by_hop_headers_keeps_all_it_has() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
