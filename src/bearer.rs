@@ -59,21 +59,19 @@ pub fn is_token68(s: &str) -> bool {
 fn is_token68_bytes(s: &[u8]) -> bool {
     let padding = s.iter().rev().take_while(|&&b| b == b'=').count();
     let body = &s[..s.len() - padding];
-    !body.is_empty() && body.iter().all(|&b| TOKEN68[usize::from(b)])
+    // Every byte of every token of every request passes here. Without an
+    // early exit inside a chunk, and with comparisons rather than a table
+    // lookup, the compiler checks 16 bytes per instruction instead of one.
+    !body.is_empty() && body.chunks(64).all(|chunk| chunk.iter().fold(true, |ok, &b| ok & is_token68_char(b)))
 }
 
-/// The token68 characters, as a table: this runs over every token of every
-/// request, and a lookup beats a chain of range tests.
-static TOKEN68: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
-        i += 1;
-    }
-    t
-};
+/// `ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/"`, branch-free.
+#[inline]
+fn is_token68_char(b: u8) -> bool {
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    let digit = b.wrapping_sub(b'0') < 10;
+    letter | digit | (b == b'-') | (b == b'.') | (b == b'_') | (b == b'~') | (b == b'+') | (b == b'/')
+}
 
 /// The bearer token in the `Authorization` header, if the header uses the
 /// `Bearer` scheme (matched case-insensitively). Other schemes are not
@@ -245,6 +243,20 @@ mod tests {
             h.append(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn token68_characters_are_exactly_rfc_9110s() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+            assert_eq!(is_token68_char(b), expected, "byte {b:#04x}");
+        }
+        let long = "a".repeat(200);
+        assert!(is_token68(&long));
+        assert!(!is_token68(&format!("{long}!{long}")), "a bad byte past the first chunk");
+        assert!(is_token68("abc=="));
+        assert!(!is_token68("=="));
+        assert!(!is_token68("a=b"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::Request;
@@ -546,16 +547,22 @@ async fn serve_io<I, F, Fut>(
     });
     let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = &mut conn => Some(result),
-        _ = tokio::time::sleep(first_request_timeout) => None,
-    };
-    let result = match result {
-        Some(r) => r,
-        None if !served.load(Ordering::Relaxed) => {
-            return tracing::debug!(%peer, "closed a connection that sent no request in time");
+    let first_request_deadline = tokio::time::sleep(first_request_timeout);
+    tokio::pin!(first_request_deadline);
+    // Not `select!`: that would poll the timer on every wake-up of a busy
+    // connection; once a request has come, only the connection is polled.
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
         }
-        None => conn.await,
+        if !served.load(Ordering::Relaxed) && first_request_deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    let Some(result) = result else {
+        return tracing::debug!(%peer, "closed a connection that sent no request in time");
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
