@@ -54,6 +54,12 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// Whether access lines are written at all: with the access target
+/// filtered out (a `warn` level), a request copies nothing for the log.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "access", tracing::Level::INFO)
+}
+
 /// One access log line.
 #[allow(clippy::too_many_arguments)]
 pub fn log(
@@ -64,9 +70,7 @@ pub fn log(
     duration: Duration,
     info: Option<&AccessInfo>,
 ) {
-    // Checked first: with the access target filtered out (a `warn` level),
-    // a request costs no formatting at all.
-    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+    if !enabled() {
         return;
     }
     let none = AccessInfo::default();

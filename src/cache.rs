@@ -79,22 +79,24 @@ impl TokenValidator {
             if let Verdict::Valid(id) = &verdict
                 && id.expires_at <= now_unix()
             {
-                self.cache.invalidate(&key).await;
+                Box::pin(self.cache.invalidate(&key)).await;
             } else {
                 self.metrics.cache_hits.inc();
                 return Ok(verdict);
             }
         }
         self.metrics.cache_misses.inc();
-        self.cache
-            .try_get_with(key, async {
-                self.metrics.token_validations.inc();
-                Ok(match self.tokens.verify(token).await? {
-                    Ok(identity) => Verdict::Valid(Arc::new(identity)),
-                    Err(rejection) => Verdict::Invalid(rejection),
-                })
+        // Boxed: verifying (a signature, a store read) makes a future of
+        // kilobytes, which every request's future would otherwise carry,
+        // and copy each time it is moved, hit or miss.
+        Box::pin(self.cache.try_get_with(key, async {
+            self.metrics.token_validations.inc();
+            Ok(match self.tokens.verify(token).await? {
+                Ok(identity) => Verdict::Valid(Arc::new(identity)),
+                Err(rejection) => Verdict::Invalid(rejection),
             })
-            .await
+        }))
+        .await
     }
 
     /// Forgets what is cached for `token`, so the next request re-validates

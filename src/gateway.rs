@@ -146,7 +146,9 @@ impl Gateway {
             }
         };
         if let Some(endpoint) = self.authz.endpoint(&path) {
-            let mut res = self.authz.handle(endpoint, req, peer.ip().to_canonical()).await;
+            // Boxed, like every cold path here: the endpoints' futures are
+            // large, and a proxied request's future would carry them too.
+            let mut res = Box::pin(self.authz.handle(endpoint, req, peer.ip().to_canonical())).await;
             res.extensions_mut().insert(AccessInfo {
                 route: Some(Arc::from("(authorization server)")),
                 path: Some(path),
@@ -241,7 +243,7 @@ impl Gateway {
         }
         let (body_token, body) = if cfg.allow_body_token && bearer::body_may_carry_token(&parts.method, &parts.headers)
         {
-            let bytes = self.read_form_body(&parts.headers, body).await?;
+            let bytes = Box::pin(self.read_form_body(&parts.headers, body)).await?;
             let (token, rest) = bearer::split_body_token(&bytes).map_err(Refusal::Bearer)?;
             (token, full(rest))
         } else {

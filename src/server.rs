@@ -241,21 +241,24 @@ async fn serve_public(
     let hsts = tls.as_ref().and_then(|t| t.hsts.clone());
     accept_loop(listener, cfg, stop, tls.map(|t| t.acceptor), move |mut req: Request<Incoming>, peer| {
         let (gateway, forwarder, hsts) = (gateway.load_full(), forwarder.clone(), hsts.clone());
-        async move {
+        // Boxed: hyper moves the future it is handed into place, and a
+        // request's future is kilobytes; a box moves as one pointer.
+        Box::pin(async move {
             let started = std::time::Instant::now();
             let id = access::request_id(req.headers());
             req.headers_mut().insert(access::X_REQUEST_ID.clone(), id.clone());
-            let (method, raw_path) = (req.method().clone(), req.uri().path().to_owned());
+            let logged =
+                (gateway.access_log && access::enabled()).then(|| (req.method().clone(), req.uri().path().to_owned()));
             let mut res = gateway.handle(req, peer, &forwarder).await;
             if let Some(hsts) = hsts {
                 res.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
             }
-            if gateway.access_log {
+            if let Some((method, raw_path)) = logged {
                 access::log(&id, &method, &raw_path, res.status(), started.elapsed(), res.extensions().get());
             }
             res.headers_mut().insert(access::X_REQUEST_ID.clone(), id);
             Ok::<_, Infallible>(res)
-        }
+        })
     })
     .await
 }

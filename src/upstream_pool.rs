@@ -207,7 +207,9 @@ impl Pool {
             let reused = pooled.is_some();
             let mut sender = match pooled {
                 Some(sender) => sender,
-                None => connect(target).await?,
+                // Boxed: a TLS handshake's state is kilobytes, carried
+                // (and copied on every move) by each request's future.
+                None => Box::pin(connect(target)).await?,
             };
             // A returned connection may still be finishing its last
             // exchange; this waits for that, or says it closed instead.
