@@ -18,8 +18,8 @@
 //! This is what hyper-util's pooled client does, minus what a gateway's
 //! workers do not need: each worker is one thread with its own pool, so
 //! there is no key hashing, no shared lock to contend, and no task spawned
-//! per request to watch for the connection to go idle (callgrind: ~17k
-//! fewer instructions per proxied request, a fifth of the total).
+//! per request to watch for the connection to go idle (callgrind: 90k
+//! instructions per proxied request before, 79k after).
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
