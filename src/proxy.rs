@@ -253,11 +253,6 @@ impl Forwarder {
         Forwarder { pool: Pool::new() }
     }
 
-    /// Idle upstream connections this worker holds.
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle_count()
-    }
-
     /// Sends `req` (already rewritten) to `destination` and relays the
     /// answer. `path_and_query` is the normalised path plus the filtered
     /// query.

@@ -161,6 +161,7 @@ impl Idles {
         self.by_target.retain(|(_, idle)| !idle.is_empty());
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.by_target.iter().map(|(_, idle)| idle.len()).sum()
     }
@@ -193,8 +194,8 @@ impl Pool {
         lock(&self.idle)
     }
 
-    /// Idle connections held, for tests.
-    pub fn idle_count(&self) -> usize {
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
         self.idles().len()
     }
 
