@@ -87,6 +87,7 @@ struct RawServer {
     listen: String,
     realm: Option<String>,
     header_read_timeout: Option<String>,
+    keep_alive_timeout: Option<String>,
     max_header_bytes: Option<usize>,
     max_form_body_bytes: Option<usize>,
     max_connections: Option<usize>,
@@ -232,6 +233,10 @@ pub struct ServerConfig {
     /// Slowloris guard: a connection that has not sent a whole request head
     /// in this time is closed.
     pub header_read_timeout: Duration,
+    /// A connection with no new request for this long is closed (an
+    /// exchange in flight finishes first), so idle clients do not hold
+    /// connection slots.
+    pub keep_alive_timeout: Duration,
     /// Larger request heads are answered with 431.
     pub max_header_bytes: usize,
     /// The most we buffer of a form body (token endpoint, body-parameter
@@ -640,6 +645,7 @@ impl Validator {
             listen,
             realm,
             header_read_timeout: self.duration("server.header_read_timeout", raw.header_read_timeout.as_deref(), "10s"),
+            keep_alive_timeout: self.duration("server.keep_alive_timeout", raw.keep_alive_timeout.as_deref(), "75s"),
             max_header_bytes,
             max_form_body_bytes,
             max_connections,
@@ -1150,6 +1156,8 @@ mod tests {
         assert_eq!(c.authorization_server.access_token_ttl, Duration::from_secs(900));
         assert_eq!(c.cache.ttl, Duration::from_secs(30));
         assert_eq!(c.server.realm, "portcullis");
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.keep_alive_timeout, Duration::from_secs(75));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Listeners and connection lifecycle: binding the public and admin
 //! sockets, accepting with a connection limit, serving HTTP/1.1 and HTTP/2
-//! with header-read timeouts and size caps, and draining on shutdown.
+//! with header-read and keep-alive timeouts and size caps, and draining on
+//! shutdown (every connection holds a permit of the connection limit, so
+//! holding them all back means all have finished).
 //!
 //! `Server::start` does all the fallible set-up (store, keys, sockets) and
 //! returns the bound addresses; `Server::run` serves until the shutdown
@@ -17,7 +19,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -26,7 +28,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -450,8 +451,8 @@ async fn accept_loop<F, Fut>(
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    let max_connections = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
+    let limit = Arc::new(Semaphore::new(max_connections as usize));
 
     loop {
         let permit = tokio::select! {
@@ -473,12 +474,20 @@ async fn accept_loop<F, Fut>(
                 }
             },
         };
-        let conn = Conn { peer, first_request_timeout: cfg.header_read_timeout, tls: tls.clone() };
-        serve_connection(stream, conn, &builder, &graceful, handler.clone(), permit);
+        let conn = Conn {
+            peer,
+            first_request_timeout: cfg.header_read_timeout,
+            keep_alive_timeout: cfg.keep_alive_timeout,
+            tls: tls.clone(),
+            stop: stop.clone(),
+        };
+        serve_connection(stream, conn, &builder, handler.clone(), permit);
     }
     drop(listener);
+    // Every connection holds a permit until it is done, so holding them
+    // all means every connection has finished.
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = limit.acquire_many(max_connections) => {}
         _ = tokio::time::sleep(cfg.drain_timeout) => {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
@@ -489,14 +498,16 @@ async fn accept_loop<F, Fut>(
 struct Conn {
     peer: SocketAddr,
     first_request_timeout: Duration,
+    keep_alive_timeout: Duration,
     tls: Option<TlsAcceptor>,
+    /// Turns `true` when the listener drains.
+    stop: watch::Receiver<bool>,
 }
 
 fn serve_connection<F, Fut>(
     stream: TcpStream,
     conn: Conn,
     builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
     handler: F,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
@@ -505,20 +516,16 @@ fn serve_connection<F, Fut>(
 {
     let _ = stream.set_nodelay(true);
     let builder = builder.clone();
-    let watcher = graceful.watcher();
     tokio::spawn(async move {
-        let Conn { peer, first_request_timeout, tls } = conn;
-        match tls {
-            None => serve_io(TokioIo::new(stream), peer, first_request_timeout, &builder, watcher, handler).await,
+        match conn.tls.clone() {
+            None => serve_io(TokioIo::new(stream), conn, &builder, handler).await,
             Some(acceptor) => {
                 // The handshake shares the first-request budget: a client
                 // that never finishes it is dropped, not kept on a worker.
-                match tokio::time::timeout(first_request_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        serve_io(TokioIo::new(tls), peer, first_request_timeout, &builder, watcher, handler).await
-                    }
-                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                match tokio::time::timeout(conn.first_request_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_io(TokioIo::new(tls), conn, &builder, handler).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, peer = %conn.peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
                 }
             }
         }
@@ -526,48 +533,87 @@ fn serve_connection<F, Fut>(
     });
 }
 
-async fn serve_io<I, F, Fut>(
-    io: TokioIo<I>,
-    peer: SocketAddr,
-    first_request_timeout: Duration,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    handler: F,
-) where
+/// Serves one connection until it ends, and ends it itself in three cases:
+/// no first request within `first_request_timeout` (closed at once), no
+/// new request for `keep_alive_timeout`, or the listener draining (both
+/// gracefully: an exchange in flight finishes first).
+async fn serve_io<I, F, Fut>(io: TokioIo<I>, conn: Conn, builder: &auto::Builder<TokioExecutor>, handler: F)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
-    // hyper's header-read timeout starts only once it knows the protocol;
-    // until the first request arrives, a silent peer (or one that stops
-    // inside the HTTP/2 preface) is timed out here, so it cannot sit on a
-    // connection slot.
-    let served = Arc::new(AtomicBool::new(false));
-    let seen = served.clone();
+    let Conn { peer, first_request_timeout, keep_alive_timeout, mut stop, .. } = conn;
+    // hyper's header-read timeout starts only once a request's first byte
+    // has come, and it has no idle timeout between requests: both are
+    // kept here, with one timer.
+    let opened = tokio::time::Instant::now();
+    // When the last request came, in ms since `opened`, plus one; 0: none.
+    let last_request = Arc::new(AtomicU64::new(0));
+    let seen = last_request.clone();
     let service = service_fn(move |req| {
-        seen.store(true, Ordering::Relaxed);
+        let since_open = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        seen.store(since_open + 1, Ordering::Relaxed);
         handler(req, peer)
     });
-    let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let first_request_deadline = tokio::time::sleep(first_request_timeout);
-    tokio::pin!(first_request_deadline);
-    // Not `select!`: that would poll the timer on every wake-up of a busy
-    // connection; once a request has come, only the connection is polled.
+    let draining = *stop.borrow_and_update();
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let timer = tokio::time::sleep(first_request_timeout.min(keep_alive_timeout));
+    tokio::pin!(timer);
+    let (mut closing, mut timer_armed) = (false, false);
+    if draining {
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    }
+    // Not `select!`: that would poll every timer on every wake-up of a busy
+    // connection. The timer is polled only when armed anew or due.
     let result = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(result));
         }
-        if !served.load(Ordering::Relaxed) && first_request_deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+        if closing {
+            return Poll::Pending;
+        }
+        if stopped.as_mut().poll(cx).is_ready() {
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        loop {
+            if timer_armed && !timer.is_elapsed() {
+                break;
+            }
+            timer_armed = true;
+            if timer.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            let due = match last_request.load(Ordering::Relaxed) {
+                0 => opened + first_request_timeout,
+                last => opened + Duration::from_millis(last - 1) + keep_alive_timeout,
+            };
+            if due > tokio::time::Instant::now() {
+                timer.as_mut().reset(due);
+            } else if last_request.load(Ordering::Relaxed) == 0 {
+                return Poll::Ready(None);
+            } else {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            // Polled again at once, which registers the new deadline.
+            timer_armed = false;
         }
         Poll::Pending
     })
     .await;
-    let Some(result) = result else {
-        return tracing::debug!(%peer, "closed a connection that sent no request in time");
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    match result {
+        None => tracing::debug!(%peer, "closed a connection that sent no request in time"),
+        Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+        Some(Ok(())) => {}
     }
 }

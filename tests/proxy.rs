@@ -855,6 +855,85 @@ async fn a_connection_that_sends_nothing_is_closed() {
     gw.stop().await;
 }
 
+/// A keep-alive connection that has gone quiet is closed after
+/// `keep_alive_timeout`, so idle clients cannot hold every connection slot.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_server_line(&upstream, "keep_alive_timeout = \"300ms\"", "")).await;
+
+    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+    let sent = Instant::now();
+    stream.write_all(b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.expect("write");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the idle connection was still open after 5 s");
+    assert!(sent.elapsed() >= Duration::from_millis(300), "closed before it was idle for keep_alive_timeout");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    gw.stop().await;
+}
+
+/// Idle means no new request: a connection kept busy for longer than
+/// `keep_alive_timeout` stays open, and an exchange that outlasts it is
+/// answered before the connection closes.
+#[tokio::test]
+async fn a_busy_connection_outlives_keep_alive_timeout_and_a_slow_answer_still_comes() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_server_line(&upstream, "keep_alive_timeout = \"400ms\"", "")).await;
+
+    // Four exchanges of 150 ms each on one connection: 600 ms in all, but
+    // never 400 ms without a request.
+    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+    for i in 0..4 {
+        let request = format!("GET /public/{i} HTTP/1.1\r\nHost: gw.example\r\nX-Test-Delay-Ms: 150\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "request {i}: {head}");
+    }
+
+    // One exchange longer than the timeout: answered, then closed.
+    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+    let sent = Instant::now();
+    stream
+        .write_all(b"GET /public/slow HTTP/1.1\r\nHost: gw.example\r\nX-Test-Delay-Ms: 700\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "still open 5 s later");
+    assert!(sent.elapsed() >= Duration::from_millis(700));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 "), "the slow answer came: {text}");
+    gw.stop().await;
+}
+
+/// Reads one response head and its `Content-Length` body off `stream`.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_eq!(n, 1, "the gateway closed the connection");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("ASCII head");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.expect("body");
+    head
+}
+
 // ---------------------------------------------------------------------------
 // Upstream failures and passthrough
 // ---------------------------------------------------------------------------
