@@ -336,6 +336,12 @@ impl Reloader {
             ("server.listen", config.server.listen != old.server.listen),
             ("admin.listen", config.admin.listen != old.admin.listen),
             ("server.workers", config.server.workers != old.server.workers),
+            // The connection settings live with the listeners.
+            ("server.header_read_timeout", config.server.header_read_timeout != old.server.header_read_timeout),
+            ("server.keep_alive_timeout", config.server.keep_alive_timeout != old.server.keep_alive_timeout),
+            ("server.max_header_bytes", config.server.max_header_bytes != old.server.max_header_bytes),
+            ("server.max_connections", config.server.max_connections != old.server.max_connections),
+            ("server.drain_timeout", config.server.drain_timeout != old.server.drain_timeout),
             ("storage.url", config.storage.url != old.storage.url),
             (
                 "server.tls",

@@ -1255,16 +1255,21 @@ async fn sighup_and_the_reload_command_apply_a_new_config_file() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "reloaded\n");
 
-    // A new listener address is not applied live: the log says it takes a
-    // restart, and the gateway keeps serving where it was.
+    // A new listener address or connection setting is not applied live:
+    // the log says it takes a restart, and the gateway keeps serving where
+    // it was.
     let mut moved: toml::Table = with_extra.parse().expect("TOML");
-    moved["server"].as_table_mut().expect("[server]").insert("listen".into(), "127.0.0.1:9".into());
+    let server = moved["server"].as_table_mut().expect("[server]");
+    server.insert("listen".into(), "127.0.0.1:9".into());
+    server.insert("keep_alive_timeout".into(), "5s".into());
     let moved = toml::to_string(&moved).expect("serialise");
     std::fs::write(&path, &moved).expect("write");
     let out = run(&["reload", "--config", cmd_cfg.to_str().expect("utf-8")], b"");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let line = gw.wait_for_line("takes a restart to apply").await;
     assert!(line.contains("server.listen"), "{line}");
+    let line = gw.wait_for_line("server.keep_alive_timeout").await;
+    assert!(line.contains("takes a restart to apply"), "{line}");
     assert_eq!(get(&url, &[]).await.status, StatusCode::OK, "still served on the old address");
     gw.sigterm();
     assert_eq!(gw.wait_exit().await.code(), Some(0));
