@@ -865,11 +865,8 @@ async fn an_idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
     let mut stream = TcpStream::connect(gw.public).await.expect("connect");
     let sent = Instant::now();
     stream.write_all(b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.expect("write");
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "the idle connection was still open after 5 s");
+    let text = read_until_closed(&mut stream).await;
     assert!(sent.elapsed() >= Duration::from_millis(300), "closed before it was idle for keep_alive_timeout");
-    let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     gw.stop().await;
@@ -889,7 +886,7 @@ async fn a_busy_connection_outlives_keep_alive_timeout_and_a_slow_answer_still_c
     for i in 0..4 {
         let request = format!("GET /public/{i} HTTP/1.1\r\nHost: gw.example\r\nX-Test-Delay-Ms: 150\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
-        let head = read_head(&mut stream).await;
+        let (head, _) = read_response(&mut stream, &format!("request {i}")).await;
         assert!(head.starts_with("HTTP/1.1 200 "), "request {i}: {head}");
     }
 
@@ -900,17 +897,15 @@ async fn a_busy_connection_outlives_keep_alive_timeout_and_a_slow_answer_still_c
         .write_all(b"GET /public/slow HTTP/1.1\r\nHost: gw.example\r\nX-Test-Delay-Ms: 700\r\n\r\n")
         .await
         .expect("write");
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "still open 5 s later");
+    let text = read_until_closed(&mut stream).await;
     assert!(sent.elapsed() >= Duration::from_millis(700));
-    let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200 "), "the slow answer came: {text}");
     gw.stop().await;
 }
 
-/// Reads one response head and its `Content-Length` body off `stream`.
-async fn read_head(stream: &mut TcpStream) -> String {
+/// Reads one response head and its `Content-Length` body off a keep-alive
+/// `stream`; `what` names the exchange in failure messages.
+async fn read_response(stream: &mut TcpStream, what: &str) -> (String, Vec<u8>) {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -918,7 +913,7 @@ async fn read_head(stream: &mut TcpStream) -> String {
             .await
             .expect("an answer in time")
             .expect("read");
-        assert_eq!(n, 1, "the gateway closed the connection");
+        assert_eq!(n, 1, "{what}: the gateway closed the connection");
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).expect("ASCII head");
@@ -931,7 +926,16 @@ async fn read_head(stream: &mut TcpStream) -> String {
         .expect("content-length");
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).await.expect("body");
-    head
+    (head, body)
+}
+
+/// Everything `stream` receives until the gateway closes it, which must
+/// happen within 5 s.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection was still open after 5 s");
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 // ---------------------------------------------------------------------------
@@ -1078,27 +1082,8 @@ async fn sequential_requests_reuse_connections_on_both_sides() {
             .write_all(format!("GET /public/{i} HTTP/1.1\r\nHost: gw.example\r\n\r\n").as_bytes())
             .await
             .expect("write");
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-                .await
-                .expect("an answer in time")
-                .expect("read");
-            assert_eq!(n, 1, "request {i}: the gateway closed the connection");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).expect("ASCII head");
+        let (head, body) = read_response(&mut stream, &format!("request {i}")).await;
         assert!(head.starts_with("HTTP/1.1 200 "), "request {i}: {head}");
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-            })
-            .expect("content-length");
-        let mut body = vec![0u8; length];
-        stream.read_exact(&mut body).await.expect("body");
         assert_eq!(body, b"ok", "request {i}");
     }
     drop(stream);
