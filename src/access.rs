@@ -60,7 +60,8 @@ pub fn enabled() -> bool {
     tracing::enabled!(target: "access", tracing::Level::INFO)
 }
 
-/// One access log line.
+/// One access log line. The caller checks [`enabled`] first, before it
+/// copies anything for the line.
 #[allow(clippy::too_many_arguments)]
 pub fn log(
     request_id: &HeaderValue,
@@ -70,9 +71,6 @@ pub fn log(
     duration: Duration,
     info: Option<&AccessInfo>,
 ) {
-    if !enabled() {
-        return;
-    }
     let none = AccessInfo::default();
     let info = info.unwrap_or(&none);
     tracing::info!(

@@ -597,13 +597,14 @@ where
             if timer.as_mut().poll(cx).is_pending() {
                 break;
             }
-            let due = match last_request.load(Ordering::Relaxed) {
+            let last = last_request.load(Ordering::Relaxed);
+            let due = match last {
                 0 => opened + first_request_timeout,
                 last => opened + Duration::from_millis(last - 1) + keep_alive_timeout,
             };
             if due > tokio::time::Instant::now() {
                 timer.as_mut().reset(due);
-            } else if last_request.load(Ordering::Relaxed) == 0 {
+            } else if last == 0 {
                 return Poll::Ready(None);
             } else {
                 conn.as_mut().graceful_shutdown();
