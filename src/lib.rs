@@ -29,6 +29,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+pub mod upstream_http1;
 pub mod upstream_pool;
 pub mod upstream_tls;
 pub mod web;

@@ -19,7 +19,7 @@ use crate::config::Upstream;
 use crate::net::IpNet;
 use crate::respond::{Body, Refusal, full};
 use crate::tokens::Identity;
-use crate::upstream_pool::{Pool, PooledBody, Target};
+use crate::upstream_pool::{Pool, ResponseBody, Target};
 use crate::upstream_tls::UpstreamTls;
 
 pub static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
@@ -219,7 +219,7 @@ pub struct Forwarded {
 /// A response body on its way back: the upstream's, not yet boxed, so the
 /// caller can wrap it (count it) and box it in one go.
 pub enum Relayed {
-    Upstream(PooledBody),
+    Upstream(ResponseBody),
     /// The built-in demo API's answer.
     Demo(Body),
 }

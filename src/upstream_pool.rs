@@ -1,38 +1,37 @@
-//! Keep-alive connections to upstreams, pooled per worker: HTTP/1.1 over
-//! TCP, or over TLS as `crate::upstream_tls` configures it.
+//! Keep-alive connections to upstreams, pooled per worker: TCP, or TLS
+//! as `crate::upstream_tls` configures it, spoken to by
+//! `crate::upstream_http1` from the request's own task.
 //!
-//! A connection is borrowed for one exchange and comes back to the pool
-//! when the response body has been relayed to its end; a body dropped
-//! early (the client went away) takes its connection with it, since an
-//! HTTP/1.1 connection with half a response on it cannot carry another.
+//! A connection is lent for one exchange and comes back when the exchange
+//! has ended cleanly (see `upstream_http1` for what that takes); one whose
+//! response was abandoned halfway (the client went away) is closed, since
+//! an HTTP/1.1 connection with half a response on it cannot carry another.
 //! Idle connections are reused newest first and dropped after
 //! [`IDLE_TIMEOUT`]; connections for one upstream are told apart by its
 //! authority and by the TLS configuration that verified them, so a route
 //! that skips verification never lends a connection to one that verifies.
 //!
-//! A request that could not be written on a reused connection (the
-//! upstream closed it while it sat idle) is sent again on another: it never
-//! reached the upstream, so that is safe whatever its method. Once written,
-//! a failure is the caller's to report.
+//! Nobody reads an idle connection, so an upstream that closed one is
+//! noticed when it is next taken (the socket reports the end without a
+//! system call), or by the reaper. One closed in the instant it is taken
+//! fails without an answer; the request then goes again on a new
+//! connection if it had not been sent at all, or has no body and an
+//! idempotent method (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream`
+//! does by default.
 //!
-//! This is what hyper-util's pooled client does, minus what a gateway's
-//! workers do not need: each worker is one thread with its own pool, so
-//! there is no key hashing, no shared lock to contend, and no task spawned
-//! per request to watch for the connection to go idle (callgrind: 90k
-//! instructions per proxied request before, 79k after).
+//! Each worker is one thread with its own pool: no key hashing, no shared
+//! lock to contend, no task per connection.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::respond::Body;
+pub use crate::upstream_http1::ResponseBody;
+use crate::upstream_http1::{self as http1, Connection, Io};
 
 /// How long an idle connection is kept: under the usual upstream keep-alive
 /// timeouts is better (nginx's is 75 s), so the gateway closes first.
@@ -105,8 +104,8 @@ pub enum Error {
     /// UnknownIssuer").
     #[error("TLS handshake: {0}")]
     Tls(std::io::Error),
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Exchange(#[from] http1::Error),
 }
 
 impl Error {
@@ -117,7 +116,7 @@ impl Error {
 }
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Box<Connection>,
     since: Instant,
 }
 
@@ -128,35 +127,35 @@ struct Idles {
 }
 
 impl Idles {
-    fn take(&mut self, target: &Target, now: Instant) -> Option<SendRequest<Body>> {
+    fn take(&mut self, target: &Target, now: Instant) -> Option<Box<Connection>> {
         let (_, idle) = self.by_target.iter_mut().find(|(t, _)| t.same_pool(target))?;
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && now.duration_since(conn.since) < IDLE_TIMEOUT {
-                return Some(conn.sender);
+        while let Some(mut idle) = idle.pop() {
+            if now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_reusable() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    fn put(&mut self, target: Target, sender: SendRequest<Body>, now: Instant) {
-        let idle = match self.by_target.iter().position(|(t, _)| t.same_pool(&target)) {
+    fn put(&mut self, target: &Target, conn: Box<Connection>, now: Instant) {
+        let idle = match self.by_target.iter().position(|(t, _)| t.same_pool(target)) {
             Some(i) => &mut self.by_target[i].1,
             None => {
-                self.by_target.push((target, Vec::new()));
+                self.by_target.push((target.clone(), Vec::new()));
                 &mut self.by_target.last_mut().expect("just pushed").1
             }
         };
         if idle.len() >= MAX_IDLE_PER_UPSTREAM {
             idle.remove(0);
         }
-        idle.push(Idle { sender, since: now });
+        idle.push(Idle { conn, since: now });
     }
 
     /// Drops closed and expired connections, and the upstreams left with
     /// none (such as those of a configuration a reload replaced).
     fn reap(&mut self, now: Instant) {
         for (_, idle) in &mut self.by_target {
-            idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+            idle.retain_mut(|c| now.duration_since(c.since) < IDLE_TIMEOUT && c.conn.is_reusable());
         }
         self.by_target.retain(|(_, idle)| !idle.is_empty());
     }
@@ -200,36 +199,30 @@ impl Pool {
     }
 
     /// Sends `req` (in origin form, with its `Host`) to `target` and
-    /// returns the response head; the body returns the connection to the
-    /// pool when it has been read to its end.
-    pub async fn send(&self, target: &Target, mut req: Request<Body>) -> Result<Response<PooledBody>, Error> {
+    /// returns the response head; the connection comes back to the pool
+    /// when the exchange has ended cleanly.
+    pub async fn send(&self, target: &Target, req: Request<Body>) -> Result<Response<ResponseBody>, Error> {
+        let (head, mut body) = req.into_parts();
         loop {
             let pooled = self.idles().take(target, Instant::now());
             let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(sender) => sender,
+            let conn = match pooled {
+                Some(conn) => conn,
                 // Boxed: a TLS handshake's state is kilobytes, carried
                 // (and copied on every move) by each request's future.
                 None => Box::pin(connect(target)).await?,
             };
-            // A returned connection may still be finishing its last
-            // exchange; this waits for that, or says it closed instead.
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
+            let home = || Home { pool: Arc::downgrade(&self.idle), target: target.clone() };
+            match http1::exchange(conn, &head, body, home).await {
+                Ok((res, done)) => {
+                    if let Some(conn) = done {
+                        self.idles().put(target, conn, Instant::now());
+                    }
+                    return Ok(res);
                 }
-                return Err(e.into());
-            }
-            match sender.try_send_request(req).await {
-                Ok(res) => {
-                    let home = Home { pool: Arc::downgrade(&self.idle), target: target.clone(), sender };
-                    return Ok(res.map(|body| PooledBody { body, home: Some(home), done: false }));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written: safe to send again, on another.
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(e.into_error().into()),
-                },
+                // The body was empty, so an empty one is the same.
+                Err(failure) if reused && failure.may_retry => body = crate::respond::empty(),
+                Err(failure) => return Err(failure.error.into()),
             }
         }
     }
@@ -253,9 +246,8 @@ async fn reap(idle: Weak<Mutex<Idles>>) {
 }
 
 /// A new connection: TCP (no delay, keep-alive probes), then TLS when the
-/// target has a client configuration, then an HTTP/1.1 handshake; the
-/// connection itself runs as a task of the current worker.
-async fn connect(target: &Target) -> Result<SendRequest<Body>, Error> {
+/// target has a client configuration.
+async fn connect(target: &Target) -> Result<Box<Connection>, Error> {
     let (host, port) = target.host_port();
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
         Ok(Ok(tcp)) => tcp,
@@ -266,84 +258,27 @@ async fn connect(target: &Target) -> Result<SendRequest<Body>, Error> {
     let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
     let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
     match &target.tls {
-        None => handshake(tcp).await,
+        None => Ok(Connection::new(Io::Tcp(tcp))),
         Some(config) => {
             let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
                 Error::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("server name {host:?}: {e}")))
             })?;
             let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(Error::Tls)?;
-            handshake(tls).await
+            Ok(Connection::new(Io::Tls(Box::new(tls))))
         }
     }
 }
 
-async fn handshake<T>(io: T) -> Result<SendRequest<Body>, Error>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::Builder::new()
-        // Heads and small bodies go out in one write(2).
-        .writev(false)
-        .handshake(TokioIo::new(io))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-/// Where a connection goes back to when its response is done.
-struct Home {
+/// Where a connection goes back to when its exchange is done.
+pub struct Home {
     pool: Weak<Mutex<Idles>>,
     target: Target,
-    sender: SendRequest<Body>,
 }
 
-/// An upstream response body that returns its connection to the pool once
-/// read to its end.
-pub struct PooledBody {
-    body: Incoming,
-    home: Option<Home>,
-    done: bool,
-}
-
-impl http_body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = polled {
-            self.done = true;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A server stops polling a body of known length after its last
-        // byte, without asking for the end: that counts as read through.
-        let finished = self.done || http_body::Body::is_end_stream(&self.body);
-        if let Some(home) = self.home.take()
-            && finished
-            && !home.sender.is_closed()
-            && let Some(pool) = home.pool.upgrade()
-        {
-            lock(&pool).put(home.target, home.sender, Instant::now());
+impl Home {
+    pub fn put(self, conn: Box<Connection>) {
+        if let Some(pool) = self.pool.upgrade() {
+            lock(&pool).put(&self.target, conn, Instant::now());
         }
     }
 }
@@ -351,12 +286,18 @@ impl Drop for PooledBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    /// A live HTTP/1.1 client connection over an in-memory pipe; it stays
-    /// open while the returned far end is held.
-    async fn connection() -> (SendRequest<Body>, tokio::io::DuplexStream) {
-        let (near, far) = tokio::io::duplex(1024);
-        (handshake(near).await.expect("handshake"), far)
+    /// A live connection over loopback TCP; it stays open while the
+    /// returned far end is held.
+    async fn connection() -> (Box<Connection>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let near = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (far, _) = listener.accept().await.expect("accept");
+        (Connection::new(Io::Tcp(near)), far)
     }
 
     fn target(authority: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Target {
@@ -379,14 +320,22 @@ mod tests {
     async fn idle_connections_are_reused_newest_first_until_they_expire() {
         let (older, _far1) = connection().await;
         let (newer, _far2) = connection().await;
+        let newer_addr = match &newer.io_for_tests() {
+            Io::Tcp(s) => s.local_addr().expect("addr"),
+            Io::Tls(_) => unreachable!(),
+        };
         let api = target("api.internal:8080", None);
         let t0 = Instant::now();
         let mut idles = Idles::default();
-        idles.put(api.clone(), older, t0);
-        idles.put(api.clone(), newer, t0 + Duration::from_secs(1));
+        idles.put(&api, older, t0);
+        idles.put(&api, newer, t0 + Duration::from_secs(1));
         assert_eq!(idles.len(), 2);
 
-        assert!(idles.take(&api, t0 + Duration::from_secs(2)).is_some());
+        let taken = idles.take(&api, t0 + Duration::from_secs(2)).expect("a connection");
+        match taken.io_for_tests() {
+            Io::Tcp(s) => assert_eq!(s.local_addr().expect("addr"), newer_addr, "the newest first"),
+            Io::Tls(_) => unreachable!(),
+        }
         assert_eq!(idles.len(), 1);
         // The older one has now been idle for the whole timeout.
         assert!(idles.take(&api, t0 + IDLE_TIMEOUT).is_none());
@@ -394,24 +343,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_closed_connection_is_never_handed_out() {
-        let (sender, far) = connection().await;
+    async fn a_connection_closed_or_spoken_on_while_idle_is_never_handed_out() {
         let api = target("api.internal:8080", None);
-        let mut idles = Idles::default();
-        idles.put(api.clone(), sender, Instant::now());
-        // The upstream hangs up; its connection task sees that and ends.
+        let (mut conn, far) = connection().await;
+        assert!(conn.is_reusable(), "open and quiet");
         drop(far);
-        let closed = async {
-            while !all_closed(&idles) {
+        // The end of the stream reaches the socket (and the reactor) soon.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while conn.is_reusable() {
                 tokio::task::yield_now().await;
             }
-        };
-        tokio::time::timeout(Duration::from_secs(5), closed).await.expect("the connection closes");
+        })
+        .await
+        .expect("the close is noticed");
+        let mut idles = Idles::default();
+        idles.put(&api, conn, Instant::now());
         assert!(idles.take(&api, Instant::now()).is_none());
-    }
 
-    fn all_closed(idles: &Idles) -> bool {
-        idles.by_target.iter().all(|(_, idle)| idle.iter().all(|c| c.sender.is_closed()))
+        // An answer to no request: taken for the next request's, it would
+        // answer the wrong one.
+        let (mut conn, mut far) = connection().await;
+        far.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.expect("write");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while conn.is_reusable() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the stray bytes are noticed");
+        assert!(!conn.is_reusable(), "once noticed, for good");
     }
 
     #[tokio::test]
@@ -419,9 +379,9 @@ mod tests {
         let config = |trust| crate::upstream_tls::client_config(&trust).expect("config");
         let skip = config(crate::upstream_tls::Trust::SkipVerify);
         let other = config(crate::upstream_tls::Trust::SkipVerify);
-        let (sender, _far) = connection().await;
+        let (conn, _far) = connection().await;
         let mut idles = Idles::default();
-        idles.put(target("api.internal:8443", Some(skip.clone())), sender, Instant::now());
+        idles.put(&target("api.internal:8443", Some(skip.clone())), conn, Instant::now());
 
         let now = Instant::now();
         assert!(idles.take(&target("api.internal:8443", None), now).is_none(), "plain is not TLS");
@@ -431,15 +391,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reaping_drops_expired_connections_and_empty_upstreams() {
+    async fn reaping_drops_expired_and_closed_connections_and_empty_upstreams() {
         let (a, _far1) = connection().await;
         let (b, _far2) = connection().await;
+        let (c, far3) = connection().await;
         let t0 = Instant::now();
         let mut idles = Idles::default();
-        idles.put(target("old.internal:80", None), a, t0);
-        idles.put(target("new.internal:80", None), b, t0 + IDLE_TIMEOUT);
-        idles.reap(t0 + IDLE_TIMEOUT + Duration::from_secs(1));
-        assert_eq!(idles.len(), 1);
+        idles.put(&target("old.internal:80", None), a, t0);
+        idles.put(&target("new.internal:80", None), b, t0 + IDLE_TIMEOUT);
+        idles.put(&target("new.internal:80", None), c, t0 + IDLE_TIMEOUT);
+        drop(far3);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                idles.reap(t0 + IDLE_TIMEOUT + Duration::from_secs(1));
+                if idles.len() == 1 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the expired and the closed connections go");
         assert_eq!(idles.by_target.len(), 1, "the upstream with none left is forgotten");
         assert_eq!(idles.by_target[0].0.authority.as_str(), "new.internal:80");
     }
@@ -450,24 +422,23 @@ mod tests {
         let mut idles = Idles::default();
         let mut far_ends = Vec::new();
         for _ in 0..MAX_IDLE_PER_UPSTREAM + 3 {
-            let (sender, far) = connection().await;
+            let (conn, far) = connection().await;
             far_ends.push(far);
-            idles.put(api.clone(), sender, Instant::now());
+            idles.put(&api, conn, Instant::now());
         }
         assert_eq!(idles.len(), MAX_IDLE_PER_UPSTREAM);
     }
 
     /// A raw upstream on a real socket: for every request head it reads, it
     /// writes `answer`; it counts the connections it accepts.
-    async fn raw_upstream(answer: &'static [u8]) -> (Target, Arc<std::sync::atomic::AtomicUsize>) {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    async fn raw_upstream(answer: &'static [u8]) -> (Target, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -487,14 +458,13 @@ mod tests {
     }
 
     fn get() -> Request<Body> {
-        let mut req = Request::new(crate::respond::full(Bytes::new()));
+        let mut req = Request::new(crate::respond::empty());
         *req.uri_mut() = http::Uri::from_static("/x");
         req
     }
 
     #[tokio::test]
     async fn a_response_read_to_its_end_returns_its_connection_and_one_dropped_early_does_not() {
-        use http_body_util::BodyExt as _;
         // Content-Length says 10; only 5 bytes ever come.
         let (partial, accepted) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
         let pool = Pool::new();
@@ -502,7 +472,7 @@ mod tests {
         assert_eq!(res.status(), http::StatusCode::OK);
         drop(res);
         assert_eq!(pool.idle_count(), 0, "half a response on it: not reusable");
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
         let (whole, accepted) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
         for round in 1..=3 {
@@ -511,12 +481,11 @@ mod tests {
             assert_eq!(body, Bytes::from_static(b"hello"));
             assert_eq!(pool.idle_count(), 1, "round {round}: back in the pool");
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection for three exchanges");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for three exchanges");
     }
 
     #[tokio::test]
     async fn a_connection_the_upstream_closes_is_not_used_again() {
-        use http_body_util::BodyExt as _;
         let (closing, accepted) =
             raw_upstream(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok").await;
         let pool = Pool::new();
@@ -524,7 +493,7 @@ mod tests {
             let res = pool.send(&closing, get()).await.expect("a response on a fresh connection");
             res.into_body().collect().await.expect("the body");
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -535,5 +504,257 @@ mod tests {
         };
         assert!(e.is_connect(), "{e}");
         assert!(e.to_string().starts_with("connect: "), "{e}");
+    }
+
+    /// What a scripted upstream does with the n-th request on its m-th
+    /// connection.
+    #[derive(Clone, Copy)]
+    enum Act {
+        Answer(&'static [u8]),
+        /// Answers, then closes the connection.
+        AnswerAndClose(&'static [u8]),
+        /// Closes the connection without a word.
+        Close,
+        /// Answers as soon as the head is in, without reading the body,
+        /// then closes.
+        AnswerEarly(&'static [u8]),
+    }
+
+    /// An upstream that reads whole requests (by their framing) and acts as
+    /// `script(connection, request)` says; every request's raw bytes are
+    /// sent on the returned channel.
+    async fn scripted_upstream(
+        script: fn(usize, usize) -> Act,
+    ) -> (Target, Arc<AtomicUsize>, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let connection = counter.fetch_add(1, Ordering::SeqCst);
+                let seen = seen_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for request in 0.. {
+                        let Some(head_end) = read_until(&mut stream, &mut buf, |b| find(b, b"\r\n\r\n")).await else {
+                            return;
+                        };
+                        let act = script(connection, request);
+                        if let Act::AnswerEarly(answer) = act {
+                            let _ = stream.write_all(answer).await;
+                            return;
+                        }
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let end = if let Some(at) = head.find("content-length: ") {
+                            let n: usize = head[at + 16..].split("\r\n").next().unwrap().parse().unwrap();
+                            read_until(&mut stream, &mut buf, |b| (b.len() >= head_end + n).then_some(head_end + n))
+                                .await
+                        } else if head.contains("transfer-encoding: chunked") {
+                            read_until(&mut stream, &mut buf, |b| {
+                                find(&b[head_end..], b"0\r\n\r\n").map(|e| head_end + e)
+                            })
+                            .await
+                        } else {
+                            Some(head_end)
+                        };
+                        let Some(end) = end else { return };
+                        let _ = seen.send(buf.drain(..end).collect());
+                        match act {
+                            Act::Answer(answer) => {
+                                if stream.write_all(answer).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Act::AnswerAndClose(answer) => {
+                                let _ = stream.write_all(answer).await;
+                                return;
+                            }
+                            Act::Close | Act::AnswerEarly(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        (target(&addr.to_string(), None), accepted, seen)
+    }
+
+    /// The end of `needle` in `haystack`.
+    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+        haystack.windows(needle.len()).position(|w| w == needle).map(|at| at + needle.len())
+    }
+
+    /// Reads into `buf` until `done` finds an end in it; `None` if the
+    /// stream ends first.
+    async fn read_until(
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        done: impl Fn(&[u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = done(buf) {
+                return Some(end);
+            }
+            match stream.read(&mut chunk).await {
+                Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    fn request(method: http::Method, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = http::Uri::from_static("/x");
+        req.headers_mut().insert(http::header::HOST, HeaderValue::from_static("api"));
+        req
+    }
+
+    fn frames(frames: &[&'static str], length: Option<u64>) -> Body {
+        crate::upstream_http1::tests::Frames::body(frames, length)
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[tokio::test]
+    async fn bodies_go_out_framed_by_their_length_or_chunked() {
+        let (api, _, mut seen) = scripted_upstream(|_, _| Act::Answer(OK)).await;
+        let pool = Pool::new();
+        let res = pool.send(&api, request(http::Method::POST, frames(&["ab", "cd"], Some(4)))).await.expect("sent");
+        res.into_body().collect().await.expect("body");
+        let raw = seen.recv().await.expect("a request");
+        assert_eq!(raw, b"POST /x HTTP/1.1\r\nhost: api\r\ncontent-length: 4\r\n\r\nabcd");
+
+        let res = pool.send(&api, request(http::Method::POST, frames(&["ab", "cde"], None))).await.expect("sent");
+        res.into_body().collect().await.expect("body");
+        let raw = seen.recv().await.expect("a request");
+        assert_eq!(
+            raw,
+            b"POST /x HTTP/1.1\r\nhost: api\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
+        );
+        assert_eq!(pool.idle_count(), 1, "one connection, back in the pool");
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_it_declared_stops_at_its_declared_end() {
+        let (api, _, mut seen) = scripted_upstream(|_, _| Act::Answer(OK)).await;
+        let pool = Pool::new();
+        let Err(e) = pool.send(&api, request(http::Method::PUT, frames(&["abc", "SMUGGLED"], Some(3)))).await else {
+            panic!("a body longer than its length was sent");
+        };
+        assert!(matches!(e, Error::Exchange(http1::Error::RequestBodyLength)), "{e}");
+        let raw = seen.recv().await.expect("the request, as far as it went");
+        assert_eq!(raw, b"PUT /x HTTP/1.1\r\nhost: api\r\ncontent-length: 3\r\n\r\nabc");
+        assert_eq!(pool.idle_count(), 0, "the connection is not reused");
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_is_done_is_relayed() {
+        let (api, _, _seen) = scripted_upstream(|_, _| {
+            Act::AnswerEarly(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+        })
+        .await;
+        let pool = Pool::new();
+        // A body that never ends: the answer must not wait for it.
+        let endless = EndlessBody(false).boxed_unsync();
+        let res = tokio::time::timeout(Duration::from_secs(5), pool.send(&api, request(http::Method::POST, endless)))
+            .await
+            .expect("the early answer comes")
+            .expect("an answer");
+        assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, Bytes::from_static(b"big!"));
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    /// One frame, then nothing ever again.
+    struct EndlessBody(bool);
+
+    impl http_body::Body for EndlessBody {
+        type Data = Bytes;
+        type Error = crate::respond::BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"abc")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_after_an_answer_retire_its_connection() {
+        let (api, accepted, _seen) =
+            scripted_upstream(|_, _| Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK"))
+                .await;
+        let pool = Pool::new();
+        for _ in 0..2 {
+            let res = pool.send(&api, get()).await.expect("an answer");
+            let body = res.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(body, Bytes::from_static(b"ok"), "never the stray bytes");
+        }
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a connection each");
+    }
+
+    #[tokio::test]
+    async fn chunked_and_close_delimited_answers_are_read_to_their_ends() {
+        let (api, accepted, _seen) = scripted_upstream(|_, _| {
+            Act::Answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n")
+        })
+        .await;
+        let pool = Pool::new();
+        for _ in 0..2 {
+            let res = pool.send(&api, get()).await.expect("an answer");
+            assert!(!res.headers().contains_key(http::header::CONTENT_LENGTH));
+            let body = res.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(body, Bytes::from_static(b"chunked"));
+            assert_eq!(pool.idle_count(), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused");
+
+        let (api, _, _seen) =
+            scripted_upstream(|_, _| Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
+        let res = pool.send(&api, get()).await.expect("an answer");
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, Bytes::from_static(b"until the end"));
+        assert_eq!(pool.idle_count(), 1, "only the chunked upstream's");
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error() {
+        let (api, _, _seen) =
+            scripted_upstream(|_, _| Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")).await;
+        let res = Pool::new().send(&api, get()).await.expect("a head");
+        let e = res.into_body().collect().await.expect_err("a truncated body");
+        assert!(matches!(e, http1::Error::ClosedInBody), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_under_a_request_is_retried_only_when_that_is_safe() {
+        // Each connection answers its first request and drops the next
+        // without a word, as an upstream closing an idle connection would.
+        let script = |_, request| if request == 0 { Act::Answer(OK) } else { Act::Close };
+        let (api, accepted, _seen) = scripted_upstream(script).await;
+        let pool = Pool::new();
+        pool.send(&api, get()).await.expect("first").into_body().collect().await.expect("body");
+        assert_eq!(pool.idle_count(), 1);
+        // A GET without a body goes again, on a new connection.
+        let res = pool.send(&api, get()).await.expect("retried");
+        assert_eq!(res.status(), http::StatusCode::OK);
+        res.into_body().collect().await.expect("body");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        // A POST may have been acted on: its failure is reported.
+        let Err(e) = pool.send(&api, request(http::Method::POST, frames(&["x"], Some(1)))).await else {
+            panic!("a POST was sent twice");
+        };
+        assert!(!e.is_connect(), "{e}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "not sent again");
     }
 }
