@@ -17,16 +17,16 @@ use crate::tokens::Identity;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What the gateway learnt about a request, carried to the access log in
-/// the response's extensions (they are never sent).
+/// What the gateway learnt about a request, for the access log. It
+/// borrows the route's names from the configuration the request ran on.
 #[derive(Debug, Clone, Default)]
-pub struct AccessInfo {
-    pub route: Option<Arc<str>>,
+pub struct AccessInfo<'a> {
+    pub route: Option<&'a str>,
     /// The normalised path (no query).
     pub path: Option<String>,
-    pub upstream: Option<Arc<str>>,
+    pub upstream: Option<&'a str>,
     pub upstream_time: Option<Duration>,
-    /// Whom the token named (shared with the cache, not copied).
+    /// Whom the token named (the worker's copy, not a new one).
     pub identity: Option<Arc<Identity>>,
 }
 
@@ -69,10 +69,8 @@ pub fn log(
     raw_path: &str,
     status: http::StatusCode,
     duration: Duration,
-    info: Option<&AccessInfo>,
+    info: &AccessInfo<'_>,
 ) {
-    let none = AccessInfo::default();
-    let info = info.unwrap_or(&none);
     tracing::info!(
         target: "access",
         request_id = request_id.to_str().unwrap_or(""),
@@ -80,8 +78,8 @@ pub fn log(
         path = info.path.as_deref().unwrap_or(raw_path),
         status = status.as_u16(),
         duration_ms = duration.as_secs_f64() * 1000.0,
-        route = info.route.as_deref().unwrap_or("(none)"),
-        upstream = info.upstream.as_deref().unwrap_or(""),
+        route = info.route.unwrap_or("(none)"),
+        upstream = info.upstream.unwrap_or(""),
         upstream_ms = info.upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         client_id = info.identity.as_deref().map_or("", |i| i.client_id.as_str()),
         subject = info.identity.as_deref().map_or("", |i| i.subject.as_str()),

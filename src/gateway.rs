@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use crate::access::AccessInfo;
 use crate::authz::AuthzEndpoints;
 use crate::bearer::{self, BearerError, TokenSource};
-use crate::cache::{TokenValidator, Verdict};
+use crate::cache::{TokenValidator, Verdict, WorkerCache};
 use crate::config::{RouteConfig, ScopeRule};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::net::IpNet;
@@ -27,9 +27,8 @@ use crate::respond::{Body, Refusal, full};
 /// A route with what it needs at request time, resolved once.
 pub struct Route {
     pub config: RouteConfig,
-    /// The route's name and upstream, shared into every access log record.
-    name: Arc<str>,
-    upstream: Arc<str>,
+    /// The route's upstream, as the access log names it.
+    upstream: String,
     metrics: RouteMetrics,
     destination: Destination,
     /// The `Allow` header of a 405 from this route.
@@ -47,8 +46,7 @@ impl Route {
             crate::config::Upstream::Http { scheme, authority, .. } => format!("{scheme}://{authority}"),
         };
         Route {
-            name: Arc::from(config.name.as_str()),
-            upstream: Arc::from(upstream),
+            upstream,
             metrics: metrics.route(&config.name),
             destination: Destination::new(&config.upstream, config.upstream_tls.as_ref()),
             allow: HeaderValue::try_from(allow).unwrap_or_else(|_| HeaderValue::from_static("")),
@@ -73,6 +71,27 @@ impl RouteTable {
     }
 }
 
+/// What one worker keeps for itself, so that a request touches nothing
+/// another core writes: its upstream connections and its first look at
+/// validated tokens.
+pub struct Worker {
+    pub forwarder: Forwarder,
+    pub tokens: WorkerCache,
+}
+
+impl Worker {
+    /// Must be called inside the worker's runtime (see `Forwarder::new`).
+    pub fn new() -> Worker {
+        Worker { forwarder: Forwarder::new(), tokens: WorkerCache::default() }
+    }
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker::new()
+    }
+}
+
 pub struct Gateway {
     pub realm: String,
     pub routes: RouteTable,
@@ -87,6 +106,14 @@ pub struct Gateway {
     pub access_log: bool,
     /// Series for requests that match no route.
     unrouted: RouteMetrics,
+}
+
+/// A request that went upstream: the response on its way back, how long
+/// the upstream took to start it, and whom the token named.
+struct Sent {
+    response: Response<Body>,
+    upstream_time: std::time::Duration,
+    identity: Option<Arc<crate::tokens::Identity>>,
 }
 
 /// Decrements the in-flight gauge however the request ends.
@@ -124,48 +151,54 @@ impl Gateway {
         }
     }
 
-    /// Handles one request from `peer`. `forwarder` is the calling worker's
-    /// own upstream pool, so connections stay on the core that made them.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, forwarder: &Forwarder) -> Response<Body> {
-        let started = Instant::now();
+    /// Handles one request from `peer` on the calling `worker`, whose
+    /// upstream connections and validation cache are its own; `started` is
+    /// when its head was read.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        worker: &Worker,
+        started: Instant,
+    ) -> (Response<Body>, AccessInfo<'_>) {
         self.metrics.in_flight.inc();
         let _in_flight = InFlight(&self.metrics);
+        let unrouted = |refusal| (self.refuse(&self.unrouted, refusal, started), AccessInfo::default());
 
         let host = match request_host(&req) {
             Ok(h) => h,
-            Err(refusal) => return self.refuse(&self.unrouted, refusal, started),
+            Err(refusal) => return unrouted(refusal),
         };
         if let Err(refusal) = check_framing(req.headers()) {
-            return self.refuse(&self.unrouted, refusal, started);
+            return unrouted(refusal);
         }
         let path = match normalize(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "refused a malformed path");
-                return self.refuse(&self.unrouted, Refusal::BadRequest("The request path is malformed"), started);
+                return unrouted(Refusal::BadRequest("The request path is malformed"));
             }
         };
         if let Some(endpoint) = self.authz.endpoint(&path) {
             // Boxed, like every cold path here: the endpoints' futures are
             // large, and a proxied request's future would carry them too.
-            let mut res = Box::pin(self.authz.handle(endpoint, req, peer.ip().to_canonical())).await;
-            res.extensions_mut().insert(AccessInfo {
-                route: Some(Arc::from("(authorization server)")),
-                path: Some(path),
-                ..AccessInfo::default()
-            });
-            return res;
+            let res = Box::pin(self.authz.handle(endpoint, req, peer.ip().to_canonical())).await;
+            let info = AccessInfo { route: Some("(authorization server)"), path: Some(path), ..AccessInfo::default() };
+            return (res, info);
         }
         let Some(route) = self.routes.find(&path) else {
-            return self.refuse(&self.unrouted, Refusal::NotFound, started);
+            return unrouted(Refusal::NotFound);
         };
-        let mut res = match self.through_route(route, req, &path, host, peer, forwarder).await {
-            Ok(res) => {
-                let res = self.finish(&route.metrics, res, Outcome::Allowed, started);
-                if let Some(upstream) = res.extensions().get::<AccessInfo>().and_then(|i| i.upstream_time) {
-                    route.metrics.overhead.observe(started.elapsed().saturating_sub(upstream).as_secs_f64());
-                }
-                res
+        let mut info =
+            AccessInfo { route: Some(&route.config.name), upstream: Some(&route.upstream), ..AccessInfo::default() };
+        let res = match self.through_route(route, req, &path, host, peer, worker).await {
+            Ok(sent) => {
+                let elapsed = started.elapsed();
+                route.metrics.observe(Outcome::Allowed, elapsed);
+                route.metrics.overhead.observe(elapsed.saturating_sub(sent.upstream_time));
+                info.upstream_time = Some(sent.upstream_time);
+                info.identity = sent.identity;
+                sent.response
             }
             Err(refusal) => {
                 if let Some(reason) = refusal.denial_reason() {
@@ -174,27 +207,13 @@ impl Gateway {
                 self.refuse(&route.metrics, refusal, started)
             }
         };
-        let info = res.extensions_mut().get_or_insert_default::<AccessInfo>();
-        info.route = Some(route.name.clone());
-        info.upstream = Some(route.upstream.clone());
         info.path = Some(path);
-        res
+        (res, info)
     }
 
     fn refuse(&self, metrics: &RouteMetrics, refusal: Refusal, started: Instant) -> Response<Body> {
-        let outcome = refusal.outcome();
-        self.finish(metrics, refusal.into_response(&self.realm), outcome, started)
-    }
-
-    fn finish(
-        &self,
-        metrics: &RouteMetrics,
-        res: Response<Body>,
-        outcome: Outcome,
-        started: Instant,
-    ) -> Response<Body> {
-        metrics.observe(outcome, started.elapsed().as_secs_f64());
-        res
+        metrics.observe(refusal.outcome(), started.elapsed());
+        refusal.into_response(&self.realm)
     }
 
     async fn through_route(
@@ -204,8 +223,8 @@ impl Gateway {
         path: &str,
         host: Option<HeaderValue>,
         peer: SocketAddr,
-        forwarder: &Forwarder,
-    ) -> Result<Response<Body>, Refusal> {
+        worker: &Worker,
+    ) -> Result<Sent, Refusal> {
         let cfg = &route.config;
         let (mut parts, body) = req.into_parts();
         let query = parts.uri.query();
@@ -224,7 +243,7 @@ impl Gateway {
             };
             upstream_headers(&mut parts.headers, &ctx);
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-            return self.send(forwarder, route, req, &path_and_query, None).await;
+            return self.send(&worker.forwarder, route, req, &path_and_query, None).await;
         };
         let required = rule.required(&parts.method).ok_or_else(|| Refusal::MethodNotAllowed(route.allow.clone()))?;
 
@@ -257,7 +276,7 @@ impl Gateway {
             _ => return Err(Refusal::Bearer(BearerError::MultipleMethods)),
         };
 
-        let identity = match self.validator.validate(token).await {
+        let identity = match self.validator.validate(token, &worker.tokens).await {
             Ok(Verdict::Valid(identity)) => identity,
             Ok(Verdict::Invalid(rejection)) => {
                 tracing::debug!(route = %cfg.name, reason = rejection.as_str(), "refused an access token");
@@ -288,15 +307,16 @@ impl Gateway {
         }
         upstream_headers(&mut parts.headers, &ctx);
         let path_and_query = join_path_query(path, query.as_deref());
-        let mut res =
-            self.send(forwarder, route, Request::from_parts(parts, body), &path_and_query, Some(identity)).await?;
+        let mut sent = self
+            .send(&worker.forwarder, route, Request::from_parts(parts, body), &path_and_query, Some(identity))
+            .await?;
         // RFC 6750 §2.3: a response to a request with the token in its URI
         // must not be stored by shared caches, whatever its status (404s and
         // redirects are cacheable too, under a URI holding the token).
         if source == TokenSource::Query {
-            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            sent.response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
-        Ok(res)
+        Ok(sent)
     }
 
     async fn send(
@@ -306,7 +326,7 @@ impl Gateway {
         req: Request<Body>,
         path_and_query: &str,
         identity: Option<Arc<crate::tokens::Identity>>,
-    ) -> Result<Response<Body>, Refusal> {
+    ) -> Result<Sent, Refusal> {
         let cfg = &route.config;
         // Most requests have no body: nothing to count, no layer to add.
         let req = if req.body().is_end_stream() {
@@ -316,14 +336,9 @@ impl Gateway {
         };
         let forwarded =
             forwarder.forward(&route.destination, req, path_and_query, cfg.timeout, identity.as_deref()).await?;
-        route.metrics.upstream_duration.observe(forwarded.upstream_time.as_secs_f64());
-        let mut res = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
-        res.extensions_mut().insert(AccessInfo {
-            upstream_time: Some(forwarded.upstream_time),
-            identity,
-            ..AccessInfo::default()
-        });
-        Ok(res)
+        route.metrics.upstream_duration.observe(forwarded.upstream_time);
+        let response = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
+        Ok(Sent { response, upstream_time: forwarded.upstream_time, identity })
     }
 
     async fn read_form_body(&self, headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {

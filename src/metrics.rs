@@ -6,12 +6,12 @@
 //! path touches only atomics.
 
 use http_body_util::BodyExt as _;
-use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::respond::Body;
+
+mod sharded;
+pub use sharded::{Counter, Family, Gauge, Histogram, use_shard};
 
 /// How a request through a route ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,14 +60,14 @@ impl Outcome {
 
 /// The series of one route, one counter and histogram per outcome.
 pub struct RouteMetrics {
-    series: Vec<(IntCounter, Histogram)>,
+    series: Vec<(Counter, Histogram)>,
     pub upstream_duration: Histogram,
     /// What the gateway itself added to an allowed request: the request's
     /// duration less the upstream's.
     pub overhead: Histogram,
     /// Body bytes forwarded to the upstream, and relayed back from it.
-    pub request_bytes: IntCounter,
-    pub response_bytes: IntCounter,
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
 }
 
 /// `body`, adding the length of each data frame to `counter` as it passes:
@@ -75,7 +75,7 @@ pub struct RouteMetrics {
 /// hint passes through, so a body of known length keeps its
 /// `Content-Length` framing. It boxes `body` once: wrap a body here
 /// instead of boxing it, not after (every layer is polled per frame).
-pub fn counted<B>(body: B, counter: &IntCounter) -> Body
+pub fn counted<B>(body: B, counter: &Counter) -> Body
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<crate::respond::BoxError>,
@@ -85,7 +85,7 @@ where
 
 struct Counted<B> {
     inner: B,
-    counter: IntCounter,
+    counter: Counter,
 }
 
 impl<B> http_body::Body for Counted<B>
@@ -124,31 +124,33 @@ where
 }
 
 impl RouteMetrics {
-    pub fn observe(&self, outcome: Outcome, seconds: f64) {
+    pub fn observe(&self, outcome: Outcome, elapsed: std::time::Duration) {
         let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         let (count, duration) = &self.series[i];
         count.inc();
-        duration.observe(seconds);
+        duration.observe(elapsed);
     }
 }
 
+/// Every metric. Those each proxied request writes are sharded per worker
+/// (`sharded`); the rest are prometheus's own.
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    request_duration: HistogramVec,
-    upstream_duration: HistogramVec,
-    overhead: HistogramVec,
-    request_bytes: IntCounterVec,
-    response_bytes: IntCounterVec,
+    requests: Family<Counter>,
+    request_duration: Family<Histogram>,
+    upstream_duration: Family<Histogram>,
+    overhead: Family<Histogram>,
+    request_bytes: Family<Counter>,
+    response_bytes: Family<Counter>,
     pub denials: IntCounterVec,
-    pub cache_hits: IntCounter,
-    pub cache_misses: IntCounter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
     pub cache_entries: IntGauge,
     pub cache_evictions: IntCounter,
     pub token_validations: IntCounter,
     pub tokens_issued: IntCounterVec,
     pub token_requests: IntCounterVec,
-    pub in_flight: IntGauge,
+    pub in_flight: Gauge,
     pub authorization_flow: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub config_reloads: IntCounterVec,
@@ -165,61 +167,54 @@ const LATENCY_BUCKETS: &[f64] =
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
+        let requests = Family::counter(
             Opts::new("portcullis_requests_total", "Requests handled on the public listener, by route and outcome."),
             &["route", "outcome"],
-        )
-        .expect("static metric definition");
-        let request_duration = HistogramVec::new(
+        );
+        let request_duration = Family::histogram(
             HistogramOpts::new(
                 "portcullis_request_duration_seconds",
                 "Time from request head to response head, by route and outcome.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "outcome"],
-        )
-        .expect("static metric definition");
-        let upstream_duration = HistogramVec::new(
+        );
+        let upstream_duration = Family::histogram(
             HistogramOpts::new(
                 "portcullis_upstream_duration_seconds",
                 "Time the upstream took to start its response, by route.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
-        )
-        .expect("static metric definition");
-        let overhead = HistogramVec::new(
+        );
+        let overhead = Family::histogram(
             HistogramOpts::new(
                 "portcullis_gateway_overhead_seconds",
                 "Time the gateway itself spent on allowed requests (duration less the upstream's), by route.",
             )
             .buckets(OVERHEAD_BUCKETS.to_vec()),
             &["route"],
-        )
-        .expect("static metric definition");
-        let request_bytes = IntCounterVec::new(
+        );
+        let request_bytes = Family::counter(
             Opts::new("portcullis_request_body_bytes_total", "Request body bytes forwarded to the upstream, by route."),
             &["route"],
-        )
-        .expect("static metric definition");
-        let response_bytes = IntCounterVec::new(
+        );
+        let response_bytes = Family::counter(
             Opts::new(
                 "portcullis_response_body_bytes_total",
                 "Response body bytes relayed from the upstream to the client, by route.",
             ),
             &["route"],
-        )
-        .expect("static metric definition");
+        );
         let denials = IntCounterVec::new(
             Opts::new("portcullis_denials_total", "Requests refused by bearer enforcement, by route and reason."),
             &["route", "reason"],
         )
         .expect("static metric definition");
-        let cache_requests = IntCounterVec::new(
+        let cache_requests = Family::counter(
             Opts::new("portcullis_validation_cache_requests_total", "Token validation cache lookups, by result."),
             &["result"],
-        )
-        .expect("static metric definition");
+        );
         let cache_entries =
             IntGauge::new("portcullis_validation_cache_entries", "Entries in the token validation cache.")
                 .expect("static metric definition");
@@ -269,9 +264,10 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
-        let in_flight =
-            IntGauge::new("portcullis_requests_in_flight", "Requests being handled on the public listener.")
-                .expect("static metric definition");
+        let in_flight = Family::gauge(
+            Opts::new("portcullis_requests_in_flight", "Requests being handled on the public listener."),
+            &[],
+        );
 
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -296,8 +292,9 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         Metrics {
-            cache_hits: cache_requests.with_label_values(&["hit"]),
-            cache_misses: cache_requests.with_label_values(&["miss"]),
+            cache_hits: cache_requests.with_labels(&["hit"]),
+            cache_misses: cache_requests.with_labels(&["miss"]),
+            in_flight: in_flight.with_labels(&[]),
             registry,
             requests,
             request_duration,
@@ -311,7 +308,6 @@ impl Metrics {
             token_validations,
             tokens_issued,
             token_requests,
-            in_flight,
             authorization_flow,
             tls_reloads,
             config_reloads,
@@ -326,15 +322,15 @@ impl Metrics {
                 .iter()
                 .map(|o| {
                     (
-                        self.requests.with_label_values(&[route, o.as_str()]),
-                        self.request_duration.with_label_values(&[route, o.as_str()]),
+                        self.requests.with_labels(&[route, o.as_str()]),
+                        self.request_duration.with_labels(&[route, o.as_str()]),
                     )
                 })
                 .collect(),
-            upstream_duration: self.upstream_duration.with_label_values(&[route]),
-            overhead: self.overhead.with_label_values(&[route]),
-            request_bytes: self.request_bytes.with_label_values(&[route]),
-            response_bytes: self.response_bytes.with_label_values(&[route]),
+            upstream_duration: self.upstream_duration.with_labels(&[route]),
+            overhead: self.overhead.with_labels(&[route]),
+            request_bytes: self.request_bytes.with_labels(&[route]),
+            response_bytes: self.response_bytes.with_labels(&[route]),
         }
     }
 

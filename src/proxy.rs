@@ -226,7 +226,7 @@ pub enum Relayed {
 
 impl Relayed {
     /// The body to send, its bytes added to `counter` as they pass.
-    pub fn into_body(self, counter: &prometheus::IntCounter) -> Body {
+    pub fn into_body(self, counter: &crate::metrics::Counter) -> Body {
         match self {
             Relayed::Upstream(body) => crate::metrics::counted(body, counter),
             Relayed::Demo(body) => crate::metrics::counted(body, counter),

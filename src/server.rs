@@ -40,11 +40,10 @@ use crate::admin::Admin;
 use crate::authz::AuthzEndpoints;
 use crate::cache::TokenValidator;
 use crate::config::{Config, ServerConfig};
-use crate::gateway::{Gateway, Route, RouteTable};
+use crate::gateway::{Gateway, Route, RouteTable, Worker};
 use crate::metrics::Metrics;
 use crate::oauth::AuthorizationServer;
 use crate::oauth::clients::ClientRegistry;
-use crate::proxy::Forwarder;
 use crate::store::{self, Store};
 use crate::tls::CertStore;
 use crate::tokens::{TokenService, now_unix};
@@ -174,6 +173,8 @@ impl Server {
             let (gateway, cfg, stop, tls) = (self.gateway.clone(), cfg.clone(), stop_rx.clone(), self.tls.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let spawned = std::thread::Builder::new().name(format!("portcullis-worker-{}", i + 1)).spawn(move || {
+                // The first worker, on the calling thread, writes shard 0.
+                crate::metrics::use_shard(i + 1);
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop, tls)),
                     Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
@@ -238,10 +239,16 @@ async fn serve_public(
         Ok(l) => l,
         Err(e) => return tracing::error!(error = %e, "cannot serve the public listener"),
     };
-    let forwarder = Arc::new(Forwarder::new());
-    let hsts = tls.as_ref().and_then(|t| t.hsts.clone());
+    let worker = Arc::new(Worker::new());
+    let gateway = Arc::new(HeldGateway {
+        shared: gateway.clone(),
+        held: std::sync::Mutex::new(Arc::new(Held(gateway.load_full()))),
+    });
+    // This worker's own copy, so that cloning it per request counts on
+    // this core's cache line (a clone shares its reference count).
+    let hsts = tls.as_ref().and_then(|t| t.hsts.as_ref()).and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok());
     accept_loop(listener, cfg, stop, tls.map(|t| t.acceptor), move |mut req: Request<Incoming>, peer| {
-        let (gateway, forwarder, hsts) = (gateway.load_full(), forwarder.clone(), hsts.clone());
+        let (gateway, worker, hsts) = (gateway.current(), worker.clone(), hsts.clone());
         // Boxed: hyper moves the future it is handed into place, and a
         // request's future is kilobytes; a box moves as one pointer.
         Box::pin(async move {
@@ -250,18 +257,50 @@ async fn serve_public(
             req.headers_mut().insert(access::X_REQUEST_ID.clone(), id.clone());
             let logged =
                 (gateway.access_log && access::enabled()).then(|| (req.method().clone(), req.uri().path().to_owned()));
-            let mut res = gateway.handle(req, peer, &forwarder).await;
+            let (mut res, info) = gateway.handle(req, peer, &worker, started).await;
             if let Some(hsts) = hsts {
                 res.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
             }
             if let Some((method, raw_path)) = logged {
-                access::log(&id, &method, &raw_path, res.status(), started.elapsed(), res.extensions().get());
+                access::log(&id, &method, &raw_path, res.status(), started.elapsed(), &info);
             }
             res.headers_mut().insert(access::X_REQUEST_ID.clone(), id);
             Ok::<_, Infallible>(res)
         })
     })
     .await
+}
+
+/// The gateway in force, as one worker holds it. A request clones the
+/// worker's own `Arc` around the shared gateway, not the shared gateway's:
+/// every core incrementing one reference count per request would bounce
+/// its cache line between them. A reload is seen at the worker's next
+/// request (the old gateway lives until then).
+struct HeldGateway {
+    shared: Arc<ArcSwap<Gateway>>,
+    held: std::sync::Mutex<Arc<Held>>,
+}
+
+/// A worker's reference to a gateway.
+struct Held(Arc<Gateway>);
+
+impl std::ops::Deref for Held {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
+}
+
+impl HeldGateway {
+    fn current(&self) -> Arc<Held> {
+        let now = self.shared.load();
+        // Only this worker's thread takes the lock.
+        let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !Arc::ptr_eq(&held.0, &now) {
+            *held = Arc::new(Held(arc_swap::Guard::into_inner(now)));
+        }
+        held.clone()
+    }
 }
 
 /// Reloads the certificate when its files change.

@@ -88,6 +88,25 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// A copy that shares no allocation with this one. Each worker keeps
+    /// its own, so the reference counts a request touches live on its
+    /// core's cache lines, not on lines every core writes.
+    pub fn detached(&self) -> Identity {
+        let copy = |v: &HeaderValue| HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+        Identity {
+            subject: self.subject.clone(),
+            client_id: self.client_id.clone(),
+            scopes: self.scopes.clone(),
+            expires_at: self.expires_at,
+            jti: self.jti.clone(),
+            subject_header: copy(&self.subject_header),
+            client_id_header: copy(&self.client_id_header),
+            scope_header: copy(&self.scope_header),
+        }
+    }
+}
+
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")

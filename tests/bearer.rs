@@ -714,6 +714,33 @@ async fn revoked_token_is_refused_at_once_though_it_was_cached_valid() {
 }
 
 #[tokio::test]
+async fn a_revocation_reaches_the_cache_of_every_worker() {
+    // Four workers, and a connection per request, which the kernel spreads
+    // over the workers' sockets: each worker caches the identity itself.
+    let mut upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_toml(upstream.addr, "").replace("[server]", "[server]\nworkers = 4")).await;
+    let token = gw.token("app", "calendar.read").await;
+    let auth = bearer(&token);
+    for i in 0..16 {
+        let reply = get(&gw.url("/calendar/x"), &[("authorization", &auth)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}: {}", reply.text());
+        upstream.next().await;
+    }
+    assert_eq!(validations(&gw).await, 1, "validated once, then cached");
+    let hits = r#"portcullis_validation_cache_requests_total{result="hit"}"#;
+    assert_eq!(metric(&gw, hits).await, 15, "every worker's hits are counted");
+
+    let revoked = revoke(&gw, "app", &token).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
+    for _ in 0..16 {
+        let reply = get(&gw.url("/calendar/x"), &[("authorization", &auth)]).await;
+        assert_invalid_token(&reply, "The access token was revoked");
+    }
+    assert!(upstream.saw_nothing());
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn revocation_with_basic_client_authentication_works() {
     let (mut upstream, gw) = start().await;
     let token = gw.token("app", "calendar.read").await;
