@@ -12,12 +12,13 @@
 # request swings far less, so it tells two builds apart where wrk's req/s
 # cannot. Medians of ROUNDS (5) runs of DURATION (5s), CONNS (32) connections.
 # Ports: UPSTREAM_PORT (18081), PROXY_PORT (18082), GATEWAY_PORT (18083),
-# ADMIN_PORT (18093). Needs nginx-light, wrk and openssl.
+# ADMIN_PORT (18093). LOG_LEVEL (warn: no access log; info: a JSON access
+# line per request, to a file). Needs nginx-light, wrk and openssl.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 shared=${SHARED_BENCH:-$top/../shared/bench}
-ROUNDS=${ROUNDS:-5}; DURATION=${DURATION:-5s}; CONNS=${CONNS:-32}
+ROUNDS=${ROUNDS:-5}; DURATION=${DURATION:-5s}; CONNS=${CONNS:-32}; LOG_LEVEL=${LOG_LEVEL:-warn}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18081}; PROXY_PORT=${PROXY_PORT:-18082}
 GATEWAY_PORT=${GATEWAY_PORT:-18083}; ADMIN_PORT=${ADMIN_PORT:-18093}
 for tool in nginx wrk openssl; do
@@ -55,7 +56,8 @@ url = "sqlite://$run/bench.db"
 issuer = "https://127.0.0.1:$GATEWAY_PORT"
 access_token_ttl = "1h"
 [log]
-level = "warn"
+level = "$LOG_LEVEL"
+format = "json"
 [[clients]]
 client_id = "bench"
 client_secret_env = "BENCH_SECRET"

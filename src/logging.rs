@@ -8,7 +8,8 @@
 //!
 //! Lines are handed to background threads that write them, so request
 //! handling never blocks on the terminal, a pipe or a disk; the threads
-//! apply backpressure rather than drop lines when they fall far behind.
+//! apply backpressure rather than drop lines when they fall far behind,
+//! and write what has queued up in one go.
 
 use std::io::IsTerminal as _;
 
@@ -24,7 +25,11 @@ use crate::config::{AuditSink, LogConfig, LogFormat};
 /// Keep this alive until exit: dropping it flushes what is queued.
 pub struct LogGuards(#[allow(dead_code)] Vec<WorkerGuard>);
 
+/// A writer that hands lines to a thread of its own, which writes them to
+/// `sink` through a buffer: whatever queued up while it wrote goes out in
+/// one write(2), and the buffer is flushed whenever the queue runs dry.
 fn background(name: &str, sink: impl std::io::Write + Send + 'static) -> (NonBlocking, WorkerGuard) {
+    let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
     NonBlockingBuilder::default().lossy(false).thread_name(name).finish(sink)
 }
 
@@ -62,6 +67,11 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
         LogFormat::Text => main.boxed(),
     };
     let main = main_log.then(|| main.with_filter(filter));
+    if main_log {
+        // Access lines are written by `crate::access` itself, to the same
+        // writer, after the same level check.
+        crate::access::set_sink(stderr.clone(), config.format);
+    }
 
     let audit_writer = match &config.audit {
         AuditSink::Off => None,
