@@ -16,9 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore as _;
 
-use tracing_appender::non_blocking::NonBlocking;
-
 use crate::config::LogFormat;
+use crate::logging::LogWriter;
 use crate::tokens::Identity;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -28,7 +27,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone, Default)]
 pub struct AccessInfo<'a> {
     pub route: Option<&'a str>,
-    /// The normalised path (no query).
+    /// The normalised path (no query); as sent, if it was refused before
+    /// it could be normalised.
     pub path: Option<String>,
     pub upstream: Option<&'a str>,
     pub upstream_time: Option<Duration>,
@@ -71,20 +71,54 @@ pub fn enabled() -> bool {
 static SINK: OnceLock<Sink> = OnceLock::new();
 
 struct Sink {
-    writer: NonBlocking,
+    writer: LogWriter,
     format: LogFormat,
 }
 
 /// Sends access lines to `writer` (the main log's), written in `format`.
 /// The first call wins.
-pub fn set_sink(writer: NonBlocking, format: LogFormat) {
+pub fn set_sink(writer: LogWriter, format: LogFormat) {
     let _ = SINK.set(Sink { writer, format });
 }
 
+/// How much a thread batches before it hands its lines to the writer.
+const BATCH_BYTES: usize = 16 * 1024;
+/// How long a worker's lines may wait in its batch.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
 thread_local! {
-    /// A thread's line buffer, its handle on the log writer, and the text
-    /// of the last second it stamped a line with.
-    static LINE: RefCell<(String, Option<NonBlocking>, Stamp)> = RefCell::new((String::new(), None, Stamp::default()));
+    /// A thread's lines not yet handed over, its handle on the log writer,
+    /// and the text of the last second it stamped a line with.
+    static BATCH: RefCell<Batch> = RefCell::new(Batch::default());
+}
+
+#[derive(Default)]
+struct Batch {
+    lines: String,
+    writer: Option<LogWriter>,
+    stamp: Stamp,
+}
+
+impl Batch {
+    fn flush(&mut self, sink: &Sink) {
+        if self.lines.is_empty() {
+            return;
+        }
+        // A handle per thread: cloning one per batch would count on a
+        // reference shared by every worker.
+        let writer = self.writer.get_or_insert_with(|| sink.writer.clone());
+        let _ = writer.write_all(self.lines.as_bytes());
+        self.lines.clear();
+    }
+}
+
+/// Hands the calling thread's batched lines to the writer. Each worker
+/// calls it every [`FLUSH_EVERY`] and when it stops (as nginx's
+/// `access_log ... buffer= flush=` does).
+pub fn flush() {
+    if let Some(sink) = SINK.get() {
+        BATCH.with(|cell| cell.borrow_mut().flush(sink));
+    }
 }
 
 /// One access log line. The caller checks [`enabled`] first, before it
@@ -95,11 +129,12 @@ thread_local! {
 /// UTF-8 check of every piece it writes), where an access record has
 /// fixed fields. The fields, their names and both formats are what a
 /// `tracing` event would give; durations are in milliseconds to the
-/// microsecond.
+/// microsecond. Lines are batched per thread (see [`flush`]): handing
+/// each to the log thread on its own cost a wake-up of that thread, and a
+/// write(2), per request.
 pub fn log(
     request_id: &HeaderValue,
     method: &http::Method,
-    raw_path: &str,
     status: http::StatusCode,
     duration: Duration,
     info: &AccessInfo<'_>,
@@ -107,7 +142,7 @@ pub fn log(
     let record = Record {
         request_id: request_id.to_str().unwrap_or(""),
         method: method.as_str(),
-        path: info.path.as_deref().unwrap_or(raw_path),
+        path: info.path.as_deref().unwrap_or(""),
         status: status.as_u16(),
         duration,
         route: info.route.unwrap_or("(none)"),
@@ -120,14 +155,12 @@ pub fn log(
         // Someone else's subscriber (the library embedded): a plain event.
         return record.event();
     };
-    LINE.with(|cell| {
-        let (line, writer, stamp) = &mut *cell.borrow_mut();
-        line.clear();
-        record.write(line, sink.format, stamp, SystemTime::now());
-        // A handle per thread: cloning one per line would count on a
-        // reference shared by every worker.
-        let writer = writer.get_or_insert_with(|| sink.writer.clone());
-        let _ = writer.write_all(line.as_bytes());
+    BATCH.with(|cell| {
+        let batch = &mut *cell.borrow_mut();
+        record.write(&mut batch.lines, sink.format, &mut batch.stamp, SystemTime::now());
+        if batch.lines.len() >= BATCH_BYTES {
+            batch.flush(sink);
+        }
     });
 }
 

@@ -163,20 +163,23 @@ impl Gateway {
     ) -> (Response<Body>, AccessInfo<'_>) {
         self.metrics.in_flight.inc();
         let _in_flight = InFlight(&self.metrics);
-        let unrouted = |refusal| (self.refuse(&self.unrouted, refusal, started), AccessInfo::default());
+        let unrouted = |refusal, path: &str| {
+            let info = AccessInfo { path: Some(path.to_owned()), ..AccessInfo::default() };
+            (self.refuse(&self.unrouted, refusal, started), info)
+        };
 
         let host = match request_host(&req) {
             Ok(h) => h,
-            Err(refusal) => return unrouted(refusal),
+            Err(refusal) => return unrouted(refusal, req.uri().path()),
         };
         if let Err(refusal) = check_framing(req.headers()) {
-            return unrouted(refusal);
+            return unrouted(refusal, req.uri().path());
         }
         let path = match normalize(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "refused a malformed path");
-                return unrouted(Refusal::BadRequest("The request path is malformed"));
+                return unrouted(Refusal::BadRequest("The request path is malformed"), req.uri().path());
             }
         };
         if let Some(endpoint) = self.authz.endpoint(&path) {
@@ -187,7 +190,7 @@ impl Gateway {
             return (res, info);
         }
         let Some(route) = self.routes.find(&path) else {
-            return unrouted(Refusal::NotFound);
+            return unrouted(Refusal::NotFound, &path);
         };
         let mut info =
             AccessInfo { route: Some(&route.config.name), upstream: Some(&route.upstream), ..AccessInfo::default() };

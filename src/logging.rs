@@ -6,15 +6,16 @@
 //! its own (`[log] audit`): always JSON, never filtered by the level, and
 //! kept out of the main log so each is read whole by whoever reads it.
 //!
-//! Lines are handed to background threads that write them, so request
-//! handling never blocks on the terminal, a pipe or a disk; the threads
-//! apply backpressure rather than drop lines when they fall far behind,
-//! and write what has queued up in one go.
+//! Lines are handed to background threads that write them ([`LogWriter`]),
+//! so request handling never blocks on the terminal, a pipe or a disk; the
+//! threads apply backpressure rather than drop lines when they fall far
+//! behind, and write what has queued up in one go.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -22,15 +23,120 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 use crate::audit;
 use crate::config::{AuditSink, LogConfig, LogFormat};
 
-/// Keep this alive until exit: dropping it flushes what is queued.
-pub struct LogGuards(#[allow(dead_code)] Vec<WorkerGuard>);
+/// How much may wait for a log thread before writers wait for it
+/// (backpressure rather than lost lines).
+const MAX_PENDING: usize = 8 * 1024 * 1024;
 
-/// A writer that hands lines to a thread of its own, which writes them to
-/// `sink` through a buffer: whatever queued up while it wrote goes out in
-/// one write(2), and the buffer is flushed whenever the queue runs dry.
-fn background(name: &str, sink: impl std::io::Write + Send + 'static) -> (NonBlocking, WorkerGuard) {
-    let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
-    NonBlockingBuilder::default().lossy(false).thread_name(name).finish(sink)
+/// A log destination written by a thread of its own: a write appends to
+/// what is pending and wakes the thread only if it sleeps; the thread
+/// takes everything pending at once and writes it in one go. Unlike a
+/// channel per line, a busy gateway costs it no wake-up per line, and it
+/// never spins waiting for the next one.
+#[derive(Clone)]
+pub struct LogWriter(Arc<Shared>);
+
+struct Shared {
+    state: Mutex<Pending>,
+    /// Wakes the thread (something to write, or closing).
+    work: Condvar,
+    /// Wakes writers waiting for room.
+    room: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    sleeping: bool,
+    closed: bool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, Pending> {
+        // Appending bytes leaves nothing half-done that matters.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl LogWriter {
+    /// Starts the thread that writes to `sink`; it ends when the guard is
+    /// dropped, after writing what is pending.
+    fn start(name: &str, mut sink: impl Write + Send + 'static) -> (LogWriter, LogGuard) {
+        let shared =
+            Arc::new(Shared { state: Mutex::new(Pending::default()), work: Condvar::new(), room: Condvar::new() });
+        let inner = shared.clone();
+        let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+            let mut batch = Vec::new();
+            loop {
+                let closed = {
+                    let mut state = inner.state();
+                    while state.bytes.is_empty() && !state.closed {
+                        state.sleeping = true;
+                        state = inner.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+                    }
+                    state.sleeping = false;
+                    std::mem::swap(&mut batch, &mut state.bytes);
+                    state.closed
+                };
+                inner.room.notify_all();
+                let _ = sink.write_all(&batch).and_then(|()| sink.flush());
+                batch.clear();
+                if closed && inner.state().bytes.is_empty() {
+                    return;
+                }
+            }
+        });
+        let writer = LogWriter(shared);
+        (writer.clone(), LogGuard { writer, thread: thread.ok() })
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut state = self.0.state();
+        while state.bytes.len() > MAX_PENDING && !state.closed {
+            state = self.0.room.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state.bytes.extend_from_slice(buf);
+        if state.sleeping {
+            state.sleeping = false;
+            self.0.work.notify_one();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        self.clone()
+    }
+}
+
+/// Ends a log thread, after it has written what is pending.
+pub struct LogGuard {
+    writer: LogWriter,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.writer.0.state().closed = true;
+        self.writer.0.work.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Keep this alive until exit: dropping it writes what is queued.
+pub struct LogGuards(#[allow(dead_code)] Vec<LogGuard>);
+
+fn background(name: &str, sink: impl Write + Send + 'static) -> (LogWriter, LogGuard) {
+    LogWriter::start(name, sink)
 }
 
 /// Opens the audit file for appending, readable by its owner only (it
@@ -99,4 +205,90 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
     });
     let _ = tracing_subscriber::registry().with(main).with(audit).try_init();
     Ok(LogGuards(guards))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that keeps what it is given, and counts its writes.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<(Vec<u8>, usize)>>);
+
+    impl Write for Kept {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut kept = self.0.lock().unwrap();
+            kept.0.extend_from_slice(buf);
+            kept.1 += 1;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_line_arrives_whole_and_the_guard_writes_what_is_pending() {
+        let kept = Kept::default();
+        let (writer, guard) = LogWriter::start("test-log", kept.clone());
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let mut writer = writer.clone();
+                s.spawn(move || {
+                    for i in 0..2500 {
+                        writer.write_all(format!("thread {t} line {i}\n").as_bytes()).unwrap();
+                    }
+                });
+            }
+        });
+        drop(guard);
+        let (bytes, _) = kept.0.lock().unwrap().clone();
+        let text = String::from_utf8(bytes).expect("text");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 10_000, "none lost");
+        for t in 0..4 {
+            let own: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with(&format!("thread {t} "))).collect();
+            let expected: Vec<String> = (0..2500).map(|i| format!("thread {t} line {i}")).collect();
+            assert_eq!(own, expected, "thread {t}'s lines, whole and in order");
+        }
+    }
+
+    /// A sink whose first write waits until it is let go.
+    struct Gated {
+        kept: Kept,
+        entered: std::sync::mpsc::Sender<()>,
+        release: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(release) = self.release.take() {
+                self.entered.send(()).unwrap();
+                release.recv().unwrap();
+            }
+            self.kept.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn what_queues_up_during_a_write_goes_out_in_one() {
+        let kept = Kept::default();
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let gated = Gated { kept: kept.clone(), entered: entered_tx, release: Some(release_rx) };
+        let (mut writer, guard) = LogWriter::start("test-log", gated);
+        writer.write_all(b"first\n").unwrap();
+        entered.recv().unwrap();
+        for i in 0..100 {
+            writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        release.send(()).unwrap();
+        drop(guard);
+        let (bytes, writes) = kept.0.lock().unwrap().clone();
+        assert_eq!(writes, 2, "the first line, then the hundred queued behind it");
+        assert_eq!(String::from_utf8(bytes).unwrap().lines().count(), 101);
+    }
 }

@@ -240,6 +240,14 @@ async fn serve_public(
         Err(e) => return tracing::error!(error = %e, "cannot serve the public listener"),
     };
     let worker = Arc::new(Worker::new());
+    let flusher = tokio::spawn(async {
+        let mut every = tokio::time::interval(access::FLUSH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            access::flush();
+        }
+    });
     let gateway = Arc::new(HeldGateway {
         shared: gateway.clone(),
         held: std::sync::Mutex::new(Arc::new(Held(gateway.load_full()))),
@@ -255,20 +263,21 @@ async fn serve_public(
             let started = std::time::Instant::now();
             let id = access::request_id(req.headers());
             req.headers_mut().insert(access::X_REQUEST_ID.clone(), id.clone());
-            let logged =
-                (gateway.access_log && access::enabled()).then(|| (req.method().clone(), req.uri().path().to_owned()));
+            let logged = (gateway.access_log && access::enabled()).then(|| req.method().clone());
             let (mut res, info) = gateway.handle(req, peer, &worker, started).await;
             if let Some(hsts) = hsts {
                 res.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
             }
-            if let Some((method, raw_path)) = logged {
-                access::log(&id, &method, &raw_path, res.status(), started.elapsed(), &info);
+            if let Some(method) = logged {
+                access::log(&id, &method, res.status(), started.elapsed(), &info);
             }
             res.headers_mut().insert(access::X_REQUEST_ID.clone(), id);
             Ok::<_, Infallible>(res)
         })
     })
-    .await
+    .await;
+    flusher.abort();
+    access::flush();
 }
 
 /// The gateway in force, as one worker holds it. A request clones the

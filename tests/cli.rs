@@ -1043,6 +1043,27 @@ async fn access_log_lines_say_who_did_what_without_the_token() {
     assert!(!log.contains("access_token="), "nor the query that held it");
 }
 
+/// Access lines wait in their worker's batch for at most 100 ms; one
+/// written just before SIGTERM still reaches the log before the exit.
+#[tokio::test]
+async fn the_last_access_lines_are_written_before_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = example_config_for_test(dir.path(), None).replace("format = \"text\"", "format = \"json\"");
+    let path = write_config(dir.path(), "portcullis.toml", &text);
+    let mut gw = Served::start(&path, &[]).await;
+    for i in 0..3 {
+        let reply =
+            get(&format!("http://{}/calendar/events", gw.public), &[("x-request-id", &format!("last-{i}"))]).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    gw.sigterm();
+    assert_eq!(gw.wait_exit().await.code(), Some(0));
+    let log = gw.full_log().await;
+    for i in 0..3 {
+        assert!(log.contains(&format!("\"request_id\":\"last-{i}\"")), "line {i} is missing from:\n{log}");
+    }
+}
+
 /// Signs in as `user` with a wrong password once.
 async fn fail_to_sign_in(gw: SocketAddr, user: &str) {
     let query = form(&[
