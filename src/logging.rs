@@ -139,6 +139,15 @@ fn background(name: &str, sink: impl Write + Send + 'static) -> (LogWriter, LogG
     LogWriter::start(name, sink)
 }
 
+/// The configured level, with rustls's own warnings kept to errors unless
+/// the level names rustls: it warns about what clients send (an IP
+/// address as SNI, from wrk and some load balancers' probes), once per
+/// handshake, which would let any client fill the log. Handshakes that
+/// fail are logged by the gateway itself.
+fn directives(level: &str) -> String {
+    if level.contains("rustls") { level.to_string() } else { format!("{level},rustls=error") }
+}
+
 /// Opens the audit file for appending, readable by its owner only (it
 /// names users and clients).
 fn open_audit_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
@@ -162,8 +171,9 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
     // of time which call sites it refuses, so every `trace!` in every
     // dependency would be evaluated on every call, on the request path.
     let audit_off = format!("{}=off", audit::TARGET).parse().expect("a valid directive");
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level)).add_directive(audit_off);
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(directives(&config.level)))
+        .add_directive(audit_off);
     let (stderr, stderr_guard) = background("portcullis-log", std::io::stderr());
     let mut guards = vec![stderr_guard];
 
@@ -210,6 +220,15 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rustls_warnings_are_quieted_unless_asked_for() {
+        assert_eq!(directives("info"), "info,rustls=error");
+        assert_eq!(directives("info,rustls=debug"), "info,rustls=debug");
+        for level in ["warn", "info,portcullis=debug"] {
+            let _ = EnvFilter::try_new(directives(level)).expect("a valid filter");
+        }
+    }
 
     /// A sink that keeps what it is given, and counts its writes.
     #[derive(Clone, Default)]
