@@ -106,10 +106,10 @@ impl TokenValidator {
         }
     }
 
-    /// Validates `token`, looking first in the calling worker's cache.
-    pub async fn validate(&self, token: &str, worker: &WorkerCache) -> Result<Verdict, Arc<StoreError>> {
+    /// Validates `token` for a request that came at `now`, looking first
+    /// in the calling worker's cache.
+    pub async fn validate(&self, token: &str, worker: &WorkerCache, now: Instant) -> Result<Verdict, Arc<StoreError>> {
         let key = token_hash(token);
-        let now = Instant::now();
         // Read before the shared cache is: an invalidation after this makes
         // whatever the shared cache answers below unfit for the worker's.
         let invalidations = self.invalidations.load(Ordering::Acquire);

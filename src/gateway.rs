@@ -108,6 +108,14 @@ pub struct Gateway {
     unrouted: RouteMetrics,
 }
 
+/// Where and when a request came from.
+struct Arrival {
+    peer: SocketAddr,
+    /// Its client-facing `Host`.
+    host: Option<HeaderValue>,
+    started: Instant,
+}
+
 /// A request that went upstream: the response on its way back, how long
 /// the upstream took to start it, and whom the token named.
 struct Sent {
@@ -194,7 +202,7 @@ impl Gateway {
         };
         let mut info =
             AccessInfo { route: Some(&route.config.name), upstream: Some(&route.upstream), ..AccessInfo::default() };
-        let res = match self.through_route(route, req, &path, host, peer, worker).await {
+        let res = match self.through_route(route, req, &path, Arrival { peer, host, started }, worker).await {
             Ok(sent) => {
                 let elapsed = started.elapsed();
                 route.metrics.observe(Outcome::Allowed, elapsed);
@@ -224,10 +232,10 @@ impl Gateway {
         route: &Route,
         req: Request<Incoming>,
         path: &str,
-        host: Option<HeaderValue>,
-        peer: SocketAddr,
+        arrival: Arrival,
         worker: &Worker,
     ) -> Result<Sent, Refusal> {
+        let Arrival { peer, host, started } = arrival;
         let cfg = &route.config;
         let (mut parts, body) = req.into_parts();
         let query = parts.uri.query();
@@ -279,7 +287,7 @@ impl Gateway {
             _ => return Err(Refusal::Bearer(BearerError::MultipleMethods)),
         };
 
-        let identity = match self.validator.validate(token, &worker.tokens).await {
+        let identity = match self.validator.validate(token, &worker.tokens, started).await {
             Ok(Verdict::Valid(identity)) => identity,
             Ok(Verdict::Invalid(rejection)) => {
                 tracing::debug!(route = %cfg.name, reason = rejection.as_str(), "refused an access token");

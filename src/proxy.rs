@@ -96,28 +96,43 @@ pub struct ForwardContext<'a> {
 /// Rewrites request headers for the upstream.
 pub fn upstream_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     strip_hop_by_hop(headers);
-    strip_identity_headers(headers);
+    // One look at the names present: most requests carry none of the
+    // headers below, and looking up or removing an absent name still
+    // hashes it.
+    let (mut spoofed, mut forwarded) = (false, false);
+    for name in headers.keys() {
+        let name = name.as_str();
+        spoofed |= name.starts_with("x-auth-");
+        forwarded |= name.starts_with("x-forwarded-") || name == "forwarded";
+    }
+    if spoofed {
+        strip_identity_headers(headers);
+    }
     if !ctx.keep_authorization {
         headers.remove(header::AUTHORIZATION);
     }
     let trusted = ctx.trusted_proxies.iter().any(|net| net.contains(ctx.peer.ip()));
-    let peer_ip = ip_text(ctx.peer.ip().to_canonical());
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|_| trusted) {
-        Some(chain) => HeaderValue::try_from(format!("{chain}, {}", peer_ip.as_str())),
-        None => HeaderValue::from_str(peer_ip.as_str()),
-    };
-    if !trusted {
+    // What a trusted proxy said is kept, and extended; anyone else's goes.
+    let kept = trusted && forwarded;
+    if forwarded && !trusted {
+        headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
         headers.remove(&FORWARDED);
     }
+    let peer_ip = ip_text(ctx.peer.ip().to_canonical());
+    let chain = if kept { headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) } else { None };
+    let xff = match chain {
+        Some(chain) => HeaderValue::try_from(format!("{chain}, {}", peer_ip.as_str())),
+        None => HeaderValue::from_str(peer_ip.as_str()),
+    };
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !(kept && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(ctx.proto));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST)
+    if !(kept && headers.contains_key(&X_FORWARDED_HOST))
         && let Some(host) = &ctx.host
     {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
@@ -286,7 +301,7 @@ impl Forwarder {
             req.headers_mut().insert(header::HOST, target.host.clone());
         }
         let started = Instant::now();
-        let response = match tokio::time::timeout(timeout, self.pool.send(target, req)).await {
+        let response = match tokio::time::timeout(timeout, self.pool.send(target, req, started)).await {
             Err(_) => {
                 tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
                 return Err(Refusal::UpstreamTimeout);

@@ -200,11 +200,17 @@ impl Pool {
 
     /// Sends `req` (in origin form, with its `Host`) to `target` and
     /// returns the response head; the connection comes back to the pool
-    /// when the exchange has ended cleanly.
-    pub async fn send(&self, target: &Target, req: Request<Body>) -> Result<Response<ResponseBody>, Error> {
+    /// when the exchange has ended cleanly. `now` is when the exchange
+    /// started (idle times need no finer clock).
+    pub async fn send(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+        now: Instant,
+    ) -> Result<Response<ResponseBody>, Error> {
         let (head, mut body) = req.into_parts();
         loop {
-            let pooled = self.idles().take(target, Instant::now());
+            let pooled = self.idles().take(target, now);
             let reused = pooled.is_some();
             let conn = match pooled {
                 Some(conn) => conn,
@@ -216,7 +222,7 @@ impl Pool {
             match http1::exchange(conn, &head, body, home).await {
                 Ok((res, done)) => {
                     if let Some(conn) = done {
-                        self.idles().put(target, conn, Instant::now());
+                        self.idles().put(target, conn, now);
                     }
                     return Ok(res);
                 }
@@ -468,7 +474,7 @@ mod tests {
         // Content-Length says 10; only 5 bytes ever come.
         let (partial, accepted) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
         let pool = Pool::new();
-        let res = pool.send(&partial, get()).await.expect("a response head");
+        let res = pool.send(&partial, get(), Instant::now()).await.expect("a response head");
         assert_eq!(res.status(), http::StatusCode::OK);
         drop(res);
         assert_eq!(pool.idle_count(), 0, "half a response on it: not reusable");
@@ -476,7 +482,7 @@ mod tests {
 
         let (whole, accepted) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
         for round in 1..=3 {
-            let res = pool.send(&whole, get()).await.expect("a response");
+            let res = pool.send(&whole, get(), Instant::now()).await.expect("a response");
             let body = res.into_body().collect().await.expect("the body").to_bytes();
             assert_eq!(body, Bytes::from_static(b"hello"));
             assert_eq!(pool.idle_count(), 1, "round {round}: back in the pool");
@@ -490,7 +496,7 @@ mod tests {
             raw_upstream(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok").await;
         let pool = Pool::new();
         for _ in 0..2 {
-            let res = pool.send(&closing, get()).await.expect("a response on a fresh connection");
+            let res = pool.send(&closing, get(), Instant::now()).await.expect("a response on a fresh connection");
             res.into_body().collect().await.expect("the body");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -499,7 +505,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_upstream_is_a_connect_error() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let Err(e) = Pool::new().send(&target(&format!("127.0.0.1:{port}"), None), get()).await else {
+        let Err(e) = Pool::new().send(&target(&format!("127.0.0.1:{port}"), None), get(), Instant::now()).await else {
             panic!("a connection to a closed port succeeded");
         };
         assert!(e.is_connect(), "{e}");
@@ -622,12 +628,18 @@ mod tests {
     async fn bodies_go_out_framed_by_their_length_or_chunked() {
         let (api, _, mut seen) = scripted_upstream(|_, _| Act::Answer(OK)).await;
         let pool = Pool::new();
-        let res = pool.send(&api, request(http::Method::POST, frames(&["ab", "cd"], Some(4)))).await.expect("sent");
+        let res = pool
+            .send(&api, request(http::Method::POST, frames(&["ab", "cd"], Some(4))), Instant::now())
+            .await
+            .expect("sent");
         res.into_body().collect().await.expect("body");
         let raw = seen.recv().await.expect("a request");
         assert_eq!(raw, b"POST /x HTTP/1.1\r\nhost: api\r\ncontent-length: 4\r\n\r\nabcd");
 
-        let res = pool.send(&api, request(http::Method::POST, frames(&["ab", "cde"], None))).await.expect("sent");
+        let res = pool
+            .send(&api, request(http::Method::POST, frames(&["ab", "cde"], None)), Instant::now())
+            .await
+            .expect("sent");
         res.into_body().collect().await.expect("body");
         let raw = seen.recv().await.expect("a request");
         assert_eq!(
@@ -641,7 +653,9 @@ mod tests {
     async fn a_body_longer_than_it_declared_stops_at_its_declared_end() {
         let (api, _, mut seen) = scripted_upstream(|_, _| Act::Answer(OK)).await;
         let pool = Pool::new();
-        let Err(e) = pool.send(&api, request(http::Method::PUT, frames(&["abc", "SMUGGLED"], Some(3)))).await else {
+        let Err(e) =
+            pool.send(&api, request(http::Method::PUT, frames(&["abc", "SMUGGLED"], Some(3))), Instant::now()).await
+        else {
             panic!("a body longer than its length was sent");
         };
         assert!(matches!(e, Error::Exchange(http1::Error::RequestBodyLength)), "{e}");
@@ -659,10 +673,13 @@ mod tests {
         let pool = Pool::new();
         // A body that never ends: the answer must not wait for it.
         let endless = EndlessBody(false).boxed_unsync();
-        let res = tokio::time::timeout(Duration::from_secs(5), pool.send(&api, request(http::Method::POST, endless)))
-            .await
-            .expect("the early answer comes")
-            .expect("an answer");
+        let res = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.send(&api, request(http::Method::POST, endless), Instant::now()),
+        )
+        .await
+        .expect("the early answer comes")
+        .expect("an answer");
         assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
         let body = res.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, Bytes::from_static(b"big!"));
@@ -694,7 +711,7 @@ mod tests {
                 .await;
         let pool = Pool::new();
         for _ in 0..2 {
-            let res = pool.send(&api, get()).await.expect("an answer");
+            let res = pool.send(&api, get(), Instant::now()).await.expect("an answer");
             let body = res.into_body().collect().await.expect("body").to_bytes();
             assert_eq!(body, Bytes::from_static(b"ok"), "never the stray bytes");
         }
@@ -710,7 +727,7 @@ mod tests {
         .await;
         let pool = Pool::new();
         for _ in 0..2 {
-            let res = pool.send(&api, get()).await.expect("an answer");
+            let res = pool.send(&api, get(), Instant::now()).await.expect("an answer");
             assert!(!res.headers().contains_key(http::header::CONTENT_LENGTH));
             let body = res.into_body().collect().await.expect("body").to_bytes();
             assert_eq!(body, Bytes::from_static(b"chunked"));
@@ -720,7 +737,7 @@ mod tests {
 
         let (api, _, _seen) =
             scripted_upstream(|_, _| Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
-        let res = pool.send(&api, get()).await.expect("an answer");
+        let res = pool.send(&api, get(), Instant::now()).await.expect("an answer");
         let body = res.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, Bytes::from_static(b"until the end"));
         assert_eq!(pool.idle_count(), 1, "only the chunked upstream's");
@@ -730,7 +747,7 @@ mod tests {
     async fn a_body_cut_short_is_an_error() {
         let (api, _, _seen) =
             scripted_upstream(|_, _| Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")).await;
-        let res = Pool::new().send(&api, get()).await.expect("a head");
+        let res = Pool::new().send(&api, get(), Instant::now()).await.expect("a head");
         let e = res.into_body().collect().await.expect_err("a truncated body");
         assert!(matches!(e, http1::Error::ClosedInBody), "{e}");
     }
@@ -742,16 +759,16 @@ mod tests {
         let script = |_, request| if request == 0 { Act::Answer(OK) } else { Act::Close };
         let (api, accepted, _seen) = scripted_upstream(script).await;
         let pool = Pool::new();
-        pool.send(&api, get()).await.expect("first").into_body().collect().await.expect("body");
+        pool.send(&api, get(), Instant::now()).await.expect("first").into_body().collect().await.expect("body");
         assert_eq!(pool.idle_count(), 1);
         // A GET without a body goes again, on a new connection.
-        let res = pool.send(&api, get()).await.expect("retried");
+        let res = pool.send(&api, get(), Instant::now()).await.expect("retried");
         assert_eq!(res.status(), http::StatusCode::OK);
         res.into_body().collect().await.expect("body");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
         // A POST may have been acted on: its failure is reported.
-        let Err(e) = pool.send(&api, request(http::Method::POST, frames(&["x"], Some(1)))).await else {
+        let Err(e) = pool.send(&api, request(http::Method::POST, frames(&["x"], Some(1))), Instant::now()).await else {
             panic!("a POST was sent twice");
         };
         assert!(!e.is_connect(), "{e}");
