@@ -197,69 +197,56 @@ impl Record<'_> {
 
     /// The line, as `tracing`'s JSON or text format would write it.
     fn write(&self, out: &mut String, format: LogFormat, stamp: &mut Stamp, now: SystemTime) {
-        let strings = [("request_id", self.request_id), ("method", self.method), ("path", self.path)];
-        let after = [("route", self.route), ("upstream", self.upstream)];
-        let who = [("client_id", self.client_id), ("subject", self.subject)];
-        match format {
+        let fields = [
+            ("request_id", Value::Text(self.request_id)),
+            ("method", Value::Text(self.method)),
+            ("path", Value::Text(self.path)),
+            ("status", Value::Number(u64::from(self.status))),
+            ("duration_ms", Value::Millis(self.duration)),
+            ("route", Value::Text(self.route)),
+            ("upstream", Value::Text(self.upstream)),
+            ("upstream_ms", Value::Millis(self.upstream_time)),
+            ("client_id", Value::Text(self.client_id)),
+            ("subject", Value::Text(self.subject)),
+        ];
+        // What goes before each field's name, and between it and its value.
+        let (before, between) = match format {
             LogFormat::Json => {
                 out.push_str("{\"timestamp\":\"");
                 stamp.write(out, now);
                 out.push_str("\",\"level\":\"INFO\"");
-                let field = |out: &mut String, name: &str| {
-                    out.push_str(",\"");
-                    out.push_str(name);
-                    out.push_str("\":");
-                };
-                for (name, value) in strings {
-                    field(out, name);
-                    push_quoted(out, value);
-                }
-                field(out, "status");
-                push_decimal(out, u64::from(self.status));
-                field(out, "duration_ms");
-                push_millis(out, self.duration);
-                for (name, value) in after {
-                    field(out, name);
-                    push_quoted(out, value);
-                }
-                field(out, "upstream_ms");
-                push_millis(out, self.upstream_time);
-                for (name, value) in who {
-                    field(out, name);
-                    push_quoted(out, value);
-                }
-                out.push_str(",\"target\":\"access\"}\n");
+                (",\"", "\":")
             }
             LogFormat::Text => {
                 stamp.write(out, now);
                 out.push_str("  INFO access:");
-                let field = |out: &mut String, name: &str| {
-                    out.push(' ');
-                    out.push_str(name);
-                    out.push('=');
-                };
-                for (name, value) in strings {
-                    field(out, name);
-                    push_quoted(out, value);
-                }
-                field(out, "status");
-                push_decimal(out, u64::from(self.status));
-                field(out, "duration_ms");
-                push_millis(out, self.duration);
-                for (name, value) in after {
-                    field(out, name);
-                    push_quoted(out, value);
-                }
-                field(out, "upstream_ms");
-                push_millis(out, self.upstream_time);
-                for (name, value) in who {
-                    field(out, name);
-                    push_quoted(out, value);
-                }
-                out.push('\n');
+                (" ", "=")
+            }
+        };
+        for (name, value) in fields {
+            out.push_str(before);
+            out.push_str(name);
+            out.push_str(between);
+            match value {
+                Value::Text(text) => push_quoted(out, text),
+                Value::Number(n) => out.push_str(itoa::Buffer::new().format(n)),
+                Value::Millis(d) => push_millis(out, d),
             }
         }
+        out.push_str(match format {
+            LogFormat::Json => ",\"target\":\"access\"}\n",
+            LogFormat::Text => "\n",
+        });
     }
+}
+
+/// A field's value in an access line.
+enum Value<'a> {
+    /// Quoted and escaped.
+    Text(&'a str),
+    Number(u64),
+    /// Milliseconds with three decimals.
+    Millis(Duration),
 }
 
 /// `value` in double quotes, with `"`, `\\` and control characters
@@ -287,25 +274,11 @@ fn push_quoted(out: &mut String, value: &str) {
     out.push('"');
 }
 
-fn push_decimal(out: &mut String, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
-}
-
 /// Milliseconds with three decimals (to the microsecond).
 fn push_millis(out: &mut String, d: Duration) {
     let micros = d.as_micros().min(u128::from(u64::MAX)) as u64;
-    push_decimal(out, micros / 1000);
+    let mut digits = itoa::Buffer::new();
+    out.push_str(digits.format(micros / 1000));
     out.push('.');
     let fraction = micros % 1000;
     if fraction < 100 {
@@ -314,7 +287,7 @@ fn push_millis(out: &mut String, d: Duration) {
     if fraction < 10 {
         out.push('0');
     }
-    push_decimal(out, fraction);
+    out.push_str(digits.format(fraction));
 }
 
 /// RFC 3339 timestamps in UTC to the microsecond, as `tracing` writes

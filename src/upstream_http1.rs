@@ -335,26 +335,12 @@ fn encode_head(head: &Parts, framing: Framing, out: &mut BytesMut) {
         Framing::Empty | Framing::UntilClose => {}
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            push_decimal(out, n);
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
-}
-
-fn push_decimal(out: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// The request on its way out: the encoded head, then the body as it comes.
