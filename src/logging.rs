@@ -47,6 +47,8 @@ struct Shared {
 struct Pending {
     bytes: Vec<u8>,
     sleeping: bool,
+    /// Writers waiting for room.
+    waiting: usize,
     closed: bool,
 }
 
@@ -67,7 +69,7 @@ impl LogWriter {
         let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
             let mut batch = Vec::new();
             loop {
-                let closed = {
+                let (closed, waiting) = {
                     let mut state = inner.state();
                     while state.bytes.is_empty() && !state.closed {
                         state.sleeping = true;
@@ -75,9 +77,11 @@ impl LogWriter {
                     }
                     state.sleeping = false;
                     std::mem::swap(&mut batch, &mut state.bytes);
-                    state.closed
+                    (state.closed, state.waiting)
                 };
-                inner.room.notify_all();
+                if waiting > 0 {
+                    inner.room.notify_all();
+                }
                 let _ = sink.write_all(&batch).and_then(|()| sink.flush());
                 batch.clear();
                 if closed && inner.state().bytes.is_empty() {
@@ -94,7 +98,9 @@ impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut state = self.0.state();
         while state.bytes.len() > MAX_PENDING && !state.closed {
+            state.waiting += 1;
             state = self.0.room.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.waiting -= 1;
         }
         state.bytes.extend_from_slice(buf);
         if state.sleeping {
@@ -290,6 +296,33 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_writer_waits_for_room_rather_than_lose_lines() {
+        let kept = Kept::default();
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let gated = Gated { kept: kept.clone(), entered: entered_tx, release: Some(release_rx) };
+        let (mut writer, guard) = LogWriter::start("test-log", gated);
+        writer.write_all(b"first\n").unwrap();
+        entered.recv().unwrap();
+        // The log thread is stuck in its sink: fill past the bound.
+        let chunk = vec![b'x'; MAX_PENDING / 2 + 1];
+        writer.write_all(&chunk).unwrap();
+        writer.write_all(&chunk).unwrap();
+        let mut blocked = writer.clone();
+        let third = std::thread::spawn(move || blocked.write_all(b"third\n").unwrap());
+        while writer.0.state().waiting == 0 {
+            std::thread::yield_now();
+        }
+        assert!(!third.is_finished(), "waiting for room");
+        release.send(()).unwrap();
+        third.join().unwrap();
+        drop(guard);
+        let (bytes, _) = kept.0.lock().unwrap().clone();
+        assert_eq!(bytes.len(), 6 + 2 * chunk.len() + 6, "nothing lost");
+        assert!(bytes.ends_with(b"third\n"));
     }
 
     #[test]
