@@ -1166,3 +1166,77 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_and_the_request_sti
     assert_eq!(upstream.accepted.load(Ordering::SeqCst), 10, "one connection per request, none failed");
     gw.stop().await;
 }
+
+/// A raw upstream that writes `answer` for every request head it reads,
+/// on every connection; it counts the connections it accepts.
+async fn answering_upstream(answer: &'static [u8]) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// RFC 9112 §6.3: a response whose length cannot be known for sure is
+/// refused, not guessed at; the client gets a 502 and none of it.
+#[tokio::test]
+async fn an_upstream_answer_with_ambiguous_framing_is_a_502_and_never_relayed() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let (addr, _) = answering_upstream(answer).await;
+        let gw = Gateway::start(&config_toml(addr, "")).await;
+        let reply = get(&gw.url("/public/x"), &[]).await;
+        let what = String::from_utf8_lossy(answer);
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{what}: {}", reply.text());
+        assert_eq!(reply.json()["error"], "bad_gateway", "{what}");
+        assert!(!reply.text().contains("hello"), "{what}");
+        gw.stop().await;
+    }
+}
+
+/// Bytes after a response's end would be taken for the answer to the next
+/// request on that connection, perhaps another client's: the connection
+/// is retired instead, and each request gets its own answer.
+#[tokio::test]
+async fn bytes_after_an_upstream_answer_never_answer_the_next_request() {
+    let smuggling: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled!";
+    let (addr, accepted) = answering_upstream(smuggling).await;
+    let gw = Gateway::start(&config_toml(addr, "")).await;
+    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+    for i in 0..3 {
+        stream
+            .write_all(format!("GET /public/{i} HTTP/1.1\r\nHost: gw.example\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let (head, body) = read_response(&mut stream, &format!("request {i}")).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "request {i}: {head}");
+        assert_eq!(body, b"ok", "request {i}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "a connection per exchange");
+    gw.stop().await;
+}
