@@ -298,8 +298,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_writer_waits_for_room_rather_than_lose_lines() {
+    /// A writer whose thread has taken a first line and is stuck writing
+    /// it until `release` is sent to.
+    fn stuck_writer() -> (Kept, LogWriter, LogGuard, std::sync::mpsc::Sender<()>) {
         let kept = Kept::default();
         let (entered_tx, entered) = std::sync::mpsc::channel();
         let (release, release_rx) = std::sync::mpsc::channel();
@@ -307,6 +308,12 @@ mod tests {
         let (mut writer, guard) = LogWriter::start("test-log", gated);
         writer.write_all(b"first\n").unwrap();
         entered.recv().unwrap();
+        (kept, writer, guard, release)
+    }
+
+    #[test]
+    fn a_writer_waits_for_room_rather_than_lose_lines() {
+        let (kept, mut writer, guard, release) = stuck_writer();
         // The log thread is stuck in its sink: fill past the bound.
         let chunk = vec![b'x'; MAX_PENDING / 2 + 1];
         writer.write_all(&chunk).unwrap();
@@ -327,13 +334,7 @@ mod tests {
 
     #[test]
     fn what_queues_up_during_a_write_goes_out_in_one() {
-        let kept = Kept::default();
-        let (entered_tx, entered) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        let gated = Gated { kept: kept.clone(), entered: entered_tx, release: Some(release_rx) };
-        let (mut writer, guard) = LogWriter::start("test-log", gated);
-        writer.write_all(b"first\n").unwrap();
-        entered.recv().unwrap();
+        let (kept, mut writer, guard, release) = stuck_writer();
         for i in 0..100 {
             writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
         }
