@@ -141,10 +141,6 @@ impl Drop for LogGuard {
 /// Keep this alive until exit: dropping it writes what is queued.
 pub struct LogGuards(#[allow(dead_code)] Vec<LogGuard>);
 
-fn background(name: &str, sink: impl Write + Send + 'static) -> (LogWriter, LogGuard) {
-    LogWriter::start(name, sink)
-}
-
 /// The configured level, with rustls's own warnings kept to errors unless
 /// the level names rustls: it warns about what clients send (an IP
 /// address as SNI, from wrk and some load balancers' probes), once per
@@ -180,7 +176,7 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(directives(&config.level)))
         .add_directive(audit_off);
-    let (stderr, stderr_guard) = background("portcullis-log", std::io::stderr());
+    let (stderr, stderr_guard) = LogWriter::start("portcullis-log", std::io::stderr());
     let mut guards = vec![stderr_guard];
 
     let main = tracing_subscriber::fmt::layer().with_writer(stderr.clone()).with_ansi(std::io::stderr().is_terminal());
@@ -201,7 +197,7 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
         AuditSink::File(path) => {
             let file = open_audit_file(path)
                 .map_err(|e| format!("cannot open the audit log {} (log.audit): {e}", path.display()))?;
-            let (writer, guard) = background("portcullis-audit", file);
+            let (writer, guard) = LogWriter::start("portcullis-audit", file);
             guards.push(guard);
             Some(writer)
         }

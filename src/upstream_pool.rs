@@ -435,34 +435,6 @@ mod tests {
         assert_eq!(idles.len(), MAX_IDLE_PER_UPSTREAM);
     }
 
-    /// A raw upstream on a real socket: for every request head it reads, it
-    /// writes `answer`; it counts the connections it accepts.
-    async fn raw_upstream(answer: &'static [u8]) -> (Target, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                        seen.extend_from_slice(&buf[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            if stream.write_all(answer).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        (target(&addr.to_string(), None), accepted)
-    }
-
     fn get() -> Request<Body> {
         let mut req = Request::new(crate::respond::empty());
         *req.uri_mut() = http::Uri::from_static("/x");
@@ -472,7 +444,8 @@ mod tests {
     #[tokio::test]
     async fn a_response_read_to_its_end_returns_its_connection_and_one_dropped_early_does_not() {
         // Content-Length says 10; only 5 bytes ever come.
-        let (partial, accepted) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
+        let (partial, accepted, _seen) =
+            scripted_upstream(|_, _| Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")).await;
         let pool = Pool::new();
         let res = pool.send(&partial, get(), Instant::now()).await.expect("a response head");
         assert_eq!(res.status(), http::StatusCode::OK);
@@ -480,7 +453,8 @@ mod tests {
         assert_eq!(pool.idle_count(), 0, "half a response on it: not reusable");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
-        let (whole, accepted) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
+        let (whole, accepted, _seen) =
+            scripted_upstream(|_, _| Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")).await;
         for round in 1..=3 {
             let res = pool.send(&whole, get(), Instant::now()).await.expect("a response");
             let body = res.into_body().collect().await.expect("the body").to_bytes();
@@ -492,8 +466,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_upstream_closes_is_not_used_again() {
-        let (closing, accepted) =
-            raw_upstream(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok").await;
+        let (closing, accepted, _seen) = scripted_upstream(|_, _| {
+            Act::Answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        })
+        .await;
         let pool = Pool::new();
         for _ in 0..2 {
             let res = pool.send(&closing, get(), Instant::now()).await.expect("a response on a fresh connection");
