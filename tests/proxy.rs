@@ -1070,14 +1070,11 @@ async fn counting_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-#[tokio::test]
-async fn sequential_requests_reuse_connections_on_both_sides() {
-    let (addr, accepted) = counting_upstream().await;
-    let gw = Gateway::start(&config_toml(addr, "")).await;
-
-    // Client side: 20 requests on one raw keep-alive connection.
+/// Sends `requests` GETs to `/public/{i}` one after another on one raw
+/// keep-alive connection, and asserts each is answered 200 `ok`.
+async fn each_answered_ok_on_one_connection(gw: &Gateway, requests: usize) {
     let mut stream = TcpStream::connect(gw.public).await.expect("connect");
-    for i in 0..20 {
+    for i in 0..requests {
         stream
             .write_all(format!("GET /public/{i} HTTP/1.1\r\nHost: gw.example\r\n\r\n").as_bytes())
             .await
@@ -1086,7 +1083,15 @@ async fn sequential_requests_reuse_connections_on_both_sides() {
         assert!(head.starts_with("HTTP/1.1 200 "), "request {i}: {head}");
         assert_eq!(body, b"ok", "request {i}");
     }
-    drop(stream);
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_connections_on_both_sides() {
+    let (addr, accepted) = counting_upstream().await;
+    let gw = Gateway::start(&config_toml(addr, "")).await;
+
+    // Client side: 20 requests on one raw keep-alive connection.
+    each_answered_ok_on_one_connection(&gw, 20).await;
 
     // Upstream side: a connection is back in the pool before its response
     // is on its way to the client, so one connection serves all 20.
@@ -1227,16 +1232,7 @@ async fn bytes_after_an_upstream_answer_never_answer_the_next_request() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled!";
     let (addr, accepted) = answering_upstream(smuggling).await;
     let gw = Gateway::start(&config_toml(addr, "")).await;
-    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
-    for i in 0..3 {
-        stream
-            .write_all(format!("GET /public/{i} HTTP/1.1\r\nHost: gw.example\r\n\r\n").as_bytes())
-            .await
-            .expect("write");
-        let (head, body) = read_response(&mut stream, &format!("request {i}")).await;
-        assert!(head.starts_with("HTTP/1.1 200 "), "request {i}: {head}");
-        assert_eq!(body, b"ok", "request {i}");
-    }
+    each_answered_ok_on_one_connection(&gw, 3).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "a connection per exchange");
     gw.stop().await;
 }
