@@ -613,8 +613,14 @@ where
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let draining = *stop.borrow_and_update();
+    // `stopped` registers this task's waker with the channel; after that,
+    // a wake-up asks `watching` (one atomic load) whether the channel changed,
+    // rather than polling `stopped`, which takes the channel's lock that
+    // every connection of every worker shares.
+    let watching = stop.clone();
     let stopped = stop.changed();
     tokio::pin!(stopped);
+    let mut registered: Option<std::task::Waker> = None;
     let timer = tokio::time::sleep(first_request_timeout.min(keep_alive_timeout));
     tokio::pin!(timer);
     let (mut closing, mut timer_armed) = (false, false);
@@ -631,7 +637,14 @@ where
         if closing {
             return Poll::Pending;
         }
-        if stopped.as_mut().poll(cx).is_ready() {
+        let stop_now = match &registered {
+            Some(waker) if waker.will_wake(cx.waker()) => watching.has_changed().unwrap_or(true),
+            _ => {
+                registered = Some(cx.waker().clone());
+                stopped.as_mut().poll(cx).is_ready()
+            }
+        };
+        if stop_now {
             conn.as_mut().graceful_shutdown();
             closing = true;
             cx.waker().wake_by_ref();
