@@ -23,6 +23,7 @@ use crate::net::IpNet;
 use crate::path::{normalize, under_prefix};
 use crate::proxy::{Destination, ForwardContext, Forwarder, upstream_headers};
 use crate::respond::{Body, Refusal, full};
+use crate::upstream_http1::Added;
 
 /// A route with what it needs at request time, resolved once.
 pub struct Route {
@@ -252,9 +253,9 @@ impl Gateway {
                 keep_authorization: true,
                 preserve_host: cfg.preserve_host,
             };
-            upstream_headers(&mut parts.headers, &ctx);
+            let added = upstream_headers(&mut parts.headers, ctx);
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-            return self.send(&worker.forwarder, route, req, &path_and_query, None).await;
+            return self.send(&worker.forwarder, route, req, added, &path_and_query, None).await;
         };
         let required = rule.required(&parts.method).ok_or_else(|| Refusal::MethodNotAllowed(route.allow.clone()))?;
 
@@ -316,11 +317,10 @@ impl Gateway {
             // The body shrank; the upstream client frames it anew.
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        upstream_headers(&mut parts.headers, &ctx);
+        let added = upstream_headers(&mut parts.headers, ctx);
         let path_and_query = join_path_query(path, query.as_deref());
-        let mut sent = self
-            .send(&worker.forwarder, route, Request::from_parts(parts, body), &path_and_query, Some(identity))
-            .await?;
+        let req = Request::from_parts(parts, body);
+        let mut sent = self.send(&worker.forwarder, route, req, added, &path_and_query, Some(identity)).await?;
         // RFC 6750 §2.3: a response to a request with the token in its URI
         // must not be stored by shared caches, whatever its status (404s and
         // redirects are cacheable too, under a URI holding the token).
@@ -335,6 +335,7 @@ impl Gateway {
         forwarder: &Forwarder,
         route: &Route,
         req: Request<Body>,
+        added: Added,
         path_and_query: &str,
         identity: Option<Arc<crate::tokens::Identity>>,
     ) -> Result<Sent, Refusal> {
@@ -346,7 +347,7 @@ impl Gateway {
             req.map(|body| crate::metrics::counted(body, &route.metrics.request_bytes))
         };
         let forwarded =
-            forwarder.forward(&route.destination, req, path_and_query, cfg.timeout, identity.as_deref()).await?;
+            forwarder.forward(&route.destination, req, added, path_and_query, cfg.timeout, identity.as_deref()).await?;
         route.metrics.upstream_duration.observe(forwarded.upstream_time);
         let response = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
         Ok(Sent { response, upstream_time: forwarded.upstream_time, identity })

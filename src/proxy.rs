@@ -19,6 +19,7 @@ use crate::config::Upstream;
 use crate::net::IpNet;
 use crate::respond::{Body, Refusal, full};
 use crate::tokens::Identity;
+use crate::upstream_http1::Added;
 use crate::upstream_pool::{Pool, ResponseBody, Target};
 use crate::upstream_tls::UpstreamTls;
 
@@ -81,6 +82,7 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
 }
 
 /// What the gateway established about a request, for its upstream.
+#[derive(Clone)]
 pub struct ForwardContext<'a> {
     pub peer: SocketAddr,
     pub trusted_proxies: &'a [IpNet],
@@ -93,8 +95,10 @@ pub struct ForwardContext<'a> {
     pub preserve_host: bool,
 }
 
-/// Rewrites request headers for the upstream.
-pub fn upstream_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
+/// Rewrites request headers for the upstream: what goes is removed from
+/// `headers`, what the gateway adds comes back, for the upstream client's
+/// encoder to write after them.
+pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Added {
     strip_hop_by_hop(headers);
     // One look at the names present: most requests carry none of the
     // headers below, and looking up or removing an absent name still
@@ -120,35 +124,36 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
         headers.remove(&X_FORWARDED_HOST);
         headers.remove(&FORWARDED);
     }
+    let mut added = Added { host: None, fields: Vec::with_capacity(6) };
     let peer_ip = ip_text(ctx.peer.ip().to_canonical());
-    let chain = if kept { headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) } else { None };
-    let xff = match chain {
+    let chain = if kept { headers.remove(&X_FORWARDED_FOR) } else { None };
+    let xff = match chain.as_ref().and_then(|v| v.to_str().ok()) {
         Some(chain) => HeaderValue::try_from(format!("{chain}, {}", peer_ip.as_str())),
         None => HeaderValue::from_str(peer_ip.as_str()),
     };
     if let Ok(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        added.fields.push((&X_FORWARDED_FOR, v));
     }
     if !(kept && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(ctx.proto));
+        added.fields.push((&X_FORWARDED_PROTO, HeaderValue::from_static(ctx.proto)));
     }
     if !(kept && headers.contains_key(&X_FORWARDED_HOST))
         && let Some(host) = &ctx.host
     {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        added.fields.push((&X_FORWARDED_HOST, host.clone()));
     }
-    // Without a Host header the client writes the upstream's authority.
+    // Without a Host of its own the request goes with the upstream's
+    // authority (`Forwarder::forward`).
     headers.remove(header::HOST);
-    if ctx.preserve_host
-        && let Some(host) = &ctx.host
-    {
-        headers.insert(header::HOST, host.clone());
+    if ctx.preserve_host {
+        added.host = ctx.host;
     }
     if let Some(id) = ctx.identity {
-        headers.insert(X_AUTH_SUBJECT.clone(), id.subject_header.clone());
-        headers.insert(X_AUTH_CLIENT_ID.clone(), id.client_id_header.clone());
-        headers.insert(X_AUTH_SCOPE.clone(), id.scope_header.clone());
+        added.fields.push((&X_AUTH_SUBJECT, id.subject_header.clone()));
+        added.fields.push((&X_AUTH_CLIENT_ID, id.client_id_header.clone()));
+        added.fields.push((&X_AUTH_SCOPE, id.scope_header.clone()));
     }
+    added
 }
 
 /// An address as text, on the stack: IPv4 by hand, since `Display` goes
@@ -275,6 +280,7 @@ impl Forwarder {
         &self,
         destination: &Destination,
         mut req: Request<Body>,
+        mut added: Added,
         path_and_query: &str,
         timeout: Duration,
         identity: Option<&Identity>,
@@ -297,11 +303,11 @@ impl Forwarder {
         };
         *req.uri_mut() = target_uri.map_err(|_| Refusal::BadRequest("The request target cannot be forwarded"))?;
         *req.version_mut() = Version::HTTP_11;
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, target.host.clone());
+        if added.host.is_none() && !req.headers().contains_key(header::HOST) {
+            added.host = Some(target.host.clone());
         }
         let started = Instant::now();
-        let response = match tokio::time::timeout(timeout, self.pool.send(target, req, started)).await {
+        let response = match tokio::time::timeout(timeout, self.pool.send(target, req, &added, started)).await {
             Err(_) => {
                 tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
                 return Err(Refusal::UpstreamTimeout);
@@ -401,19 +407,26 @@ mod tests {
             keep_authorization: false,
             preserve_host: false,
         };
-        upstream_headers(&mut h, &ctx);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
-        assert_eq!(h["x-forwarded-host"], "gw.example");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert!(!h.contains_key("x-auth-subject"));
-        assert!(!h.contains_key("x-auth-anything"));
+        let added = upstream_headers(&mut h, ctx.clone());
+        assert!(h.is_empty(), "{h:?}");
+        assert_eq!(
+            fields(&added),
+            [("x-forwarded-for", "10.0.0.7"), ("x-forwarded-proto", "http"), ("x-forwarded-host", "gw.example")]
+        );
+        assert_eq!(added.host, None);
 
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        upstream_headers(&mut h, &ForwardContext { trusted_proxies: &trusted, ..ctx });
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
+        let added = upstream_headers(&mut h, ForwardContext { trusted_proxies: &trusted, preserve_host: true, ..ctx });
+        assert_eq!(h.len(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(fields(&added), [("x-forwarded-for", "1.2.3.4, 10.0.0.7"), ("x-forwarded-host", "gw.example")]);
+        assert_eq!(added.host, Some(HeaderValue::from_static("gw.example")));
+    }
+
+    fn fields(added: &Added) -> Vec<(&str, &str)> {
+        added.fields.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect()
     }
 }

@@ -201,12 +201,13 @@ pub struct Failure {
 pub async fn exchange(
     mut conn: Box<Connection>,
     head: &Parts,
+    added: &Added,
     body: Body,
     home: impl FnOnce() -> Home,
 ) -> Result<(Response<ResponseBody>, Option<Box<Connection>>), Failure> {
     let framing = request_framing(&body);
-    let mut encoded = BytesMut::with_capacity(256 + 32 * head.headers.len());
-    encode_head(head, framing, &mut encoded);
+    let mut encoded = BytesMut::with_capacity(256 + 32 * (head.headers.len() + added.fields.len()));
+    encode_head(head, added, framing, &mut encoded);
     let mut outgoing = Some(Outgoing::new(encoded.freeze(), body, framing));
     let body_less = framing == Framing::Empty;
     let idempotent = is_idempotent(&head.method);
@@ -303,28 +304,44 @@ fn request_framing(body: &Body) -> Framing {
     }
 }
 
+/// Header fields the gateway adds to a request, carried beside it and
+/// written by [`encode_head`] rather than inserted into its map: each
+/// insert hashes, and a map sized for the client's few fields grows twice
+/// on the way.
+#[derive(Default)]
+pub struct Added {
+    /// Written first, as RFC 9112 §3.2 asks; a `Host` in the map is then
+    /// not written.
+    pub host: Option<HeaderValue>,
+    /// Written after the map's fields, in this order.
+    pub fields: Vec<(&'static HeaderName, HeaderValue)>,
+}
+
 /// The request line and header fields, in origin form (RFC 9112 §3.2.1).
 /// `Content-Length` and `Transfer-Encoding` are written from `framing`,
 /// never copied. Names and values are as `http` holds them, which cannot
 /// contain CR, LF or NUL, so nothing here can split the head.
-fn encode_head(head: &Parts, framing: Framing, out: &mut BytesMut) {
+fn encode_head(head: &Parts, added: &Added, framing: Framing, out: &mut BytesMut) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(head.uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = &added.host {
+        encode_field(&header::HOST, host, out);
+    }
     let mut declared_length = false;
     for (name, value) in &head.headers {
         if name == header::CONTENT_LENGTH {
             declared_length = true;
             continue;
         }
-        if name == header::TRANSFER_ENCODING {
+        if name == header::TRANSFER_ENCODING || (name == header::HOST && added.host.is_some()) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        encode_field(name, value, out);
+    }
+    for (name, value) in &added.fields {
+        encode_field(name, value, out);
     }
     match framing {
         // A method that usually carries content says it has none, as it
@@ -340,6 +357,13 @@ fn encode_head(head: &Parts, framing: Framing, out: &mut BytesMut) {
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn encode_field(name: &HeaderName, value: &HeaderValue, out: &mut BytesMut) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -1152,7 +1176,7 @@ pub(crate) mod tests {
 
     fn encoded(head: &Parts, body: &Body) -> String {
         let mut out = BytesMut::new();
-        encode_head(head, request_framing(body), &mut out);
+        encode_head(head, &Added::default(), request_framing(body), &mut out);
         String::from_utf8(out.to_vec()).expect("ASCII")
     }
 
@@ -1173,6 +1197,24 @@ pub(crate) mod tests {
         assert!(text.ends_with("HTTP/1.1\r\ncontent-length: 3\r\n\r\n"), "{text}");
 
         assert!(encoded(&post, &Frames::body(&["a"], None)).ends_with("transfer-encoding: chunked\r\n\r\n"));
+    }
+
+    #[test]
+    fn added_fields_follow_the_requests_own_and_its_host_comes_first() {
+        let get = head_of(Method::GET, &[("x-a", "1"), ("host", "client.example")]);
+        let added = Added {
+            host: Some(HeaderValue::from_static("api.internal")),
+            fields: vec![
+                (&header::VIA, HeaderValue::from_static("1.1 gw")),
+                (&header::FROM, HeaderValue::from_static("b")),
+            ],
+        };
+        let mut out = BytesMut::new();
+        encode_head(&get, &added, Framing::Empty, &mut out);
+        assert_eq!(
+            String::from_utf8(out.to_vec()).expect("ASCII"),
+            "GET /api/x?y=1 HTTP/1.1\r\nhost: api.internal\r\nx-a: 1\r\nvia: 1.1 gw\r\nfrom: b\r\n\r\n"
+        );
     }
 
     /// A body of frames that come one at a time, claiming `length`.

@@ -206,6 +206,7 @@ impl Pool {
         &self,
         target: &Target,
         req: Request<Body>,
+        added: &http1::Added,
         now: Instant,
     ) -> Result<Response<ResponseBody>, Error> {
         let (head, mut body) = req.into_parts();
@@ -219,7 +220,7 @@ impl Pool {
                 None => Box::pin(connect(target)).await?,
             };
             let home = || Home { pool: Arc::downgrade(&self.idle), target: target.clone() };
-            match http1::exchange(conn, &head, body, home).await {
+            match http1::exchange(conn, &head, added, body, home).await {
                 Ok((res, done)) => {
                     if let Some(conn) = done {
                         self.idles().put(target, conn, now);
@@ -447,7 +448,7 @@ mod tests {
         let (partial, accepted, _seen) =
             scripted_upstream(|_, _| Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")).await;
         let pool = Pool::new();
-        let res = pool.send(&partial, get(), Instant::now()).await.expect("a response head");
+        let res = pool.send(&partial, get(), &http1::Added::default(), Instant::now()).await.expect("a response head");
         assert_eq!(res.status(), http::StatusCode::OK);
         drop(res);
         assert_eq!(pool.idle_count(), 0, "half a response on it: not reusable");
@@ -456,7 +457,7 @@ mod tests {
         let (whole, accepted, _seen) =
             scripted_upstream(|_, _| Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")).await;
         for round in 1..=3 {
-            let res = pool.send(&whole, get(), Instant::now()).await.expect("a response");
+            let res = pool.send(&whole, get(), &http1::Added::default(), Instant::now()).await.expect("a response");
             let body = res.into_body().collect().await.expect("the body").to_bytes();
             assert_eq!(body, Bytes::from_static(b"hello"));
             assert_eq!(pool.idle_count(), 1, "round {round}: back in the pool");
@@ -472,7 +473,10 @@ mod tests {
         .await;
         let pool = Pool::new();
         for _ in 0..2 {
-            let res = pool.send(&closing, get(), Instant::now()).await.expect("a response on a fresh connection");
+            let res = pool
+                .send(&closing, get(), &http1::Added::default(), Instant::now())
+                .await
+                .expect("a response on a fresh connection");
             res.into_body().collect().await.expect("the body");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -481,7 +485,10 @@ mod tests {
     #[tokio::test]
     async fn a_dead_upstream_is_a_connect_error() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let Err(e) = Pool::new().send(&target(&format!("127.0.0.1:{port}"), None), get(), Instant::now()).await else {
+        let Err(e) = Pool::new()
+            .send(&target(&format!("127.0.0.1:{port}"), None), get(), &http1::Added::default(), Instant::now())
+            .await
+        else {
             panic!("a connection to a closed port succeeded");
         };
         assert!(e.is_connect(), "{e}");
@@ -605,7 +612,12 @@ mod tests {
         let (api, _, mut seen) = scripted_upstream(|_, _| Act::Answer(OK)).await;
         let pool = Pool::new();
         let res = pool
-            .send(&api, request(http::Method::POST, frames(&["ab", "cd"], Some(4))), Instant::now())
+            .send(
+                &api,
+                request(http::Method::POST, frames(&["ab", "cd"], Some(4))),
+                &http1::Added::default(),
+                Instant::now(),
+            )
             .await
             .expect("sent");
         res.into_body().collect().await.expect("body");
@@ -613,7 +625,12 @@ mod tests {
         assert_eq!(raw, b"POST /x HTTP/1.1\r\nhost: api\r\ncontent-length: 4\r\n\r\nabcd");
 
         let res = pool
-            .send(&api, request(http::Method::POST, frames(&["ab", "cde"], None)), Instant::now())
+            .send(
+                &api,
+                request(http::Method::POST, frames(&["ab", "cde"], None)),
+                &http1::Added::default(),
+                Instant::now(),
+            )
             .await
             .expect("sent");
         res.into_body().collect().await.expect("body");
@@ -629,8 +646,14 @@ mod tests {
     async fn a_body_longer_than_it_declared_stops_at_its_declared_end() {
         let (api, _, mut seen) = scripted_upstream(|_, _| Act::Answer(OK)).await;
         let pool = Pool::new();
-        let Err(e) =
-            pool.send(&api, request(http::Method::PUT, frames(&["abc", "SMUGGLED"], Some(3))), Instant::now()).await
+        let Err(e) = pool
+            .send(
+                &api,
+                request(http::Method::PUT, frames(&["abc", "SMUGGLED"], Some(3))),
+                &http1::Added::default(),
+                Instant::now(),
+            )
+            .await
         else {
             panic!("a body longer than its length was sent");
         };
@@ -651,7 +674,7 @@ mod tests {
         let endless = EndlessBody(false).boxed_unsync();
         let res = tokio::time::timeout(
             Duration::from_secs(5),
-            pool.send(&api, request(http::Method::POST, endless), Instant::now()),
+            pool.send(&api, request(http::Method::POST, endless), &http1::Added::default(), Instant::now()),
         )
         .await
         .expect("the early answer comes")
@@ -687,7 +710,7 @@ mod tests {
                 .await;
         let pool = Pool::new();
         for _ in 0..2 {
-            let res = pool.send(&api, get(), Instant::now()).await.expect("an answer");
+            let res = pool.send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("an answer");
             let body = res.into_body().collect().await.expect("body").to_bytes();
             assert_eq!(body, Bytes::from_static(b"ok"), "never the stray bytes");
         }
@@ -703,7 +726,7 @@ mod tests {
         .await;
         let pool = Pool::new();
         for _ in 0..2 {
-            let res = pool.send(&api, get(), Instant::now()).await.expect("an answer");
+            let res = pool.send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("an answer");
             assert!(!res.headers().contains_key(http::header::CONTENT_LENGTH));
             let body = res.into_body().collect().await.expect("body").to_bytes();
             assert_eq!(body, Bytes::from_static(b"chunked"));
@@ -713,7 +736,7 @@ mod tests {
 
         let (api, _, _seen) =
             scripted_upstream(|_, _| Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
-        let res = pool.send(&api, get(), Instant::now()).await.expect("an answer");
+        let res = pool.send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("an answer");
         let body = res.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, Bytes::from_static(b"until the end"));
         assert_eq!(pool.idle_count(), 1, "only the chunked upstream's");
@@ -723,7 +746,7 @@ mod tests {
     async fn a_body_cut_short_is_an_error() {
         let (api, _, _seen) =
             scripted_upstream(|_, _| Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")).await;
-        let res = Pool::new().send(&api, get(), Instant::now()).await.expect("a head");
+        let res = Pool::new().send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("a head");
         let e = res.into_body().collect().await.expect_err("a truncated body");
         assert!(matches!(e, http1::Error::ClosedInBody), "{e}");
     }
@@ -735,16 +758,25 @@ mod tests {
         let script = |_, request| if request == 0 { Act::Answer(OK) } else { Act::Close };
         let (api, accepted, _seen) = scripted_upstream(script).await;
         let pool = Pool::new();
-        pool.send(&api, get(), Instant::now()).await.expect("first").into_body().collect().await.expect("body");
+        pool.send(&api, get(), &http1::Added::default(), Instant::now())
+            .await
+            .expect("first")
+            .into_body()
+            .collect()
+            .await
+            .expect("body");
         assert_eq!(pool.idle_count(), 1);
         // A GET without a body goes again, on a new connection.
-        let res = pool.send(&api, get(), Instant::now()).await.expect("retried");
+        let res = pool.send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("retried");
         assert_eq!(res.status(), http::StatusCode::OK);
         res.into_body().collect().await.expect("body");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
         // A POST may have been acted on: its failure is reported.
-        let Err(e) = pool.send(&api, request(http::Method::POST, frames(&["x"], Some(1))), Instant::now()).await else {
+        let Err(e) = pool
+            .send(&api, request(http::Method::POST, frames(&["x"], Some(1))), &http1::Added::default(), Instant::now())
+            .await
+        else {
             panic!("a POST was sent twice");
         };
         assert!(!e.is_connect(), "{e}");
