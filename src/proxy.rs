@@ -34,42 +34,46 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The headers RFC 9110 §7.6.1 lists as connection-specific, and
-/// `Proxy-Connection`.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ]
-    .contains(&name)
-}
+/// `Proxy-Connection`; `Connection` first.
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
 
 /// Removes the connection-specific headers of one hop: those RFC 9110
 /// §7.6.1 lists, the ones `Connection` names, and `Proxy-Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: one pass over the few names present is
-    // cheaper than eight hashed removals that find nothing.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    // One pass over the few names present, and nothing allocated: most
+    // requests carry none of these, and most responses only `Connection`.
+    let mut found = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            found[i] = true;
+        }
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if found[0] {
+        // Copies of the values (reference counts), since what they name
+        // is removed from the map that holds them; a second one is rare.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let more: Vec<HeaderValue> = values.cloned().collect();
+        for value in first.iter().chain(&more) {
+            let Ok(value) = value.to_str() else { continue };
+            for name in value.split(',').map(str::trim) {
+                // By `&str`: looked up without allocating a name, and a
+                // string that is no valid name finds nothing.
+                headers.remove(name);
+            }
+        }
     }
-    let present: Vec<HeaderName> = headers.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
-    for name in present {
-        headers.remove(name);
+    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, present)| *present) {
+        headers.remove(*name);
     }
 }
 
@@ -381,7 +385,9 @@ mod tests {
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.append(header::CONNECTION, HeaderValue::from_static(" ,X-Other ,, not a name"));
         h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -548,7 +548,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Err
             *span = (name, name + field.name.len() as u32, value, value + field.value.len() as u32);
         }
         let bytes = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // With room for the two the gateway adds on the way back
+        // (`X-Request-Id`, `Strict-Transport-Security`): a full map grows.
+        let mut headers = HeaderMap::with_capacity(count + 2);
         for &(n0, n1, v0, v1) in &spans[..count] {
             let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
             let name = HeaderName::from_bytes(&bytes[n0..n1]).map_err(|_| Error::Malformed("bad header name"))?;
