@@ -26,13 +26,14 @@ for tool in nginx wrk openssl; do
 done
 (cd "$top" && cargo build --release --locked --quiet)
 binaries=("$top/target/release/portcullis" "$@")
+# shellcheck source=benches/lib.sh
+. "$here/lib.sh"
 
 run=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$run"; }
 trap cleanup EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$run/key.pem" -out "$run/cert.pem" 2>/dev/null
+bench_certificate "$run"
 render() {
   sed -e "s#__DIR__#$run#g" -e "s#__UPSTREAM_PORT__#$UPSTREAM_PORT#g" -e "s#__PROXY_PORT__#$PROXY_PORT#g" \
     -e "s#__WORKERS__#$(nproc)#g" "$1"
@@ -42,34 +43,7 @@ render "$shared/proxy.nginx.conf" | sed -e "s#listen 127.0.0.1:$PROXY_PORT;#list
 grep -q ssl_certificate "$run/proxy.conf" || { echo "cpu_per_request.sh: could not switch nginx to TLS" >&2; exit 2; }
 nginx -c "$run/upstream.conf" -p "$run" & pids+=($!)
 nginx -c "$run/proxy.conf" -p "$run" & pids+=($!)
-cat > "$run/gateway.toml" <<TOML
-[server]
-listen = "127.0.0.1:$GATEWAY_PORT"
-[server.tls]
-cert = "$run/cert.pem"
-key = "$run/key.pem"
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[storage]
-url = "sqlite://$run/bench.db"
-[authorization_server]
-issuer = "https://127.0.0.1:$GATEWAY_PORT"
-access_token_ttl = "1h"
-[log]
-level = "$LOG_LEVEL"
-format = "json"
-[[clients]]
-client_id = "bench"
-client_secret_env = "BENCH_SECRET"
-scopes = ["calendar.read"]
-grant_types = ["client_credentials"]
-[[routes]]
-name = "calendar"
-path_prefix = "/calendar/"
-upstream = "http://127.0.0.1:$UPSTREAM_PORT"
-[routes.scopes]
-GET = ["calendar.read"]
-TOML
+bench_gateway_toml "$run" "$GATEWAY_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$LOG_LEVEL" jwt 0 1 > "$run/gateway.toml"
 
 # User and system clock ticks used so far by every thread of the pids given.
 ticks() {
@@ -95,11 +69,10 @@ for round in $(seq "$ROUNDS"); do
   measure nginx "https://127.0.0.1:$PROXY_PORT/calendar/events" "X-Bench: 1" $proxy_workers
   for i in "${!binaries[@]}"; do
     rm -f "$run"/bench.db*
-    BENCH_SECRET=bench-secret "${binaries[$i]}" serve --config "$run/gateway.toml" 2>> "$run/gateway.log" &
+    "${binaries[$i]}" serve --config "$run/gateway.toml" 2>> "$run/gateway.log" &
     gw=$!
-    for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && break; sleep 0.1; done
-    token=$(curl -kfsS -u bench:bench-secret -d grant_type=client_credentials "https://127.0.0.1:$GATEWAY_PORT/oauth/token" |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    bench_wait_ready "$ADMIN_PORT"
+    token=$(bench_token "https://127.0.0.1:$GATEWAY_PORT")
     measure "gateway$i" "https://127.0.0.1:$GATEWAY_PORT/calendar/events" "Authorization: Bearer $token" "$gw"
     kill "$gw"; wait "$gw" 2>/dev/null || true
   done

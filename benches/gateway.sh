@@ -28,15 +28,13 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-18081}; TOKEN_FORMAT=${TOKEN_FORMAT:-jwt}
 GATEWAY_WORKERS=${GATEWAY_WORKERS:-0}; LOG_LEVEL=${LOG_LEVEL:-warn}; TLS=${TLS:-0}
 
 (cd "$top" && cargo build --release --locked --quiet)
+# shellcheck source=benches/lib.sh
+. "$here/lib.sh"
 run=$(mktemp -d)
-scheme=http; tls_table=""; curl_tls=()
+scheme=http
 if [ "$TLS" = 1 ]; then
-  scheme=https; curl_tls=(-k)
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$run/key.pem" -out "$run/cert.pem" 2>/dev/null
-  tls_table="[server.tls]
-cert = \"$run/cert.pem\"
-key = \"$run/key.pem\""
+  scheme=https
+  bench_certificate "$run"
   shared=$(dirname "$harness")
   cp "$shared/upstream.nginx.conf" "$run/"
   sed -e "s#listen 127.0.0.1:__PROXY_PORT__;#listen 127.0.0.1:__PROXY_PORT__ ssl; ssl_certificate $run/cert.pem; ssl_certificate_key $run/key.pem; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;#" \
@@ -46,38 +44,11 @@ key = \"$run/key.pem\""
     "$harness" > "$run/compare.sh"
   harness="$run/compare.sh"
 fi
-cat > "$run/bench.toml" <<TOML
-[server]
-listen = "127.0.0.1:$GATEWAY_PORT"
-workers = $GATEWAY_WORKERS
-$tls_table
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[storage]
-url = "sqlite://$run/bench.db"
-[authorization_server]
-issuer = "$scheme://127.0.0.1:$GATEWAY_PORT"
-token_format = "$TOKEN_FORMAT"
-access_token_ttl = "1h"
-[log]
-level = "$LOG_LEVEL"
-format = "json"
-[[clients]]
-client_id = "bench"
-client_secret_env = "BENCH_SECRET"
-scopes = ["calendar.read"]
-grant_types = ["client_credentials"]
-[[routes]]
-name = "calendar"
-path_prefix = "/calendar/"
-upstream = "http://127.0.0.1:$UPSTREAM_PORT"
-[routes.scopes]
-GET = ["calendar.read"]
-TOML
-BENCH_SECRET=bench-secret "$top/target/release/portcullis" serve --config "$run/bench.toml" 2> "$run/gateway.log" &
+bench_gateway_toml "$run" "$GATEWAY_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$LOG_LEVEL" "$TOKEN_FORMAT" "$GATEWAY_WORKERS" "$TLS" \
+  > "$run/bench.toml"
+"$top/target/release/portcullis" serve --config "$run/bench.toml" 2> "$run/gateway.log" &
 gw=$!
 trap 'kill $gw 2>/dev/null; wait $gw 2>/dev/null; rm -rf "$run"' EXIT
-for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && break; sleep 0.1; done
-token=$(curl "${curl_tls[@]}" -fsS -u bench:bench-secret -d grant_type=client_credentials "$scheme://127.0.0.1:$GATEWAY_PORT/oauth/token" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+bench_wait_ready "$ADMIN_PORT"
+token=$(bench_token "$scheme://127.0.0.1:$GATEWAY_PORT")
 bash "$harness" "$scheme://127.0.0.1:$GATEWAY_PORT/calendar/events" "Authorization: Bearer $token"
