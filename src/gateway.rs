@@ -255,7 +255,7 @@ impl Gateway {
             };
             let added = upstream_headers(&mut parts.headers, ctx);
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-            return self.send(&worker.forwarder, route, req, added, &path_and_query, None).await;
+            return self.send(&worker.forwarder, route, req, added, path_and_query, None).await;
         };
         let required = rule.required(&parts.method).ok_or_else(|| Refusal::MethodNotAllowed(route.allow.clone()))?;
 
@@ -320,7 +320,7 @@ impl Gateway {
         let added = upstream_headers(&mut parts.headers, ctx);
         let path_and_query = join_path_query(path, query.as_deref());
         let req = Request::from_parts(parts, body);
-        let mut sent = self.send(&worker.forwarder, route, req, added, &path_and_query, Some(identity)).await?;
+        let mut sent = self.send(&worker.forwarder, route, req, added, path_and_query, Some(identity)).await?;
         // RFC 6750 §2.3: a response to a request with the token in its URI
         // must not be stored by shared caches, whatever its status (404s and
         // redirects are cacheable too, under a URI holding the token).
@@ -336,7 +336,7 @@ impl Gateway {
         route: &Route,
         req: Request<Body>,
         added: Added,
-        path_and_query: &str,
+        path_and_query: String,
         identity: Option<Arc<crate::tokens::Identity>>,
     ) -> Result<Sent, Refusal> {
         let cfg = &route.config;

@@ -285,14 +285,14 @@ impl Forwarder {
         destination: &Destination,
         mut req: Request<Body>,
         mut added: Added,
-        path_and_query: &str,
+        path_and_query: String,
         timeout: Duration,
         identity: Option<&Identity>,
     ) -> Result<Forwarded, Refusal> {
         let (target, base_path) = match destination {
             Destination::Static => {
                 return Ok(Forwarded {
-                    response: static_demo(&req, path_and_query, identity).map(Relayed::Demo),
+                    response: static_demo(&req, &path_and_query, identity).map(Relayed::Demo),
                     upstream_time: Duration::ZERO,
                 });
             }
@@ -300,11 +300,12 @@ impl Forwarder {
         };
         // Origin form (RFC 9112 §3.2.1): the path and query, with the
         // authority in `Host`.
-        let target_uri = if base_path.is_empty() {
-            Uri::try_from(path_and_query)
+        // Parsed (checked) in place: the string becomes the URI's buffer.
+        let target_uri = Uri::from_maybe_shared(Bytes::from(if base_path.is_empty() {
+            path_and_query
         } else {
-            Uri::try_from(format!("{base_path}{path_and_query}"))
-        };
+            format!("{base_path}{path_and_query}")
+        }));
         *req.uri_mut() = target_uri.map_err(|_| Refusal::BadRequest("The request target cannot be forwarded"))?;
         *req.version_mut() = Version::HTTP_11;
         if added.host.is_none() && !req.headers().contains_key(header::HOST) {
