@@ -240,13 +240,18 @@ async fn serve_public(
         Err(e) => return tracing::error!(error = %e, "cannot serve the public listener"),
     };
     let worker = Arc::new(Worker::new());
-    let flusher = tokio::spawn(async {
-        let mut every = tokio::time::interval(access::FLUSH_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            access::flush();
-        }
+    // The log's filter is fixed at start: with access lines filtered out,
+    // there is never anything to flush, and no reason to wake 10 times a
+    // second.
+    let flusher = access::enabled().then(|| {
+        tokio::spawn(async {
+            let mut every = tokio::time::interval(access::FLUSH_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                access::flush();
+            }
+        })
     });
     let gateway = Arc::new(HeldGateway {
         shared: gateway.clone(),
@@ -276,7 +281,9 @@ async fn serve_public(
         })
     })
     .await;
-    flusher.abort();
+    if let Some(flusher) = flusher {
+        flusher.abort();
+    }
     access::flush();
 }
 
