@@ -442,13 +442,18 @@ mod tests {
         req
     }
 
+    /// `pool.send` with nothing added to the request, sent now.
+    async fn send(pool: &Pool, target: &Target, req: Request<Body>) -> Result<Response<ResponseBody>, Error> {
+        pool.send(target, req, &http1::Added::default(), Instant::now()).await
+    }
+
     #[tokio::test]
     async fn a_response_read_to_its_end_returns_its_connection_and_one_dropped_early_does_not() {
         // Content-Length says 10; only 5 bytes ever come.
         let (partial, accepted, _seen) =
             scripted_upstream(|_, _| Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")).await;
         let pool = Pool::new();
-        let res = pool.send(&partial, get(), &http1::Added::default(), Instant::now()).await.expect("a response head");
+        let res = send(&pool, &partial, get()).await.expect("a response head");
         assert_eq!(res.status(), http::StatusCode::OK);
         drop(res);
         assert_eq!(pool.idle_count(), 0, "half a response on it: not reusable");
@@ -457,7 +462,7 @@ mod tests {
         let (whole, accepted, _seen) =
             scripted_upstream(|_, _| Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")).await;
         for round in 1..=3 {
-            let res = pool.send(&whole, get(), &http1::Added::default(), Instant::now()).await.expect("a response");
+            let res = send(&pool, &whole, get()).await.expect("a response");
             let body = res.into_body().collect().await.expect("the body").to_bytes();
             assert_eq!(body, Bytes::from_static(b"hello"));
             assert_eq!(pool.idle_count(), 1, "round {round}: back in the pool");
@@ -473,10 +478,7 @@ mod tests {
         .await;
         let pool = Pool::new();
         for _ in 0..2 {
-            let res = pool
-                .send(&closing, get(), &http1::Added::default(), Instant::now())
-                .await
-                .expect("a response on a fresh connection");
+            let res = send(&pool, &closing, get()).await.expect("a response on a fresh connection");
             res.into_body().collect().await.expect("the body");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -485,10 +487,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_upstream_is_a_connect_error() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let Err(e) = Pool::new()
-            .send(&target(&format!("127.0.0.1:{port}"), None), get(), &http1::Added::default(), Instant::now())
-            .await
-        else {
+        let Err(e) = send(&Pool::new(), &target(&format!("127.0.0.1:{port}"), None), get()).await else {
             panic!("a connection to a closed port succeeded");
         };
         assert!(e.is_connect(), "{e}");
@@ -611,28 +610,12 @@ mod tests {
     async fn bodies_go_out_framed_by_their_length_or_chunked() {
         let (api, _, mut seen) = scripted_upstream(|_, _| Act::Answer(OK)).await;
         let pool = Pool::new();
-        let res = pool
-            .send(
-                &api,
-                request(http::Method::POST, frames(&["ab", "cd"], Some(4))),
-                &http1::Added::default(),
-                Instant::now(),
-            )
-            .await
-            .expect("sent");
+        let res = send(&pool, &api, request(http::Method::POST, frames(&["ab", "cd"], Some(4)))).await.expect("sent");
         res.into_body().collect().await.expect("body");
         let raw = seen.recv().await.expect("a request");
         assert_eq!(raw, b"POST /x HTTP/1.1\r\nhost: api\r\ncontent-length: 4\r\n\r\nabcd");
 
-        let res = pool
-            .send(
-                &api,
-                request(http::Method::POST, frames(&["ab", "cde"], None)),
-                &http1::Added::default(),
-                Instant::now(),
-            )
-            .await
-            .expect("sent");
+        let res = send(&pool, &api, request(http::Method::POST, frames(&["ab", "cde"], None))).await.expect("sent");
         res.into_body().collect().await.expect("body");
         let raw = seen.recv().await.expect("a request");
         assert_eq!(
@@ -646,15 +629,7 @@ mod tests {
     async fn a_body_longer_than_it_declared_stops_at_its_declared_end() {
         let (api, _, mut seen) = scripted_upstream(|_, _| Act::Answer(OK)).await;
         let pool = Pool::new();
-        let Err(e) = pool
-            .send(
-                &api,
-                request(http::Method::PUT, frames(&["abc", "SMUGGLED"], Some(3))),
-                &http1::Added::default(),
-                Instant::now(),
-            )
-            .await
-        else {
+        let Err(e) = send(&pool, &api, request(http::Method::PUT, frames(&["abc", "SMUGGLED"], Some(3)))).await else {
             panic!("a body longer than its length was sent");
         };
         assert!(matches!(e, Error::Exchange(http1::Error::RequestBodyLength)), "{e}");
@@ -672,13 +647,10 @@ mod tests {
         let pool = Pool::new();
         // A body that never ends: the answer must not wait for it.
         let endless = EndlessBody(false).boxed_unsync();
-        let res = tokio::time::timeout(
-            Duration::from_secs(5),
-            pool.send(&api, request(http::Method::POST, endless), &http1::Added::default(), Instant::now()),
-        )
-        .await
-        .expect("the early answer comes")
-        .expect("an answer");
+        let res = tokio::time::timeout(Duration::from_secs(5), send(&pool, &api, request(http::Method::POST, endless)))
+            .await
+            .expect("the early answer comes")
+            .expect("an answer");
         assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
         let body = res.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, Bytes::from_static(b"big!"));
@@ -710,7 +682,7 @@ mod tests {
                 .await;
         let pool = Pool::new();
         for _ in 0..2 {
-            let res = pool.send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("an answer");
+            let res = send(&pool, &api, get()).await.expect("an answer");
             let body = res.into_body().collect().await.expect("body").to_bytes();
             assert_eq!(body, Bytes::from_static(b"ok"), "never the stray bytes");
         }
@@ -726,7 +698,7 @@ mod tests {
         .await;
         let pool = Pool::new();
         for _ in 0..2 {
-            let res = pool.send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("an answer");
+            let res = send(&pool, &api, get()).await.expect("an answer");
             assert!(!res.headers().contains_key(http::header::CONTENT_LENGTH));
             let body = res.into_body().collect().await.expect("body").to_bytes();
             assert_eq!(body, Bytes::from_static(b"chunked"));
@@ -736,7 +708,7 @@ mod tests {
 
         let (api, _, _seen) =
             scripted_upstream(|_, _| Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
-        let res = pool.send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("an answer");
+        let res = send(&pool, &api, get()).await.expect("an answer");
         let body = res.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, Bytes::from_static(b"until the end"));
         assert_eq!(pool.idle_count(), 1, "only the chunked upstream's");
@@ -746,7 +718,7 @@ mod tests {
     async fn a_body_cut_short_is_an_error() {
         let (api, _, _seen) =
             scripted_upstream(|_, _| Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")).await;
-        let res = Pool::new().send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("a head");
+        let res = send(&Pool::new(), &api, get()).await.expect("a head");
         let e = res.into_body().collect().await.expect_err("a truncated body");
         assert!(matches!(e, http1::Error::ClosedInBody), "{e}");
     }
@@ -758,25 +730,16 @@ mod tests {
         let script = |_, request| if request == 0 { Act::Answer(OK) } else { Act::Close };
         let (api, accepted, _seen) = scripted_upstream(script).await;
         let pool = Pool::new();
-        pool.send(&api, get(), &http1::Added::default(), Instant::now())
-            .await
-            .expect("first")
-            .into_body()
-            .collect()
-            .await
-            .expect("body");
+        send(&pool, &api, get()).await.expect("first").into_body().collect().await.expect("body");
         assert_eq!(pool.idle_count(), 1);
         // A GET without a body goes again, on a new connection.
-        let res = pool.send(&api, get(), &http1::Added::default(), Instant::now()).await.expect("retried");
+        let res = send(&pool, &api, get()).await.expect("retried");
         assert_eq!(res.status(), http::StatusCode::OK);
         res.into_body().collect().await.expect("body");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
         // A POST may have been acted on: its failure is reported.
-        let Err(e) = pool
-            .send(&api, request(http::Method::POST, frames(&["x"], Some(1))), &http1::Added::default(), Instant::now())
-            .await
-        else {
+        let Err(e) = send(&pool, &api, request(http::Method::POST, frames(&["x"], Some(1)))).await else {
             panic!("a POST was sent twice");
         };
         assert!(!e.is_connect(), "{e}");
