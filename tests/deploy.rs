@@ -1,5 +1,6 @@
-//! Validation of the deployment files in `deploy/` (no Docker, Kubernetes or
-//! Prometheus runs here, so the files are checked by reading them):
+//! Validation of the deployment files in `deploy/` and of the top-level
+//! `Dockerfile` (no Docker, Kubernetes or Prometheus runs here, so the files
+//! are checked by reading them):
 //!
 //! - every YAML document in `deploy/kubernetes/` and `deploy/prometheus/`
 //!   parses (multi-document aware), and the Kubernetes objects have their
@@ -68,7 +69,7 @@ impl Files {
                 }
             }
         }
-        for rel in [".dockerignore", "src/metrics.rs"] {
+        for rel in ["Dockerfile", ".dockerignore", "src/metrics.rs"] {
             let content = std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
             text.insert(rel.to_string(), content);
         }
@@ -1079,7 +1080,7 @@ fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
 }
 
 fn check_dockerfile(files: &Files, p: &mut Problems) {
-    let rel = "deploy/Dockerfile";
+    let rel = "Dockerfile";
     let Some(text) = files.get(rel) else {
         p.add(format!("{rel}: missing"));
         return;
@@ -1245,7 +1246,7 @@ fn mutations_are_caught() {
     let alerts = "deploy/prometheus/alerts.yaml";
     let dash = "deploy/grafana/portcullis-dashboard.json";
     let unit = "deploy/systemd/portcullis.service";
-    let docker = "deploy/Dockerfile";
+    let docker = "Dockerfile";
     let cm = "deploy/kubernetes/configmap.yaml";
     // (file, text, replacement, a problem that must then be reported)
     let mutations = [
@@ -1346,9 +1347,9 @@ fn mutations_are_caught() {
 #[test]
 fn the_runtime_image_without_user_relies_on_a_nonroot_tag() {
     let files = Files::load();
-    let without_user = files.mutated("deploy/Dockerfile", "USER 65532:65532\n", "");
+    let without_user = files.mutated("Dockerfile", "USER 65532:65532\n", "");
     assert!(problems(&without_user).is_empty(), "the :nonroot image alone is non-root");
-    let root = without_user.mutated("deploy/Dockerfile", "cc-debian12:nonroot", "cc-debian12:latest");
+    let root = without_user.mutated("Dockerfile", "cc-debian12:nonroot", "cc-debian12:latest");
     assert!(problems(&root).iter().any(|p| p.contains("non-root")), "a root image without USER was accepted");
 }
 

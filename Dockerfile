@@ -1,6 +1,6 @@
 # Portcullis container image: a two-stage build.
 #
-#   docker build -f deploy/Dockerfile -t portcullis .       (from the repository root)
+#   docker build -t portcullis .       (from the repository root)
 #   docker run --rm -p 8080:8080 -p 127.0.0.1:9090:9090 \
 #     -v portcullis-data:/var/lib/portcullis \
 #     -e EXAMPLE_SERVICE_SECRET=change-me portcullis
