@@ -22,6 +22,7 @@ use crate::tokens::Identity;
 use crate::upstream_http1::Added;
 use crate::upstream_pool::{Pool, ResponseBody, Target};
 use crate::upstream_tls::UpstreamTls;
+use crate::web::{LOGIN_COOKIE, SESSION_COOKIE};
 
 pub static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
@@ -85,6 +86,52 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a `name=value` pair of a `Cookie` or `Set-Cookie` header is one
+/// of the gateway's own (`crate::web`): a login session is for the
+/// authorization pages, never for an upstream. Bytes, not text: a cookie
+/// may hold any octet, and one the gateway cannot read is not its own.
+fn is_gateway_cookie(pair: &[u8]) -> bool {
+    let name = pair.split(|&b| b == b'=').next().unwrap_or_default().trim_ascii();
+    name == SESSION_COOKIE.as_bytes() || name == LOGIN_COOKIE.as_bytes()
+}
+
+fn pairs(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value.as_bytes().split(|&b| b == b';').map(<[u8]>::trim_ascii).filter(|p| !p.is_empty())
+}
+
+/// Takes the gateway's cookies out of the `Cookie` headers going upstream,
+/// keeping the others as they were; a header left empty goes.
+pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
+    if !headers.get_all(header::COOKIE).iter().any(|v| pairs(v).any(is_gateway_cookie)) {
+        return;
+    }
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    headers.remove(header::COOKIE);
+    for value in &values {
+        let kept: Vec<&[u8]> = pairs(value).filter(|p| !is_gateway_cookie(p)).collect();
+        if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..]))
+            && !kept.is_empty()
+        {
+            headers.append(header::COOKIE, v);
+        }
+    }
+}
+
+/// Takes out of an upstream's response any `Set-Cookie` for the gateway's
+/// own cookies: an upstream on the same host could otherwise plant a login
+/// session (session fixation) or a login form's CSRF cookie.
+pub fn strip_gateway_set_cookies(headers: &mut HeaderMap) {
+    let ours = |v: &HeaderValue| pairs(v).next().is_some_and(is_gateway_cookie);
+    if !headers.get_all(header::SET_COOKIE).iter().any(ours) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().filter(|v| !ours(v)).cloned().collect();
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
 /// What the gateway established about a request, for its upstream.
 #[derive(Clone)]
 pub struct ForwardContext<'a> {
@@ -107,14 +154,18 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
     // One look at the names present: most requests carry none of the
     // headers below, and looking up or removing an absent name still
     // hashes it.
-    let (mut spoofed, mut forwarded) = (false, false);
+    let (mut spoofed, mut forwarded, mut cookies) = (false, false, false);
     for name in headers.keys() {
+        cookies |= name == header::COOKIE;
         let name = name.as_str();
         spoofed |= name.starts_with("x-auth-");
         forwarded |= name.starts_with("x-forwarded-") || name == "forwarded";
     }
     if spoofed {
         strip_identity_headers(headers);
+    }
+    if cookies {
+        strip_gateway_cookies(headers);
     }
     if !ctx.keep_authorization {
         headers.remove(header::AUTHORIZATION);
@@ -130,8 +181,8 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
     }
     let mut added = Added { host: None, fields: Vec::with_capacity(6) };
     let peer_ip = ip_text(ctx.peer.ip().to_canonical());
-    let chain = if kept { headers.remove(&X_FORWARDED_FOR) } else { None };
-    let xff = match chain.as_ref().and_then(|v| v.to_str().ok()) {
+    let chain = if kept { forwarded_for_chain(headers) } else { None };
+    let xff = match chain {
         Some(chain) => HeaderValue::try_from(format!("{chain}, {}", peer_ip.as_str())),
         None => HeaderValue::from_str(peer_ip.as_str()),
     };
@@ -158,6 +209,19 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
         added.fields.push((&X_AUTH_SCOPE, id.scope_header.clone()));
     }
     added
+}
+
+/// Takes the `X-Forwarded-For` lines a trusted proxy sent out of `headers`,
+/// as one list (RFC 9110 §5.3: several lines are one comma-separated
+/// value). A proxy that appends its own line instead of extending the
+/// client's leaves the true client last; keeping only the first line would
+/// drop it and keep what the client made up. A line that is not text
+/// spoils the whole chain, which then goes.
+fn forwarded_for_chain(headers: &mut HeaderMap) -> Option<String> {
+    let lines: Option<Vec<&str>> = headers.get_all(&X_FORWARDED_FOR).iter().map(|v| v.to_str().ok()).collect();
+    let chain = lines.filter(|l| !l.is_empty()).map(|l| l.join(", "));
+    headers.remove(&X_FORWARDED_FOR);
+    chain
 }
 
 /// An address as text, on the stack: IPv4 by hand, since `Display` goes
@@ -331,6 +395,7 @@ impl Forwarder {
         let upstream_time = started.elapsed();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        strip_gateway_set_cookies(&mut parts.headers);
         Ok(Forwarded { response: Response::from_parts(parts, Relayed::Upstream(body)), upstream_time })
     }
 }
@@ -431,6 +496,64 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(fields(&added), [("x-forwarded-for", "1.2.3.4, 10.0.0.7"), ("x-forwarded-host", "gw.example")]);
         assert_eq!(added.host, Some(HeaderValue::from_static("gw.example")));
+    }
+
+    #[test]
+    fn a_trusted_chain_on_several_lines_is_kept_whole() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        // The client's made-up line, then the one its trusted proxy added.
+        h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        let ctx = ForwardContext {
+            peer: "10.0.0.5:5000".parse().unwrap(),
+            trusted_proxies: &trusted,
+            proto: "http",
+            host: None,
+            identity: None,
+            keep_authorization: false,
+            preserve_host: false,
+        };
+        let added = upstream_headers(&mut h, ctx.clone());
+        assert_eq!(fields(&added)[0], ("x-forwarded-for", "1.2.3.4, 203.0.113.7, 10.0.0.5"));
+        assert!(h.is_empty(), "{h:?}");
+
+        // A line that is not text spoils the chain: only the peer is vouched for.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        let added = upstream_headers(&mut h, ctx);
+        assert_eq!(fields(&added)[0], ("x-forwarded-for", "10.0.0.5"));
+    }
+
+    #[test]
+    fn the_gateways_cookies_do_not_go_upstream() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; portcullis_session=s3cret;b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("portcullis_login=x"));
+        h.append(header::COOKIE, HeaderValue::from_bytes(b"c=\xe9t\xe9 ; portcullis_session =y").unwrap());
+        h.append(header::COOKIE, HeaderValue::from_static("portcullis_sessionx=kept"));
+        strip_gateway_cookies(&mut h);
+        let left: Vec<&[u8]> = h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(left, [&b"a=1; b=2"[..], b"c=\xe9t\xe9", b"portcullis_sessionx=kept"]);
+
+        // Without one of the gateway's, the header is left as it came.
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static(" a=1;;b=2 "));
+        strip_gateway_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], " a=1;;b=2 ");
+    }
+
+    #[test]
+    fn an_upstream_cannot_set_the_gateways_cookies() {
+        let mut h = HeaderMap::new();
+        h.append(header::SET_COOKIE, HeaderValue::from_static("app=1; Path=/"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("portcullis_session=planted; Path=/oauth"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static(" portcullis_login=x"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("other=1; Comment=portcullis_session=x"));
+        strip_gateway_set_cookies(&mut h);
+        let left: Vec<&str> = h.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(left, ["app=1; Path=/", "other=1; Comment=portcullis_session=x"]);
     }
 
     fn fields(added: &Added) -> Vec<(&str, &str)> {

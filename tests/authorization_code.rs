@@ -588,7 +588,7 @@ async fn login_consent_code_and_tokens() {
     assert_eq!(cookies.len(), 1, "{cookies:?}");
     assert_eq!(cookies[0].0, "portcullis_login");
     assert_eq!(cookies[0].1, csrf, "double-submit: the cookie is the form's token");
-    assert_eq!(cookies[0].2, attrs(&["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=3600"]));
+    assert_eq!(cookies[0].2, attrs(&["Path=/oauth", "HttpOnly", "SameSite=Lax", "Max-Age=3600"]));
 
     // Sign in: 303 (never 307) back to the request, with a session cookie.
     let reply = alice.submit_login(&page, "alice", ALICE_PASSWORD).await;
@@ -600,9 +600,9 @@ async fn login_consent_code_and_tokens() {
     assert!(session.1.len() >= 22, "{session:?}");
     // No `Secure`: the issuer is http://127.0.0.1 (a browser drops Secure
     // cookies over http); see `secure_cookies`.
-    assert_eq!(session.2, attrs(&["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=28800"]));
+    assert_eq!(session.2, attrs(&["Path=/oauth", "HttpOnly", "SameSite=Lax", "Max-Age=28800"]));
     let login = cookies.iter().find(|c| c.0 == "portcullis_login").expect("the login cookie is cleared");
-    assert_eq!((login.1.as_str(), &login.2), ("", &attrs(&["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=0"])));
+    assert_eq!((login.1.as_str(), &login.2), ("", &attrs(&["Path=/oauth", "HttpOnly", "SameSite=Lax", "Max-Age=0"])));
     assert_eq!(cookies.len(), 2);
 
     // The consent page.

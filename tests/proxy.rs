@@ -202,6 +202,35 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
 // Identity and forwarding headers (SECURITY.md 28)
 // ---------------------------------------------------------------------------
 
+/// The login pages share a host with the proxied APIs: a user's session
+/// cookie must not reach an upstream (which could replay it at the
+/// authorization endpoint), and an upstream must not plant one.
+#[tokio::test]
+async fn the_gateways_own_cookies_neither_reach_nor_come_from_upstreams() {
+    let mut upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+    let cookie = "app=1; portcullis_session=s3cret; portcullis_login=csrf; theme=dark";
+    let reply = get(&gw.url("/public/x"), &[("cookie", cookie)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(all(&upstream.next().await.headers, "cookie"), ["app=1; theme=dark"]);
+    // Only the application's cookies: the header goes as it came.
+    get(&gw.url("/public/x"), &[("cookie", "app=1;theme=dark")]).await;
+    assert_eq!(all(&upstream.next().await.headers, "cookie"), ["app=1;theme=dark"]);
+    gw.stop().await;
+
+    let (addr, _) = answering_upstream(
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: app=2; Path=/\r\nSet-Cookie: portcullis_session=planted; Path=/oauth\r\n\
+          Set-Cookie: portcullis_login=x\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = Gateway::start(&config_toml(addr, "")).await;
+    let reply = get(&gw.url("/public/x"), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(all(&reply.headers, "set-cookie"), ["app=2; Path=/"]);
+    assert_eq!(reply.text(), "ok");
+    gw.stop().await;
+}
+
 const SPOOFED_IDENTITY: [(&str, &str); 4] = [
     ("x-auth-subject", "admin"),
     ("x-auth-client-id", "app"),

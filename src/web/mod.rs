@@ -38,8 +38,12 @@ use crate::store::SessionRecord;
 use crate::tokens::{now_unix, random_token, token_hash};
 pub use pages::Pages;
 
-const SESSION_COOKIE: &str = "portcullis_session";
-const LOGIN_COOKIE: &str = "portcullis_login";
+/// The gateway's own cookies. They are scoped to `{issuer path}/oauth`, and
+/// `crate::proxy` takes them out of what goes to and comes from upstreams:
+/// the login pages share a host with the proxied APIs, which must neither
+/// read a user's session nor plant one.
+pub const SESSION_COOKIE: &str = "portcullis_session";
+pub const LOGIN_COOKIE: &str = "portcullis_login";
 
 /// Failed logins per account, and per client address, within
 /// `LOGIN_WINDOW`, before further attempts are refused.
@@ -56,6 +60,8 @@ pub struct Web {
     /// `{issuer path}/oauth/authorize` and `{issuer path}/oauth/login`.
     authorize_path: String,
     login_path: String,
+    /// `{issuer path}/oauth`: where the cookies are sent, and no further.
+    cookie_path: String,
     secure_cookies: bool,
     session_ttl: Duration,
     max_body: usize,
@@ -138,6 +144,7 @@ impl Web {
             issuer: config.authorization_server.issuer.clone(),
             authorize_path: format!("{base}/oauth/authorize"),
             login_path: format!("{base}/oauth/login"),
+            cookie_path: format!("{base}/oauth"),
             secure_cookies: config.authorization_server.secure_cookies,
             session_ttl: config.authorization_server.session_ttl,
             max_body: config.server.max_form_body_bytes,
@@ -166,7 +173,8 @@ impl Web {
 
     fn cookie_header(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
         let secure = if self.secure_cookies { "; Secure" } else { "" };
-        let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
+        let path = &self.cookie_path;
+        let v = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
         HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
     }
 
