@@ -261,7 +261,10 @@ pub async fn exchange(
             return Err(Failure { error, may_retry });
         }
     };
-    let keep_alive = parsed.keep_alive && write_error.is_none();
+    // An upstream that answered before it had the whole request may take
+    // the rest of the body for a request of its own, whose answer would
+    // answer the next exchange: the connection ends with this one.
+    let keep_alive = parsed.keep_alive && write_error.is_none() && outgoing.is_none();
     let (parts, framing) = (parsed.parts, parsed.framing);
 
     // The fast path: the whole response is here and the request is out.
@@ -850,7 +853,10 @@ fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
         return Err(bad);
     }
     let rest = &line[digits..];
-    let ext = rest.trim_ascii_start();
+    // BWS before an extension is spaces and tabs (RFC 9112 §7.1.1), not
+    // the other ASCII whitespace (a bare LF, a form feed) that a lenient
+    // peer might read as a line end.
+    let ext = &rest[rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()..];
     if !(ext.is_empty() || ext[0] == b';') || ext.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
         return Err(bad);
     }
@@ -1124,7 +1130,7 @@ pub(crate) mod tests {
 
     #[test]
     fn chunked_bodies_decode_however_they_are_split() {
-        let wire = b"5\r\nhello\r\n6;name=value\r\n world\r\nA \r\n0123456789\r\n0\r\n\r\n";
+        let wire = b"5\r\nhello\r\n6;name=value\r\n world\r\nA \t;x=1\r\n0123456789\r\n0\r\n\r\n";
         for step in 1..=wire.len() {
             let (data, trailers, ended) = decode_chunked_in(wire, step).expect("valid");
             assert_eq!(data, b"hello world0123456789", "step {step}");
@@ -1161,6 +1167,9 @@ pub(crate) mod tests {
             b"5;\x01\r\nhello\r\n",
             b"5 x\r\nhello\r\n",
             b"-5\r\n",
+            b"5\n\r\nhello\r\n",
+            b"5\n;x\r\nhello\r\n",
+            b"5\x0c;x\r\nhello\r\n",
         ] {
             assert!(decode_chunked_in(bad, bad.len()).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

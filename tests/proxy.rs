@@ -1265,3 +1265,75 @@ async fn bytes_after_an_upstream_answer_never_answer_the_next_request() {
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "a connection per exchange");
     gw.stop().await;
 }
+
+/// An upstream that answers a request before reading its body may take
+/// the rest of that body for a request of its own (RFC 9110 §10.1.1 asks
+/// it to read or close; not all do). Its answer to that would then answer
+/// the next request on the connection, perhaps another client's: a
+/// connection whose upstream answered early is not used again.
+#[tokio::test]
+async fn a_connection_whose_upstream_answered_before_the_body_is_not_reused() {
+    // A POST's answer starts at once (chunked) and ends when the next head
+    // arrives: the body, read as `GET /internal`, whose answer waits for
+    // the head after it (`smuggled`). Any other request gets `fresh`.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let answer = |body: &str| format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let (mut seen, mut deferred, mut buf) = (Vec::new(), false, [0u8; 1024]);
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = seen.drain(..end + 4).collect();
+                        let out = if head.starts_with(b"POST") {
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nearly\r\n".to_string()
+                        } else if head.starts_with(b"GET /internal") {
+                            deferred = true;
+                            "0\r\n\r\n".to_string()
+                        } else if std::mem::take(&mut deferred) {
+                            answer("smuggled") + &answer("fresh")
+                        } else {
+                            answer("fresh")
+                        };
+                        if stream.write_all(out.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&config_toml(addr, "")).await;
+    let smuggled = "GET /internal HTTP/1.1\r\nHost: api\r\n\r\n";
+    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+    let head = format!("POST /public/x HTTP/1.1\r\nHost: gw.example\r\nContent-Length: {}\r\n\r\n", smuggled.len());
+    stream.write_all(head.as_bytes()).await.expect("write");
+    // The answer starts before the body is sent, and ends after.
+    let start = read_until(&mut stream, "early\r\n").await;
+    assert!(start.starts_with("HTTP/1.1 200 "), "{start}");
+    stream.write_all(smuggled.as_bytes()).await.expect("write the body");
+    read_until(&mut stream, "0\r\n\r\n").await;
+    stream.write_all(b"GET /public/y HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.expect("write");
+    let (head, body) = read_response(&mut stream, "the next request").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(String::from_utf8_lossy(&body), "fresh", "answered on a fresh connection");
+    gw.stop().await;
+}
+
+/// What `stream` receives up to and including `end`, which must come
+/// within 5 s.
+async fn read_until(stream: &mut TcpStream, end: &str) -> String {
+    let mut out = Vec::new();
+    while !out.ends_with(end.as_bytes()) {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before {end:?}: {}", String::from_utf8_lossy(&out));
+        out.push(byte[0]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
