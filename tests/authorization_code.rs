@@ -1472,7 +1472,13 @@ async fn public_client_uses_pkce_and_no_secret() {
     let token = |body: String| send(Method::POST, &token_url, &[("content-type", FORM)], body);
     let reply = token(grant(&code, OTHER_VERIFIER)).await;
     assert_invalid_grant(&reply, "The code_verifier does not match the code_challenge");
-    let code = alice.code(&url.replacen('&', "&state=again&", 1), SPA_CB, "again").await;
+    // Asked again, though allowed before: a public client's identity
+    // cannot be assured, so a remembered consent is not enough (RFC 8252
+    // §8.6); a confidential one goes straight through
+    // (`consent_is_remembered_per_user_and_scope`).
+    let again = alice.get(&url.replacen('&', "&state=again&", 1)).await;
+    assert!(again.text().contains("<h1>Allow Calendar SPA?</h1>"), "{}", again.text());
+    let code = code_of(&alice.decide(&again, "approve").await, SPA_CB, Some("again"));
     let (access, r1) = issued(&token(grant(&code, VERIFIER)).await, "calendar.read", true);
     assert_works(&gw, &mut upstream, &access, "alice").await;
     // A secret it does not have does not help.

@@ -228,8 +228,8 @@ impl Web {
         }
     }
 
-    /// Shows the login page, the consent page, or (consent already given)
-    /// redirects straight back with a code.
+    /// Shows the login page, the consent page, or (consent already given
+    /// to a confidential client) redirects straight back with a code.
     async fn show(&self, headers: &HeaderMap, params: &RawParams, query: &str) -> Response<Body> {
         let request = match self.validate(params).await {
             Ok(r) => r,
@@ -243,7 +243,12 @@ impl Web {
             Ok(c) => c.and_then(|s| ScopeSet::parse(&s)).is_some_and(|given| request.scopes.is_subset(&given)),
             Err(e) => return self.unavailable(e),
         };
-        if consented {
+        // A public client's identity cannot be assured (RFC 8252 §8.6,
+        // RFC 6749 §10.2): anyone may send the browser here with its
+        // client_id, a matching (loopback) redirect URI and a PKCE
+        // challenge of their own. Without a page to answer, a remembered
+        // consent would hand them a code; the user is asked every time.
+        if consented && !request.client.public {
             self.flow("consent_remembered");
             return self.approve(&request, &session.subject).await;
         }
