@@ -996,6 +996,32 @@ async fn tokens_and_redeemed_codes_survive_kill_9() {
     assert_eq!(gw.wait_exit().await.code(), Some(0));
 }
 
+/// A consent withdrawn with the CLI while the gateway runs takes its
+/// unredeemed code with it; a code whose grant stands is redeemed.
+#[tokio::test]
+async fn a_code_is_refused_once_its_consent_is_withdrawn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "withdraw.toml", &example_config_for_test(dir.path(), None));
+    let mut gw = Served::start(&config, &[]).await;
+    let config_arg = config.to_str().expect("path");
+
+    let code = approve_as_alice(gw.public).await;
+    let withdrawn =
+        run(&["consents", "revoke", "--user", "alice", "--client", "calendar-app", "--config", config_arg], b"");
+    assert!(withdrawn.status.success(), "{}", text(&withdrawn.stderr));
+    let refused = token_request(gw.public, &redemption(&code)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "invalid_grant");
+    assert_eq!(refused.json()["error_description"], "The authorization was withdrawn");
+
+    // Approved anew: the new grant's code works.
+    let code = approve_as_alice(gw.public).await;
+    let redeemed = token_request(gw.public, &redemption(&code)).await;
+    assert_eq!(redeemed.status, StatusCode::OK, "{}", redeemed.text());
+    gw.sigterm();
+    assert_eq!(gw.wait_exit().await.code(), Some(0));
+}
+
 /// One JSON access log line per request: route, method, normalised path
 /// without the query, status, durations, upstream, client and subject,
 /// and the request id; never the token.

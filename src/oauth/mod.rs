@@ -337,6 +337,11 @@ impl AuthorizationServer {
         if record.expires_at <= now {
             return Err(invalid_grant("The authorization code expired"));
         }
+        // Consent withdrawn (`portcullis consents revoke`) between the
+        // approval and the redemption: the code goes with its grant.
+        if self.store().grant_is_revoked(&record.grant_id).await? {
+            return Err(invalid_grant("The authorization was withdrawn"));
+        }
         let scopes = ScopeSet::parse(&record.scope).unwrap_or_default();
         self.issue_for_grant(client, &record.grant_id, &record.subject, scopes.clone(), &scopes).await
     }
