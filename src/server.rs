@@ -165,18 +165,21 @@ impl Server {
         );
 
         let mut listeners = self.public.into_iter();
+        let limit = ConnectionLimit::new(&cfg);
         let local = listeners.next().map(|l| {
-            tokio::spawn(serve_public(l, self.gateway.clone(), cfg.clone(), stop_rx.clone(), self.tls.clone()))
+            let (gateway, tls) = (self.gateway.clone(), self.tls.clone());
+            tokio::spawn(serve_public(l, gateway, cfg.clone(), stop_rx.clone(), tls, limit.clone()))
         });
         let mut workers_done = Vec::new();
         for (i, listener) in listeners.enumerate() {
             let (gateway, cfg, stop, tls) = (self.gateway.clone(), cfg.clone(), stop_rx.clone(), self.tls.clone());
+            let limit = limit.clone();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let spawned = std::thread::Builder::new().name(format!("portcullis-worker-{}", i + 1)).spawn(move || {
                 // The first worker, on the calling thread, writes shard 0.
                 crate::metrics::use_shard(i + 1);
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop, tls)),
+                    Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop, tls, limit)),
                     Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
                 }
                 let _ = done_tx.send(());
@@ -194,7 +197,8 @@ impl Server {
                 Ok(l) => l,
                 Err(e) => return tracing::error!(error = %e, "cannot serve the admin listener"),
             };
-            accept_loop(listener, admin_cfg, admin_stop_rx, None, move |req, _peer| {
+            let limit = ConnectionLimit::new(&admin_cfg);
+            accept_loop(listener, admin_cfg, admin_stop_rx, None, limit, move |req, _peer| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             })
@@ -234,6 +238,7 @@ async fn serve_public(
     cfg: Arc<ServerConfig>,
     stop: watch::Receiver<bool>,
     tls: Option<Tls>,
+    limit: ConnectionLimit,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -260,7 +265,7 @@ async fn serve_public(
     // This worker's own copy, so that cloning it per request counts on
     // this core's cache line (a clone shares its reference count).
     let hsts = tls.as_ref().and_then(|t| t.hsts.as_ref()).and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok());
-    accept_loop(listener, cfg, stop, tls.map(|t| t.acceptor), move |mut req: Request<Incoming>, peer| {
+    accept_loop(listener, cfg, stop, tls.map(|t| t.acceptor), limit, move |mut req: Request<Incoming>, peer| {
         let (gateway, worker, hsts) = (gateway.current(), worker.clone(), hsts.clone());
         // Boxed: hyper moves the future it is handed into place, and a
         // request's future is kilobytes; a box moves as one pointer.
@@ -492,6 +497,7 @@ async fn accept_loop<F, Fut>(
     cfg: Arc<ServerConfig>,
     mut stop: watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
+    limit: ConnectionLimit,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -512,17 +518,9 @@ async fn accept_loop<F, Fut>(
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
-    let max_connections = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
-    let limit = Arc::new(Semaphore::new(max_connections as usize));
+    let ConnectionLimit { permits, max } = limit;
 
     loop {
-        let permit = tokio::select! {
-            _ = stop.changed() => break,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
@@ -533,6 +531,19 @@ async fn accept_loop<F, Fut>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+        };
+        // Taken after the accept: the limit is the process's, shared by
+        // every worker, and a worker that waited for a permit before
+        // accepting could get one freed elsewhere while the connection
+        // waiting for it sits in another worker's queue. This way at most
+        // one accepted connection per worker waits, and the rest wait in
+        // the kernel's.
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
             },
         };
         let conn = Conn {
@@ -546,12 +557,28 @@ async fn accept_loop<F, Fut>(
     }
     drop(listener);
     // Every connection holds a permit until it is done, so holding them
-    // all means every connection has finished.
+    // all means every connection has finished, this worker's and the
+    // others' (whose drains then take them in turn).
     tokio::select! {
-        _ = limit.acquire_many(max_connections) => {}
+        _ = permits.acquire_many(max) => {}
         _ = tokio::time::sleep(cfg.drain_timeout) => {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
+    }
+}
+
+/// `server.max_connections` for one listener, across all its workers: a
+/// connection holds one of `max` permits while it lives.
+#[derive(Clone)]
+struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    max: u32,
+}
+
+impl ConnectionLimit {
+    fn new(cfg: &ServerConfig) -> ConnectionLimit {
+        let max = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
+        ConnectionLimit { permits: Arc::new(Semaphore::new(max as usize)), max }
     }
 }
 

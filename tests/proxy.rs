@@ -858,6 +858,33 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     gw.stop().await;
 }
 
+/// `max_connections` holds for the process, not for each worker: with two
+/// workers and a limit of two, a third connection waits until one of the
+/// first two ends, whichever worker took it.
+#[tokio::test]
+async fn max_connections_is_one_limit_for_all_workers() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_server_line(&upstream, "workers = 2\nmax_connections = 2", "")).await;
+    let request = b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\n\r\n";
+    let mut open = Vec::new();
+    for i in 0..2 {
+        let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let (head, _) = read_response(&mut stream, &format!("connection {i}")).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        open.push(stream);
+    }
+    let mut third = TcpStream::connect(gw.public).await.expect("connect: the kernel's queue takes it");
+    third.write_all(request).await.expect("write");
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte)).await;
+    assert!(early.is_err(), "a third connection was served beside two: {early:?}");
+    drop(open.pop());
+    let (head, _) = read_response(&mut third, "the third connection, once one ended").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    gw.stop().await;
+}
+
 /// A connection that sends nothing at all, or only the start of the HTTP/2
 /// preface, holds a connection slot just the same and must be cut off by
 /// the same timeout.
