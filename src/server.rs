@@ -91,7 +91,9 @@ impl Server {
         log_notes(&config);
         let store = store::open(&config.storage.url).await?;
         let metrics = Arc::new(Metrics::new());
-        let gateway = Arc::new(ArcSwap::from_pointee(build_gateway(&config, &store, &metrics).await?));
+        let gateway = Arc::new(ArcSwap::from_pointee(
+            build_gateway(&config, config.server.tls.is_some(), &store, &metrics).await?,
+        ));
         let tls = match &config.server.tls {
             None => None,
             Some(t) => {
@@ -110,6 +112,7 @@ impl Server {
             store: store.clone(),
             metrics: metrics.clone(),
             started: config.clone(),
+            certs: tls.as_ref().map(|t| t.certs.clone()),
             busy: tokio::sync::Mutex::new(()),
         });
         let admin = Arc::new(Admin {
@@ -207,8 +210,8 @@ impl Server {
         let janitor = tokio::spawn(janitor(self.store.clone()));
         let certs = self.tls.as_ref().map(|t| t.certs.clone());
         let cert_watch =
-            certs.clone().zip(cfg.tls.as_ref()).map(|(c, t)| tokio::spawn(watch_certificates(c, t.watch_interval)));
-        let hangup = tokio::spawn(on_hangup(self.reloader.clone(), certs));
+            certs.zip(cfg.tls.as_ref()).map(|(c, t)| tokio::spawn(watch_certificates(c, t.watch_interval)));
+        let hangup = tokio::spawn(on_hangup(self.reloader.clone()));
 
         shutdown.await;
         tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: no new connections, draining in-flight requests");
@@ -338,7 +341,7 @@ async fn watch_certificates(certs: Arc<CertStore>, every: Duration) {
 
 /// SIGHUP re-reads the configuration and the certificate. (Installing the
 /// handler also means SIGHUP never terminates the process.)
-async fn on_hangup(reloader: Arc<Reloader>, certs: Option<Arc<CertStore>>) {
+async fn on_hangup(reloader: Arc<Reloader>) {
     #[cfg(unix)]
     {
         let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
@@ -347,14 +350,11 @@ async fn on_hangup(reloader: Arc<Reloader>, certs: Option<Arc<CertStore>>) {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
             let _ = reloader.reload().await;
-            if let Some(certs) = certs.clone() {
-                let _ = tokio::task::spawn_blocking(move || certs.reload(true)).await;
-            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (reloader, certs);
+        let _ = reloader;
         std::future::pending::<()>().await
     }
 }
@@ -369,13 +369,17 @@ pub struct Reloader {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     started: Config,
+    /// The listener's certificate, re-read at every reload too.
+    certs: Option<Arc<CertStore>>,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
     /// Re-reads and validates the file, then swaps the new gateway in.
-    /// An invalid file changes nothing; the error lists why.
+    /// An invalid file changes nothing; the error lists why. The TLS
+    /// certificate is re-read as well, whatever became of the file (its
+    /// outcome is logged and counted on its own).
     pub async fn reload(&self) -> Result<(), String> {
         let _one = self.busy.lock().await;
         let result = self.try_reload().await;
@@ -384,6 +388,9 @@ impl Reloader {
         match &result {
             Ok(()) => tracing::info!("configuration reloaded"),
             Err(e) => tracing::error!(error = %e, "configuration reload failed; nothing changed"),
+        }
+        if let Some(certs) = self.certs.clone() {
+            let _ = tokio::task::spawn_blocking(move || certs.reload(true)).await;
         }
         result
     }
@@ -403,10 +410,13 @@ impl Reloader {
             ("server.max_connections", config.server.max_connections != old.server.max_connections),
             ("server.drain_timeout", config.server.drain_timeout != old.server.drain_timeout),
             ("storage.url", config.storage.url != old.storage.url),
+            // The listener's TLS, HSTS header and file watch are set up
+            // with it; so is what upstreams are told of the client's
+            // scheme (`X-Forwarded-Proto`), which follows the listener.
             (
                 "server.tls",
-                config.server.tls.as_ref().map(|t| (&t.cert, &t.key))
-                    != old.server.tls.as_ref().map(|t| (&t.cert, &t.key)),
+                config.server.tls.as_ref().map(|t| (&t.cert, &t.key, t.hsts_max_age, t.watch_interval))
+                    != old.server.tls.as_ref().map(|t| (&t.cert, &t.key, t.hsts_max_age, t.watch_interval)),
             ),
         ] {
             if changed {
@@ -414,7 +424,9 @@ impl Reloader {
             }
         }
         log_notes(&config);
-        let gateway = build_gateway(&config, &self.store, &self.metrics).await.map_err(|e| e.to_string())?;
+        let listener_tls = self.started.server.tls.is_some();
+        let gateway =
+            build_gateway(&config, listener_tls, &self.store, &self.metrics).await.map_err(|e| e.to_string())?;
         self.current.store(Arc::new(gateway));
         Ok(())
     }
@@ -431,8 +443,15 @@ fn log_notes(config: &Config) {
     }
 }
 
-/// The request-handling state a configuration describes.
-async fn build_gateway(config: &Config, store: &Arc<dyn Store>, metrics: &Arc<Metrics>) -> Result<Gateway, StartError> {
+/// The request-handling state a configuration describes, for a public
+/// listener that terminates TLS or not (fixed at start, whatever a
+/// reloaded file says).
+async fn build_gateway(
+    config: &Config,
+    listener_tls: bool,
+    store: &Arc<dyn Store>,
+    metrics: &Arc<Metrics>,
+) -> Result<Gateway, StartError> {
     let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
     let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
     let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));
@@ -448,7 +467,7 @@ async fn build_gateway(config: &Config, store: &Arc<dyn Store>, metrics: &Arc<Me
         config.server.trusted_proxies.clone(),
         config.server.max_form_body_bytes,
     );
-    if config.server.tls.is_some() {
+    if listener_tls {
         gateway.forwarded_proto = "https";
     }
     gateway.access_log = config.log.access;

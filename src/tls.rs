@@ -45,8 +45,8 @@ pub struct CertStore {
     current: ArcSwap<CertifiedKey>,
     cert_path: PathBuf,
     key_path: PathBuf,
-    /// Modification times of the files last loaded, to notice changes.
-    loaded: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+    /// Modification times and lengths of the files last loaded (or tried).
+    loaded: Mutex<(Stamp, Stamp)>,
     metrics: Arc<Metrics>,
 }
 
@@ -56,13 +56,19 @@ impl std::fmt::Debug for CertStore {
     }
 }
 
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+/// What tells a file's versions apart: its modification time, and its
+/// length, since a time can be coarser than the write that follows a
+/// truncation (`cat new.pem > cert.pem` read between the two looks
+/// unchanged afterwards by time alone).
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    std::fs::metadata(p).and_then(|m| Ok((m.modified()?, m.len()))).ok()
 }
 
 impl CertStore {
     pub fn open(cert: &Path, key: &Path, metrics: Arc<Metrics>) -> Result<CertStore, String> {
-        let loaded = (mtime(cert), mtime(key));
+        let loaded = (stamp(cert), stamp(key));
         let certified = load_certified_key(cert, key).map_err(|(_, e)| e)?;
         let store = CertStore {
             current: ArcSwap::from_pointee(certified),
@@ -79,7 +85,7 @@ impl CertStore {
     /// with `force`, as on SIGHUP). Returns whether a new certificate is in
     /// use.
     pub fn reload(&self, force: bool) -> bool {
-        let now = (mtime(&self.cert_path), mtime(&self.key_path));
+        let now = (stamp(&self.cert_path), stamp(&self.key_path));
         let Ok(mut loaded) = self.loaded.lock() else { return false };
         if !force && *loaded == now {
             return false;
@@ -216,5 +222,40 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(not_after(cert.der()), Some(days_from_civil(2051, 1, 2) * 86_400));
         assert_eq!(not_after(b"garbage"), None);
+    }
+
+    /// `cat new.pem > cert.pem`, polled between the truncation and the
+    /// write: the failed attempt is remembered, and the complete file,
+    /// though its time is the same, is loaded at the next poll.
+    #[test]
+    fn a_file_rewritten_within_one_time_tick_is_loaded_after_a_failed_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let pair = |host: &str| {
+            let params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            (params.self_signed(&key).unwrap(), key)
+        };
+        let (first, first_key) = pair("first.example");
+        std::fs::write(&cert, first.pem()).unwrap();
+        std::fs::write(&key, first_key.serialize_pem()).unwrap();
+        let store = CertStore::open(&cert, &key, Arc::new(Metrics::new())).unwrap();
+        let when = std::fs::metadata(&cert).unwrap().modified().unwrap();
+        let set_time =
+            |path: &Path| std::fs::File::options().write(true).open(path).unwrap().set_modified(when).unwrap();
+
+        let (second, second_key) = pair("second.example");
+        std::fs::write(&key, second_key.serialize_pem()).unwrap();
+        std::fs::write(&cert, "").unwrap();
+        set_time(&key);
+        set_time(&cert);
+        assert!(!store.reload(false), "half a rotation is refused");
+        assert!(!store.reload(false), "and not tried again while nothing changes");
+        assert_eq!(store.current_certificate(), first.der().to_vec());
+
+        std::fs::write(&cert, second.pem()).unwrap();
+        set_time(&cert);
+        assert!(store.reload(false), "the finished file is noticed by its length");
+        assert_eq!(store.current_certificate(), second.der().to_vec());
     }
 }

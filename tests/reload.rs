@@ -105,3 +105,35 @@ async fn without_a_config_file_reloads_are_refused() {
     assert!(reply.text().contains("no config file"), "{}", reply.text());
     gw.stop().await;
 }
+
+/// Whether the public listener speaks TLS is fixed at start: a reloaded
+/// file that adds `[server.tls]` does not make upstreams believe cleartext
+/// requests came over HTTPS (and the change is reported as needing a
+/// restart).
+#[tokio::test]
+async fn a_reloaded_tls_section_does_not_change_what_upstreams_are_told_of_the_scheme() {
+    let mut upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("portcullis.toml");
+    let original = config_toml(upstream.addr, "");
+    std::fs::write(&path, &original).expect("write config");
+    let gw = Gateway::start_file(&path).await;
+
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    std::fs::write(&cert, generated.cert.pem()).expect("write cert");
+    std::fs::write(&key, generated.signing_key.serialize_pem()).expect("write key");
+    let with_tls = original.replacen(
+        "[admin]",
+        &format!("[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n[admin]", cert.display(), key.display()),
+        1,
+    );
+    std::fs::write(&path, with_tls).expect("rewrite config");
+    let reply = reload(&gw).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+
+    assert_eq!(get(&gw.url("/public/x"), &[]).await.status, StatusCode::OK);
+    let seen = upstream.next().await;
+    assert_eq!(seen.headers["x-forwarded-proto"], "http", "the listener is still cleartext");
+    gw.stop().await;
+}

@@ -212,6 +212,29 @@ async fn certificates_reload_for_new_handshakes_and_a_broken_file_keeps_the_old_
     gw.stop().await;
 }
 
+/// `POST /reload` (as `portcullis reload` sends, and as SIGHUP does) re-reads
+/// the certificate with the configuration, without waiting for the watch.
+#[tokio::test]
+async fn a_reload_rereads_the_certificate_at_once() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = generate((2040, 1, 1));
+    write_pair(dir.path(), &first);
+    // A watch too slow to be what notices the change.
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, tls_config(upstream.addr, dir.path(), "").replace("\"100ms\"", "\"1h\"")).expect("config");
+    let gw = Gateway::start_file(&path).await;
+    let second = generate((2041, 2, 2));
+    let both = connector(&[&first, &second], &[b"http/1.1"], &[&rustls::version::TLS13]);
+    assert_eq!(peer_cert(&handshake(gw.public, &both).await.expect("handshake")), first.der);
+
+    write_pair(dir.path(), &second);
+    let reply = support::send(http::Method::POST, &gw.admin_url("/reload"), &[], "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(peer_cert(&handshake(gw.public, &both).await.expect("handshake")), second.der);
+    gw.stop().await;
+}
+
 /// The value of one sample line of the Prometheus text.
 fn counter(metrics: &str, series: &str) -> u64 {
     metrics.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().expect("a number"))).unwrap_or(0)
