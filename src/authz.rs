@@ -9,7 +9,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 
@@ -17,6 +16,7 @@ use crate::bearer::is_form_urlencoded;
 use std::net::IpAddr;
 
 use crate::config::Config;
+use crate::form::{FormError, FormReader};
 use crate::metrics::Metrics;
 use crate::oauth::{AuthorizationServer, BasicCredentials, ErrorCode, OAuthError, Params};
 use crate::respond::{Body, error_json, json};
@@ -40,7 +40,7 @@ pub struct AuthzEndpoints {
     metrics: Arc<Metrics>,
     paths: [(String, Endpoint); 7],
     metadata: Bytes,
-    max_body: usize,
+    form: FormReader,
     realm: String,
 }
 
@@ -60,9 +60,9 @@ impl AuthzEndpoints {
             (format!("/.well-known/oauth-authorization-server{base}"), Endpoint::Metadata),
         ];
         let metadata = Bytes::from(server.metadata().to_string());
-        let max_body = config.server.max_form_body_bytes;
+        let form = FormReader::new(&config.server);
         let realm = config.server.realm.clone();
-        AuthzEndpoints { server, web, metrics, paths, metadata, max_body, realm }
+        AuthzEndpoints { server, web, metrics, paths, metadata, form, realm }
     }
 
     /// The endpoint at `path` (normalised), if any.
@@ -138,7 +138,7 @@ impl AuthzEndpoints {
         }
     }
 
-    /// Reads a POSTed form body, bounded by `max_body`.
+    /// Reads a POSTed form body, bounded in size and time (`crate::form`).
     async fn read_form(&self, req: Request<Incoming>) -> Result<(HeaderMap, Params), OAuthError> {
         if req.method() != Method::POST {
             return Err(OAuthError::new(ErrorCode::InvalidRequest, "This endpoint accepts only POST"));
@@ -154,11 +154,15 @@ impl AuthzEndpoints {
             ));
         }
         let (parts, body) = req.into_parts();
-        let bytes = Limited::new(body, self.max_body)
-            .collect()
-            .await
-            .map_err(|_| OAuthError::new(ErrorCode::InvalidRequest, "The request body is too large or unreadable"))?
-            .to_bytes();
+        let bytes = self.form.read(body).await.map_err(|e| {
+            OAuthError::new(
+                ErrorCode::InvalidRequest,
+                match e {
+                    FormError::TimedOut => "The request body did not arrive in time",
+                    FormError::TooLarge | FormError::Unreadable => "The request body is too large or unreadable",
+                },
+            )
+        })?;
         Ok((parts.headers, Params::parse(&bytes)?))
     }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, Version, header};
 use http_body::Body as _;
-use http_body_util::{BodyExt as _, Limited};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::access::AccessInfo;
@@ -18,6 +18,7 @@ use crate::authz::AuthzEndpoints;
 use crate::bearer::{self, BearerError, TokenSource};
 use crate::cache::{TokenValidator, Verdict, WorkerCache};
 use crate::config::{RouteConfig, ScopeRule};
+use crate::form::{FormError, FormReader};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::net::IpNet;
 use crate::path::{normalize, under_prefix};
@@ -100,7 +101,8 @@ pub struct Gateway {
     pub validator: Arc<TokenValidator>,
     pub metrics: Arc<Metrics>,
     pub trusted_proxies: Vec<IpNet>,
-    pub max_form_body: usize,
+    /// A form body read for its token (`allow_body_token`).
+    pub form: FormReader,
     /// `X-Forwarded-Proto` for the upstream: how clients reached us.
     pub forwarded_proto: &'static str,
     /// Whether each request is written to the access log.
@@ -143,7 +145,7 @@ impl Gateway {
         validator: Arc<TokenValidator>,
         metrics: Arc<Metrics>,
         trusted_proxies: Vec<IpNet>,
-        max_form_body: usize,
+        form: FormReader,
     ) -> Gateway {
         let unrouted = metrics.route("(none)");
         Gateway {
@@ -153,7 +155,7 @@ impl Gateway {
             validator,
             metrics,
             trusted_proxies,
-            max_form_body,
+            form,
             forwarded_proto: "http",
             access_log: true,
             unrouted,
@@ -356,14 +358,14 @@ impl Gateway {
     async fn read_form_body(&self, headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {
         let declared =
             headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_form_body as u64) {
+        if declared.is_some_and(|n| n > self.form.max_bytes as u64) {
             return Err(Refusal::PayloadTooLarge);
         }
-        match Limited::new(body, self.max_form_body).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::PayloadTooLarge),
-            Err(_) => Err(Refusal::BadRequest("The request body could not be read")),
-        }
+        self.form.read(body).await.map_err(|e| match e {
+            FormError::TooLarge => Refusal::PayloadTooLarge,
+            FormError::TimedOut => Refusal::BodyTimeout,
+            FormError::Unreadable => Refusal::BadRequest("The request body could not be read"),
+        })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod authz;
 pub mod bearer;
 pub mod cache;
 pub mod config;
+pub mod form;
 pub mod gateway;
 pub mod logging;
 pub mod manage;

@@ -50,6 +50,8 @@ pub enum Refusal {
     MethodNotAllowed(HeaderValue),
     BadRequest(&'static str),
     PayloadTooLarge,
+    /// A body the gateway reads itself did not come in time (`crate::form`).
+    BodyTimeout,
     /// No bearer token at all (RFC 6750 §3.1: no error code).
     MissingToken,
     Bearer(BearerError),
@@ -66,7 +68,9 @@ impl Refusal {
         match self {
             Refusal::NotFound => Outcome::NotFound,
             Refusal::MethodNotAllowed(_) => Outcome::MethodNotAllowed,
-            Refusal::BadRequest(_) | Refusal::PayloadTooLarge | Refusal::Bearer(_) => Outcome::InvalidRequest,
+            Refusal::BadRequest(_) | Refusal::PayloadTooLarge | Refusal::BodyTimeout | Refusal::Bearer(_) => {
+                Outcome::InvalidRequest
+            }
             Refusal::MissingToken => Outcome::MissingToken,
             Refusal::InvalidToken(_) => Outcome::InvalidToken,
             Refusal::InsufficientScope(_) => Outcome::InsufficientScope,
@@ -114,6 +118,9 @@ impl Refusal {
                 "invalid_request",
                 "The request body is larger than this gateway accepts",
             ),
+            Refusal::BodyTimeout => {
+                error_json(StatusCode::REQUEST_TIMEOUT, "invalid_request", "The request body did not arrive in time")
+            }
             Refusal::MissingToken => {
                 let mut res = json(
                     StatusCode::UNAUTHORIZED,

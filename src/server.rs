@@ -465,7 +465,7 @@ async fn build_gateway(
         validator,
         metrics.clone(),
         config.server.trusted_proxies.clone(),
-        config.server.max_form_body_bytes,
+        crate::form::FormReader::new(&config.server),
     );
     if listener_tls {
         gateway.forwarded_proto = "https";

@@ -858,6 +858,32 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     gw.stop().await;
 }
 
+/// A form body the gateway reads itself (a token request, the login form,
+/// a bearer token in a form) must come within `header_read_timeout`, as
+/// the head did: one declared and then never finished does not hold the
+/// connection. The answer says so, and the connection closes.
+#[tokio::test]
+async fn a_form_body_that_never_finishes_is_cut_off() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_server_line(&upstream, "header_read_timeout = \"300ms\"", "")).await;
+    let form = "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n";
+    for (path, status, says) in [
+        ("/oauth/token", 400, "The request body did not arrive in time"),
+        ("/calendar/x", 408, "The request body did not arrive in time"),
+        ("/oauth/login", 408, "The form did not arrive in time."),
+    ] {
+        let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+        let head = format!("POST {path} HTTP/1.1\r\nHost: gw.example\r\n{form}grant_type=client_cre");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let started = Instant::now();
+        let text = read_until_closed(&mut stream).await;
+        assert!(started.elapsed() >= Duration::from_millis(250), "{path}: answered before the timeout");
+        assert_eq!(raw_status(&text), status, "{path}: {text}");
+        assert!(text.contains(says), "{path}: {text}");
+    }
+    gw.stop().await;
+}
+
 /// `max_connections` holds for the process, not for each worker: with two
 /// workers and a limit of two, a third connection waits until one of the
 /// first two ends, whichever worker took it.

@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq as _;
 
 use crate::audit::{self, Event};
 use crate::config::{Config, UserConfig};
+use crate::form::{FormError, FormReader};
 use crate::metrics::Metrics;
 use crate::oauth::AuthorizationServer;
 use crate::oauth::authorize::{self, AuthorizationRequest, AuthorizeError, RawParams};
@@ -64,7 +64,7 @@ pub struct Web {
     cookie_path: String,
     secure_cookies: bool,
     session_ttl: Duration,
-    max_body: usize,
+    form: FormReader,
     metrics: Arc<Metrics>,
     user_failures: moka::sync::Cache<String, Arc<AtomicU32>>,
     address_failures: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
@@ -147,7 +147,7 @@ impl Web {
             cookie_path: format!("{base}/oauth"),
             secure_cookies: config.authorization_server.secure_cookies,
             session_ttl: config.authorization_server.session_ttl,
-            max_body: config.server.max_form_body_bytes,
+            form: FormReader::new(&config.server),
             metrics,
             user_failures: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(LOGIN_WINDOW).build(),
             address_failures: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(LOGIN_WINDOW).build(),
@@ -335,8 +335,13 @@ impl Web {
             )));
         }
         let (parts, body) = req.into_parts();
-        match Limited::new(body, self.max_body).collect().await {
-            Ok(b) => Ok((parts.headers, RawParams::parse(&b.to_bytes()))),
+        match self.form.read(body).await {
+            Ok(b) => Ok((parts.headers, RawParams::parse(&b))),
+            Err(FormError::TimedOut) => Err(Box::new(self.error_page(
+                StatusCode::REQUEST_TIMEOUT,
+                "Bad request",
+                "The form did not arrive in time.",
+            ))),
             Err(_) => {
                 Err(Box::new(self.error_page(StatusCode::PAYLOAD_TOO_LARGE, "Bad request", "The form is too large.")))
             }

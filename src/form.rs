@@ -1,0 +1,48 @@
+//! Request bodies the gateway reads whole itself (forms to the
+//! authorization server and the login pages, a bearer token in a proxied
+//! form): bounded in size, and in time, so that a client that declares a
+//! body and then trickles it, or never sends it, cannot hold a connection
+//! and its task (RFC 9112 §9.3 leaves the timing to the server; nginx's
+//! `client_body_timeout` is the same idea).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::config::ServerConfig;
+
+/// How a form body is read.
+#[derive(Debug, Clone, Copy)]
+pub struct FormReader {
+    /// `server.max_form_body_bytes`.
+    pub max_bytes: usize,
+    /// The whole body must come within this of the handler asking for it:
+    /// `server.header_read_timeout`, the budget its head had.
+    pub timeout: Duration,
+}
+
+/// Why a form body could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormError {
+    TooLarge,
+    TimedOut,
+    /// The connection failed or broke the framing mid-body.
+    Unreadable,
+}
+
+impl FormReader {
+    pub fn new(server: &ServerConfig) -> FormReader {
+        FormReader { max_bytes: server.max_form_body_bytes, timeout: server.header_read_timeout }
+    }
+
+    pub async fn read(&self, body: Incoming) -> Result<Bytes, FormError> {
+        match tokio::time::timeout(self.timeout, Limited::new(body, self.max_bytes).collect()).await {
+            Err(_) => Err(FormError::TimedOut),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => Err(FormError::TooLarge),
+            Ok(Err(_)) => Err(FormError::Unreadable),
+        }
+    }
+}
