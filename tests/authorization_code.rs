@@ -1732,6 +1732,38 @@ async fn repeated_failures_throttle_the_account() {
     gw.stop().await;
 }
 
+/// Guesses sent at once get no more tries than guesses sent one by one:
+/// each counts before its password is checked.
+#[tokio::test]
+async fn a_burst_of_guesses_gets_no_more_tries_than_a_sequence() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&toml(&upstream)).await;
+    let mut browser = Browser::new(&gw);
+    let page = browser.get(&web_url(None, "t")).await;
+    let html = page.text();
+    let mut fields = hidden_fields(&html);
+    fields.push(("username".into(), "alice".into()));
+    fields.push(("password".into(), "wrong".into()));
+    let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (body, cookie, url) = (form(&pairs), browser.cookie_header(), gw.url(&form_action(&html)));
+    let guesses: Vec<_> = (0..20)
+        .map(|_| {
+            let (body, cookie, url) = (body.clone(), cookie.clone(), url.clone());
+            tokio::spawn(async move {
+                send(Method::POST, &url, &[("content-type", FORM), ("cookie", &cookie)], body).await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for guess in guesses {
+        statuses.push(guess.await.expect("guess"));
+    }
+    let tried = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let throttled = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((tried, throttled), (5, 15), "{statuses:?}");
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // 13. Introspection
 

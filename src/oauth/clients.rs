@@ -174,7 +174,12 @@ impl ClientRegistry {
             }
             _ => {}
         }
-        if self.failures.get(client_id).is_some_and(|n| n.load(Ordering::Relaxed) >= MAX_FAILURES) {
+        // Counted before the check and uncounted if it succeeds: attempts
+        // waiting their turn at argon2 all count, so a burst of guesses
+        // gets no more tries than a sequence would.
+        let failures = self.failures.get_with(client_id.to_string(), || Arc::new(AtomicU32::new(0)));
+        if failures.fetch_add(1, Ordering::AcqRel) >= MAX_FAILURES {
+            failures.fetch_sub(1, Ordering::AcqRel);
             return Err(AuthFailure::Throttled);
         }
         let verified = match client.as_deref().map(|c| &c.secret) {
@@ -184,17 +189,13 @@ impl ClientRegistry {
         };
         match client {
             Some(client) if verified => {
+                failures.fetch_sub(1, Ordering::AcqRel);
                 if let (Ok(mut m), ClientSecret::Hash(phc)) = (self.proven.write(), &client.secret) {
                     m.insert(client_id.to_string(), (phc.clone(), presented));
                 }
                 Ok(client)
             }
-            found => {
-                self.failures
-                    .get_with(client_id.to_string(), || Arc::new(AtomicU32::new(0)))
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(if found.is_some() { AuthFailure::WrongSecret } else { AuthFailure::UnknownClient })
-            }
+            found => Err(if found.is_some() { AuthFailure::WrongSecret } else { AuthFailure::UnknownClient }),
         }
     }
 
@@ -263,5 +264,25 @@ mod tests {
         }
         assert_eq!(reg.authenticate("h", "guess").await.unwrap_err(), AuthFailure::Throttled);
         assert!(reg.authenticate("h", "s1").await.is_ok());
+    }
+
+    /// Guesses sent all at once, waiting their turn at argon2, get no more
+    /// tries than guesses sent one after another.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_guesses_gets_no_more_tries_than_a_sequence() {
+        let reg = Arc::new(ClientRegistry::new(&[client("h", ClientSecret::Hash(hash_secret("s1").unwrap()))], None));
+        let guesses: Vec<_> = (0..4 * MAX_FAILURES)
+            .map(|_| {
+                let reg = reg.clone();
+                tokio::spawn(async move { reg.authenticate("h", "guess").await.unwrap_err() })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for guess in guesses {
+            outcomes.push(guess.await.unwrap());
+        }
+        let tried = outcomes.iter().filter(|o| **o == AuthFailure::WrongSecret).count();
+        assert_eq!(tried, MAX_FAILURES as usize, "{outcomes:?}");
+        assert_eq!(reg.authenticate("h", "s1").await.unwrap_err(), AuthFailure::Throttled, "not yet proven");
     }
 }

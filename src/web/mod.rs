@@ -455,10 +455,19 @@ impl Web {
         }
         let username = form.one("username").ok().flatten().unwrap_or("");
         let password = form.one("password").ok().flatten().unwrap_or("");
-        let count = |c: Option<Arc<AtomicU32>>| c.map_or(0, |n| n.load(Ordering::Relaxed));
-        if count(self.user_failures.get(username)) >= MAX_LOGIN_FAILURES_PER_USER
-            || count(self.address_failures.get(&peer)) >= MAX_LOGIN_FAILURES_PER_ADDRESS
-        {
+        // The attempt counts before the password is checked, and stops
+        // counting if it turns out right: checked first and counted after,
+        // any number of guesses sent at once would all see the count from
+        // before them.
+        let user_failures = self.user_failures.get_with(username.to_string(), || Arc::new(AtomicU32::new(0)));
+        let address_failures = self.address_failures.get_with(peer, || Arc::new(AtomicU32::new(0)));
+        let before = (user_failures.fetch_add(1, Ordering::AcqRel), address_failures.fetch_add(1, Ordering::AcqRel));
+        let not_a_failure = || {
+            user_failures.fetch_sub(1, Ordering::AcqRel);
+            address_failures.fetch_sub(1, Ordering::AcqRel);
+        };
+        if before.0 >= MAX_LOGIN_FAILURES_PER_USER || before.1 >= MAX_LOGIN_FAILURES_PER_ADDRESS {
+            not_a_failure();
             self.flow("login_throttled");
             tracing::warn!(username = %username, %peer, "sign-in throttled after repeated failures");
             audit::record(
@@ -480,10 +489,6 @@ impl Web {
             return res;
         }
         if !self.check_password(username, password).await {
-            self.user_failures
-                .get_with(username.to_string(), || Arc::new(AtomicU32::new(0)))
-                .fetch_add(1, Ordering::Relaxed);
-            self.address_failures.get_with(peer, || Arc::new(AtomicU32::new(0))).fetch_add(1, Ordering::Relaxed);
             self.flow("login_failed");
             audit::record(
                 Event::LoginFailed,
@@ -495,6 +500,7 @@ impl Web {
             );
             return self.login_page(&request, return_to, Some("Wrong username or password."), username, StatusCode::OK);
         }
+        not_a_failure();
         let value = random_token();
         let now = now_unix() as i64;
         let session = SessionRecord {
