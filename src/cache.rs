@@ -128,14 +128,30 @@ impl TokenValidator {
                 // Boxed: verifying (a signature, a store read) makes a future
                 // of kilobytes, which every request's future would otherwise
                 // carry, and copy each time it is moved, hit or miss.
-                Box::pin(self.cache.try_get_with(key, async {
-                    self.metrics.token_validations.inc();
-                    Ok(match self.tokens.verify(token).await? {
-                        Ok(identity) => self.entry(Verdict::Valid(Arc::new(identity))),
-                        Err(rejection) => self.entry(Verdict::Invalid(rejection)),
-                    })
+                let entry = Box::pin(self.cache.try_get_with(key, async {
+                    let mut entry = self.verify(token).await?;
+                    // A revocation landed while the store was being asked:
+                    // its answer may predate it, and is good for no request
+                    // that came after this one (`until` is checked below).
+                    if self.invalidations.load(Ordering::Acquire) != invalidations {
+                        entry.until = now;
+                    }
+                    Ok(entry)
                 }))
-                .await?
+                .await?;
+                // One that landed between that check and the insert: the
+                // entry goes now (`forget` counts before it removes, so a
+                // revocation is seen here or removes the entry itself).
+                if self.invalidations.load(Ordering::Acquire) != invalidations {
+                    self.cache.invalidate(&key).await;
+                }
+                if entry.until > now {
+                    entry
+                } else {
+                    // Filled across a revocation, by this request or one it
+                    // waited on: asked again, and not cached.
+                    Box::pin(self.verify(token)).await?
+                }
             }
         };
         Ok(match entry.verdict {
@@ -143,6 +159,15 @@ impl TokenValidator {
                 Verdict::Valid(worker.put(self.id, invalidations, key, &identity, entry.until, self.worker_capacity))
             }
             invalid => invalid,
+        })
+    }
+
+    /// Verifies `token` against the keys and the store.
+    async fn verify(&self, token: &str) -> Result<Entry, StoreError> {
+        self.metrics.token_validations.inc();
+        Ok(match self.tokens.verify(token).await? {
+            Ok(identity) => self.entry(Verdict::Valid(Arc::new(identity))),
+            Err(rejection) => self.entry(Verdict::Invalid(rejection)),
         })
     }
 
@@ -160,8 +185,11 @@ impl TokenValidator {
         Entry { verdict, until: Instant::now() + trusted }
     }
 
-    /// Marks every worker cache stale; called after the shared cache has
-    /// forgotten what it must.
+    /// Counts an invalidation. Called twice around each: before the shared
+    /// cache forgets, so that a validation already under way (which may
+    /// have read the store before the revocation) does not cache what it
+    /// found; and after, so that every worker cache, which may have copied
+    /// the shared entry in between, is emptied before it answers.
     fn invalidated(&self) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
     }
@@ -169,6 +197,7 @@ impl TokenValidator {
     /// Forgets what is cached for `token`, so the next request re-validates
     /// (after a revocation on this instance).
     pub async fn forget(&self, token: &str) {
+        self.invalidated();
         self.cache.invalidate(&token_hash(token)).await;
         self.invalidated();
     }
@@ -180,6 +209,7 @@ impl TokenValidator {
         if jtis.is_empty() {
             return;
         }
+        self.invalidated();
         let jtis: std::collections::HashSet<String> = jtis.into_iter().collect();
         let predicate =
             move |_: &[u8; 32], e: &Entry| matches!(&e.verdict, Verdict::Valid(id) if jtis.contains(&id.jti));
