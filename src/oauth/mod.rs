@@ -298,7 +298,7 @@ impl AuthorizationServer {
         // Check the request against the code before using it up: a request
         // that does not match changes nothing (it neither burns the code
         // nor, for a stale code, revokes the user's grant).
-        let Some((record, _)) = self.store().find_code(&hash).await? else {
+        let Some((record, used)) = self.store().find_code(&hash).await? else {
             return Err(invalid_grant("The authorization code is invalid"));
         };
         if record.client_id != client.client_id {
@@ -316,6 +316,13 @@ impl AuthorizationServer {
             (None, Some(_)) => return Err(invalid_grant("No code_challenge was sent for this code")),
             (None, None) => {}
         }
+        // Consent withdrawn (`portcullis consents revoke`) between the
+        // approval and the redemption: the code goes with its grant. Asked
+        // before the code is used up, and told after: a grant revoked
+        // because a racing request replayed the code is a replay for this
+        // one too. (Whoever uses the code up asked before any replay could
+        // revoke it.)
+        let withdrawn = !used && self.store().grant_is_revoked(&record.grant_id).await?;
         let replayed = match self.store().consume_code(&hash, now).await? {
             Consumed::Consumed(_) => false,
             Consumed::AlreadyUsed(_) => true,
@@ -334,13 +341,11 @@ impl AuthorizationServer {
             );
             return Err(invalid_grant("The authorization code was already used"));
         }
+        if withdrawn {
+            return Err(invalid_grant("The authorization was withdrawn"));
+        }
         if record.expires_at <= now {
             return Err(invalid_grant("The authorization code expired"));
-        }
-        // Consent withdrawn (`portcullis consents revoke`) between the
-        // approval and the redemption: the code goes with its grant.
-        if self.store().grant_is_revoked(&record.grant_id).await? {
-            return Err(invalid_grant("The authorization was withdrawn"));
         }
         let scopes = ScopeSet::parse(&record.scope).unwrap_or_default();
         self.issue_for_grant(client, &record.grant_id, &record.subject, scopes.clone(), &scopes).await
