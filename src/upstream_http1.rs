@@ -190,6 +190,9 @@ pub struct Failure {
     /// send again if the connection was a reused one (RFC 9110 §9.2.2),
     /// whose upstream may have closed it just as it was taken.
     pub may_retry: bool,
+    /// Some of the request went out: the upstream may have read it, and
+    /// may have died of it.
+    pub written: bool,
 }
 
 /// Sends `head` and `body` on `conn` and reads the response head.
@@ -258,7 +261,7 @@ pub async fn exchange(
             // Nothing of an answer, on a connection that was then closed.
             let unanswered = matches!(error, Error::Io(_) | Error::ClosedBeforeAnswer);
             let may_retry = unanswered && body_less && (written == 0 || idempotent);
-            return Err(Failure { error, may_retry });
+            return Err(Failure { error, may_retry, written: written > 0 });
         }
     };
     // An upstream that answered before it had the whole request may take

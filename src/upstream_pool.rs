@@ -210,8 +210,14 @@ impl Pool {
         now: Instant,
     ) -> Result<Response<ResponseBody>, Error> {
         let (head, mut body) = req.into_parts();
+        // After a retry of a request the upstream may have read, the next
+        // try is the last, on a new connection: a request that kills its
+        // upstream's connection is sent twice at most, not once per idle
+        // connection. One it cannot have read tries the next idle one (a
+        // pool the upstream closed while idle gives up its connections).
+        let mut fresh_only = false;
         loop {
-            let pooled = self.idles().take(target, now);
+            let pooled = if fresh_only { None } else { self.idles().take(target, now) };
             let reused = pooled.is_some();
             let conn = match pooled {
                 Some(conn) => conn,
@@ -228,7 +234,10 @@ impl Pool {
                     return Ok(res);
                 }
                 // The body was empty, so an empty one is the same.
-                Err(failure) if reused && failure.may_retry => body = crate::respond::empty(),
+                Err(failure) if reused && failure.may_retry => {
+                    fresh_only |= failure.written;
+                    body = crate::respond::empty();
+                }
                 Err(failure) => return Err(failure.error.into()),
             }
         }
@@ -744,5 +753,27 @@ mod tests {
         };
         assert!(!e.is_connect(), "{e}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "not sent again");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_kills_its_connection_is_sent_twice_at_most() {
+        // Each connection answers its first request and dies of the next.
+        let script = |_, request| if request == 0 { Act::Answer(OK) } else { Act::Close };
+        let (api, _accepted, mut seen) = scripted_upstream(script).await;
+        let pool = Pool::new();
+        // Three idle connections.
+        let (a, b, c) = tokio::join!(send(&pool, &api, get()), send(&pool, &api, get()), send(&pool, &api, get()));
+        for res in [a, b, c] {
+            res.expect("answered").into_body().collect().await.expect("body");
+        }
+        assert_eq!(pool.idle_count(), 3);
+        let res = send(&pool, &api, get()).await.expect("answered on a new connection");
+        assert_eq!(res.status(), http::StatusCode::OK);
+        res.into_body().collect().await.expect("body");
+        let mut requests = 0;
+        while seen.try_recv().is_ok() {
+            requests += 1;
+        }
+        assert_eq!(requests, 3 + 2, "once on an idle connection, once on a new one");
     }
 }
