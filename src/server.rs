@@ -526,7 +526,13 @@ async fn accept_loop<F, Fut>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        // hyper starts this timer when a connection falls idle, not when a
+        // head's first byte comes: at `header_read_timeout` it would cut
+        // idle keep-alive connections long before `keep_alive_timeout`
+        // (and a load balancer reusing one would meet a reset). The first
+        // head is held to `header_read_timeout` by `serve_io`; a later one
+        // gets what an idle connection gets anyway.
+        .header_read_timeout(cfg.header_read_timeout.max(cfg.keep_alive_timeout))
         .max_buf_size(cfg.max_header_bytes)
         .keep_alive(true)
         // Heads and small bodies go out in one write(2), not a writev of pieces.
@@ -651,9 +657,9 @@ where
     Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
     let Conn { peer, first_request_timeout, keep_alive_timeout, mut stop, .. } = conn;
-    // hyper's header-read timeout starts only once a request's first byte
-    // has come, and it has no idle timeout between requests: both are
-    // kept here, with one timer.
+    // The first request's deadline (the TLS handshake's too, before this)
+    // and the idle timeout between requests are kept here, with one timer;
+    // hyper's head timer, set to the longer of the two, backs them up.
     let opened = tokio::time::Instant::now();
     // When the last request came, in ms since `opened`, plus one; 0: none.
     let last_request = Arc::new(AtomicU64::new(0));

@@ -1390,3 +1390,23 @@ async fn read_until(stream: &mut TcpStream, end: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// An idle keep-alive connection lives for `keep_alive_timeout`, however
+/// short `header_read_timeout` is: the head timer starts with a request's
+/// first byte, not when the connection falls idle.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
+    let upstream = Upstream::start().await;
+    let settings = "header_read_timeout = \"200ms\"\nkeep_alive_timeout = \"900ms\"";
+    let gw = Gateway::start(&with_server_line(&upstream, settings, "")).await;
+    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+    stream.write_all(b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.expect("write");
+    let (head, _) = read_response(&mut stream, "the first request").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let answered = Instant::now();
+    let text = read_until_closed(&mut stream).await;
+    assert_eq!(text, "", "nothing more was sent");
+    let idle = answered.elapsed();
+    assert!(idle >= Duration::from_millis(800), "closed after {idle:?} idle, before keep_alive_timeout");
+    gw.stop().await;
+}
