@@ -376,7 +376,8 @@ impl Forwarder {
             added.host = Some(target.host.clone());
         }
         let started = Instant::now();
-        let response = match tokio::time::timeout(timeout, self.pool.send(target, req, &added, started)).await {
+        let response = match tokio::time::timeout(timeout, self.pool.send(target, req, &added, started, timeout)).await
+        {
             Err(_) => {
                 tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
                 return Err(Refusal::UpstreamTimeout);

@@ -36,6 +36,7 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::request::Parts;
@@ -76,6 +77,8 @@ pub enum Error {
     RequestBody(BoxError),
     #[error("the request body is not as long as it declared")]
     RequestBodyLength,
+    #[error("nothing came or went for {0:?} in the middle of the body")]
+    Stalled(Duration),
 }
 
 /// An upstream connection's transport.
@@ -200,12 +203,14 @@ pub struct Failure {
 /// When the whole response came with its head, the exchange is over: the
 /// connection is returned beside the response if it may carry another.
 /// Otherwise the response body reads the rest, and hands the connection
-/// to `home` once the exchange has ended cleanly.
+/// to `home` once the exchange has ended cleanly; it fails if nothing moves
+/// either way for `stall_after` (see `Stall`).
 pub async fn exchange(
     mut conn: Box<Connection>,
     head: &Parts,
     added: &Added,
     body: Body,
+    stall_after: Duration,
     home: impl FnOnce() -> Home,
 ) -> Result<(Response<ResponseBody>, Option<Box<Connection>>), Failure> {
     let framing = request_framing(&body);
@@ -289,7 +294,8 @@ pub async fn exchange(
         Framing::Chunked => Decoder::Chunked(Chunked::Size),
         Framing::UntilClose => Decoder::UntilClose,
     };
-    let streaming = Streaming { conn: Some(conn), decoder, outgoing, keep_alive, home: Some(home()) };
+    let stall = Stall { after: stall_after, timer: None, progressed: false };
+    let streaming = Streaming { conn: Some(conn), decoder, outgoing, keep_alive, home: Some(home()), stall };
     Ok((Response::from_parts(parts, ResponseBody { state: State::Streaming(Box::new(streaming)) }), None))
 }
 
@@ -684,6 +690,34 @@ struct Streaming {
     outgoing: Option<Outgoing>,
     keep_alive: bool,
     home: Option<Home>,
+    stall: Stall,
+}
+
+/// Ends an exchange whose body stops moving: nothing read from the
+/// upstream and nothing of the request written for `after` (somewhere
+/// between one and two `after`s: progress is noted, and looked at only
+/// when the timer fires) is an error, as nginx's `proxy_read_timeout` is.
+/// The timer exists only once the body has had to wait.
+struct Stall {
+    after: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
+}
+
+impl Stall {
+    /// Whether the body has stalled, registering `cx` for when it would
+    /// have.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let after = self.after;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if !std::mem::take(&mut self.progressed) {
+                return true;
+            }
+            timer.as_mut().reset(tokio::time::Instant::now() + after);
+        }
+        false
+    }
 }
 
 enum Decoder {
@@ -892,7 +926,10 @@ impl Streaming {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
         if let Some(out) = self.outgoing.as_mut() {
-            match out.poll_send(&mut conn.io, cx) {
+            let written = out.written;
+            let sent = out.poll_send(&mut conn.io, cx);
+            self.stall.progressed |= out.written != written;
+            match sent {
                 Poll::Ready(Ok(())) => self.outgoing = None,
                 // The answer is what matters now; the connection is done.
                 Poll::Ready(Err(_)) => {
@@ -927,7 +964,15 @@ impl Streaming {
                 }
                 Decoded::Short => {}
             }
-            match ready!(conn.poll_fill(cx)) {
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending if self.stall.stalled(cx) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(Error::Stalled(self.stall.after))));
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            match filled {
                 Ok(0) if matches!(self.decoder, Decoder::UntilClose) => {
                     self.decoder = Decoder::Done;
                     self.keep_alive = false;
@@ -938,7 +983,7 @@ impl Streaming {
                     self.conn = None;
                     return Poll::Ready(Some(Err(Error::ClosedInBody)));
                 }
-                Ok(_) => {}
+                Ok(_) => self.stall.progressed = true,
                 Err(e) => {
                     self.conn = None;
                     return Poll::Ready(Some(Err(Error::Io(e))));

@@ -201,13 +201,15 @@ impl Pool {
     /// Sends `req` (in origin form, with its `Host`) to `target` and
     /// returns the response head; the connection comes back to the pool
     /// when the exchange has ended cleanly. `now` is when the exchange
-    /// started (idle times need no finer clock).
+    /// started (idle times need no finer clock); a body that stops moving
+    /// for `stall_after` fails.
     pub async fn send(
         &self,
         target: &Target,
         req: Request<Body>,
         added: &http1::Added,
         now: Instant,
+        stall_after: std::time::Duration,
     ) -> Result<Response<ResponseBody>, Error> {
         let (head, mut body) = req.into_parts();
         // After a retry of a request the upstream may have read, the next
@@ -226,7 +228,7 @@ impl Pool {
                 None => Box::pin(connect(target)).await?,
             };
             let home = || Home { pool: Arc::downgrade(&self.idle), target: target.clone() };
-            match http1::exchange(conn, &head, added, body, home).await {
+            match http1::exchange(conn, &head, added, body, stall_after, home).await {
                 Ok((res, done)) => {
                     if let Some(conn) = done {
                         self.idles().put(target, conn, now);
@@ -453,7 +455,7 @@ mod tests {
 
     /// `pool.send` with nothing added to the request, sent now.
     async fn send(pool: &Pool, target: &Target, req: Request<Body>) -> Result<Response<ResponseBody>, Error> {
-        pool.send(target, req, &http1::Added::default(), Instant::now()).await
+        pool.send(target, req, &http1::Added::default(), Instant::now(), std::time::Duration::from_secs(5)).await
     }
 
     #[tokio::test]
@@ -753,6 +755,39 @@ mod tests {
         };
         assert!(!e.is_connect(), "{e}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "not sent again");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_fails_at_the_stall_timeout() {
+        // Half the body, then nothing, on a connection left open.
+        let (api, _, _seen) =
+            scripted_upstream(|_, _| Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")).await;
+        let pool = Pool::new();
+        let stall = std::time::Duration::from_millis(200);
+        let res = pool.send(&api, get(), &http1::Added::default(), Instant::now(), stall).await.expect("a head");
+        let started = Instant::now();
+        let e = res.into_body().collect().await.expect_err("a stalled body");
+        assert!(matches!(e, http1::Error::Stalled(d) if d == stall), "{e}");
+        assert!(started.elapsed() >= stall, "not before the stall timeout");
+        assert_eq!(pool.idle_count(), 0, "the connection is dropped");
+
+        // A body that keeps coming, slower than that in all but never
+        // stalled for it, is read whole.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let slow = target(&listener.local_addr().expect("addr").to_string(), None);
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = Vec::new();
+            read_until(&mut stream, &mut buf, |b| find(b, b"\r\n\r\n")).await;
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n").await.expect("head");
+            for byte in [b"a", b"b", b"c", b"d", b"e", b"f"] {
+                tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+                stream.write_all(byte).await.expect("byte");
+            }
+        });
+        let res = pool.send(&slow, get(), &http1::Added::default(), Instant::now(), stall).await.expect("a head");
+        let body = res.into_body().collect().await.expect("the whole body").to_bytes();
+        assert_eq!(&body[..], b"abcdef");
     }
 
     #[tokio::test]
