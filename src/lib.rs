@@ -28,6 +28,7 @@ pub mod respond;
 pub mod scope;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod tokens;
 pub mod upstream_http1;

@@ -8,7 +8,6 @@
 //! digest still pays the full argon2 price, so guessing stays expensive.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use subtle::ConstantTimeEq as _;
 use crate::config::{ClientConfig, ClientSecret, GrantType};
 use crate::scope::ScopeSet;
 use crate::store::{Store, StoredClient};
+use crate::throttle::Throttle;
 
 type Digest = [u8; 32];
 
@@ -43,8 +43,8 @@ pub struct ClientRegistry {
     store: Option<Arc<dyn Store>>,
     registered: moka::future::Cache<String, Option<Arc<ClientConfig>>>,
     /// Recent failures per client id (known or not), forgotten after
-    /// `FAILURE_WINDOW`.
-    failures: moka::sync::Cache<String, Arc<AtomicU32>>,
+    /// `FAILURE_WINDOW`; attempts for one client id take turns.
+    failures: Throttle<String>,
     /// Bounds concurrent argon2 runs, so guessing cannot take every core.
     hashing: tokio::sync::Semaphore,
     /// Verified against when the client is unknown, so an unknown client
@@ -112,7 +112,7 @@ impl ClientRegistry {
             registered: moka::future::Cache::builder().max_capacity(10_000).time_to_live(REGISTERED_TTL).build(),
             digest_key,
             proven: RwLock::new(HashMap::new()),
-            failures: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(FAILURE_WINDOW).build(),
+            failures: Throttle::new(MAX_FAILURES, FAILURE_WINDOW, 10_000),
             hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             dummy_hash,
         }
@@ -174,13 +174,18 @@ impl ClientRegistry {
             }
             _ => {}
         }
-        // Counted before the check and uncounted if it succeeds: attempts
-        // waiting their turn at argon2 all count, so a burst of guesses
-        // gets no more tries than a sequence would.
-        let failures = self.failures.get_with(client_id.to_string(), || Arc::new(AtomicU32::new(0)));
-        if failures.fetch_add(1, Ordering::AcqRel) >= MAX_FAILURES {
-            failures.fetch_sub(1, Ordering::AcqRel);
+        // One attempt at a time per client id (`crate::throttle`), so a
+        // burst of guesses gets no more tries than a sequence would.
+        let attempt = self.failures.attempt(client_id.to_string()).await;
+        if self.failures.refuses(&attempt) {
             return Err(AuthFailure::Throttled);
+        }
+        // An attempt that waited its turn behind the real client's first
+        // one finds its secret proven by then, and skips argon2.
+        if let Some(ClientSecret::Hash(phc)) = client.as_deref().map(|c| &c.secret)
+            && self.remembered(client_id, phc).is_some_and(|d| bool::from(d.ct_eq(&presented)))
+        {
+            return client.ok_or(AuthFailure::UnknownClient);
         }
         let verified = match client.as_deref().map(|c| &c.secret) {
             Some(ClientSecret::Hash(phc)) => self.slow_verify(secret, Some(phc.clone())).await,
@@ -189,13 +194,15 @@ impl ClientRegistry {
         };
         match client {
             Some(client) if verified => {
-                failures.fetch_sub(1, Ordering::AcqRel);
                 if let (Ok(mut m), ClientSecret::Hash(phc)) = (self.proven.write(), &client.secret) {
                     m.insert(client_id.to_string(), (phc.clone(), presented));
                 }
                 Ok(client)
             }
-            found => Err(if found.is_some() { AuthFailure::WrongSecret } else { AuthFailure::UnknownClient }),
+            found => {
+                attempt.failed();
+                Err(if found.is_some() { AuthFailure::WrongSecret } else { AuthFailure::UnknownClient })
+            }
         }
     }
 
@@ -284,5 +291,22 @@ mod tests {
         let tried = outcomes.iter().filter(|o| **o == AuthFailure::WrongSecret).count();
         assert_eq!(tried, MAX_FAILURES as usize, "{outcomes:?}");
         assert_eq!(reg.authenticate("h", "s1").await.unwrap_err(), AuthFailure::Throttled, "not yet proven");
+    }
+
+    /// The real client's requests all at once (replicas starting together,
+    /// its secret not yet proven in this process): none is refused for
+    /// the others in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_right_secrets_is_never_throttled() {
+        let reg = Arc::new(ClientRegistry::new(&[client("h", ClientSecret::Hash(hash_secret("s1").unwrap()))], None));
+        let attempts: Vec<_> = (0..4 * MAX_FAILURES)
+            .map(|_| {
+                let reg = reg.clone();
+                tokio::spawn(async move { reg.authenticate("h", "s1").await.map(|_| ()) })
+            })
+            .collect();
+        for attempt in attempts {
+            assert_eq!(attempt.await.unwrap(), Ok(()));
+        }
     }
 }

@@ -17,7 +17,6 @@ mod pages;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +34,7 @@ use crate::oauth::clients::verify_hash;
 use crate::respond::{Body, full};
 use crate::scope::ScopeSet;
 use crate::store::SessionRecord;
+use crate::throttle::Throttle;
 use crate::tokens::{now_unix, random_token, token_hash};
 pub use pages::Pages;
 
@@ -66,8 +66,8 @@ pub struct Web {
     session_ttl: Duration,
     form: FormReader,
     metrics: Arc<Metrics>,
-    user_failures: moka::sync::Cache<String, Arc<AtomicU32>>,
-    address_failures: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
+    user_failures: Throttle<String>,
+    address_failures: Throttle<IpAddr>,
     dummy_hash: String,
 }
 
@@ -149,8 +149,8 @@ impl Web {
             session_ttl: config.authorization_server.session_ttl,
             form: FormReader::new(&config.server),
             metrics,
-            user_failures: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(LOGIN_WINDOW).build(),
-            address_failures: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(LOGIN_WINDOW).build(),
+            user_failures: Throttle::new(MAX_LOGIN_FAILURES_PER_USER, LOGIN_WINDOW, 100_000),
+            address_failures: Throttle::new(MAX_LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW, 100_000),
             dummy_hash: crate::oauth::clients::hash_secret("portcullis-dummy-password").unwrap_or_default(),
         }
     }
@@ -455,19 +455,13 @@ impl Web {
         }
         let username = form.one("username").ok().flatten().unwrap_or("");
         let password = form.one("password").ok().flatten().unwrap_or("");
-        // The attempt counts before the password is checked, and stops
-        // counting if it turns out right: checked first and counted after,
-        // any number of guesses sent at once would all see the count from
-        // before them.
-        let user_failures = self.user_failures.get_with(username.to_string(), || Arc::new(AtomicU32::new(0)));
-        let address_failures = self.address_failures.get_with(peer, || Arc::new(AtomicU32::new(0)));
-        let before = (user_failures.fetch_add(1, Ordering::AcqRel), address_failures.fetch_add(1, Ordering::AcqRel));
-        let not_a_failure = || {
-            user_failures.fetch_sub(1, Ordering::AcqRel);
-            address_failures.fetch_sub(1, Ordering::AcqRel);
-        };
-        if before.0 >= MAX_LOGIN_FAILURES_PER_USER || before.1 >= MAX_LOGIN_FAILURES_PER_ADDRESS {
-            not_a_failure();
+        // One attempt at a time per account and per address
+        // (`crate::throttle`): a burst of guesses gets no more tries than a
+        // sequence would. Always the account first, so two attempts never
+        // wait on each other.
+        let user_attempt = self.user_failures.attempt(username.to_string()).await;
+        let address_attempt = self.address_failures.attempt(peer).await;
+        if self.user_failures.refuses(&user_attempt) || self.address_failures.refuses(&address_attempt) {
             self.flow("login_throttled");
             tracing::warn!(username = %username, %peer, "sign-in throttled after repeated failures");
             audit::record(
@@ -489,6 +483,8 @@ impl Web {
             return res;
         }
         if !self.check_password(username, password).await {
+            user_attempt.failed();
+            address_attempt.failed();
             self.flow("login_failed");
             audit::record(
                 Event::LoginFailed,
@@ -500,7 +496,7 @@ impl Web {
             );
             return self.login_page(&request, return_to, Some("Wrong username or password."), username, StatusCode::OK);
         }
-        not_a_failure();
+        drop((user_attempt, address_attempt));
         let value = random_token();
         let now = now_unix() as i64;
         let session = SessionRecord {
