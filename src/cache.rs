@@ -140,10 +140,14 @@ impl TokenValidator {
                 }))
                 .await?;
                 // One that landed between that check and the insert: the
-                // entry goes now (`forget` counts before it removes, so a
-                // revocation is seen here or removes the entry itself).
+                // entry goes now, and the worker caches are emptied again
+                // (`forget` counts before it removes, so a revocation is
+                // seen here or removes the entry itself).
                 if self.invalidations.load(Ordering::Acquire) != invalidations {
                     self.cache.invalidate(&key).await;
+                    // A request that came after the revocation may have
+                    // copied the entry into its worker's cache meanwhile.
+                    self.invalidated();
                 }
                 if entry.until > now {
                     entry

@@ -121,7 +121,11 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
 /// own cookies: an upstream on the same host could otherwise plant a login
 /// session (session fixation) or a login form's CSRF cookie.
 pub fn strip_gateway_set_cookies(headers: &mut HeaderMap) {
-    let ours = |v: &HeaderValue| pairs(v).next().is_some_and(is_gateway_cookie);
+    // A nameless cookie (`=portcullis_session=x`) is stored by browsers and
+    // sent back as its bare value, which reads as the gateway's own: no
+    // upstream needs one, so it goes too.
+    let ours =
+        |v: &HeaderValue| pairs(v).next().is_none_or(|first| first.starts_with(b"=") || is_gateway_cookie(first));
     if !headers.get_all(header::SET_COOKIE).iter().any(ours) {
         return;
     }
@@ -183,7 +187,11 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
     let peer_ip = ip_text(ctx.peer.ip().to_canonical());
     let chain = if kept { forwarded_for_chain(headers) } else { None };
     let xff = match chain {
-        Some(chain) => HeaderValue::try_from(format!("{chain}, {}", peer_ip.as_str())),
+        Some(mut chain) => {
+            chain.push_str(", ");
+            chain.push_str(peer_ip.as_str());
+            HeaderValue::try_from(chain)
+        }
         None => HeaderValue::from_str(peer_ip.as_str()),
     };
     if let Ok(v) = xff {
@@ -218,10 +226,19 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
 /// drop it and keep what the client made up. A line that is not text
 /// spoils the whole chain, which then goes.
 fn forwarded_for_chain(headers: &mut HeaderMap) -> Option<String> {
-    let lines: Option<Vec<&str>> = headers.get_all(&X_FORWARDED_FOR).iter().map(|v| v.to_str().ok()).collect();
-    let chain = lines.filter(|l| !l.is_empty()).map(|l| l.join(", "));
+    let mut chain = String::new();
+    for line in headers.get_all(&X_FORWARDED_FOR) {
+        let Ok(line) = line.to_str() else {
+            chain.clear();
+            break;
+        };
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        chain.push_str(line);
+    }
     headers.remove(&X_FORWARDED_FOR);
-    chain
+    (!chain.is_empty()).then_some(chain)
 }
 
 /// An address as text, on the stack: IPv4 by hand, since `Display` goes
@@ -552,6 +569,8 @@ mod tests {
         h.append(header::SET_COOKIE, HeaderValue::from_static("portcullis_session=planted; Path=/oauth"));
         h.append(header::SET_COOKIE, HeaderValue::from_static(" portcullis_login=x"));
         h.append(header::SET_COOKIE, HeaderValue::from_static("other=1; Comment=portcullis_session=x"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("=portcullis_session=planted; Path=/oauth"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static(" =x"));
         strip_gateway_set_cookies(&mut h);
         let left: Vec<&str> = h.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(left, ["app=1; Path=/", "other=1; Comment=portcullis_session=x"]);

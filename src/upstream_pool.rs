@@ -763,7 +763,7 @@ mod tests {
         let (api, _, _seen) =
             scripted_upstream(|_, _| Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")).await;
         let pool = Pool::new();
-        let stall = std::time::Duration::from_millis(200);
+        let stall = std::time::Duration::from_millis(600);
         let res = pool.send(&api, get(), &http1::Added::default(), Instant::now(), stall).await.expect("a head");
         let started = Instant::now();
         let e = res.into_body().collect().await.expect_err("a stalled body");
@@ -781,7 +781,7 @@ mod tests {
             read_until(&mut stream, &mut buf, |b| find(b, b"\r\n\r\n")).await;
             stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n").await.expect("head");
             for byte in [b"a", b"b", b"c", b"d", b"e", b"f"] {
-                tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
                 stream.write_all(byte).await.expect("byte");
             }
         });

@@ -1397,7 +1397,7 @@ async fn read_until(stream: &mut TcpStream, end: &str) -> String {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
     let upstream = Upstream::start().await;
-    let settings = "header_read_timeout = \"200ms\"\nkeep_alive_timeout = \"900ms\"";
+    let settings = "header_read_timeout = \"200ms\"\nkeep_alive_timeout = \"2s\"";
     let gw = Gateway::start(&with_server_line(&upstream, settings, "")).await;
     let mut stream = TcpStream::connect(gw.public).await.expect("connect");
     stream.write_all(b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.expect("write");
@@ -1407,6 +1407,8 @@ async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
     let text = read_until_closed(&mut stream).await;
     assert_eq!(text, "", "nothing more was sent");
     let idle = answered.elapsed();
-    assert!(idle >= Duration::from_millis(800), "closed after {idle:?} idle, before keep_alive_timeout");
+    // The deadline runs from the request's start: a second of slack for
+    // a loaded machine, and still five header_read_timeouts.
+    assert!(idle >= Duration::from_secs(1), "closed after {idle:?} idle, before keep_alive_timeout");
     gw.stop().await;
 }
