@@ -27,13 +27,20 @@ async fn token_status(gw: &Gateway, client: &str) -> StatusCode {
     .status
 }
 
-#[tokio::test]
-async fn a_reload_swaps_routes_and_clients_and_a_bad_file_changes_nothing() {
-    let mut upstream = Upstream::start().await;
+/// A directory holding the test configuration as `portcullis.toml`: the
+/// directory (removed when dropped), the file, and its text.
+fn config_file(upstream: &Upstream) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("portcullis.toml");
     let original = config_toml(upstream.addr, "");
     std::fs::write(&path, &original).expect("write config");
+    (dir, path, original)
+}
+
+#[tokio::test]
+async fn a_reload_swaps_routes_and_clients_and_a_bad_file_changes_nothing() {
+    let mut upstream = Upstream::start().await;
+    let (_dir, path, original) = config_file(&upstream);
     let gw = Gateway::start_file(&path).await;
 
     assert_eq!(get(&gw.url("/fresh/x"), &[]).await.status, StatusCode::NOT_FOUND);
@@ -113,10 +120,7 @@ async fn without_a_config_file_reloads_are_refused() {
 #[tokio::test]
 async fn a_reloaded_tls_section_does_not_change_what_upstreams_are_told_of_the_scheme() {
     let mut upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("portcullis.toml");
-    let original = config_toml(upstream.addr, "");
-    std::fs::write(&path, &original).expect("write config");
+    let (dir, path, original) = config_file(&upstream);
     let gw = Gateway::start_file(&path).await;
 
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
