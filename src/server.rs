@@ -607,6 +607,61 @@ impl ConnectionLimit {
     }
 }
 
+/// A client connection's transport, counting the bytes written to it: a
+/// connection shutting down is let finish only while it makes progress.
+struct Writes<I> {
+    io: I,
+    written: Arc<AtomicU64>,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Writes<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Writes<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// What a connection task needs to know besides its socket.
 struct Conn {
     peer: SocketAddr,
@@ -631,12 +686,12 @@ fn serve_connection<F, Fut>(
     let builder = builder.clone();
     tokio::spawn(async move {
         match conn.tls.clone() {
-            None => serve_io(TokioIo::new(stream), conn, &builder, handler).await,
+            None => serve_io(stream, conn, &builder, handler).await,
             Some(acceptor) => {
                 // The handshake shares the first-request budget: a client
                 // that never finishes it is dropped, not kept on a worker.
                 match tokio::time::timeout(conn.first_request_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_io(TokioIo::new(tls), conn, &builder, handler).await,
+                    Ok(Ok(tls)) => serve_io(tls, conn, &builder, handler).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, peer = %conn.peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
                 }
@@ -650,7 +705,7 @@ fn serve_connection<F, Fut>(
 /// no first request within `first_request_timeout` (closed at once), no
 /// new request for `keep_alive_timeout`, or the listener draining (both
 /// gracefully: an exchange in flight finishes first).
-async fn serve_io<I, F, Fut>(io: TokioIo<I>, conn: Conn, builder: &auto::Builder<TokioExecutor>, handler: F)
+async fn serve_io<I, F, Fut>(io: I, conn: Conn, builder: &auto::Builder<TokioExecutor>, handler: F)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
@@ -669,6 +724,8 @@ where
         seen.store(since_open + 1, Ordering::Relaxed);
         handler(req, peer)
     });
+    let written = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Writes { io, written: written.clone() });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let draining = *stop.borrow_and_update();
@@ -683,6 +740,8 @@ where
     let timer = tokio::time::sleep(first_request_timeout.min(keep_alive_timeout));
     tokio::pin!(timer);
     let (mut closing, mut timer_armed) = (false, false);
+    // Bytes written when the closing connection's timer was last looked at.
+    let mut written_then = None;
     if draining {
         conn.as_mut().graceful_shutdown();
         closing = true;
@@ -694,6 +753,24 @@ where
             return Poll::Ready(Some(result));
         }
         if closing {
+            // A connection shutting down gracefully waits for its
+            // exchanges, as long as they move: one that writes nothing for
+            // `keep_alive_timeout` (a client that stopped reading, an
+            // HTTP/2 stream whose window it holds at zero) is dropped.
+            let written = written.load(Ordering::Relaxed);
+            if written_then.is_none() {
+                timer.as_mut().reset(tokio::time::Instant::now() + keep_alive_timeout);
+            } else if timer.as_mut().poll(cx).is_ready() {
+                if written_then == Some(written) {
+                    return Poll::Ready(Some(Ok(())));
+                }
+                timer.as_mut().reset(tokio::time::Instant::now() + keep_alive_timeout);
+            } else {
+                return Poll::Pending;
+            }
+            written_then = Some(written);
+            // Polled again at once, which registers the new deadline.
+            cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         let stop_now = match &registered {
@@ -740,6 +817,7 @@ where
     .await;
     match result {
         None => tracing::debug!(%peer, "closed a connection that sent no request in time"),
+        Some(Ok(())) if closing => tracing::debug!(%peer, "dropped a closing connection whose exchanges stalled"),
         Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
         Some(Ok(())) => {}
     }

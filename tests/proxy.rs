@@ -1412,3 +1412,29 @@ async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
     assert!(idle >= Duration::from_secs(1), "closed after {idle:?} idle, before keep_alive_timeout");
     gw.stop().await;
 }
+
+/// A connection shutting down (here at `keep_alive_timeout`) still waits
+/// for its exchanges, but only while they move: an HTTP/2 client that
+/// holds its window at zero, so the answer can never be sent, does not
+/// keep the connection (and its slot) for ever. One that reads what it is
+/// sent is answered in full, however long that takes.
+#[tokio::test]
+async fn a_closing_connection_whose_exchange_cannot_move_is_dropped() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_server_line(&upstream, "keep_alive_timeout = \"300ms\"", "")).await;
+    let stream = TcpStream::connect(gw.public).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2c handshake");
+    let connection = tokio::spawn(conn);
+    let req = Request::get(gw.url("/public/x")).body(Full::new(Bytes::new())).expect("request");
+    let res = sender.send_request(req).await.expect("the head comes: it is not flow-controlled");
+    assert_eq!(res.status(), StatusCode::OK);
+    // The body never can: the connection ends, and with it the stream.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "the stalled connection was kept");
+    drop(res);
+    gw.stop().await;
+}
