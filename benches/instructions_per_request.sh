@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per proxied TLS request, counted by valgrind (callgrind):
 # nearly the same for the same binary whatever else the machine is doing
-# (a few hundred apart from run to run), so it tells two builds apart by
+# (runs differ by up to about 600), so it tells two builds apart by
 # 1% where wrk's req/s and CPU time swing by several.
 #
 #   benches/instructions_per_request.sh                 # the release build of this tree
