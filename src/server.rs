@@ -741,7 +741,7 @@ where
     tokio::pin!(timer);
     let (mut closing, mut timer_armed) = (false, false);
     // Bytes written when the closing connection's timer was last looked at.
-    let mut written_then = None;
+    let (mut written_then, mut stalled) = (None, false);
     if draining {
         conn.as_mut().graceful_shutdown();
         closing = true;
@@ -762,6 +762,7 @@ where
                 timer.as_mut().reset(tokio::time::Instant::now() + keep_alive_timeout);
             } else if timer.as_mut().poll(cx).is_ready() {
                 if written_then == Some(written) {
+                    stalled = true;
                     return Poll::Ready(Some(Ok(())));
                 }
                 timer.as_mut().reset(tokio::time::Instant::now() + keep_alive_timeout);
@@ -817,7 +818,7 @@ where
     .await;
     match result {
         None => tracing::debug!(%peer, "closed a connection that sent no request in time"),
-        Some(Ok(())) if closing => tracing::debug!(%peer, "dropped a closing connection whose exchanges stalled"),
+        Some(Ok(())) if stalled => tracing::debug!(%peer, "dropped a closing connection whose exchanges stalled"),
         Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
         Some(Ok(())) => {}
     }
