@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body::Body as _;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
@@ -17,10 +18,10 @@ use crate::config::ServerConfig;
 #[derive(Debug, Clone, Copy)]
 pub struct FormReader {
     /// `server.max_form_body_bytes`.
-    pub max_bytes: usize,
+    max_bytes: usize,
     /// The whole body must come within this of the handler asking for it:
     /// `server.header_read_timeout`, the budget its head had.
-    pub timeout: Duration,
+    timeout: Duration,
 }
 
 /// Why a form body could not be had.
@@ -38,6 +39,12 @@ impl FormReader {
     }
 
     pub async fn read(&self, body: Incoming) -> Result<Bytes, FormError> {
+        // A declared length over the bound is refused before a byte is read
+        // (hyper's hint is the `Content-Length`; chunked bodies are counted
+        // as they come).
+        if body.size_hint().lower() > self.max_bytes as u64 {
+            return Err(FormError::TooLarge);
+        }
         match tokio::time::timeout(self.timeout, Limited::new(body, self.max_bytes).collect()).await {
             Err(_) => Err(FormError::TimedOut),
             Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -276,7 +276,7 @@ impl Gateway {
         }
         let (body_token, body) = if cfg.allow_body_token && bearer::body_may_carry_token(&parts.method, &parts.headers)
         {
-            let bytes = Box::pin(self.read_form_body(&parts.headers, body)).await?;
+            let bytes = Box::pin(self.read_form_body(body)).await?;
             let (token, rest) = bearer::split_body_token(&bytes).map_err(Refusal::Bearer)?;
             (token, full(rest))
         } else {
@@ -355,12 +355,7 @@ impl Gateway {
         Ok(Sent { response, upstream_time: forwarded.upstream_time, identity })
     }
 
-    async fn read_form_body(&self, headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {
-        let declared =
-            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.form.max_bytes as u64) {
-            return Err(Refusal::PayloadTooLarge);
-        }
+    async fn read_form_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
         self.form.read(body).await.map_err(|e| match e {
             FormError::TooLarge => Refusal::PayloadTooLarge,
             FormError::TimedOut => Refusal::BodyTimeout,
