@@ -757,11 +757,11 @@ where
             // exchanges, as long as they move: one that writes nothing for
             // `keep_alive_timeout` (a client that stopped reading, an
             // HTTP/2 stream whose window it holds at zero) is dropped.
-            let written = written.load(Ordering::Relaxed);
+            let written_now = written.load(Ordering::Relaxed);
             if written_then.is_none() {
                 timer.as_mut().reset(tokio::time::Instant::now() + keep_alive_timeout);
             } else if timer.as_mut().poll(cx).is_ready() {
-                if written_then == Some(written) {
+                if written_then == Some(written_now) {
                     stalled = true;
                     return Poll::Ready(Some(Ok(())));
                 }
@@ -769,7 +769,7 @@ where
             } else {
                 return Poll::Pending;
             }
-            written_then = Some(written);
+            written_then = Some(written_now);
             // Polled again at once, which registers the new deadline.
             cx.waker().wake_by_ref();
             return Poll::Pending;
