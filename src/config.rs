@@ -92,6 +92,7 @@ struct RawServer {
     max_form_body_bytes: Option<usize>,
     max_connections: Option<usize>,
     drain_timeout: Option<String>,
+    shutdown_delay: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     workers: Option<usize>,
@@ -245,6 +246,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// How long the listeners keep accepting after SIGTERM, with `/readyz`
+    /// already failing, before the drain begins: the time a load balancer
+    /// takes to stop sending new connections.
+    pub shutdown_delay: Duration,
     /// Peers whose `X-Forwarded-*` headers are believed and extended; from
     /// anyone else they are replaced.
     pub trusted_proxies: Vec<IpNet>,
@@ -576,6 +581,15 @@ impl Validator {
         }
     }
 
+    /// A duration where zero means "none" and is the default.
+    fn duration_or_zero(&mut self, field: &str, value: Option<&str>) -> Duration {
+        let text = value.unwrap_or("0s");
+        humantime::parse_duration(text).unwrap_or_else(|e| {
+            self.err(field, format!("{text:?} is not a duration like \"5s\" or \"0s\": {e}"));
+            Duration::ZERO
+        })
+    }
+
     fn socket_addr(&mut self, field: &str, value: &str) -> SocketAddr {
         value.parse().unwrap_or_else(|_| {
             self.err(field, format!("{value:?} is not an address like \"127.0.0.1:8080\""));
@@ -650,6 +664,7 @@ impl Validator {
             max_form_body_bytes,
             max_connections,
             drain_timeout: self.duration("server.drain_timeout", raw.drain_timeout.as_deref(), "30s"),
+            shutdown_delay: self.duration_or_zero("server.shutdown_delay", raw.shutdown_delay.as_deref()),
             trusted_proxies,
             workers: raw.workers.unwrap_or(0),
             tls: raw.tls.map(|t| self.tls(t)),
@@ -1158,6 +1173,22 @@ mod tests {
         assert_eq!(c.server.realm, "portcullis");
         assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.server.keep_alive_timeout, Duration::from_secs(75));
+        assert_eq!(c.server.shutdown_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn shutdown_delay_may_be_zero_but_must_be_a_duration() {
+        let with = |v: &str| {
+            MINIMAL.replace(
+                "listen = \"127.0.0.1:0\"\n        [admin]",
+                &format!("listen = \"127.0.0.1:0\"\nshutdown_delay = {v}\n[admin]"),
+            )
+        };
+        assert_eq!(parse(&with("\"5s\"")).unwrap().server.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(parse(&with("\"0s\"")).unwrap().server.shutdown_delay, Duration::ZERO);
+        let err = parse(&with("\"soon\"")).unwrap_err();
+        assert_eq!(err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["server.shutdown_delay"]);
+        assert!(err.to_string().contains("\"soon\" is not a duration"), "{err}");
     }
 
     #[test]

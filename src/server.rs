@@ -214,8 +214,15 @@ impl Server {
         let hangup = tokio::spawn(on_hangup(self.reloader.clone()));
 
         shutdown.await;
-        tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: no new connections, draining in-flight requests");
         self.admin.draining.store(true, Ordering::SeqCst);
+        if !cfg.shutdown_delay.is_zero() {
+            // A load balancer learns of the shutdown from `/readyz` (or
+            // from its orchestrator) some time after the signal; until it
+            // has, it still sends new connections, and they are served.
+            tracing::info!(shutdown_delay = ?cfg.shutdown_delay, "shutting down: /readyz fails now; still accepting until the delay is over");
+            tokio::time::sleep(cfg.shutdown_delay).await;
+        }
+        tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: no new connections, draining in-flight requests");
         let _ = stop_tx.send(true);
         janitor.abort();
         if let Some(w) = cert_watch {
@@ -409,6 +416,7 @@ impl Reloader {
             ("server.max_header_bytes", config.server.max_header_bytes != old.server.max_header_bytes),
             ("server.max_connections", config.server.max_connections != old.server.max_connections),
             ("server.drain_timeout", config.server.drain_timeout != old.server.drain_timeout),
+            ("server.shutdown_delay", config.server.shutdown_delay != old.server.shutdown_delay),
             ("storage.url", config.storage.url != old.storage.url),
             // The listener's TLS, HSTS header and file watch are set up
             // with it; so is what upstreams are told of the client's

@@ -391,9 +391,12 @@ fn check_deployment(
         });
     }
     let grace = at(pod, &["terminationGracePeriodSeconds"]).as_i64().unwrap_or(0);
-    let drain = config.map_or(DRAIN_TIMEOUT, |(c, _)| c.server.drain_timeout);
-    p.check(u64::try_from(grace).is_ok_and(|g| g > drain.as_secs()), || {
-        format!("{w}: terminationGracePeriodSeconds {grace} must exceed the drain timeout {drain:?}")
+    // SIGTERM first keeps serving for the shutdown delay, then drains.
+    let stop = config.map_or(DRAIN_TIMEOUT, |(c, _)| c.server.shutdown_delay + c.server.drain_timeout);
+    p.check(u64::try_from(grace).is_ok_and(|g| g > stop.as_secs()), || {
+        format!(
+            "{w}: terminationGracePeriodSeconds {grace} must exceed the shutdown delay plus the drain timeout, {stop:?}"
+        )
     });
     p.check(at(pod, &["securityContext", "runAsNonRoot"]).as_bool() == Some(true), || {
         format!("{w}: the pod's securityContext.runAsNonRoot must be true")

@@ -291,6 +291,56 @@ async fn stop_lets_the_request_in_flight_finish() {
     );
 }
 
+fn with_shutdown_delay(upstream: SocketAddr, delay: &str) -> String {
+    let toml = config_toml(upstream, "");
+    let with =
+        toml.replacen("drain_timeout = \"5s\"", &format!("drain_timeout = \"5s\"\nshutdown_delay = \"{delay}\""), 1);
+    assert_ne!(with, toml, "the test config has no drain_timeout line to extend");
+    with
+}
+
+/// With `shutdown_delay`, a stopping gateway fails `/readyz` at once but
+/// still serves new connections, which a load balancer keeps sending until
+/// it has seen the probe fail.
+#[tokio::test]
+async fn during_the_shutdown_delay_readiness_fails_and_new_connections_are_served() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_shutdown_delay(upstream.addr, "60s")).await;
+    let (ready, url) = (gw.admin_url("/readyz"), gw.url("/public/late"));
+    let stopping = tokio::spawn(gw.stop());
+
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let reply = get(&ready, &[]).await;
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(reply.text(), "draining\n");
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert!(Instant::now() < deadline, "/readyz still passes {BOUND:?} after the stop signal");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A new connection, made after the probe failed, is still served.
+    let reply = get(&url, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["uri"], "/public/late", "{}", reply.text());
+    assert!(!stopping.is_finished(), "stop returned inside a 60 s shutdown delay");
+    stopping.abort();
+}
+
+/// The listeners close once the delay is over, not before.
+#[tokio::test]
+async fn the_listeners_close_when_the_shutdown_delay_is_over() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_shutdown_delay(upstream.addr, "700ms")).await;
+    let public = gw.public;
+    let signalled = Instant::now();
+    let stopping = tokio::spawn(gw.stop());
+    wait_refused(public).await;
+    assert!(signalled.elapsed() >= Duration::from_millis(700), "closed after {:?}", signalled.elapsed());
+    tokio::time::timeout(BOUND, stopping).await.expect("stop returns after the delay").expect("stop task");
+}
+
 /// Reads one HTTP/1.1 response with a `content-length` body from `stream`,
 /// leaving the connection open.
 async fn read_response(stream: &mut TcpStream) -> String {
