@@ -636,7 +636,7 @@ fn response_framing(
             None => Ok((Framing::UntilClose, false)),
         };
     }
-    let mut length = None;
+    let (mut length, mut values) = (None, 0);
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.as_bytes().split(|b| *b == b',') {
             let part = part.trim_ascii();
@@ -645,10 +645,18 @@ fn response_framing(
                 return Err(Error::Malformed("conflicting Content-Length values"));
             }
             length = Some(n);
+            values += 1;
         }
     }
     match length {
-        Some(n) => Ok((Framing::Length(n), keep_alive)),
+        Some(n) => {
+            // Repeated equal values are accepted, and relayed as the one
+            // value they mean (§6.3 rule 5): the next hop may be stricter.
+            if values > 1 {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Ok((Framing::Length(n), keep_alive))
+        }
         None => Ok((Framing::UntilClose, false)),
     }
 }
@@ -1116,11 +1124,15 @@ pub(crate) mod tests {
 
     #[test]
     fn a_content_length_must_be_one_plain_number() {
-        assert_eq!(parsed("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n").framing, Framing::Length(5));
-        assert_eq!(
-            parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").framing,
-            Framing::Length(5)
-        );
+        for repeated in ["Content-Length: 5, 5\r\n", "Content-Length: 5\r\nContent-Length: 5\r\n"] {
+            let head = parsed(&format!("HTTP/1.1 200 OK\r\n{repeated}\r\n"));
+            assert_eq!(head.framing, Framing::Length(5), "{repeated:?}");
+            // Relayed as the one value it means.
+            let lengths: Vec<_> = head.parts.headers.get_all(header::CONTENT_LENGTH).iter().collect();
+            assert_eq!(lengths, ["5"], "{repeated:?}");
+        }
+        let head = parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(head.parts.headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
         for bad in ["5, 6", "+5", "-1", "0x5", "5 5", "", "99999999999999999999"] {
             let text = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
             assert!(malformed(&text).contains("Content-Length"), "{bad:?}");

@@ -1305,6 +1305,28 @@ async fn an_upstream_answer_with_ambiguous_framing_is_a_502_and_never_relayed() 
     }
 }
 
+/// Repeated equal `Content-Length` values are one length (RFC 9112 §6.3
+/// rule 5): the answer is relayed, with the one value it means, since the
+/// client behind may refuse a list.
+#[tokio::test]
+async fn a_repeated_equal_content_length_is_relayed_as_one_value() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    ] {
+        let (addr, _) = answering_upstream(answer).await;
+        let gw = Gateway::start(&config_toml(addr, "")).await;
+        let response = raw(gw.public, b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n\r\n").await;
+        let what = String::from_utf8_lossy(answer);
+        assert_eq!(raw_status(&response), 200, "{what}: {response}");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a whole response");
+        let lengths: Vec<_> = head.lines().filter(|l| l.to_ascii_lowercase().starts_with("content-length:")).collect();
+        assert_eq!(lengths, ["content-length: 5"], "{what}: {head}");
+        assert_eq!(body, "hello", "{what}");
+        gw.stop().await;
+    }
+}
+
 /// Bytes after a response's end would be taken for the answer to the next
 /// request on that connection, perhaps another client's: the connection
 /// is retired instead, and each request gets its own answer.
