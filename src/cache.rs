@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use moka::Expiry;
 use moka::future::Cache;
 
@@ -34,6 +35,21 @@ use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::tokens::{Identity, Rejection, TokenService, token_hash};
+
+/// What the cache asks about a token it has no answer for. The gateway's
+/// is the [`TokenService`] (signature or store, then the revocation list);
+/// a trait so that a test can hold an answer back while a revocation lands.
+#[async_trait]
+pub trait Verify: Send + Sync {
+    async fn verify(&self, token: &str) -> Result<Result<Identity, Rejection>, StoreError>;
+}
+
+#[async_trait]
+impl Verify for TokenService {
+    async fn verify(&self, token: &str) -> Result<Result<Identity, Rejection>, StoreError> {
+        TokenService::verify(self, token).await
+    }
+}
 
 /// The outcome of validating one token.
 #[derive(Debug, Clone)]
@@ -67,7 +83,7 @@ static NEXT_VALIDATOR: AtomicU64 = AtomicU64::new(1);
 
 /// Validates bearer tokens through the cache.
 pub struct TokenValidator {
-    tokens: Arc<TokenService>,
+    tokens: Arc<dyn Verify>,
     cache: Cache<[u8; 32], Entry>,
     metrics: Arc<Metrics>,
     ttl: Duration,
@@ -80,7 +96,7 @@ pub struct TokenValidator {
 }
 
 impl TokenValidator {
-    pub fn new(tokens: Arc<TokenService>, config: &CacheConfig, metrics: Arc<Metrics>) -> TokenValidator {
+    pub fn new(tokens: Arc<dyn Verify>, config: &CacheConfig, metrics: Arc<Metrics>) -> TokenValidator {
         let evictions = metrics.cache_evictions.clone();
         let cache = Cache::builder()
             .max_capacity(config.max_entries)
@@ -125,8 +141,8 @@ impl TokenValidator {
             }
             None => {
                 self.metrics.cache_misses.inc();
-                // Boxed: verifying (a signature, a store read) makes a future
-                // of kilobytes, which every request's future would otherwise
+                // Boxed: moka's fill makes a future of kilobytes (1.7 KiB
+                // measured), which every request's future would otherwise
                 // carry, and copy each time it is moved, hit or miss.
                 let entry = Box::pin(self.cache.try_get_with(key, async {
                     let mut entry = self.verify(token).await?;
@@ -154,7 +170,7 @@ impl TokenValidator {
                 } else {
                     // Filled across a revocation, by this request or one it
                     // waited on: asked again, and not cached.
-                    Box::pin(self.verify(token)).await?
+                    self.verify(token).await?
                 }
             }
         };
@@ -349,6 +365,75 @@ mod tests {
         let copy = worker.put(8, 1, key, &identity("alice"), later, 10);
         assert_eq!(copy.subject, "alice", "still the caller's answer");
         assert_eq!(worker.len(), 0, "but not remembered");
+    }
+
+    /// Answers the first question only when told to, with what the store
+    /// said before the revocation (valid); every later one, after it
+    /// (revoked).
+    struct HeldBack {
+        asked: std::sync::atomic::AtomicUsize,
+        first_asked: tokio::sync::Notify,
+        release: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    }
+
+    #[async_trait]
+    impl Verify for HeldBack {
+        async fn verify(&self, _token: &str) -> Result<Result<Identity, Rejection>, StoreError> {
+            if self.asked.fetch_add(1, Ordering::SeqCst) > 0 {
+                return Ok(Err(Rejection::Revoked));
+            }
+            let release = self.release.lock().expect("lock").take().expect("asked first once");
+            self.first_asked.notify_one();
+            let _ = release.await;
+            let hour = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() + 3600;
+            Ok(Ok(Identity::new("alice".into(), "app".into(), ScopeSet::default(), hour, "jti-1".into())
+                .expect("identity")))
+        }
+    }
+
+    /// A validation that read the store before a revocation and finishes
+    /// after it must not leave its stale "valid" in either cache: the
+    /// revoked token would pass for up to `cache.ttl`.
+    #[tokio::test]
+    async fn a_validation_that_straddles_a_revocation_caches_nothing_stale() {
+        for by_jti in [false, true] {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let held = Arc::new(HeldBack {
+                asked: Default::default(),
+                first_asked: Default::default(),
+                release: Mutex::new(Some(rx)),
+            });
+            let config =
+                CacheConfig { ttl: Duration::from_secs(60), negative_ttl: Duration::from_secs(60), max_entries: 100 };
+            let validator = TokenValidator::new(held.clone(), &config, Arc::new(Metrics::new()));
+            let (worker, other_worker) = (WorkerCache::default(), WorkerCache::default());
+
+            let mut straddling = std::pin::pin!(validator.validate("token", &worker, Instant::now()));
+            tokio::select! {
+                _ = &mut straddling => panic!("answered before the store did"),
+                _ = held.first_asked.notified() => {}
+            }
+            if by_jti {
+                validator.forget_jtis(vec!["jti-1".into()]).await;
+            } else {
+                validator.forget("token").await;
+            }
+            tx.send(()).expect("release");
+            // The request that came before the revocation is asked again.
+            let verdict = straddling.await.expect("no store error");
+            assert!(matches!(verdict, Verdict::Invalid(Rejection::Revoked)), "by_jti {by_jti}: {verdict:?}");
+
+            for (which, worker) in [("the same worker", &worker), ("another worker", &other_worker)] {
+                let verdict = validator.validate("token", worker, Instant::now()).await.expect("no store error");
+                assert!(
+                    matches!(verdict, Verdict::Invalid(Rejection::Revoked)),
+                    "by_jti {by_jti}, {which}: {verdict:?}"
+                );
+            }
+            // Held back, asked again, asked once more for the first later
+            // request (a refusal is cached from then on).
+            assert_eq!(held.asked.load(Ordering::SeqCst), 3, "by_jti {by_jti}");
+        }
     }
 
     #[test]
