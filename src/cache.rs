@@ -21,8 +21,11 @@
 //! invalidation bumps a counter that every worker cache checks before it
 //! answers, and a worker cache filled before the bump is emptied, so a
 //! revocation on this instance reaches every worker at once, as before.
+//!
+//! A reload builds a new validator with empty caches; a revocation that an
+//! older gateway is still serving is passed on to it (`hand_over_to`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -93,6 +96,10 @@ pub struct TokenValidator {
     /// emptied before it answers.
     invalidations: AtomicU64,
     worker_capacity: usize,
+    /// The validator a reload put in this one's place (see `hand_over_to`).
+    /// Held strongly: references only point from older validators to newer
+    /// ones, and an older one lives only as long as a request holds it.
+    successor: Mutex<Option<Arc<TokenValidator>>>,
 }
 
 impl TokenValidator {
@@ -119,6 +126,7 @@ impl TokenValidator {
             id: NEXT_VALIDATOR.fetch_add(1, Ordering::Relaxed),
             invalidations: AtomicU64::new(0),
             worker_capacity: usize::try_from(config.max_entries).unwrap_or(usize::MAX).min(WORKER_CAPACITY),
+            successor: Mutex::new(None),
         }
     }
 
@@ -216,30 +224,62 @@ impl TokenValidator {
 
     /// Forgets what is cached for `token`, so the next request re-validates
     /// (after a revocation on this instance).
-    pub async fn forget(&self, token: &str) {
-        self.invalidated();
-        self.cache.invalidate(&token_hash(token)).await;
-        self.invalidated();
+    pub async fn forget(self: &Arc<Self>, token: &str) {
+        let key = token_hash(token);
+        for validator in self.and_successors() {
+            validator.invalidated();
+            validator.cache.invalidate(&key).await;
+            validator.invalidated();
+        }
     }
 
     /// Forgets the identities of the access tokens `jtis` (after their
     /// grant was revoked on this instance). moka checks the predicate on
     /// every read until the entries are gone, so no later request sees them.
-    pub async fn forget_jtis(&self, jtis: Vec<String>) {
+    pub async fn forget_jtis(self: &Arc<Self>, jtis: Vec<String>) {
         if jtis.is_empty() {
             return;
         }
-        self.invalidated();
-        let jtis: std::collections::HashSet<String> = jtis.into_iter().collect();
-        let predicate =
-            move |_: &[u8; 32], e: &Entry| matches!(&e.verdict, Verdict::Valid(id) if jtis.contains(&id.jti));
-        if let Err(e) = self.cache.invalidate_entries_if(predicate) {
-            // Only possible without `support_invalidation_closures`; fall
-            // back to forgetting everything rather than trusting stale entries.
-            tracing::error!(error = %e, "could not forget revoked tokens selectively; clearing the cache");
-            self.cache.invalidate_all();
+        let jtis: Arc<HashSet<String>> = Arc::new(jtis.into_iter().collect());
+        for validator in self.and_successors() {
+            validator.invalidated();
+            let jtis = jtis.clone();
+            let predicate =
+                move |_: &[u8; 32], e: &Entry| matches!(&e.verdict, Verdict::Valid(id) if jtis.contains(&id.jti));
+            if let Err(e) = validator.cache.invalidate_entries_if(predicate) {
+                // Only possible without `support_invalidation_closures`; fall
+                // back to forgetting everything rather than trusting stale entries.
+                tracing::error!(error = %e, "could not forget revoked tokens selectively; clearing the cache");
+                validator.cache.invalidate_all();
+            }
+            validator.invalidated();
         }
-        self.invalidated();
+    }
+
+    /// Makes `next`, which a reload put in this validator's place, get
+    /// every revocation this one gets from now on. A revocation still
+    /// under way on the old gateway when the new one takes over would
+    /// otherwise miss the new cache, which may have filled meanwhile from
+    /// a store read that came before the revocation.
+    ///
+    /// Called before the swap. A revocation that finds no successor here
+    /// took the lock first, so it was stored before the new gateway served
+    /// anything, and every read the new cache makes sees it.
+    pub fn hand_over_to(&self, next: &Arc<TokenValidator>) {
+        *self.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
+    }
+
+    /// This validator, then each that took over from it by reload.
+    fn and_successors(self: &Arc<Self>) -> Vec<Arc<TokenValidator>> {
+        let mut chain = vec![self.clone()];
+        while let Some(next) = chain.last().and_then(|v| v.successor()) {
+            chain.push(next);
+        }
+        chain
+    }
+
+    fn successor(&self) -> Option<Arc<TokenValidator>> {
+        self.successor.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Entries currently held (approximate; for the metrics gauge).
@@ -391,21 +431,36 @@ mod tests {
         }
     }
 
+    fn held_back() -> (Arc<HeldBack>, tokio::sync::oneshot::Sender<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let held =
+            HeldBack { asked: Default::default(), first_asked: Default::default(), release: Mutex::new(Some(rx)) };
+        (Arc::new(held), tx)
+    }
+
+    fn validator(verify: Arc<dyn Verify>) -> Arc<TokenValidator> {
+        let config =
+            CacheConfig { ttl: Duration::from_secs(60), negative_ttl: Duration::from_secs(60), max_entries: 100 };
+        Arc::new(TokenValidator::new(verify, &config, Arc::new(Metrics::new())))
+    }
+
     /// A validation that read the store before a revocation and finishes
     /// after it must not leave its stale "valid" in either cache: the
-    /// revoked token would pass for up to `cache.ttl`.
+    /// revoked token would pass for up to `cache.ttl`. The revocation may
+    /// reach the validator that a reload replaced (a request the old
+    /// gateway was still serving), or the one before that.
     #[tokio::test]
     async fn a_validation_that_straddles_a_revocation_caches_nothing_stale() {
-        for by_jti in [false, true] {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let held = Arc::new(HeldBack {
-                asked: Default::default(),
-                first_asked: Default::default(),
-                release: Mutex::new(Some(rx)),
-            });
-            let config =
-                CacheConfig { ttl: Duration::from_secs(60), negative_ttl: Duration::from_secs(60), max_entries: 100 };
-            let validator = TokenValidator::new(held.clone(), &config, Arc::new(Metrics::new()));
+        for (by_jti, reloads_since) in [(false, 0), (true, 0), (false, 1), (true, 1), (false, 2), (true, 2)] {
+            let (held, tx) = held_back();
+            let validator = validator(held.clone());
+            // What the older gateways' validators would ask is never asked.
+            let mut revoked_on = validator.clone();
+            for _ in 0..reloads_since {
+                let older = self::validator(held_back().0);
+                older.hand_over_to(&revoked_on);
+                revoked_on = older;
+            }
             let (worker, other_worker) = (WorkerCache::default(), WorkerCache::default());
 
             let mut straddling = std::pin::pin!(validator.validate("token", &worker, Instant::now()));
@@ -414,25 +469,28 @@ mod tests {
                 _ = held.first_asked.notified() => {}
             }
             if by_jti {
-                validator.forget_jtis(vec!["jti-1".into()]).await;
+                revoked_on.forget_jtis(vec!["jti-1".into()]).await;
             } else {
-                validator.forget("token").await;
+                revoked_on.forget("token").await;
             }
             tx.send(()).expect("release");
             // The request that came before the revocation is asked again.
             let verdict = straddling.await.expect("no store error");
-            assert!(matches!(verdict, Verdict::Invalid(Rejection::Revoked)), "by_jti {by_jti}: {verdict:?}");
+            assert!(
+                matches!(verdict, Verdict::Invalid(Rejection::Revoked)),
+                "by_jti {by_jti}, {reloads_since} reloads: {verdict:?}"
+            );
 
             for (which, worker) in [("the same worker", &worker), ("another worker", &other_worker)] {
                 let verdict = validator.validate("token", worker, Instant::now()).await.expect("no store error");
                 assert!(
                     matches!(verdict, Verdict::Invalid(Rejection::Revoked)),
-                    "by_jti {by_jti}, {which}: {verdict:?}"
+                    "by_jti {by_jti}, {reloads_since} reloads, {which}: {verdict:?}"
                 );
             }
             // Held back, asked again, asked once more for the first later
             // request (a refusal is cached from then on).
-            assert_eq!(held.asked.load(Ordering::SeqCst), 3, "by_jti {by_jti}");
+            assert_eq!(held.asked.load(Ordering::SeqCst), 3, "by_jti {by_jti}, {reloads_since} reloads");
         }
     }
 

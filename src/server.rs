@@ -435,6 +435,7 @@ impl Reloader {
         let listener_tls = self.started.server.tls.is_some();
         let gateway =
             build_gateway(&config, listener_tls, &self.store, &self.metrics).await.map_err(|e| e.to_string())?;
+        self.current.load().validator.hand_over_to(&gateway.validator);
         self.current.store(Arc::new(gateway));
         Ok(())
     }
