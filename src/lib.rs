@@ -17,6 +17,7 @@ pub mod cache;
 pub mod config;
 pub mod form;
 pub mod gateway;
+pub mod h2_streams;
 pub mod logging;
 pub mod manage;
 pub mod metrics;

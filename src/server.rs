@@ -26,7 +26,7 @@ use std::time::Duration;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -41,6 +41,7 @@ use crate::authz::AuthzEndpoints;
 use crate::cache::TokenValidator;
 use crate::config::{Config, ServerConfig};
 use crate::gateway::{Gateway, Route, RouteTable, Worker};
+use crate::h2_streams::StreamExecutor;
 use crate::metrics::Metrics;
 use crate::oauth::AuthorizationServer;
 use crate::oauth::clients::ClientRegistry;
@@ -531,7 +532,7 @@ async fn accept_loop<F, Fut>(
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(StreamExecutor::new(cfg.keep_alive_timeout));
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -684,7 +685,7 @@ struct Conn {
 fn serve_connection<F, Fut>(
     stream: TcpStream,
     conn: Conn,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
+    builder: &Arc<auto::Builder<StreamExecutor>>,
     handler: F,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
@@ -714,7 +715,7 @@ fn serve_connection<F, Fut>(
 /// no first request within `first_request_timeout` (closed at once), no
 /// new request for `keep_alive_timeout`, or the listener draining (both
 /// gracefully: an exchange in flight finishes first).
-async fn serve_io<I, F, Fut>(io: I, conn: Conn, builder: &auto::Builder<TokioExecutor>, handler: F)
+async fn serve_io<I, F, Fut>(io: I, conn: Conn, builder: &auto::Builder<StreamExecutor>, handler: F)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,

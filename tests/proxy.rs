@@ -1435,6 +1435,56 @@ async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
     gw.stop().await;
 }
 
+/// An HTTP/2 stream that cannot move (its window held at zero) is reset
+/// on its own once it has not moved for `keep_alive_timeout`, even while
+/// the client keeps its connection busy with other requests, so that it
+/// never closes; the connection and its other streams carry on.
+#[tokio::test]
+async fn a_stalled_http2_stream_is_reset_while_its_busy_connection_carries_on() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_server_line(&upstream, "keep_alive_timeout = \"500ms\"", "")).await;
+    let stream = TcpStream::connect(gw.public).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2c handshake");
+    let connection = tokio::spawn(conn);
+    let request = |method: Method, path: &str| {
+        Request::builder().method(method).uri(gw.url(path)).body(Full::new(Bytes::new())).expect("request")
+    };
+    let res = sender.send_request(request(Method::GET, "/public/stalled")).await.expect("the head comes");
+    assert_eq!(res.status(), StatusCode::OK);
+    let started = Instant::now();
+    let mut body = std::pin::pin!(res.into_body().collect());
+    let mut kept_busy = 0;
+    let ended = loop {
+        tokio::select! {
+            ended = &mut body => break ended,
+            // More often than keep_alive_timeout: the connection never
+            // falls idle. A HEAD's answer has no body, so no window holds
+            // it up.
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                let busy = sender.send_request(request(Method::HEAD, "/public/busy")).await.expect("served");
+                assert_eq!(busy.status(), StatusCode::OK);
+                kept_busy += 1;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the stalled stream was never reset");
+    };
+    let error = ended.expect_err("the stalled stream is reset, not finished");
+    let reason =
+        std::error::Error::source(&error).and_then(|e| e.downcast_ref::<h2::Error>()).and_then(h2::Error::reason);
+    assert_eq!(reason, Some(h2::Reason::CANCEL), "{error:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "reset after {:?}", started.elapsed());
+    assert!(kept_busy >= 3, "the connection was not kept busy ({kept_busy} requests)");
+    // The connection goes on.
+    let after = sender.send_request(request(Method::HEAD, "/public/after")).await.expect("still served");
+    assert_eq!(after.status(), StatusCode::OK);
+    assert!(!connection.is_finished());
+    gw.stop().await;
+}
+
 /// A connection shutting down (here at `keep_alive_timeout`) still waits
 /// for its exchanges, but only while they move: an HTTP/2 client that
 /// holds its window at zero, so the answer can never be sent, does not
