@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::{Gateway, Upstream, config_toml, dead_addr, get, raw_status, send};
+use support::{Gateway, Upstream, config_toml, dead_addr, get, raw_status, send, with_server_line};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -292,11 +292,7 @@ async fn stop_lets_the_request_in_flight_finish() {
 }
 
 fn with_shutdown_delay(upstream: SocketAddr, delay: &str) -> String {
-    let toml = config_toml(upstream, "");
-    let with =
-        toml.replacen("drain_timeout = \"5s\"", &format!("drain_timeout = \"5s\"\nshutdown_delay = \"{delay}\""), 1);
-    assert_ne!(with, toml, "the test config has no drain_timeout line to extend");
-    with
+    with_server_line(upstream, &format!("shutdown_delay = \"{delay}\""), "")
 }
 
 /// With `shutdown_delay`, a stopping gateway fails `/readyz` at once but

@@ -11,6 +11,7 @@
 mod support;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Gateway, Upstream, config_toml, dead_addr, get, raw, raw_status, send};
+use support::{Gateway, Upstream, config_toml, dead_addr, get, raw, raw_status, send, with_server_line};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -105,12 +106,6 @@ fn auth_header_names(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// The standard configuration with `line` added to `[server]`.
-fn with_server_line(upstream: &Upstream, line: &str, extra: &str) -> String {
-    let toml = config_toml(upstream.addr, extra);
-    let replaced = toml.replacen("drain_timeout = \"5s\"", &format!("drain_timeout = \"5s\"\n{line}"), 1);
-    assert_ne!(replaced, toml, "the [server] anchor line is gone");
-    replaced
-}
 
 // ---------------------------------------------------------------------------
 // Hop-by-hop headers (RFC 9110 §7.6.1; SECURITY.md 29)
@@ -295,7 +290,7 @@ async fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
 #[tokio::test]
 async fn forwarding_headers_from_a_trusted_proxy_are_extended() {
     let mut upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(&upstream, "trusted_proxies = [\"127.0.0.1\"]", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "trusted_proxies = [\"127.0.0.1\"]", "")).await;
 
     let reply = get(&gw.url("/public/x"), &SPOOFED_FORWARDING).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -839,7 +834,7 @@ async fn a_large_non_form_body_streams_through() {
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_is_closed() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(&upstream, "header_read_timeout = \"300ms\"", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "header_read_timeout = \"300ms\"", "")).await;
 
     // In time: answered.
     let reply = raw_get(&gw, "/public/x", "").await;
@@ -865,7 +860,7 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
 #[tokio::test]
 async fn a_form_body_that_never_finishes_is_cut_off() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(&upstream, "header_read_timeout = \"300ms\"", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "header_read_timeout = \"300ms\"", "")).await;
     let form = "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n";
     for (path, status, says) in [
         ("/oauth/token", 400, "The request body did not arrive in time"),
@@ -890,7 +885,7 @@ async fn a_form_body_that_never_finishes_is_cut_off() {
 #[tokio::test]
 async fn max_connections_is_one_limit_for_all_workers() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(&upstream, "workers = 2\nmax_connections = 2", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "workers = 2\nmax_connections = 2", "")).await;
     let request = b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\n\r\n";
     let mut open = Vec::new();
     for i in 0..2 {
@@ -917,7 +912,7 @@ async fn max_connections_is_one_limit_for_all_workers() {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(&upstream, "header_read_timeout = \"300ms\"", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "header_read_timeout = \"300ms\"", "")).await;
 
     let mut still_open = Vec::new();
     for partial in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n"] {
@@ -942,7 +937,7 @@ async fn a_connection_that_sends_nothing_is_closed() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(&upstream, "keep_alive_timeout = \"300ms\"", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "keep_alive_timeout = \"300ms\"", "")).await;
 
     let mut stream = TcpStream::connect(gw.public).await.expect("connect");
     let sent = Instant::now();
@@ -960,7 +955,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
 #[tokio::test]
 async fn a_busy_connection_outlives_keep_alive_timeout_and_a_slow_answer_still_comes() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(&upstream, "keep_alive_timeout = \"400ms\"", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "keep_alive_timeout = \"400ms\"", "")).await;
 
     // Four exchanges of 150 ms each on one connection: 600 ms in all, but
     // never 400 ms without a request.
@@ -1420,7 +1415,7 @@ async fn read_until(stream: &mut TcpStream, end: &str) -> String {
 async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
     let upstream = Upstream::start().await;
     let settings = "header_read_timeout = \"200ms\"\nkeep_alive_timeout = \"2s\"";
-    let gw = Gateway::start(&with_server_line(&upstream, settings, "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, settings, "")).await;
     let mut stream = TcpStream::connect(gw.public).await.expect("connect");
     stream.write_all(b"GET /public/x HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.expect("write");
     let (head, _) = read_response(&mut stream, "the first request").await;
@@ -1442,7 +1437,7 @@ async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
 #[tokio::test]
 async fn a_stalled_http2_stream_is_reset_while_its_busy_connection_carries_on() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(&upstream, "keep_alive_timeout = \"500ms\"", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "keep_alive_timeout = \"500ms\"", "")).await;
     let stream = TcpStream::connect(gw.public).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(0)
@@ -1485,28 +1480,64 @@ async fn a_stalled_http2_stream_is_reset_while_its_busy_connection_carries_on() 
     gw.stop().await;
 }
 
+/// An upstream that answers every request with an endless chunked body,
+/// as fast as it is taken; says on `cut` when its connection was cut.
+async fn endless_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (cut_tx, cut) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let cut_tx = cut_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n @ 1..) => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let mut chunk = b"10000\r\n".to_vec();
+                chunk.extend_from_slice(&[b'x'; 0x10000]);
+                chunk.extend_from_slice(b"\r\n");
+                if stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await.is_err() {
+                    return;
+                }
+                while stream.write_all(&chunk).await.is_ok() {}
+                let _ = cut_tx.send(());
+            });
+        }
+    });
+    (addr, cut)
+}
+
 /// A connection shutting down (here at `keep_alive_timeout`) still waits
-/// for its exchanges, but only while they move: an HTTP/2 client that
-/// holds its window at zero, so the answer can never be sent, does not
-/// keep the connection (and its slot) for ever. One that reads what it is
-/// sent is answered in full, however long that takes.
+/// for its exchange, but only while it moves: a client that stops reading
+/// an answer, so that nothing more can be written to it, does not keep
+/// the connection, its slot and its upstream connection for ever.
 #[tokio::test]
-async fn a_closing_connection_whose_exchange_cannot_move_is_dropped() {
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(&upstream, "keep_alive_timeout = \"300ms\"", "")).await;
-    let stream = TcpStream::connect(gw.public).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(stream))
+async fn a_closing_connection_whose_client_stopped_reading_is_dropped() {
+    let (addr, mut cut) = endless_upstream().await;
+    let gw = Gateway::start(&with_server_line(addr, "keep_alive_timeout = \"300ms\"", "")).await;
+    let mut client = TcpStream::connect(gw.public).await.expect("connect");
+    client.write_all(b"GET /public/endless HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.expect("write");
+    // The client reads nothing. The gateway writes until the socket
+    // buffers are full, then can write no more: at keep_alive_timeout the
+    // connection starts closing, and a window later it is dropped, and the
+    // exchange with it.
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), cut.recv())
         .await
-        .expect("h2c handshake");
-    let connection = tokio::spawn(conn);
-    let req = Request::get(gw.url("/public/x")).body(Full::new(Bytes::new())).expect("request");
-    let res = sender.send_request(req).await.expect("the head comes: it is not flow-controlled");
-    assert_eq!(res.status(), StatusCode::OK);
-    // The body never can: the connection ends, and with it the stream.
-    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
-    assert!(ended.is_ok(), "the stalled connection was kept");
-    drop(res);
+        .expect("the exchange of a client that stopped reading was kept")
+        .expect("the upstream reports");
+    assert!(started.elapsed() >= Duration::from_millis(300), "cut after {:?}", started.elapsed());
+    // What the buffers held, then the end: the gateway closed it.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+        .await
+        .expect("the connection ends")
+        .ok();
+    assert!(rest.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&rest[..rest.len().min(200)]));
     gw.stop().await;
 }

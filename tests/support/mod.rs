@@ -33,6 +33,14 @@ pub const APP_SECRET_HASH: &str =
 pub const OTHER_SECRET_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$DDJ+6B13rzB3hrWpaug9KA$8GLM0OZzhoT6Baez03vvpdLBJILakXFMchhHAAKMWjs";
 
+/// [`config_toml`] with `line` added to its `[server]` section.
+pub fn with_server_line(upstream: SocketAddr, line: &str, extra: &str) -> String {
+    let toml = config_toml(upstream, extra);
+    let replaced = toml.replacen("drain_timeout = \"5s\"", &format!("drain_timeout = \"5s\"\n{line}"), 1);
+    assert_ne!(replaced, toml, "the [server] anchor line is gone");
+    replaced
+}
+
 /// The standard test configuration, in front of `upstream`:
 /// - client `app` / `app-secret`: scopes `calendar.read calendar.write admin`
 /// - client `other` / `other-secret`: scope `calendar.read`
