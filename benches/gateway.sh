@@ -11,7 +11,7 @@
 #
 # Env: the harness's (ROUNDS, DURATION, CONNS, THREADS, WORKERS, UPSTREAM_PORT,
 # PROXY_PORT), plus GATEWAY_PORT (18083), ADMIN_PORT (18093), TOKEN_FORMAT (jwt),
-# GATEWAY_WORKERS (0 = one per core), LOG_LEVEL (warn: the access log is
+# GATEWAY_WORKERS (0 = one per core), PIN_WORKERS (auto; on, off), LOG_LEVEL (warn: the access log is
 # off; info: one access line per request, written to a file), TLS (0). Needs
 # nginx-light and wrk (and openssl with TLS=1).
 #

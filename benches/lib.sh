@@ -22,6 +22,7 @@ bench_gateway_toml() {
 [server]
 listen = "127.0.0.1:$port"
 workers = $workers
+pin_workers = "${PIN_WORKERS:-auto}"
 TOML
   [ "$tls" = 1 ] && printf '[server.tls]\ncert = "%s/cert.pem"\nkey = "%s/key.pem"\n' "$dir" "$dir"
   cat <<TOML

@@ -96,6 +96,7 @@ struct RawServer {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     workers: Option<usize>,
+    pin_workers: Option<String>,
     tls: Option<RawTls>,
 }
 
@@ -255,6 +256,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
+    /// Whether each public worker is kept on a CPU of its own.
+    pub pin_workers: PinWorkers,
     /// TLS on the public listener; `None` for plain HTTP.
     pub tls: Option<TlsConfig>,
 }
@@ -316,6 +319,16 @@ pub struct CacheConfig {
     /// one check.
     pub negative_ttl: Duration,
     pub max_entries: u64,
+}
+
+/// `server.pin_workers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinWorkers {
+    /// When the process has exactly one CPU per worker to itself: all the
+    /// CPUs it may run on, and no CPU quota below that (see `affinity`).
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -667,6 +680,15 @@ impl Validator {
             shutdown_delay: self.duration_or_zero("server.shutdown_delay", raw.shutdown_delay.as_deref()),
             trusted_proxies,
             workers: raw.workers.unwrap_or(0),
+            pin_workers: match raw.pin_workers.as_deref().unwrap_or("auto") {
+                "auto" => PinWorkers::Auto,
+                "on" => PinWorkers::On,
+                "off" => PinWorkers::Off,
+                other => {
+                    self.err("server.pin_workers", format!("{other:?}: must be \"auto\", \"on\" or \"off\""));
+                    PinWorkers::Auto
+                }
+            },
             tls: raw.tls.map(|t| self.tls(t)),
         }
     }
@@ -1174,6 +1196,23 @@ mod tests {
         assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.server.keep_alive_timeout, Duration::from_secs(75));
         assert_eq!(c.server.shutdown_delay, Duration::ZERO);
+        assert_eq!(c.server.pin_workers, PinWorkers::Auto);
+    }
+
+    #[test]
+    fn pin_workers_is_auto_on_or_off() {
+        let with = |v: &str| {
+            MINIMAL.replace(
+                "listen = \"127.0.0.1:0\"\n        [admin]",
+                &format!("listen = \"127.0.0.1:0\"\npin_workers = \"{v}\"\n[admin]"),
+            )
+        };
+        assert_eq!(parse(&with("on")).unwrap().server.pin_workers, PinWorkers::On);
+        assert_eq!(parse(&with("off")).unwrap().server.pin_workers, PinWorkers::Off);
+        assert_eq!(parse(&with("auto")).unwrap().server.pin_workers, PinWorkers::Auto);
+        let err = parse(&with("yes")).unwrap_err();
+        assert_eq!(err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["server.pin_workers"]);
+        assert!(err.to_string().contains("must be \"auto\", \"on\" or \"off\""), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod affinity;
 pub mod audit;
 pub mod authz;
 pub mod bearer;

@@ -280,8 +280,8 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The main thread runs the first public worker and the admin listener;
-    // `Server::run` starts a thread per further worker.
+    // The main thread runs the admin listener, reloads and housekeeping;
+    // `Server::run` starts a thread per public worker.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -11,7 +11,9 @@
 //! The public listener is served by one worker per core, nginx-style: each
 //! worker is a thread with a current-thread runtime, its own `SO_REUSEPORT`
 //! socket (the kernel spreads connections across them) and its own upstream
-//! connection pool, so a request never leaves the core that accepted it.
+//! connection pool, so a request never leaves the core that accepted it;
+//! with `server.pin_workers` each stays on one CPU too (`affinity`). The
+//! calling runtime keeps the admin listener, reloads and housekeeping.
 //! State that must be shared (validation cache, store, keys, metrics) is
 //! behind `Arc`s and lock-free or sharded on the hot path.
 
@@ -37,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access;
 use crate::admin::Admin;
+use crate::affinity::Pinning;
 use crate::authz::AuthzEndpoints;
 use crate::cache::TokenValidator;
 use crate::config::{Config, ServerConfig};
@@ -152,8 +155,9 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops accepting, lets
     /// in-flight requests finish (up to `server.drain_timeout`) and returns.
     ///
-    /// The first public worker and the admin listener run on the calling
-    /// runtime; every further worker gets a thread of its own.
+    /// Every public worker gets a thread of its own (pinned to a CPU when
+    /// `server.pin_workers` says so); the admin listener, reloads and the
+    /// store's janitor run on the calling runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         // The admin listener outlives the public drain, so `/readyz` can say
@@ -161,28 +165,36 @@ impl Server {
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let cfg = Arc::new(self.server_config);
         let addr = |l: &std::net::TcpListener| l.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+        let pinning = Pinning::plan(cfg.pin_workers, self.public.len());
         tracing::info!(
             public = %addr(&self.public[0]),
             admin = %addr(&self.admin_listener),
             workers = self.public.len(),
+            pinned = pinning.is_some(),
             "portcullis is serving"
         );
 
-        let mut listeners = self.public.into_iter();
         let limit = ConnectionLimit::new(&cfg);
-        let local = listeners.next().map(|l| {
-            let (gateway, tls) = (self.gateway.clone(), self.tls.clone());
-            tokio::spawn(serve_public(l, gateway, cfg.clone(), stop_rx.clone(), tls, limit.clone()))
-        });
         let mut workers_done = Vec::new();
-        for (i, listener) in listeners.enumerate() {
+        for (i, listener) in self.public.into_iter().enumerate() {
             let (gateway, cfg, stop, tls) = (self.gateway.clone(), cfg.clone(), stop_rx.clone(), self.tls.clone());
-            let limit = limit.clone();
+            let (limit, pinning) = (limit.clone(), pinning.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-            let spawned = std::thread::Builder::new().name(format!("portcullis-worker-{}", i + 1)).spawn(move || {
-                // The first worker, on the calling thread, writes shard 0.
-                crate::metrics::use_shard(i + 1);
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let spawned = std::thread::Builder::new().name(format!("portcullis-worker-{i}")).spawn(move || {
+                crate::metrics::use_shard(i);
+                let mut runtime = tokio::runtime::Builder::new_current_thread();
+                // Its threads for blocking work (password hashing, file reads).
+                runtime.enable_all().thread_name("portcullis-blocking");
+                if let Some(pinning) = pinning {
+                    if let Err(e) = pinning.pin_current(i) {
+                        tracing::warn!(error = %e, cpu = pinning.cpu(i), "cannot pin a worker to its CPU; it runs free");
+                    }
+                    // Its blocking threads, which would inherit its one CPU.
+                    runtime.on_thread_start(move || {
+                        let _ = pinning.unpin_current();
+                    });
+                }
+                match runtime.build() {
                     Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop, tls, limit)),
                     Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
                 }
@@ -230,9 +242,6 @@ impl Server {
             w.abort();
         }
         hangup.abort();
-        if let Some(local) = local {
-            let _ = local.await;
-        }
         for done in workers_done {
             let _ = done.await;
         }
@@ -411,6 +420,7 @@ impl Reloader {
             ("server.listen", config.server.listen != old.server.listen),
             ("admin.listen", config.admin.listen != old.admin.listen),
             ("server.workers", config.server.workers != old.server.workers),
+            ("server.pin_workers", config.server.pin_workers != old.server.pin_workers),
             // The connection settings live with the listeners.
             ("server.header_read_timeout", config.server.header_read_timeout != old.server.header_read_timeout),
             ("server.keep_alive_timeout", config.server.keep_alive_timeout != old.server.keep_alive_timeout),
