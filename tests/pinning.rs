@@ -59,25 +59,38 @@ async fn assert_workers_on(mut want: Vec<BTreeSet<usize>>) {
     assert_eq!(seen, want);
 }
 
-async fn start(upstream: &Upstream, workers: usize, pin: &str) -> Gateway {
+/// A gateway on a file store (whose connections each have a thread).
+async fn start(upstream: &Upstream, workers: usize, pin: &str, store: &std::path::Path) -> Gateway {
     let line = format!("workers = {workers}\npin_workers = \"{pin}\"");
-    Gateway::start(&with_server_line(upstream.addr, &line, "")).await
+    let toml = with_server_line(upstream.addr, &line, "");
+    // A file for each gateway: the one before may still be closing its own.
+    let url = format!("sqlite://{}", store.join(format!("{pin}-{workers}.db")).display());
+    let on_file = toml.replacen("url = \"sqlite::memory:\"", &format!("url = \"{url}\""), 1);
+    assert_ne!(on_file, toml, "the test config's store line is gone");
+    Gateway::start(&on_file).await
 }
 
 #[tokio::test]
 async fn workers_are_pinned_one_cpu_each_only_when_asked_or_when_the_cpus_are_theirs() {
     let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path();
     let process = threads().into_iter().next().expect("the main thread").1;
     let allowed: Vec<usize> = process.iter().copied().collect();
     let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
     let single = |cpu: usize| BTreeSet::from([cpu]);
 
     // `on`: worker i on the i-th allowed CPU, round the set again if need be.
-    let gw = start(&upstream, 3, "on").await;
+    let gw = start(&upstream, 3, "on", store).await;
     let want: Vec<_> = (0..3).map(|i| single(allowed[i % allowed.len()])).collect();
     assert_workers_on(want).await;
+    // The store's connections each have a thread, which takes the CPU set
+    // of the thread that opens it: all four are opened at start, before
+    // any worker is pinned, and kept.
+    let store_threads = threads().into_iter().filter(|(name, _)| name == "sqlx-sqlite-wor").count();
+    assert_eq!(store_threads, 4, "the file store's connections are not all open");
     // A password check runs on a blocking thread the worker's runtime
-    // starts; it gets every CPU back, not its worker's one.
+    // starts: it gets every CPU back, not its worker's one.
     let reply = send(
         http::Method::POST,
         &gw.url("/oauth/token"),
@@ -93,16 +106,17 @@ async fn workers_are_pinned_one_cpu_each_only_when_asked_or_when_the_cpus_are_th
         assert_eq!(cpus, &process, "{name} was left on fewer CPUs");
     }
     gw.stop().await;
-    assert_eq!(worker_cpus(), Vec::<BTreeSet<usize>>::new(), "stop ends every worker");
+    // Stop ends every worker (its thread ends a moment after it says so).
+    assert_workers_on(Vec::new()).await;
 
     // `off`: never.
-    let gw = start(&upstream, allowed.len(), "off").await;
+    let gw = start(&upstream, allowed.len(), "off", store).await;
     assert_workers_on(vec![process.clone(); allowed.len()]).await;
     gw.stop().await;
 
     // `auto`: one worker per CPU the process may use, with no quota
     // allowing fewer, is pinned...
-    let gw = start(&upstream, allowed.len(), "auto").await;
+    let gw = start(&upstream, allowed.len(), "auto", store).await;
     let pinned = allowed.len() > 1 && usable == allowed.len();
     println!("usable CPUs {usable}, allowed {allowed:?}: auto pins {pinned}");
     let want: Vec<_> =
@@ -110,7 +124,7 @@ async fn workers_are_pinned_one_cpu_each_only_when_asked_or_when_the_cpus_are_th
     assert_workers_on(want).await;
     gw.stop().await;
     // ...and more workers than CPUs are not.
-    let gw = start(&upstream, allowed.len() + 1, "auto").await;
+    let gw = start(&upstream, allowed.len() + 1, "auto", store).await;
     assert_workers_on(vec![process.clone(); allowed.len() + 1]).await;
     gw.stop().await;
 }

@@ -46,9 +46,10 @@ impl SqliteStore {
         if !in_memory && let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
+        // Each connection to ":memory:" would be a database of its own.
+        let connections = if in_memory { 1 } else { 4 };
         let pool = SqlitePoolOptions::new()
-            // Each connection to ":memory:" would be a database of its own.
-            .max_connections(if in_memory { 1 } else { 4 })
+            .max_connections(connections)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
@@ -69,6 +70,17 @@ impl SqliteStore {
             no_tx: false,
         };
         migrator.run(&pool).await.map_err(|e| open_err(format!("migration failed: {e}")))?;
+        // The rest of the connections, opened here and kept (no idle timeout,
+        // no lifetime): each has a thread of its own, which takes the CPU set
+        // of the thread that opens it, and a public worker may be pinned to
+        // one CPU (`affinity`). One after the other, and only now: opened
+        // together on a new file, they would race to switch it to WAL, and
+        // the loser gets "database is locked" without waiting.
+        let mut opened = Vec::with_capacity(connections as usize);
+        for _ in 0..connections {
+            opened.push(pool.acquire().await.map_err(|e| open_err(e.to_string()))?);
+        }
+        drop(opened);
         Ok(SqliteStore { pool })
     }
 }
