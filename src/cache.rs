@@ -84,6 +84,15 @@ const WORKER_CAPACITY: usize = 16 * 1024;
 /// start empty.
 static NEXT_VALIDATOR: AtomicU64 = AtomicU64::new(1);
 
+/// The validator in force, shared by every validator of one line of
+/// reloads. Weak, so that a retired validator (which an idle worker may
+/// hold until its next request) keeps no other alive.
+type InForce = Arc<Mutex<std::sync::Weak<TokenValidator>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Validates bearer tokens through the cache.
 pub struct TokenValidator {
     tokens: Arc<dyn Verify>,
@@ -96,10 +105,9 @@ pub struct TokenValidator {
     /// emptied before it answers.
     invalidations: AtomicU64,
     worker_capacity: usize,
-    /// The validator a reload put in this one's place (see `hand_over_to`).
-    /// Held strongly: references only point from older validators to newer
-    /// ones, and an older one lives only as long as a request holds it.
-    successor: Mutex<Option<Arc<TokenValidator>>>,
+    /// The validator in force, once a reload has replaced one (see
+    /// `hand_over_to`).
+    in_force: Mutex<Option<InForce>>,
 }
 
 impl TokenValidator {
@@ -126,7 +134,7 @@ impl TokenValidator {
             id: NEXT_VALIDATOR.fetch_add(1, Ordering::Relaxed),
             invalidations: AtomicU64::new(0),
             worker_capacity: usize::try_from(config.max_entries).unwrap_or(usize::MAX).min(WORKER_CAPACITY),
-            successor: Mutex::new(None),
+            in_force: Mutex::new(None),
         }
     }
 
@@ -226,7 +234,7 @@ impl TokenValidator {
     /// (after a revocation on this instance).
     pub async fn forget(self: &Arc<Self>, token: &str) {
         let key = token_hash(token);
-        for validator in self.and_successors() {
+        for validator in self.and_in_force() {
             validator.invalidated();
             validator.cache.invalidate(&key).await;
             validator.invalidated();
@@ -241,7 +249,7 @@ impl TokenValidator {
             return;
         }
         let jtis: Arc<HashSet<String>> = Arc::new(jtis.into_iter().collect());
-        for validator in self.and_successors() {
+        for validator in self.and_in_force() {
             validator.invalidated();
             let jtis = jtis.clone();
             let predicate =
@@ -257,29 +265,29 @@ impl TokenValidator {
     }
 
     /// Makes `next`, which a reload put in this validator's place, get
-    /// every revocation this one gets from now on. A revocation still
-    /// under way on the old gateway when the new one takes over would
-    /// otherwise miss the new cache, which may have filled meanwhile from
-    /// a store read that came before the revocation.
+    /// every revocation this one (or any it replaced) gets from now on. A
+    /// revocation still under way on the old gateway when the new one takes
+    /// over would otherwise miss the new cache, which may have filled
+    /// meanwhile from a store read that came before the revocation.
+    /// Validators in between serve no new request (a worker takes the
+    /// gateway in force at each request), so only the newest needs it.
     ///
-    /// Called before the swap. A revocation that finds no successor here
-    /// took the lock first, so it was stored before the new gateway served
-    /// anything, and every read the new cache makes sees it.
+    /// Called before the swap. A revocation that finds the old validator
+    /// still in force here took the lock first, so it was stored before the
+    /// new gateway served anything, and every read the new cache makes
+    /// sees it.
     pub fn hand_over_to(&self, next: &Arc<TokenValidator>) {
-        *self.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
+        let cell = lock(&self.in_force).get_or_insert_with(Default::default).clone();
+        *lock(&cell) = Arc::downgrade(next);
+        *lock(&next.in_force) = Some(cell);
     }
 
-    /// This validator, then each that took over from it by reload.
-    fn and_successors(self: &Arc<Self>) -> Vec<Arc<TokenValidator>> {
-        let mut chain = vec![self.clone()];
-        while let Some(next) = chain.last().and_then(|v| v.successor()) {
-            chain.push(next);
-        }
-        chain
-    }
-
-    fn successor(&self) -> Option<Arc<TokenValidator>> {
-        self.successor.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// This validator, and the one in force if a reload replaced it.
+    fn and_in_force(self: &Arc<Self>) -> Vec<Arc<TokenValidator>> {
+        let in_force = lock(&self.in_force).as_ref().and_then(|cell| lock(cell).upgrade());
+        let mut both = vec![self.clone()];
+        both.extend(in_force.filter(|v| !Arc::ptr_eq(v, self)));
+        both
     }
 
     /// Entries currently held (approximate; for the metrics gauge).
@@ -454,13 +462,18 @@ mod tests {
         for (by_jti, reloads_since) in [(false, 0), (true, 0), (false, 1), (true, 1), (false, 2), (true, 2)] {
             let (held, tx) = held_back();
             let validator = validator(held.clone());
-            // What the older gateways' validators would ask is never asked.
-            let mut revoked_on = validator.clone();
-            for _ in 0..reloads_since {
-                let older = self::validator(held_back().0);
-                older.hand_over_to(&revoked_on);
-                revoked_on = older;
+            // The older gateways' validators, replaced in turn by reloads
+            // (what they would ask is never asked).
+            let mut line: Vec<_> = (0..reloads_since).map(|_| self::validator(held_back().0)).collect();
+            line.push(validator.clone());
+            for pair in line.windows(2) {
+                pair[0].hand_over_to(&pair[1]);
             }
+            // No validator keeps another alive: a retired one held by an
+            // idle worker must not hold every later one and its cache.
+            assert!(line.iter().all(|v| Arc::strong_count(v) == 1 + usize::from(Arc::ptr_eq(v, &validator))));
+            let revoked_on = line[0].clone();
+            drop(line);
             let (worker, other_worker) = (WorkerCache::default(), WorkerCache::default());
 
             let mut straddling = std::pin::pin!(validator.validate("token", &worker, Instant::now()));
