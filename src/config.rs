@@ -538,7 +538,8 @@ impl Config {
     /// Settings that are valid but unsafe, for `check` and the log at every
     /// start and reload: today, routes that do not verify their upstream.
     pub fn warnings(&self) -> Vec<String> {
-        self.routes
+        let mut warnings: Vec<String> = self
+            .routes
             .iter()
             .filter(|r| r.upstream_tls.as_ref().is_some_and(|t| t.trust == Trust::SkipVerify))
             .map(|r| {
@@ -547,7 +548,21 @@ impl Config {
                     r.name
                 )
             })
-            .collect()
+            .collect();
+        // An exchange that waits on its upstream makes no move for up to the
+        // route's timeout (twice that between a stalled body's chunks); an
+        // HTTP/2 stream or a closing connection that makes none for
+        // keep_alive_timeout is cut.
+        let keep_alive = self.server.keep_alive_timeout;
+        warnings.extend(self.routes.iter().filter(|r| r.timeout * 2 >= keep_alive).map(|r| {
+            format!(
+                "route {:?} waits up to {} for its upstream, but an HTTP/2 stream or closing connection that does not move for server.keep_alive_timeout ({}) is cut: make keep_alive_timeout more than twice the route's timeout",
+                r.name,
+                humantime::format_duration(r.timeout),
+                humantime::format_duration(keep_alive)
+            )
+        }));
+        warnings
     }
 
     /// The client registered under `client_id`.
@@ -1197,6 +1212,21 @@ mod tests {
         assert_eq!(c.server.keep_alive_timeout, Duration::from_secs(75));
         assert_eq!(c.server.shutdown_delay, Duration::ZERO);
         assert_eq!(c.server.pin_workers, PinWorkers::Auto);
+    }
+
+    #[test]
+    fn a_route_timeout_near_keep_alive_timeout_is_warned_about() {
+        let route = |timeout: &str| {
+            format!(
+                "{MINIMAL}\n[[routes]]\nname = \"slow\"\npath_prefix = \"/a/\"\nupstream = \"static://\"\npublic = true\ntimeout = \"{timeout}\"\n"
+            )
+        };
+        // keep_alive_timeout is 75 s by default.
+        assert_eq!(parse(&route("37s")).unwrap().warnings(), Vec::<String>::new());
+        let warnings = parse(&route("40s")).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("route \"slow\" waits up to 40s for its upstream"), "{warnings:?}");
+        assert!(warnings[0].contains("server.keep_alive_timeout (1m 15s)"), "{warnings:?}");
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! here is `keep_alive_timeout`, the same as the connection's.
 
 use std::future::Future;
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 /// Spawns hyper's HTTP/2 stream tasks, each dropped once it has not moved
@@ -41,32 +43,55 @@ where
 }
 
 /// Runs `stream` until it ends, or until a whole `window` passes in which
-/// it was never woken.
+/// it was never woken (cut within one to two windows of its last wake-up).
 async fn moving_or_dropped<F: Future<Output = ()>>(stream: F, window: Duration) {
     let mut stream = std::pin::pin!(stream);
     let deadline = tokio::time::sleep(window);
     let mut deadline = std::pin::pin!(deadline);
-    // Whether the stream was woken since the deadline was last set. The
-    // deadline is looked at only when due, and moved once per window, not
-    // on every wake-up (the same shape as the upstream body's stall timer).
-    let mut moved = false;
+    // The stream is polled with a waker of its own, which notes each
+    // wake-up before passing it on: the timer's own wake-ups do not count,
+    // however late this task gets to run. The deadline is looked at only
+    // when due, and moved once per window, not at every wake-up (the same
+    // shape as the upstream body's stall timer).
+    let watch = Arc::new(Watch { woken: AtomicBool::new(false), task: Mutex::new(None) });
+    let waker = Waker::from(watch.clone());
     std::future::poll_fn(|cx| {
-        // Before the deadline, only the stream can have woken this task.
-        if !deadline.is_elapsed() {
-            moved = true;
+        {
+            let mut task = watch.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
         }
-        if stream.as_mut().poll(cx).is_ready() {
+        if stream.as_mut().poll(&mut Context::from_waker(&waker)).is_ready() {
             return Poll::Ready(());
         }
         while deadline.as_mut().poll(cx).is_ready() {
-            if !moved {
+            if !watch.woken.swap(false, Ordering::AcqRel) {
                 tracing::debug!(?window, "reset an HTTP/2 stream that made no progress");
                 return Poll::Ready(());
             }
-            moved = false;
             deadline.as_mut().reset(tokio::time::Instant::now() + window);
         }
         Poll::Pending
     })
     .await
+}
+
+/// Notes that the stream was woken, and wakes the task that runs it.
+struct Watch {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Watch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            task.wake_by_ref();
+        }
+    }
 }

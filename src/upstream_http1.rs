@@ -606,6 +606,9 @@ fn response_framing(
         keep_alive = has_token(headers, &header::CONNECTION, "keep-alive");
     }
     if *method == Method::HEAD || matches!(status.as_u16(), 204 | 304) {
+        // No body follows, whatever the length says; it is only relayed
+        // (one value for a repeated one; a bad one as it came).
+        let _ = content_length(headers);
         return Ok((Framing::Empty, keep_alive));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -636,11 +639,20 @@ fn response_framing(
             None => Ok((Framing::UntilClose, false)),
         };
     }
+    match content_length(headers)? {
+        Some(n) => Ok((Framing::Length(n), keep_alive)),
+        None => Ok((Framing::UntilClose, false)),
+    }
+}
+
+/// The one length the `Content-Length` fields give, if any. Repeated equal
+/// values are accepted, and left as the one value they mean (§6.3 rule 5):
+/// the next hop may be stricter.
+fn content_length(headers: &mut HeaderMap) -> Result<Option<u64>, Error> {
     let (mut length, mut values) = (None, 0);
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            let n = parse_length(part).ok_or(Error::Malformed("bad Content-Length"))?;
+            let n = parse_length(part.trim_ascii()).ok_or(Error::Malformed("bad Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Error::Malformed("conflicting Content-Length values"));
             }
@@ -648,17 +660,10 @@ fn response_framing(
             values += 1;
         }
     }
-    match length {
-        Some(n) => {
-            // Repeated equal values are accepted, and relayed as the one
-            // value they mean (§6.3 rule 5): the next hop may be stricter.
-            if values > 1 {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            Ok((Framing::Length(n), keep_alive))
-        }
-        None => Ok((Framing::UntilClose, false)),
+    if let Some(n) = length.filter(|_| values > 1) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
+    Ok(length)
 }
 
 /// `1*DIGIT`, without sign or spaces, that fits a u64.
@@ -1132,6 +1137,10 @@ pub(crate) mod tests {
             assert_eq!(lengths, ["5"], "{repeated:?}");
         }
         let head = parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(head.parts.headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
+        // With no body (here a 304), the length is only relayed: one value too.
+        let head = parsed("HTTP/1.1 304 Not Modified\r\nContent-Length: 5, 5\r\n\r\n");
+        assert_eq!(head.framing, Framing::Empty);
         assert_eq!(head.parts.headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
         for bad in ["5, 6", "+5", "-1", "0x5", "5 5", "", "99999999999999999999"] {
             let text = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");

@@ -1472,7 +1472,7 @@ async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
 #[tokio::test]
 async fn a_stalled_http2_stream_is_reset_while_its_busy_connection_carries_on() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(upstream.addr, "keep_alive_timeout = \"500ms\"", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "keep_alive_timeout = \"1s\"", "")).await;
     let stream = TcpStream::connect(gw.public).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(0)
@@ -1500,14 +1500,14 @@ async fn a_stalled_http2_stream_is_reset_while_its_busy_connection_carries_on() 
                 kept_busy += 1;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "the stalled stream was never reset");
+        assert!(started.elapsed() < Duration::from_secs(15), "the stalled stream was never reset");
     };
     let error = ended.expect_err("the stalled stream is reset, not finished");
     let reason =
         std::error::Error::source(&error).and_then(|e| e.downcast_ref::<h2::Error>()).and_then(h2::Error::reason);
     assert_eq!(reason, Some(h2::Reason::CANCEL), "{error:?}");
-    assert!(started.elapsed() >= Duration::from_millis(500), "reset after {:?}", started.elapsed());
-    assert!(kept_busy >= 3, "the connection was not kept busy ({kept_busy} requests)");
+    assert!(started.elapsed() >= Duration::from_secs(1), "reset after {:?}", started.elapsed());
+    assert!(kept_busy >= 5, "the connection was not kept busy ({kept_busy} requests)");
     // The connection goes on.
     let after = sender.send_request(request(Method::HEAD, "/public/after")).await.expect("still served");
     assert_eq!(after.status(), StatusCode::OK);
