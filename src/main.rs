@@ -299,7 +299,21 @@ fn serve(path: PathBuf) -> ExitCode {
             }
         };
         server.reload_from(path);
-        server.run(shutdown_signal()).await;
+        // The first signal stops; a second one cuts `shutdown_delay` short.
+        let (signals_tx, signals) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            loop {
+                shutdown_signal().await;
+                signals_tx.send_modify(|n| *n += 1);
+            }
+        });
+        let nth = |n: u32| {
+            let mut signals = signals.clone();
+            async move {
+                let _ = signals.wait_for(|&seen| seen >= n).await;
+            }
+        };
+        server.run_until(nth(1), nth(2)).await;
         ExitCode::SUCCESS
     })
 }

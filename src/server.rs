@@ -159,6 +159,12 @@ impl Server {
     /// `server.pin_workers` says so); the admin listener, reloads and the
     /// store's janitor run on the calling runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_until(shutdown, std::future::pending()).await
+    }
+
+    /// [`Server::run`], where `hurry` (a second stop signal) cuts the
+    /// `shutdown_delay` short.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>, hurry: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         // The admin listener outlives the public drain, so `/readyz` can say
         // "draining" to the load balancer while in-flight requests finish.
@@ -232,8 +238,11 @@ impl Server {
             // A load balancer learns of the shutdown from `/readyz` (or
             // from its orchestrator) some time after the signal; until it
             // has, it still sends new connections, and they are served.
-            tracing::info!(shutdown_delay = ?cfg.shutdown_delay, "shutting down: /readyz fails now; still accepting until the delay is over");
-            tokio::time::sleep(cfg.shutdown_delay).await;
+            tracing::info!(shutdown_delay = ?cfg.shutdown_delay, "shutting down: /readyz fails now; still accepting until the delay is over (a second signal ends it)");
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.shutdown_delay) => {}
+                _ = hurry => tracing::info!("a second stop signal: the shutdown delay is cut short"),
+            }
         }
         tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: no new connections, draining in-flight requests");
         let _ = stop_tx.send(true);

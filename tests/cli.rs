@@ -732,6 +732,38 @@ async fn sigterm_drains_the_request_in_flight_refuses_new_connections_and_exits_
     assert!(!log.contains("drain timeout reached"), "{log}");
 }
 
+/// With `shutdown_delay`, SIGTERM fails `/readyz` and the public listener
+/// keeps serving; a second SIGTERM (an impatient operator, a supervisor
+/// escalating) cuts the delay short, and the process drains and exits 0.
+#[tokio::test]
+async fn a_second_sigterm_cuts_the_shutdown_delay_short() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = "[[routes]]\nname = \"demo\"\npath_prefix = \"/demo/\"\nupstream = \"static://\"\npublic = true\n";
+    let config = minimal_config(dir.path(), "shutdown_delay = \"60s\"", routes);
+    let path = write_config(dir.path(), "delay.toml", &config);
+    let mut gw = Served::start(&path, &[]).await;
+
+    gw.sigterm();
+    gw.wait_for_line("still accepting until the delay is over").await;
+    let ready = try_raw(gw.admin, "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("the admin listener answers");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let served = try_raw(gw.public, "GET /demo/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("the public listener still answers during the delay");
+    assert!(served.starts_with("HTTP/1.1 "), "{served}");
+    assert!(gw.running(), "serve exited inside a 60 s shutdown delay:\n{}", gw.log());
+
+    let second = Instant::now();
+    gw.sigterm();
+    let status = gw.wait_exit().await;
+    let log = gw.full_log().await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(second.elapsed() < Duration::from_secs(10), "exit took {:?} after the second SIGTERM", second.elapsed());
+    assert!(log.contains("the shutdown delay is cut short"), "{log}");
+}
+
 /// Drives every place a token or secret passes through with debug logging
 /// on, then checks none of them reached stderr.
 async fn no_secret_in_logs(token_format: &str) {
