@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use crate::stall::Stall;
+
 /// Spawns hyper's HTTP/2 stream tasks, each dropped once it has not moved
 /// for `window`.
 #[derive(Clone, Copy, Debug)]
@@ -46,13 +48,10 @@ where
 /// it was never woken (cut within one to two windows of its last wake-up).
 async fn moving_or_dropped<F: Future<Output = ()>>(stream: F, window: Duration) {
     let mut stream = std::pin::pin!(stream);
-    let deadline = tokio::time::sleep(window);
-    let mut deadline = std::pin::pin!(deadline);
+    let mut stall = Stall::new(window);
     // The stream is polled with a waker of its own, which notes each
     // wake-up before passing it on: the timer's own wake-ups do not count,
-    // however late this task gets to run. The deadline is looked at only
-    // when due, and moved once per window, not at every wake-up (the same
-    // shape as the upstream body's stall timer).
+    // however late this task gets to run.
     let watch = Arc::new(Watch { woken: AtomicBool::new(false), task: Mutex::new(None) });
     let waker = Waker::from(watch.clone());
     std::future::poll_fn(|cx| {
@@ -65,12 +64,13 @@ async fn moving_or_dropped<F: Future<Output = ()>>(stream: F, window: Duration) 
         if stream.as_mut().poll(&mut Context::from_waker(&waker)).is_ready() {
             return Poll::Ready(());
         }
-        while deadline.as_mut().poll(cx).is_ready() {
-            if !watch.woken.swap(false, Ordering::AcqRel) {
-                tracing::debug!(?window, "reset an HTTP/2 stream that made no progress");
-                return Poll::Ready(());
-            }
-            deadline.as_mut().reset(tokio::time::Instant::now() + window);
+        // After the poll: a wake-up during it counts too.
+        if watch.woken.swap(false, Ordering::AcqRel) {
+            stall.moved();
+        }
+        if stall.stalled(cx) {
+            tracing::debug!(?window, "reset an HTTP/2 stream that made no progress");
+            return Poll::Ready(());
         }
         Poll::Pending
     })

@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod respond;
 pub mod scope;
 pub mod server;
+pub mod stall;
 pub mod store;
 pub mod throttle;
 pub mod tls;

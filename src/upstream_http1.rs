@@ -46,6 +46,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::respond::{Body, BoxError};
+use crate::stall::Stall;
 use crate::upstream_pool::Home;
 
 /// The most a response head (status line and header fields) may take.
@@ -294,7 +295,7 @@ pub async fn exchange(
         Framing::Chunked => Decoder::Chunked(Chunked::Size),
         Framing::UntilClose => Decoder::UntilClose,
     };
-    let stall = Stall { after: stall_after, timer: None, progressed: false };
+    let stall = Stall::new(stall_after);
     let streaming = Streaming { conn: Some(conn), decoder, outgoing, keep_alive, home: Some(home()), stall };
     Ok((Response::from_parts(parts, ResponseBody { state: State::Streaming(Box::new(streaming)) }), None))
 }
@@ -703,34 +704,11 @@ struct Streaming {
     outgoing: Option<Outgoing>,
     keep_alive: bool,
     home: Option<Home>,
+    /// Ends the exchange when its body stops moving: nothing read from the
+    /// upstream and nothing of the request written for the route's timeout
+    /// (within one to two of them) is an error, as nginx's
+    /// `proxy_read_timeout` is.
     stall: Stall,
-}
-
-/// Ends an exchange whose body stops moving: nothing read from the
-/// upstream and nothing of the request written for `after` (somewhere
-/// between one and two `after`s: progress is noted, and looked at only
-/// when the timer fires) is an error, as nginx's `proxy_read_timeout` is.
-/// The timer exists only once the body has had to wait.
-struct Stall {
-    after: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    progressed: bool,
-}
-
-impl Stall {
-    /// Whether the body has stalled, registering `cx` for when it would
-    /// have.
-    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let after = self.after;
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
-        while timer.as_mut().poll(cx).is_ready() {
-            if !std::mem::take(&mut self.progressed) {
-                return true;
-            }
-            timer.as_mut().reset(tokio::time::Instant::now() + after);
-        }
-        false
-    }
 }
 
 enum Decoder {
@@ -941,7 +919,9 @@ impl Streaming {
         if let Some(out) = self.outgoing.as_mut() {
             let written = out.written;
             let sent = out.poll_send(&mut conn.io, cx);
-            self.stall.progressed |= out.written != written;
+            if out.written != written {
+                self.stall.moved();
+            }
             match sent {
                 Poll::Ready(Ok(())) => self.outgoing = None,
                 // The answer is what matters now; the connection is done.
@@ -981,7 +961,7 @@ impl Streaming {
                 Poll::Ready(filled) => filled,
                 Poll::Pending if self.stall.stalled(cx) => {
                     self.conn = None;
-                    return Poll::Ready(Some(Err(Error::Stalled(self.stall.after))));
+                    return Poll::Ready(Some(Err(Error::Stalled(self.stall.after()))));
                 }
                 Poll::Pending => return Poll::Pending,
             };
@@ -996,7 +976,7 @@ impl Streaming {
                     self.conn = None;
                     return Poll::Ready(Some(Err(Error::ClosedInBody)));
                 }
-                Ok(_) => self.stall.progressed = true,
+                Ok(_) => self.stall.moved(),
                 Err(e) => {
                     self.conn = None;
                     return Poll::Ready(Some(Err(Error::Io(e))));
