@@ -316,7 +316,7 @@ struct Front {
 impl WorkerCache {
     fn front(&self) -> std::sync::MutexGuard<'_, Front> {
         // Nothing is left half-done under the lock.
-        self.front.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.front)
     }
 
     fn get(&self, validator: u64, invalidations: u64, key: &[u8; 32], now: Instant) -> Option<Arc<Identity>> {

@@ -595,27 +595,26 @@ impl Validator {
     }
 
     fn duration(&mut self, field: &str, value: Option<&str>, default: &str) -> Duration {
-        let text = value.unwrap_or(default);
-        match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() => {
+        match self.parse_duration(field, value.unwrap_or(default)) {
+            Some(d) if d.is_zero() => {
                 self.err(field, "must be longer than zero");
                 Duration::from_secs(1)
             }
-            Ok(d) => d,
-            Err(e) => {
-                self.err(field, format!("{text:?} is not a duration like \"30s\" or \"15m\": {e}"));
-                Duration::from_secs(1)
-            }
+            Some(d) => d,
+            None => Duration::from_secs(1),
         }
     }
 
     /// A duration where zero means "none" and is the default.
     fn duration_or_zero(&mut self, field: &str, value: Option<&str>) -> Duration {
-        let text = value.unwrap_or("0s");
-        humantime::parse_duration(text).unwrap_or_else(|e| {
-            self.err(field, format!("{text:?} is not a duration like \"5s\" or \"0s\": {e}"));
-            Duration::ZERO
-        })
+        self.parse_duration(field, value.unwrap_or("0s")).unwrap_or(Duration::ZERO)
+    }
+
+    /// `text` as a duration, or `None` with the error reported.
+    fn parse_duration(&mut self, field: &str, text: &str) -> Option<Duration> {
+        humantime::parse_duration(text)
+            .map_err(|e| self.err(field, format!("{text:?} is not a duration like \"30s\" or \"15m\": {e}")))
+            .ok()
     }
 
     fn socket_addr(&mut self, field: &str, value: &str) -> SocketAddr {
@@ -1196,6 +1195,13 @@ mod tests {
         Config::parse(text, "test.toml", &|_| None)
     }
 
+    /// [`MINIMAL`] with `line` added to its `[server]` table.
+    fn with_server_line(line: &str) -> String {
+        let anchor = "listen = \"127.0.0.1:0\"\n        [admin]";
+        assert!(MINIMAL.contains(anchor), "MINIMAL's [server] table changed");
+        MINIMAL.replace(anchor, &format!("listen = \"127.0.0.1:0\"\n{line}\n[admin]"))
+    }
+
     fn fields(text: &str) -> Vec<String> {
         parse(text).unwrap_err().errors.into_iter().map(|e| e.field).collect()
     }
@@ -1231,12 +1237,7 @@ mod tests {
 
     #[test]
     fn pin_workers_is_auto_on_or_off() {
-        let with = |v: &str| {
-            MINIMAL.replace(
-                "listen = \"127.0.0.1:0\"\n        [admin]",
-                &format!("listen = \"127.0.0.1:0\"\npin_workers = \"{v}\"\n[admin]"),
-            )
-        };
+        let with = |v: &str| with_server_line(&format!("pin_workers = \"{v}\""));
         assert_eq!(parse(&with("on")).unwrap().server.pin_workers, PinWorkers::On);
         assert_eq!(parse(&with("off")).unwrap().server.pin_workers, PinWorkers::Off);
         assert_eq!(parse(&with("auto")).unwrap().server.pin_workers, PinWorkers::Auto);
@@ -1247,12 +1248,7 @@ mod tests {
 
     #[test]
     fn shutdown_delay_may_be_zero_but_must_be_a_duration() {
-        let with = |v: &str| {
-            MINIMAL.replace(
-                "listen = \"127.0.0.1:0\"\n        [admin]",
-                &format!("listen = \"127.0.0.1:0\"\nshutdown_delay = {v}\n[admin]"),
-            )
-        };
+        let with = |v: &str| with_server_line(&format!("shutdown_delay = {v}"));
         assert_eq!(parse(&with("\"5s\"")).unwrap().server.shutdown_delay, Duration::from_secs(5));
         assert_eq!(parse(&with("\"0s\"")).unwrap().server.shutdown_delay, Duration::ZERO);
         let err = parse(&with("\"soon\"")).unwrap_err();
