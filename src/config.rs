@@ -202,6 +202,8 @@ struct RawRoute {
     allow_body_token: Option<bool>,
     forward_bearer: Option<bool>,
     preserve_host: Option<bool>,
+    allow_encoded_slashes: Option<bool>,
+    allow_path_parameters: Option<bool>,
     timeout: Option<String>,
     ca: Option<String>,
     tls_skip_verify: Option<bool>,
@@ -473,6 +475,13 @@ pub struct RouteConfig {
     pub forward_bearer: bool,
     /// Keep the client's `Host` instead of the upstream's authority.
     pub preserve_host: bool,
+    /// Forward paths holding `%2F` (or `%25` escapes) untouched, as long as
+    /// a server that decodes them still lands in this route; refused with
+    /// 400 otherwise (`crate::path`).
+    pub allow_encoded_slashes: bool,
+    /// Forward paths with `;` parameters in a segment, as long as a servlet
+    /// container that cuts them off still lands in this route.
+    pub allow_path_parameters: bool,
     /// How long the upstream has to start its response.
     pub timeout: Duration,
     /// How an `https://` upstream is verified; `None` for the others.
@@ -977,7 +986,16 @@ impl Validator {
             let at = format!("routes[{i}]");
             let path_prefix = match crate::path::normalize(&r.path_prefix) {
                 Ok(p) if r.path_prefix.starts_with('/') && !r.path_prefix.contains(['?', '#']) => {
-                    p.trim_end_matches('/').to_string()
+                    if p.ambiguities.any() {
+                        self.err(
+                            format!("{at}.path_prefix"),
+                            format!(
+                                "{:?} holds %2F, ';' or %25, which upstreams read in different ways",
+                                r.path_prefix
+                            ),
+                        );
+                    }
+                    p.path.trim_end_matches('/').to_string()
                 }
                 _ => {
                     self.err(
@@ -991,6 +1009,14 @@ impl Validator {
                 self.err(
                     format!("{at}.path_prefix"),
                     format!("{:?} is already the prefix of route {:?}", r.path_prefix, other.name),
+                );
+            } else if let Some(other) = routes.iter().find(|o| o.path_prefix.eq_ignore_ascii_case(&path_prefix)) {
+                // Upstreams that route without regard to case (Express,
+                // ASP.NET) could not tell the two apart; the gateway refuses
+                // a path whose case-blind reading is another route's.
+                self.err(
+                    format!("{at}.path_prefix"),
+                    format!("{:?} differs from route {:?}'s prefix only in letter case", r.path_prefix, other.name),
                 );
             }
             let name = r.name.unwrap_or_else(|| r.path_prefix.clone());
@@ -1040,6 +1066,8 @@ impl Validator {
                 allow_body_token: r.allow_body_token.unwrap_or(true),
                 forward_bearer: r.forward_bearer.unwrap_or(false),
                 preserve_host: r.preserve_host.unwrap_or(false),
+                allow_encoded_slashes: r.allow_encoded_slashes.unwrap_or(false),
+                allow_path_parameters: r.allow_path_parameters.unwrap_or(false),
                 timeout: self.duration(&format!("{at}.timeout"), r.timeout.as_deref(), "30s"),
             });
         }
@@ -1408,5 +1436,42 @@ mod tests {
         assert!(notes.iter().any(|n| n.starts_with("/oauth/token is the authorization server's")), "{notes:?}");
         let c = parse(&format!("{MINIMAL}{}{}", route("a", "/a/"), route("b", "/b/"))).unwrap();
         assert!(c.route_notes().is_empty());
+    }
+
+    #[test]
+    fn prefixes_must_mean_one_path_to_every_upstream() {
+        let route = |name: &str, prefix: &str, more: &str| {
+            format!(
+                "\n[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"static://\"\npublic = true\n{more}"
+            )
+        };
+        for prefix in ["/a%2Fb/", "/a;b/", "/a%252e/", "/a%3Bb/"] {
+            let err = parse(&format!("{MINIMAL}{}", route("x", prefix, ""))).unwrap_err();
+            assert_eq!(
+                err.errors,
+                [FieldError {
+                    field: "routes[0].path_prefix".into(),
+                    reason: format!("{prefix:?} holds %2F, ';' or %25, which upstreams read in different ways"),
+                }]
+            );
+        }
+        let err = parse(&format!("{MINIMAL}{}{}", route("api", "/api/", ""), route("API", "/API/", ""))).unwrap_err();
+        assert_eq!(
+            err.errors,
+            [FieldError {
+                field: "routes[1].path_prefix".into(),
+                reason: "\"/API/\" differs from route \"api\"'s prefix only in letter case".into(),
+            }]
+        );
+        // The opt-ins parse, and default to off.
+        let c = parse(&format!(
+            "{MINIMAL}{}{}",
+            route("files", "/files/", "allow_encoded_slashes = true\nallow_path_parameters = true\n"),
+            route("plain", "/plain/", "")
+        ))
+        .unwrap();
+        let flags: Vec<(bool, bool)> =
+            c.routes.iter().map(|r| (r.allow_encoded_slashes, r.allow_path_parameters)).collect();
+        assert_eq!(flags, [(true, true), (false, false)]);
     }
 }

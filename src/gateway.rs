@@ -21,7 +21,7 @@ use crate::config::{RouteConfig, ScopeRule};
 use crate::form::{FormError, FormReader};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::net::IpNet;
-use crate::path::{normalize, under_prefix};
+use crate::path::{Ambiguities, normalize, other_readings, under_prefix};
 use crate::proxy::{Destination, ForwardContext, Forwarder, upstream_headers};
 use crate::respond::{Body, Refusal, full};
 use crate::upstream_http1::Added;
@@ -60,17 +60,80 @@ impl Route {
 /// Routes, longest prefix first, so the first match is the best.
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Whether a prefix has upper-case letters: then even a lower-case path
+    /// may read as another route's to an upstream blind to case.
+    prefix_has_upper_case: bool,
 }
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> RouteTable {
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
-        RouteTable { routes }
+        let prefix_has_upper_case = routes.iter().any(|r| has_upper_case(&r.config.path_prefix));
+        RouteTable { routes, prefix_has_upper_case }
     }
 
     pub fn find(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| under_prefix(path, &r.config.path_prefix))
     }
+
+    /// The route an upstream that ignores letter case (Express, ASP.NET)
+    /// would take `path` for.
+    fn find_ignoring_case(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            let prefix = &r.config.path_prefix;
+            // On a segment boundary, as `under_prefix` matches.
+            path.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+                && (prefix.is_empty() || matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+        })
+    }
+
+    /// Refuses a `path` (normalised, with the `ambiguities` it holds) that
+    /// `route` was found for, when an upstream could act on it as a path
+    /// outside that route: what the gateway authorises must be what every
+    /// upstream acts on, and where common upstreams would read a path
+    /// differently, the request is refused (README, "Security model").
+    pub fn check_readings(&self, route: &Route, path: &str, ambiguities: Ambiguities) -> Result<(), Refusal> {
+        let cfg = &route.config;
+        if ambiguities.encoded_slash && !cfg.allow_encoded_slashes {
+            return Err(Refusal::BadRequest(
+                "The request path has an encoded slash (%2F), which upstreams read in different ways",
+            ));
+        }
+        if ambiguities.double_encoding && !cfg.allow_encoded_slashes {
+            return Err(Refusal::BadRequest(
+                "The request path is percent-encoded twice (%25), which upstreams read in different ways",
+            ));
+        }
+        if ambiguities.path_parameter && !cfg.allow_path_parameters {
+            return Err(Refusal::BadRequest(
+                "The request path has a ';' parameter, which servlet containers cut off before they route",
+            ));
+        }
+        let elsewhere = Refusal::BadRequest("The request path may mean another route's path to the upstream");
+        if !self.reads_as(route, path) {
+            return Err(elsewhere);
+        }
+        if ambiguities.any() {
+            for reading in other_readings(path, ambiguities) {
+                match reading {
+                    Ok(other) if self.reads_as(route, &other) => {}
+                    _ => return Err(elsewhere),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `path` lies in `route` with letter case ignored as well.
+    fn reads_as(&self, route: &Route, path: &str) -> bool {
+        let same = |found: Option<&Route>| found.is_some_and(|r| std::ptr::eq(r, route));
+        same(self.find(path))
+            && (!(self.prefix_has_upper_case || has_upper_case(path)) || same(self.find_ignoring_case(path)))
+    }
+}
+
+fn has_upper_case(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// What one worker keeps for itself, so that a request touches nothing
@@ -186,13 +249,14 @@ impl Gateway {
         if let Err(refusal) = check_framing(req.headers()) {
             return unrouted(refusal, req.uri().path());
         }
-        let path = match normalize(req.uri().path()) {
-            Ok(p) => p,
+        let normal = match normalize(req.uri().path()) {
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "refused a malformed path");
                 return unrouted(Refusal::BadRequest("The request path is malformed"), req.uri().path());
             }
         };
+        let path = normal.path;
         if let Some(endpoint) = self.authz.endpoint(&path) {
             // Boxed, like every cold path here: the endpoints' futures are
             // large, and a proxied request's future would carry them too.
@@ -205,7 +269,11 @@ impl Gateway {
         };
         let mut info =
             AccessInfo { route: Some(&route.config.name), upstream: Some(&route.upstream), ..AccessInfo::default() };
-        let res = match self.through_route(route, req, &path, Arrival { peer, host, started }, worker).await {
+        let through = match self.routes.check_readings(route, &path, normal.ambiguities) {
+            Ok(()) => self.through_route(route, req, &path, Arrival { peer, host, started }, worker).await,
+            Err(refusal) => Err(refusal),
+        };
+        let res = match through {
             Ok(sent) => {
                 let elapsed = started.elapsed();
                 route.metrics.observe(Outcome::Allowed, elapsed);

@@ -1,0 +1,208 @@
+//! Real upstream servers for differential tests: nginx (Debian's
+//! `nginx-light`) and a WSGI app on Python's `wsgiref`, each started on
+//! loopback ports of its own and stopped when dropped. Every server stands
+//! for one gateway route and answers with that route's name and the
+//! location *it* acted on, so a test can hold the upstream's reading of a
+//! request against the gateway's decision.
+//!
+//! Outside CI a machine without the server skips (with a note on stderr);
+//! with `CI=true` that panics, since `.ci/run` installs them.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NGINX: &str = "/usr/sbin/nginx";
+const PYTHON: &str = "python3";
+
+/// How long a server has to come up.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `None` (with a note) when `what` is missing outside CI; a panic in CI.
+fn missing<T>(what: &str) -> Option<T> {
+    let note = format!("differential tests need {what} (.ci/run installs it)");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and {note}");
+    }
+    eprintln!("SKIPPED: {note}");
+    None
+}
+
+/// A child process, killed and reaped on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What an upstream said it acted on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acted {
+    /// The route the server stands for: the gateway's choice.
+    pub route: String,
+    /// The location the server's own routing chose.
+    pub location: String,
+    /// The path as the server read it (nginx's `$uri`, WSGI's `PATH_INFO`).
+    pub path: String,
+}
+
+impl Acted {
+    /// Parses the first line of an upstream's answer,
+    /// `route=R location=L path=P`; `None` for anything else (the
+    /// gateway's refusals, or the server's own error pages).
+    pub fn parse(body: &str) -> Option<Acted> {
+        let line = body.lines().next()?;
+        let rest = line.strip_prefix("route=")?;
+        let (route, rest) = rest.split_once(" location=")?;
+        let (location, path) = rest.split_once(" path=")?;
+        Some(Acted { route: route.into(), location: location.into(), path: path.into() })
+    }
+}
+
+/// nginx with one `server` per route name, each with a `location` per
+/// name (`root` is `location /`).
+pub struct Nginx {
+    /// Each route's server, in the order given.
+    pub servers: Vec<(String, SocketAddr)>,
+    _process: Process,
+    _dir: tempfile::TempDir,
+    /// The sockets that hold the servers' ports (see `start`).
+    _ports: Vec<socket2::Socket>,
+}
+
+impl Nginx {
+    /// Starts nginx; `routes` names both its servers and its locations.
+    pub async fn start(routes: &[&str]) -> Option<Nginx> {
+        if !std::path::Path::new(NGINX).exists() {
+            return missing("nginx (Debian package nginx-light)");
+        }
+        let dir = tempfile::Builder::new().prefix("portcullis-nginx-").tempdir().expect("temp dir");
+        // Each port is taken here with SO_REUSEPORT and kept, never
+        // listened on: nginx joins it (`reuseport`), the kernel gives only
+        // nginx's listening socket the connections, and no other test can
+        // be handed the port in between (picking a free port and releasing
+        // it races them).
+        let mut ports = Vec::new();
+        let mut servers = Vec::new();
+        for route in routes {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+            socket.set_reuse_port(true).expect("SO_REUSEPORT");
+            socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind a port");
+            let addr = socket.local_addr().expect("address").as_socket().expect("an IP address");
+            servers.push((route.to_string(), addr));
+            ports.push(socket);
+        }
+        let locations: String = routes
+            .iter()
+            .map(|l| {
+                let at = if *l == "root" { "/".to_string() } else { format!("/{l}/") };
+                format!("    location {at} {{ return 200 \"route=$route location={l} path=$uri\\n\"; }}\n")
+            })
+            .collect();
+        let server_blocks: String = servers
+            .iter()
+            .map(|(route, addr)| {
+                format!("  server {{\n    listen {addr} reuseport;\n    set $route {route};\n{locations}  }}\n")
+            })
+            .collect();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  default_type text/plain;\n\
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{server_blocks}}}\n"
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let child = Command::new(NGINX)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {NGINX}: {e}"));
+        let mut process = Process(child);
+        // Ready when every server takes connections (until then the port
+        // has no listening socket and refuses them).
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for (_, addr) in &servers {
+            loop {
+                if let Ok(Some(status)) = process.0.try_wait() {
+                    let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+                    panic!("nginx exited with {status}; its log:\n{log}");
+                }
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "nginx did not listen on {addr} in {READY_TIMEOUT:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Some(Nginx { servers, _process: process, _dir: dir, _ports: ports })
+    }
+
+    pub fn addr(&self, route: &str) -> SocketAddr {
+        self.servers.iter().find(|(r, _)| r == route).map(|(_, a)| *a).expect("a server for the route")
+    }
+}
+
+/// The WSGI app of `tests/upstreams/wsgi_app.py` on `wsgiref`, one server
+/// per route.
+pub struct Wsgi {
+    pub servers: Vec<(String, SocketAddr)>,
+    _process: Process,
+}
+
+impl Wsgi {
+    /// Starts the app; `routes` names its servers and the first path
+    /// segments its router knows (`root` is everything else).
+    pub async fn start(routes: &[&str]) -> Option<Wsgi> {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams/wsgi_app.py");
+        let Ok(mut child) = Command::new(PYTHON)
+            .arg(&script)
+            .args(routes)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return missing("python3");
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let process = Process(child);
+        // The app names each server's port on a line of its own once it
+        // listens.
+        let count = routes.len();
+        let lines = tokio::task::spawn_blocking(move || {
+            BufReader::new(stdout).lines().take(count).collect::<Result<Vec<String>, _>>()
+        });
+        let lines = tokio::time::timeout(READY_TIMEOUT, lines)
+            .await
+            .expect("the WSGI app came up in time")
+            .expect("reading its ports")
+            .expect("its ports");
+        let servers: Vec<(String, SocketAddr)> = lines
+            .iter()
+            .map(|line| {
+                let (route, port) = line.split_once(' ').unwrap_or_else(|| panic!("not `route port`: {line:?}"));
+                (route.to_string(), SocketAddr::from(([127, 0, 0, 1], port.parse().expect("a port"))))
+            })
+            .collect();
+        assert_eq!(servers.len(), count, "the WSGI app named {servers:?}");
+        Some(Wsgi { servers, _process: process })
+    }
+
+    pub fn addr(&self, route: &str) -> SocketAddr {
+        self.servers.iter().find(|(r, _)| r == route).map(|(_, a)| *a).expect("a server for the route")
+    }
+}
