@@ -95,6 +95,8 @@ struct RawServer {
     shutdown_delay: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    allowed_hosts: Option<Vec<String>>,
+    headers_with_underscores: Option<String>,
     workers: Option<usize>,
     pin_workers: Option<String>,
     tls: Option<RawTls>,
@@ -256,6 +258,13 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-*` headers are believed and extended; from
     /// anyone else they are replaced.
     pub trusted_proxies: Vec<IpNet>,
+    /// The host names clients may reach proxied routes by (the `Host`, or
+    /// a trusted proxy's `X-Forwarded-Host`): upstreams build links from
+    /// them. By default the issuer's host (and every loopback name when
+    /// that is a loopback address).
+    pub allowed_hosts: Vec<HostPattern>,
+    /// What becomes of a client's header whose name holds `_`.
+    pub headers_with_underscores: UnderscoreHeaders,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
     /// Whether each public worker is kept on a CPU of its own.
@@ -321,6 +330,67 @@ pub struct CacheConfig {
     /// one check.
     pub negative_ttl: Duration,
     pub max_entries: u64,
+}
+
+/// One entry of `server.allowed_hosts`: a name, `*.` and a domain (its
+/// subdomains, not itself), or `*` for any host. Compared without regard to
+/// case or port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    Exact(String),
+    /// Names ending in this (`.example.com`).
+    Subdomains(String),
+}
+
+impl HostPattern {
+    /// Parses an `allowed_hosts` entry.
+    pub fn parse(text: &str) -> Result<HostPattern, String> {
+        let lower = text.to_ascii_lowercase();
+        let name = lower.strip_prefix("*.").unwrap_or(&lower);
+        let valid = |n: &str| {
+            !n.is_empty()
+                && (n.starts_with('[') && n.ends_with(']') && n[1..n.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()
+                    || n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+        };
+        match lower.as_str() {
+            "*" => Ok(HostPattern::Any),
+            _ if !valid(name) => Err(format!(
+                "{text:?} is not a host name like \"api.example.com\", \"*.example.com\" or \"*\" (no port or scheme)"
+            )),
+            _ if lower.starts_with("*.") => Ok(HostPattern::Subdomains(lower[1..].to_string())),
+            _ => Ok(HostPattern::Exact(lower)),
+        }
+    }
+
+    /// Whether `host`, a `Host` header's value (port and all), is one this
+    /// pattern allows.
+    pub fn matches(&self, host: &[u8]) -> bool {
+        let name = match host.first() {
+            Some(b'[') => host.iter().position(|b| *b == b']').map_or(host, |end| &host[..=end]),
+            _ => host.iter().position(|b| *b == b':').map_or(host, |colon| &host[..colon]),
+        };
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(n) => name.eq_ignore_ascii_case(n.as_bytes()),
+            HostPattern::Subdomains(suffix) => {
+                name.len() > suffix.len() && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+}
+
+/// `server.headers_with_underscores`: nginx ignores such headers
+/// (`underscores_in_headers off`), Envoy can drop or refuse them, and WSGI,
+/// CGI and several frameworks read `X_Auth_Subject` as `X-Auth-Subject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// Not forwarded (the default).
+    Drop,
+    /// The request is refused with 400.
+    Refuse,
+    /// Forwarded as sent.
+    Keep,
 }
 
 /// `server.pin_workers`.
@@ -634,13 +704,16 @@ impl Validator {
     }
 
     fn config(&mut self, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Config {
-        let server = self.server(raw.server);
+        let mut server = self.server(raw.server);
         let admin = AdminConfig { listen: self.socket_addr("admin.listen", &raw.admin.listen) };
         if admin.listen == server.listen && admin.listen.port() != 0 {
             self.err("admin.listen", "must differ from server.listen: metrics never share the public listener");
         }
         let storage = self.storage(raw.storage);
         let authorization_server = self.authorization_server(raw.authorization_server);
+        if server.allowed_hosts.is_empty() {
+            server.allowed_hosts = default_allowed_hosts(&authorization_server.issuer);
+        }
         let cache = CacheConfig {
             ttl: self.duration("cache.ttl", raw.cache.ttl.as_deref(), "30s"),
             negative_ttl: self.duration("cache.negative_ttl", raw.cache.negative_ttl.as_deref(), "5s"),
@@ -691,9 +764,33 @@ impl Validator {
                 Err(reason) => self.err(format!("server.trusted_proxies[{i}]"), reason),
             }
         }
+        let mut allowed_hosts = Vec::new();
+        for (i, h) in raw.allowed_hosts.iter().flatten().enumerate() {
+            match HostPattern::parse(h) {
+                Ok(p) => allowed_hosts.push(p),
+                Err(reason) => self.err(format!("server.allowed_hosts[{i}]"), reason),
+            }
+        }
+        if raw.allowed_hosts.as_ref().is_some_and(Vec::is_empty) {
+            self.err("server.allowed_hosts", "must name at least one host (\"*\" for any)");
+        }
+        let headers_with_underscores = match raw.headers_with_underscores.as_deref().unwrap_or("drop") {
+            "drop" => UnderscoreHeaders::Drop,
+            "refuse" => UnderscoreHeaders::Refuse,
+            "keep" => UnderscoreHeaders::Keep,
+            other => {
+                self.err(
+                    "server.headers_with_underscores",
+                    format!("{other:?}: must be \"drop\", \"refuse\" or \"keep\""),
+                );
+                UnderscoreHeaders::Drop
+            }
+        };
         ServerConfig {
             listen,
             realm,
+            allowed_hosts,
+            headers_with_underscores,
             header_read_timeout: self.duration("server.header_read_timeout", raw.header_read_timeout.as_deref(), "10s"),
             keep_alive_timeout: self.duration("server.keep_alive_timeout", raw.keep_alive_timeout.as_deref(), "75s"),
             max_header_bytes,
@@ -1159,6 +1256,20 @@ impl Validator {
     }
 }
 
+/// `server.allowed_hosts` when the file names none: the issuer's host, and
+/// when that is a loopback address, every loopback name (a developer's
+/// `curl localhost:8080` is as good as `127.0.0.1:8080`).
+fn default_allowed_hosts(issuer: &str) -> Vec<HostPattern> {
+    let Some(host) = issuer.parse::<http::Uri>().ok().and_then(|u| u.host().map(str::to_ascii_lowercase)) else {
+        return Vec::new();
+    };
+    if is_loopback_host(&host) {
+        ["localhost", "127.0.0.1", "[::1]"].into_iter().map(|h| HostPattern::Exact(h.into())).collect()
+    } else {
+        vec![HostPattern::Exact(host)]
+    }
+}
+
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -1436,6 +1547,42 @@ mod tests {
         assert!(notes.iter().any(|n| n.starts_with("/oauth/token is the authorization server's")), "{notes:?}");
         let c = parse(&format!("{MINIMAL}{}{}", route("a", "/a/"), route("b", "/b/"))).unwrap();
         assert!(c.route_notes().is_empty());
+    }
+
+    #[test]
+    fn allowed_hosts_default_to_the_issuers_and_are_checked() {
+        let hosts = |text: &str| parse(text).unwrap().server.allowed_hosts;
+        let loopback: Vec<HostPattern> =
+            ["localhost", "127.0.0.1", "[::1]"].into_iter().map(|h| HostPattern::Exact(h.into())).collect();
+        assert_eq!(hosts(MINIMAL), loopback);
+        let public = MINIMAL.replace("http://127.0.0.1:8080", "https://Auth.Example.com:8443/base");
+        assert_eq!(hosts(&public), [HostPattern::Exact("auth.example.com".into())]);
+        assert_eq!(
+            hosts(&with_server_line(r#"allowed_hosts = ["API.example.com", "*.apps.example.com", "*", "[::1]"]"#)),
+            [
+                HostPattern::Exact("api.example.com".into()),
+                HostPattern::Subdomains(".apps.example.com".into()),
+                HostPattern::Any,
+                HostPattern::Exact("[::1]".into()),
+            ]
+        );
+        for bad in ["api.example.com:443", "https://api.example.com", "*example.com", "a b", ""] {
+            assert_eq!(
+                fields(&with_server_line(&format!("allowed_hosts = [{bad:?}]"))),
+                ["server.allowed_hosts[0]"],
+                "{bad}"
+            );
+        }
+        assert_eq!(fields(&with_server_line("allowed_hosts = []")), ["server.allowed_hosts"]);
+        assert_eq!(
+            fields(&with_server_line("headers_with_underscores = \"allow\"")),
+            ["server.headers_with_underscores"]
+        );
+        let exact = HostPattern::Exact("api.example.com".into());
+        assert!(exact.matches(b"API.example.com:8080") && !exact.matches(b"api.example.com.evil"));
+        let subdomains = HostPattern::Subdomains(".example.com".into());
+        assert!(subdomains.matches(b"a.b.example.com") && !subdomains.matches(b"example.com"));
+        assert!(HostPattern::Exact("[::1]".into()).matches(b"[::1]:80"));
     }
 
     #[test]

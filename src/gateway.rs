@@ -17,12 +17,14 @@ use crate::access::AccessInfo;
 use crate::authz::AuthzEndpoints;
 use crate::bearer::{self, BearerError, TokenSource};
 use crate::cache::{TokenValidator, Verdict, WorkerCache};
-use crate::config::{RouteConfig, ScopeRule};
+use crate::config::{HostPattern, RouteConfig, ScopeRule, UnderscoreHeaders};
 use crate::form::{FormError, FormReader};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::net::IpNet;
 use crate::path::{Ambiguities, normalize, other_readings, under_prefix};
-use crate::proxy::{Destination, ForwardContext, Forwarder, upstream_headers};
+use crate::proxy::{
+    Destination, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_HOST, upstream_headers,
+};
 use crate::respond::{Body, Refusal, full};
 use crate::upstream_http1::Added;
 
@@ -170,6 +172,10 @@ pub struct Gateway {
     pub forwarded_proto: &'static str,
     /// Whether each request is written to the access log.
     pub access_log: bool,
+    /// The hosts proxied routes answer for (`server.allowed_hosts`).
+    pub allowed_hosts: Vec<HostPattern>,
+    /// What becomes of client headers with `_` in their names.
+    pub underscores: UnderscoreHeaders,
     /// Series for requests that match no route.
     unrouted: RouteMetrics,
 }
@@ -221,6 +227,8 @@ impl Gateway {
             form,
             forwarded_proto: "http",
             access_log: true,
+            allowed_hosts: vec![HostPattern::Any],
+            underscores: UnderscoreHeaders::Drop,
             unrouted,
         }
     }
@@ -248,6 +256,13 @@ impl Gateway {
         };
         if let Err(refusal) = check_framing(req.headers()) {
             return unrouted(refusal, req.uri().path());
+        }
+        // RFC 9110 §9.1: methods are case-sensitive, but frameworks upper-case
+        // them before they dispatch, so `delete` would be matched here as an
+        // unknown method (the `"*"` rule) and run upstream as DELETE. nginx
+        // refuses lower-case methods too.
+        if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return unrouted(Refusal::BadRequest("The request method must be upper case"), req.uri().path());
         }
         let normal = match normalize(req.uri().path()) {
             Ok(n) => n,
@@ -311,23 +326,23 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         let query = parts.uri.query();
 
+        self.check_headers(&parts.headers, peer, host.as_ref())?;
         let Some(rule) = &cfg.scopes else {
             // A public route: nothing to enforce, nothing taken away.
             let path_and_query = join_path_query(path, query);
-            let ctx = ForwardContext {
-                peer,
-                trusted_proxies: &self.trusted_proxies,
-                proto: self.forwarded_proto,
-                host,
-                identity: None,
-                keep_authorization: true,
-                preserve_host: cfg.preserve_host,
-            };
+            let ctx = self.forward_context(cfg, peer, host, None, true);
             let added = upstream_headers(&mut parts.headers, ctx);
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
             return self.send(&worker.forwarder, route, req, added, path_and_query, None).await;
         };
         let required = rule.required(&parts.method).ok_or_else(|| Refusal::MethodNotAllowed(route.allow.clone()))?;
+        // The scopes are the request line's method's: an upstream must not
+        // be asked to run another.
+        if METHOD_OVERRIDE_HEADERS.iter().any(|name| parts.headers.contains_key(*name)) {
+            return Err(Refusal::BadRequest(
+                "The request asks for another method than its own (X-HTTP-Method-Override); send that method instead",
+            ));
+        }
 
         // RFC 6750 §2: find the token wherever it may be, and refuse a
         // request that sends it more than one way.
@@ -374,15 +389,8 @@ impl Gateway {
             return Err(Refusal::InsufficientScope(required.clone()));
         }
 
-        let ctx = ForwardContext {
-            peer,
-            trusted_proxies: &self.trusted_proxies,
-            proto: self.forwarded_proto,
-            host,
-            identity: Some(&identity),
-            keep_authorization: cfg.forward_bearer && source == TokenSource::Header,
-            preserve_host: cfg.preserve_host,
-        };
+        let ctx =
+            self.forward_context(cfg, peer, host, Some(&identity), cfg.forward_bearer && source == TokenSource::Header);
         if source == TokenSource::Body {
             // The body shrank; the upstream client frames it anew.
             parts.headers.remove(header::CONTENT_LENGTH);
@@ -398,6 +406,54 @@ impl Gateway {
             sent.response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
         Ok(sent)
+    }
+
+    fn forward_context<'a>(
+        &'a self,
+        cfg: &RouteConfig,
+        peer: SocketAddr,
+        host: Option<HeaderValue>,
+        identity: Option<&'a crate::tokens::Identity>,
+        keep_authorization: bool,
+    ) -> ForwardContext<'a> {
+        ForwardContext {
+            peer,
+            trusted_proxies: &self.trusted_proxies,
+            proto: self.forwarded_proto,
+            host,
+            identity,
+            keep_authorization,
+            preserve_host: cfg.preserve_host,
+            drop_underscored: self.underscores == UnderscoreHeaders::Drop,
+        }
+    }
+
+    /// What a proxied request's headers must pass before anything else:
+    /// the host it names is one this gateway serves (upstreams build links
+    /// from it), and no header name has `_` when that is refused.
+    fn check_headers(
+        &self,
+        headers: &http::HeaderMap,
+        peer: SocketAddr,
+        host: Option<&HeaderValue>,
+    ) -> Result<(), Refusal> {
+        // The client-facing host: a trusted proxy's `X-Forwarded-Host`
+        // (its first entry, the one the client reached) or the `Host`.
+        let forwarded_host = headers
+            .get(&X_FORWARDED_HOST)
+            .filter(|_| crate::net::is_trusted(&self.trusted_proxies, peer.ip()))
+            .map(|v| v.as_bytes().split(|b| *b == b',').next().unwrap_or_default().trim_ascii());
+        if let Some(host) = forwarded_host.or(host.map(HeaderValue::as_bytes))
+            && !self.allowed_hosts.iter().any(|p| p.matches(host))
+        {
+            return Err(Refusal::MisdirectedRequest);
+        }
+        if self.underscores == UnderscoreHeaders::Refuse && headers.keys().any(|n| n.as_str().contains('_')) {
+            return Err(Refusal::BadRequest(
+                "The request has a header whose name holds '_', which upstreams may read as '-'",
+            ));
+        }
+        Ok(())
     }
 
     async fn send(

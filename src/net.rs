@@ -1,4 +1,5 @@
-//! Address ranges for `server.trusted_proxies` (`10.0.0.0/8`, `::1`).
+//! Address ranges for `server.trusted_proxies` (`10.0.0.0/8`, `::1`), and
+//! the client's address as a chain of trusted proxies tells it.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -53,6 +54,48 @@ impl FromStr for IpNet {
     }
 }
 
+/// Whether `ip` is one of the `trusted` proxies.
+pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
+}
+
+/// The client's address: `peer` itself, unless it is a trusted proxy, in
+/// which case the `X-Forwarded-For` lines it sent (`chain`, oldest hop
+/// first) are read from the right, past every trusted proxy, to the first
+/// address no trusted proxy is; that is the one a trusted proxy saw, and
+/// everything left of it is the client's to make up. An entry that is not
+/// an address ends the walk at the proxy that passed it on.
+pub fn client_address<'a>(peer: IpAddr, chain: impl DoubleEndedIterator<Item = &'a str>, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !is_trusted(trusted, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for entry in chain.rev().flat_map(|line| line.rsplit(',')) {
+        let Some(ip) = parse_hop(entry.trim()) else { break };
+        client = ip.to_canonical();
+        if !is_trusted(trusted, client) {
+            break;
+        }
+    }
+    client
+}
+
+/// One hop of `X-Forwarded-For`: an address, perhaps with a port
+/// (`1.2.3.4:5678`, `[::1]:80`), as some proxies write it.
+fn parse_hop(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = entry.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(ip, _)| ip.parse().ok());
+    }
+    entry
+        .rsplit_once(':')
+        .and_then(|(ip, port)| port.parse::<u16>().ok().and(ip.parse::<std::net::Ipv4Addr>().ok()))
+        .map(IpAddr::V4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +113,24 @@ mod tests {
         assert!(all.contains("::1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         assert!("ten".parse::<IpNet>().is_err());
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let client = |peer: &str, lines: &[&str]| client_address(ip(peer), lines.iter().copied(), &trusted);
+        // An untrusted peer is the client, whatever it says.
+        assert_eq!(client("6.6.6.6", &["1.1.1.1"]), ip("6.6.6.6"));
+        // A trusted peer's chain is read from the right, past trusted hops.
+        assert_eq!(client("10.0.0.1", &["1.1.1.1, 2.2.2.2, 10.0.0.9"]), ip("2.2.2.2"));
+        assert_eq!(client("10.0.0.1", &["1.1.1.1", "2.2.2.2"]), ip("2.2.2.2"));
+        assert_eq!(client("10.0.0.1", &["2.2.2.2:4711", "[2001:db8::1]:80"]), ip("2001:db8::1"));
+        assert_eq!(client("::ffff:10.0.0.1", &["::ffff:2.2.2.2"]), ip("2.2.2.2"));
+        // No chain, or only trusted hops: the last trusted hop.
+        assert_eq!(client("10.0.0.1", &[]), ip("10.0.0.1"));
+        assert_eq!(client("10.0.0.1", &["10.0.0.2, 10.0.0.3"]), ip("10.0.0.2"));
+        // Garbage stops the walk at the proxy that passed it on.
+        assert_eq!(client("10.0.0.1", &["2.2.2.2, unknown, 10.0.0.3"]), ip("10.0.0.3"));
     }
 }

@@ -29,8 +29,7 @@ pub static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client
 pub static X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -75,14 +74,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, present)| *present) {
         headers.remove(*name);
-    }
-}
-
-/// Removes every `X-Auth-*` header: only the gateway may assert identity.
-pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("x-auth-")).cloned().collect();
-    for name in spoofed {
-        headers.remove(name);
     }
 }
 
@@ -148,6 +139,69 @@ pub struct ForwardContext<'a> {
     pub identity: Option<&'a Identity>,
     pub keep_authorization: bool,
     pub preserve_host: bool,
+    /// Whether headers whose names hold `_` go (`server.headers_with_underscores`).
+    pub drop_underscored: bool,
+}
+
+/// Headers that tell an upstream the client's address; believed from a
+/// trusted proxy only, and `X-Real-IP` is always the gateway's own.
+static CLIENT_ADDRESS_HEADERS: [&str; 8] = [
+    "x-real-ip",
+    "true-client-ip",
+    "client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+];
+
+/// Headers that make IIS, Symfony and some Spring set-ups act on another
+/// path than the request line's: the path the gateway authorised is the
+/// only one, whoever sent them.
+static PATH_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// Headers that ask frameworks to run another method than the request
+/// line's (Rails, Express's method-override, Laravel, Google APIs); on a
+/// protected route the gateway refuses them (`crate::gateway`).
+pub static METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// What a client header is to the gateway, when it is anything.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owned {
+    /// `X-Auth-*`: only the gateway asserts identity.
+    Identity,
+    /// `X-Forwarded-*` and `Forwarded`: from a trusted proxy only.
+    Forwarded,
+    /// One of [`CLIENT_ADDRESS_HEADERS`].
+    ClientAddress,
+    /// One of [`PATH_OVERRIDE_HEADERS`].
+    PathOverride,
+    /// A name with `_`, which CGI-style servers read as `-`.
+    Underscored,
+    Cookie,
+}
+
+fn owned(name: &HeaderName) -> Option<Owned> {
+    if name == header::COOKIE {
+        return Some(Owned::Cookie);
+    }
+    let name = name.as_str();
+    if name.starts_with("x-auth-") {
+        Some(Owned::Identity)
+    } else if name.starts_with("x-forwarded-") || name == "forwarded" {
+        Some(Owned::Forwarded)
+    } else if name.contains('_') {
+        Some(Owned::Underscored)
+    } else if CLIENT_ADDRESS_HEADERS.contains(&name) {
+        Some(Owned::ClientAddress)
+    } else if PATH_OVERRIDE_HEADERS.contains(&name) {
+        Some(Owned::PathOverride)
+    } else {
+        None
+    }
 }
 
 /// Rewrites request headers for the upstream: what goes is removed from
@@ -155,18 +209,33 @@ pub struct ForwardContext<'a> {
 /// encoder to write after them.
 pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Added {
     strip_hop_by_hop(headers);
+    let trusted = crate::net::is_trusted(ctx.trusted_proxies, ctx.peer.ip());
     // One look at the names present: most requests carry none of the
     // headers below, and looking up or removing an absent name still
     // hashes it.
-    let (mut spoofed, mut forwarded, mut cookies) = (false, false, false);
+    let (mut forwarded, mut cookies) = (false, false);
+    let mut going: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        cookies |= name == header::COOKIE;
-        let name = name.as_str();
-        spoofed |= name.starts_with("x-auth-");
-        forwarded |= name.starts_with("x-forwarded-") || name == "forwarded";
+        let Some(kind) = owned(name) else { continue };
+        let goes = match kind {
+            Owned::Cookie => {
+                cookies = true;
+                false
+            }
+            Owned::Forwarded => {
+                forwarded = true;
+                !trusted
+            }
+            Owned::Identity | Owned::PathOverride => true,
+            Owned::ClientAddress => !trusted || name == X_REAL_IP,
+            Owned::Underscored => ctx.drop_underscored,
+        };
+        if goes {
+            going.push(name.clone());
+        }
     }
-    if spoofed {
-        strip_identity_headers(headers);
+    for name in going {
+        headers.remove(name);
     }
     if cookies {
         strip_gateway_cookies(headers);
@@ -174,18 +243,15 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
     if !ctx.keep_authorization {
         headers.remove(header::AUTHORIZATION);
     }
-    let trusted = ctx.trusted_proxies.iter().any(|net| net.contains(ctx.peer.ip()));
-    // What a trusted proxy said is kept, and extended; anyone else's goes.
+    // What a trusted proxy said is kept, and extended; anyone else's went.
     let kept = trusted && forwarded;
-    if forwarded && !trusted {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(&FORWARDED);
-    }
-    let mut added = Added { host: None, fields: Vec::with_capacity(6) };
+    let mut added = Added { host: None, fields: Vec::with_capacity(7) };
     let peer_ip = ip_text(ctx.peer.ip().to_canonical());
     let chain = if kept { forwarded_for_chain(headers) } else { None };
+    let client = match &chain {
+        Some(chain) => crate::net::client_address(ctx.peer.ip(), std::iter::once(chain.as_str()), ctx.trusted_proxies),
+        None => ctx.peer.ip().to_canonical(),
+    };
     let xff = match chain {
         Some(mut chain) => {
             chain.push_str(", ");
@@ -196,6 +262,10 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
     };
     if let Ok(v) = xff {
         added.fields.push((&X_FORWARDED_FOR, v));
+    }
+    let real_ip = if client == ctx.peer.ip().to_canonical() { peer_ip } else { ip_text(client) };
+    if let Ok(v) = HeaderValue::from_str(real_ip.as_str()) {
+        added.fields.push((&X_REAL_IP, v));
     }
     if !(kept && headers.contains_key(&X_FORWARDED_PROTO)) {
         added.fields.push((&X_FORWARDED_PROTO, HeaderValue::from_static(ctx.proto)));
@@ -496,12 +566,18 @@ mod tests {
             identity: None,
             keep_authorization: false,
             preserve_host: false,
+            drop_underscored: true,
         };
         let added = upstream_headers(&mut h, ctx.clone());
         assert!(h.is_empty(), "{h:?}");
         assert_eq!(
             fields(&added),
-            [("x-forwarded-for", "10.0.0.7"), ("x-forwarded-proto", "http"), ("x-forwarded-host", "gw.example")]
+            [
+                ("x-forwarded-for", "10.0.0.7"),
+                ("x-real-ip", "10.0.0.7"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "gw.example")
+            ]
         );
         assert_eq!(added.host, None);
 
@@ -512,7 +588,10 @@ mod tests {
         let added = upstream_headers(&mut h, ForwardContext { trusted_proxies: &trusted, preserve_host: true, ..ctx });
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(fields(&added), [("x-forwarded-for", "1.2.3.4, 10.0.0.7"), ("x-forwarded-host", "gw.example")]);
+        assert_eq!(
+            fields(&added),
+            [("x-forwarded-for", "1.2.3.4, 10.0.0.7"), ("x-real-ip", "1.2.3.4"), ("x-forwarded-host", "gw.example")]
+        );
         assert_eq!(added.host, Some(HeaderValue::from_static("gw.example")));
     }
 
@@ -531,6 +610,7 @@ mod tests {
             identity: None,
             keep_authorization: false,
             preserve_host: false,
+            drop_underscored: true,
         };
         let added = upstream_headers(&mut h, ctx.clone());
         assert_eq!(fields(&added)[0], ("x-forwarded-for", "1.2.3.4, 203.0.113.7, 10.0.0.5"));

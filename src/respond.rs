@@ -49,6 +49,9 @@ pub enum Refusal {
     /// The route does not allow the method; `Allow` lists those it does.
     MethodNotAllowed(HeaderValue),
     BadRequest(&'static str),
+    /// The host the request names is not one this gateway serves
+    /// (`server.allowed_hosts`).
+    MisdirectedRequest,
     PayloadTooLarge,
     /// A body the gateway reads itself did not come in time (`crate::form`).
     BodyTimeout,
@@ -68,9 +71,11 @@ impl Refusal {
         match self {
             Refusal::NotFound => Outcome::NotFound,
             Refusal::MethodNotAllowed(_) => Outcome::MethodNotAllowed,
-            Refusal::BadRequest(_) | Refusal::PayloadTooLarge | Refusal::BodyTimeout | Refusal::Bearer(_) => {
-                Outcome::InvalidRequest
-            }
+            Refusal::BadRequest(_)
+            | Refusal::MisdirectedRequest
+            | Refusal::PayloadTooLarge
+            | Refusal::BodyTimeout
+            | Refusal::Bearer(_) => Outcome::InvalidRequest,
             Refusal::MissingToken => Outcome::MissingToken,
             Refusal::InvalidToken(_) => Outcome::InvalidToken,
             Refusal::InsufficientScope(_) => Outcome::InsufficientScope,
@@ -113,6 +118,11 @@ impl Refusal {
                 res
             }
             Refusal::BadRequest(description) => error_json(StatusCode::BAD_REQUEST, "invalid_request", description),
+            Refusal::MisdirectedRequest => error_json(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected_request",
+                "This gateway does not serve the host the request names",
+            ),
             Refusal::PayloadTooLarge => error_json(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request",

@@ -500,6 +500,8 @@ async fn build_gateway(
         gateway.forwarded_proto = "https";
     }
     gateway.access_log = config.log.access;
+    gateway.allowed_hosts = config.server.allowed_hosts.clone();
+    gateway.underscores = config.server.headers_with_underscores;
     Ok(gateway)
 }
 

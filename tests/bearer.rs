@@ -1034,7 +1034,7 @@ async fn concurrent_misses_for_one_token_collapse_into_one_validation() {
     let (mut upstream, gw) = start().await;
     let auth = bearer(&gw.token("other", "calendar.read").await);
     let request =
-        format!("GET /calendar/x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
+        format!("GET /calendar/x HTTP/1.1\r\nHost: gw.example\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
 
     let before = validations(&gw).await;
     let mut streams = Vec::new();

@@ -38,6 +38,7 @@ fn gateway_toml(servers: &[(String, SocketAddr)]) -> String {
         r#"
 [server]
 listen = "127.0.0.1:0"
+allowed_hosts = ["gw.example", "127.0.0.1"]
 [admin]
 listen = "127.0.0.1:0"
 [storage]
@@ -266,5 +267,55 @@ async fn the_paths_of_the_attack_report_are_refused_with_400() {
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
         assert_eq!(json, serde_json::json!({"error": "invalid_request", "error_description": says}), "{path}");
     }
+    gw.stop().await;
+}
+
+/// What the WSGI app was handed (the second line of its answer).
+fn wsgi_environ(body: &str) -> serde_json::Value {
+    let line = body.lines().nth(1).unwrap_or_else(|| panic!("no environ line in {body:?}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// SECURITY.md 41–43 against a real WSGI server: it reads `X_Auth_Subject`
+/// as `X-Auth-Subject` (and joins the two), and the app upper-cases the
+/// method; the gateway must leave it nothing of the client's to read so.
+#[tokio::test]
+async fn a_wsgi_app_sees_only_the_identity_and_address_the_gateway_set() {
+    let Some(wsgi) = Wsgi::start(&route_names()).await else { return };
+    let gw = Gateway::start(&gateway_toml(&wsgi.servers)).await;
+    let calendar = gw.token("app", "calendar.read").await;
+    let spoofs = "X_Auth_Subject: admin\r\nX_Auth_Scope: admin\r\nX_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\n";
+
+    let send = |request: String| async move {
+        let text = raw(gw.public, request.as_bytes()).await;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (raw_status(&text), body)
+    };
+    let (status, body) = send(format!(
+        "GET /cal/x HTTP/1.1\r\nHost: gw.example\r\nAuthorization: Bearer {calendar}\r\n{spoofs}Connection: close\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let environ = wsgi_environ(&body);
+    assert_eq!(environ["HTTP_X_AUTH_SUBJECT"], "app", "{environ}");
+    assert_eq!(environ["HTTP_X_AUTH_SCOPE"], "calendar.read", "{environ}");
+    assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "127.0.0.1", "{environ}");
+    assert_eq!(environ["HTTP_X_REAL_IP"], "127.0.0.1", "{environ}");
+
+    // A public route asserts no identity at all.
+    let (status, body) =
+        send(format!("GET /public/x HTTP/1.1\r\nHost: gw.example\r\n{spoofs}Connection: close\r\n\r\n")).await;
+    assert_eq!(status, 200, "{body}");
+    let environ = wsgi_environ(&body);
+    assert!(environ.get("HTTP_X_AUTH_SUBJECT").is_none(), "{environ}");
+    assert!(environ.get("HTTP_X_AUTH_SCOPE").is_none(), "{environ}");
+
+    // `delete` would be DELETE to the app; the gateway refuses it.
+    let (status, body) = send(format!(
+        "delete /cal/x HTTP/1.1\r\nHost: gw.example\r\nAuthorization: Bearer {calendar}\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(Acted::parse(&body).is_none(), "{body}");
     gw.stop().await;
 }

@@ -23,74 +23,15 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Gateway, Upstream, config_toml, dead_addr, get, raw, raw_status, send, with_server_line};
+use support::{
+    Gateway, Upstream, config_toml, dead_addr, get, parse_raw, raw, raw_get, raw_request, raw_status, send,
+    with_server_line,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The challenge of a request that carries no credentials (RFC 6750 §3.1).
 const BARE_CHALLENGE: &str = "Bearer realm=\"portcullis\"";
-
-/// A response read off a raw socket.
-#[derive(Debug)]
-struct RawReply {
-    status: u16,
-    /// Names lower-cased, in the order they arrived.
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl RawReply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-}
-
-/// Parses the one HTTP/1.x response in `text` (as `support::raw` returns it),
-/// decoding a chunked body.
-fn parse_raw(text: &str) -> RawReply {
-    let status = raw_status(text);
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in {text:?}"));
-    let headers: Vec<(String, String)> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        let mut body = String::new();
-        let mut rest = rest;
-        loop {
-            let (size, after) = rest.split_once("\r\n").expect("chunk size line");
-            let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
-            if size == 0 {
-                break;
-            }
-            body.push_str(&after[..size]);
-            rest = &after[size + 2..];
-        }
-        body
-    } else {
-        rest.to_string()
-    };
-    RawReply { status, headers, body }
-}
-
-/// Sends `head` (request line and header lines, each ending in CRLF, without
-/// the blank line) plus `Connection: close`, and parses the answer.
-async fn raw_request(gw: &Gateway, head: &str, body: &str) -> RawReply {
-    let text = raw(gw.public, format!("{head}Connection: close\r\n\r\n{body}").as_bytes()).await;
-    parse_raw(&text)
-}
-
-/// `GET path` with `Host: gw.example` and the given extra header lines.
-async fn raw_get(gw: &Gateway, path: &str, extra: &str) -> RawReply {
-    raw_request(gw, &format!("GET {path} HTTP/1.1\r\nHost: gw.example\r\n{extra}"), "").await
-}
 
 /// Every value of header `name` the upstream saw.
 fn all(headers: &HeaderMap, name: &str) -> Vec<String> {

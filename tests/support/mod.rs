@@ -55,6 +55,7 @@ pub fn config_toml(upstream: SocketAddr, extra: &str) -> String {
 [server]
 listen = "127.0.0.1:0"
 max_form_body_bytes = 4096
+allowed_hosts = ["gw.example", "app.example", "127.0.0.1", "localhost", "[::1]"]
 drain_timeout = "5s"
 [admin]
 listen = "127.0.0.1:0"
@@ -362,6 +363,68 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    /// Names lower-cased, in the order they arrived.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Parses the one HTTP/1.x response in `text` (as `support::raw` returns it),
+/// decoding a chunked body.
+pub fn parse_raw(text: &str) -> RawReply {
+    let status = raw_status(text);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in {text:?}"));
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        let mut body = String::new();
+        let mut rest = rest;
+        loop {
+            let (size, after) = rest.split_once("\r\n").expect("chunk size line");
+            let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+            if size == 0 {
+                break;
+            }
+            body.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        body
+    } else {
+        rest.to_string()
+    };
+    RawReply { status, headers, body }
+}
+
+/// Sends `head` (request line and header lines, each ending in CRLF, without
+/// the blank line) plus `Connection: close`, and parses the answer.
+pub async fn raw_request(gw: &Gateway, head: &str, body: &str) -> RawReply {
+    let text = raw(gw.public, format!("{head}Connection: close\r\n\r\n{body}").as_bytes()).await;
+    parse_raw(&text)
+}
+
+/// `GET path` with `Host: gw.example` and the given extra header lines.
+pub async fn raw_get(gw: &Gateway, path: &str, extra: &str) -> RawReply {
+    raw_request(gw, &format!("GET {path} HTTP/1.1\r\nHost: gw.example\r\n{extra}"), "").await
 }
 
 /// The status code of the first response in raw HTTP/1.1 text.
