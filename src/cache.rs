@@ -213,8 +213,12 @@ impl TokenValidator {
     fn entry(&self, verdict: Verdict) -> Entry {
         let trusted = match &verdict {
             Verdict::Valid(id) => {
-                let expires = UNIX_EPOCH + Duration::from_secs(id.expires_at);
-                expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).min(self.ttl)
+                // No arithmetic on a token's value may panic: an `exp` past
+                // what the clock can hold is simply later than `cache.ttl`.
+                match UNIX_EPOCH.checked_add(Duration::from_secs(id.expires_at)) {
+                    Some(expires) => expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).min(self.ttl),
+                    None => self.ttl,
+                }
             }
             Verdict::Invalid(_) => self.negative_ttl,
         };

@@ -175,6 +175,9 @@ struct JwtClaimsOut<'a> {
 
 #[derive(Deserialize)]
 struct JwtClaimsIn {
+    /// A string (RFC 9068 §2.2): jsonwebtoken would also take an array
+    /// that holds the issuer, which is no token this server issues.
+    iss: String,
     sub: String,
     client_id: String,
     #[serde(default)]
@@ -308,7 +311,7 @@ impl TokenService {
     /// Mints an access token for `subject` acting through `client_id`.
     pub async fn issue(&self, client_id: &str, subject: &str, scopes: ScopeSet) -> Result<IssuedToken, StoreError> {
         let iat = now_unix();
-        let exp = iat + self.ttl.as_secs();
+        let exp = iat.saturating_add(self.ttl.as_secs());
         let jti = random_token();
         let value = match self.format {
             TokenFormat::Jwt => {
@@ -337,8 +340,8 @@ impl TokenService {
                         client_id: client_id.to_string(),
                         subject: subject.to_string(),
                         scope: scopes.to_string(),
-                        issued_at: iat as i64,
-                        expires_at: exp as i64,
+                        issued_at: i64::try_from(iat).unwrap_or(i64::MAX),
+                        expires_at: i64::try_from(exp).unwrap_or(i64::MAX),
                     })
                     .await?;
                 value
@@ -393,6 +396,12 @@ impl TokenService {
             Some(t) if t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") => {}
             _ => return Err(Rejection::WrongType),
         }
+        // RFC 7515 §4.1.11: a `crit` header names extensions the recipient
+        // must understand or refuse the token; this server issues none and
+        // understands none.
+        if header.crit.is_some() {
+            return Err(Rejection::Malformed);
+        }
         let key = header.kid.as_deref().and_then(|kid| self.verifying_keys.get(kid)).ok_or(Rejection::UnknownKey)?;
         // The algorithm is the key's, not the token's to choose.
         if header.alg != key.alg {
@@ -410,6 +419,9 @@ impl TokenService {
             }
         })?;
         let c = data.claims;
+        if c.iss != self.issuer {
+            return Err(Rejection::WrongIssuer);
+        }
         let scopes = ScopeSet::parse(&c.scope).ok_or(Rejection::Malformed)?;
         Identity::new(c.sub, c.client_id, scopes, c.exp, c.jti).ok_or(Rejection::Malformed)
     }

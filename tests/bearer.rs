@@ -124,9 +124,24 @@ async fn signing_key(url: &str) -> ed25519_dalek::SigningKey {
 
 /// `token` with its JOSE header rewritten by `edit`, then signed with `key`.
 fn resign(token: &str, edit: impl FnOnce(&mut serde_json::Value), key: &ed25519_dalek::SigningKey) -> String {
+    resign_claims(token, edit, |_| {}, key)
+}
+
+/// `token` with its JOSE header rewritten by `edit_header` and its claims by
+/// `edit_claims`, then signed with `key`.
+fn resign_claims(
+    token: &str,
+    edit_header: impl FnOnce(&mut serde_json::Value),
+    edit_claims: impl FnOnce(&mut serde_json::Value),
+    key: &ed25519_dalek::SigningKey,
+) -> String {
     use ed25519_dalek::Signer as _;
-    let unsigned = with_header(token, edit, Some(""));
-    let input = unsigned.trim_end_matches('.');
+    let unsigned = with_header(token, edit_header, Some(""));
+    let (header, claims) = unsigned.trim_end_matches('.').split_once('.').expect("header.claims");
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).expect("base64url claims")).expect("JSON claims");
+    edit_claims(&mut claims);
+    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
     let signature = key.sign(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
 }
@@ -549,6 +564,50 @@ async fn correctly_signed_jwt_not_typed_at_jwt_is_invalid_token() {
         assert_invalid_token(&reply, INVALID);
     }
     assert!(upstream.saw_nothing());
+    gw.stop().await;
+}
+
+/// SECURITY.md 49, with the gateway's real key: a `crit` header it does not
+/// understand (RFC 7515 §4.1.11) and an `iss` that is not a string (RFC
+/// 9068 §2.2) are refused; an `exp` as far off as JSON can write is no
+/// reason to panic (it once dropped the connection, in the cache's deadline
+/// arithmetic).
+#[tokio::test]
+async fn correctly_signed_jwts_with_crit_or_an_iss_array_are_refused_and_a_far_exp_is_no_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("p.db").display());
+    let mut upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\"")),
+    )
+    .await;
+    let token = gw.token("other", "calendar.read").await;
+    let key = signing_key(&url).await;
+
+    let crit = resign(&token, |h| h["crit"] = serde_json::json!(["exp"]), &key);
+    let crit_extension = resign(
+        &token,
+        |h| {
+            h["crit"] = serde_json::json!(["x-ext"]);
+            h["x-ext"] = serde_json::json!(true);
+        },
+        &key,
+    );
+    let iss_array = resign_claims(&token, |_| {}, |c| c["iss"] = serde_json::json!([c["iss"].clone()]), &key);
+    for (label, forged) in [("crit exp", crit), ("crit extension", crit_extension), ("iss array", iss_array)] {
+        let reply = get(&gw.url("/calendar/x"), &[("authorization", &bearer(&forged))]).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{label}: {}", reply.text());
+        assert_invalid_token(&reply, INVALID);
+    }
+    assert!(upstream.saw_nothing());
+
+    // As valid as it says: let through, and asked again from the cache.
+    let far = resign_claims(&token, |_| {}, |c| c["exp"] = serde_json::json!(u64::MAX), &key);
+    for _ in 0..2 {
+        let reply = get(&gw.url("/calendar/x"), &[("authorization", &bearer(&far))]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(upstream.next().await.headers["x-auth-subject"], "other");
+    }
     gw.stop().await;
 }
 
