@@ -628,6 +628,29 @@ impl Config {
                 )
             })
             .collect();
+        // A scope no client in the file may be granted, and that [scopes]
+        // does not describe for clients registered in the store: most likely
+        // a typo (`calender.read`), and the route refuses every token.
+        for r in &self.routes {
+            let Some(rule) = &r.scopes else { continue };
+            let mut unknown: Vec<&str> = rule
+                .methods
+                .values()
+                .chain(&rule.other)
+                .flat_map(ScopeSet::iter)
+                .filter(|s| {
+                    !self.clients.iter().any(|c| c.scopes.contains(s)) && !self.scope_descriptions.contains_key(*s)
+                })
+                .collect();
+            unknown.sort_unstable();
+            unknown.dedup();
+            for scope in unknown {
+                warnings.push(format!(
+                    "route {:?} requires the scope {scope:?}, which no client may be granted and [scopes] does not describe: a typo? The route refuses every token until a client has it",
+                    r.name
+                ));
+            }
+        }
         // An exchange that waits on its upstream makes no move for up to the
         // route's timeout (twice that between a stalled body's chunks); an
         // HTTP/2 stream or a closing connection that makes none for
@@ -689,11 +712,22 @@ impl Validator {
         self.parse_duration(field, value.unwrap_or("0s")).unwrap_or(Duration::ZERO)
     }
 
-    /// `text` as a duration, or `None` with the error reported.
+    /// `text` as a duration, or `None` with the error reported. Ten years
+    /// at most: deadlines are the clock plus a duration, and no setting
+    /// may make that overflow.
     fn parse_duration(&mut self, field: &str, text: &str) -> Option<Duration> {
-        humantime::parse_duration(text)
-            .map_err(|e| self.err(field, format!("{text:?} is not a duration like \"30s\" or \"15m\": {e}")))
-            .ok()
+        const MAX: Duration = Duration::from_secs(3650 * 24 * 3600);
+        match humantime::parse_duration(text) {
+            Ok(d) if d <= MAX => Some(d),
+            Ok(_) => {
+                self.err(field, format!("{text:?} is longer than the 3650d this setting may be"));
+                None
+            }
+            Err(e) => {
+                self.err(field, format!("{text:?} is not a duration like \"30s\" or \"15m\": {e}"));
+                None
+            }
+        }
     }
 
     fn socket_addr(&mut self, field: &str, value: &str) -> SocketAddr {
@@ -1052,12 +1086,16 @@ impl Validator {
             let at = format!("users[{i}]");
             if u.username.is_empty() || u.username.chars().any(|c| c.is_control()) {
                 self.err(format!("{at}.username"), "must be non-empty printable text");
+            } else if u.username.trim() != u.username {
+                // Upstreams trim header values: "alice " would reach them as
+                // the subject "alice", which may be someone else's.
+                self.err(format!("{at}.username"), "must not start or end with whitespace");
             }
             if !seen.insert(u.username.clone()) {
                 self.err(format!("{at}.username"), format!("{:?} is listed twice", u.username));
             }
             // RFC 9700 §4.15.1: a client's `sub` must never be taken for a user's.
-            if clients.iter().any(|c| c.client_id == u.username) {
+            if clients.iter().any(|c| same_subject(&c.client_id, &u.username)) {
                 self.err(
                     format!("{at}.username"),
                     format!("{:?} is also a client_id; a user may not share a client's subject", u.username),
@@ -1254,6 +1292,14 @@ impl Validator {
         }
         rule
     }
+}
+
+/// Whether a user name and a client id would name the same subject to an
+/// upstream: a client-credentials token's `sub` is its client id (RFC 9068
+/// §2.2), and an upstream that compares without regard to case (or a
+/// database collation that does) must not take one for the other.
+pub fn same_subject(client_id: &str, username: &str) -> bool {
+    client_id.eq_ignore_ascii_case(username)
 }
 
 /// `server.allowed_hosts` when the file names none: the issuer's host, and
@@ -1547,6 +1593,73 @@ mod tests {
         assert!(notes.iter().any(|n| n.starts_with("/oauth/token is the authorization server's")), "{notes:?}");
         let c = parse(&format!("{MINIMAL}{}{}", route("a", "/a/"), route("b", "/b/"))).unwrap();
         assert!(c.route_notes().is_empty());
+    }
+
+    #[test]
+    fn a_route_scope_no_client_may_be_granted_is_warned_about() {
+        let config = |route_scope: &str, described: bool| {
+            let scopes = if described { "[scopes]\n\"calender.read\" = { description = \"x\" }\n" } else { "" };
+            format!(
+                "{MINIMAL}\n[[clients]]\nclient_id = \"app\"\npublic = true\nredirect_uris = [\"https://a.example/cb\"]\n\
+                 grant_types = [\"authorization_code\"]\nscopes = [\"calendar.read\"]\n\
+                 [[routes]]\nname = \"cal\"\npath_prefix = \"/cal/\"\nupstream = \"static://\"\n\
+                 [routes.scopes]\nGET = [{route_scope:?}]\n\"*\" = [\"calendar.read\", {route_scope:?}]\n{scopes}"
+            )
+        };
+        assert_eq!(parse(&config("calendar.read", false)).unwrap().warnings(), Vec::<String>::new());
+        assert_eq!(
+            parse(&config("calender.read", false)).unwrap().warnings(),
+            [
+                "route \"cal\" requires the scope \"calender.read\", which no client may be granted and [scopes] does not describe: a typo? The route refuses every token until a client has it"
+            ]
+        );
+        // Described, it is meant for clients registered in the store.
+        assert_eq!(parse(&config("calender.read", true)).unwrap().warnings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn user_names_are_plain_and_never_a_clients() {
+        let config = |client: &str, user: &str| {
+            format!(
+                "{MINIMAL}\n[[clients]]\nclient_id = {client:?}\npublic = true\nredirect_uris = [\"https://a.example/cb\"]\n\
+                 grant_types = [\"authorization_code\"]\n[[users]]\nusername = {user:?}\npassword_hash = \"{HASH}\"\n"
+            )
+        };
+        const HASH: &str =
+            "$argon2id$v=19$m=19456,t=2,p=1$JY630gxMHjUwUo/PH7g4ZA$b69xjb6VhafcJlAoNpheoVnQvGqIftr3hG6qJ7iPi6A";
+        assert!(parse(&config("calendar-app", "alice")).is_ok());
+        for (user, reason) in [
+            ("calendar-app ", "must not start or end with whitespace"),
+            ("\talice", "must be non-empty printable text"),
+            (" alice", "must not start or end with whitespace"),
+            ("Calendar-App", "\"Calendar-App\" is also a client_id; a user may not share a client's subject"),
+        ] {
+            let err = parse(&config("calendar-app", user)).unwrap_err();
+            assert_eq!(
+                err.errors,
+                [FieldError { field: "users[0].username".into(), reason: reason.into() }],
+                "{user:?}"
+            );
+        }
+        for id in [" calendar-app", "calendar-app\n", "calendar app"] {
+            assert_eq!(fields(&config(id, "alice")), ["clients[0].client_id"], "{id:?}");
+        }
+    }
+
+    #[test]
+    fn durations_are_bounded_so_no_deadline_overflows() {
+        let text = MINIMAL.replace("[authorization_server]", "[authorization_server]\naccess_token_ttl = \"3651d\"");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(
+            err.errors,
+            [FieldError {
+                field: "authorization_server.access_token_ttl".into(),
+                reason: "\"3651d\" is longer than the 3650d this setting may be".into(),
+            }]
+        );
+        let text = MINIMAL.replace("[authorization_server]", "[authorization_server]\nrefresh_token_ttl = \"3650d\"");
+        assert_eq!(parse(&text).unwrap().authorization_server.refresh_token_ttl, Duration::from_secs(3650 * 86400));
+        assert_eq!(fields(&with_server_line("keep_alive_timeout = \"100000000y\"")), ["server.keep_alive_timeout"]);
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub async fn add_client(config: &Config, store: &dyn Store, new: NewClient) -> R
     if config.client(id).is_some() {
         return Err(invalid(format!("{id:?} is registered in the config file already")));
     }
-    if config.users.iter().any(|u| &u.username == id) {
+    if config.users.iter().any(|u| crate::config::same_subject(id, &u.username)) {
         return Err(invalid(format!("{id:?} is a username; a client may not share a user's subject")));
     }
     for uri in &new.redirect_uris {

@@ -60,6 +60,9 @@ pub enum StartError {
     Keys(#[from] crate::tokens::KeyError),
     #[error("TLS: {0}")]
     Tls(String),
+    /// The file is valid on its own, but not with what the store holds.
+    #[error("{0}")]
+    Conflict(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
 }
@@ -481,6 +484,16 @@ async fn build_gateway(
     store: &Arc<dyn Store>,
     metrics: &Arc<Metrics>,
 ) -> Result<Gateway, StartError> {
+    // Clients registered with `portcullis clients add` live in the store,
+    // which the file's own check cannot see (RFC 9700 §4.15.1, as there).
+    for client in store.list_clients().await? {
+        if let Some(user) = config.users.iter().find(|u| crate::config::same_subject(&client.client_id, &u.username)) {
+            return Err(StartError::Conflict(format!(
+                "user {:?} has the name of the client {:?} registered in the store; a user may not share a client's subject",
+                user.username, client.client_id
+            )));
+        }
+    }
     let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
     let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
     let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));

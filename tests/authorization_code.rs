@@ -837,6 +837,12 @@ async fn untrusted_client_or_redirect_uri_is_an_error_page_never_a_redirect() {
         "http://localhost:3000/cb",
         "https://127.0.0.1:3000/cb",
         "http://127.0.0.1:3000@evil.example/cb",
+        // Any port, but one a socket can have, and the scheme as registered
+        // (SECURITY.md 50, RFC 8252 §7.3).
+        "http://127.0.0.1:0/cb",
+        "http://127.0.0.1:99999/cb",
+        "http://127.0.0.1:/cb",
+        "HTTP://127.0.0.1:3000/cb",
     ] {
         let mut url = web_url(None, "s");
         url = url.replace(&format!("redirect_uri={}", encode(WEB_CB)), &format!("redirect_uri={}", encode(uri)));

@@ -122,6 +122,40 @@ async fn bad_registrations_are_refused_with_a_reason() {
     assert!(err.contains("registered already"), "{err} after {out}");
 }
 
+/// SECURITY.md 48: a client-credentials token's subject is its client id,
+/// so no user may have one's name (letter case aside), whether the client
+/// is in the file or in the store.
+#[tokio::test]
+async fn a_user_and_a_client_never_share_a_subject() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user =
+        |name: &str| format!("[[users]]\nusername = \"{name}\"\npassword_hash = \"{}\"\n", support::APP_SECRET_HASH);
+    let toml = config_toml(upstream.addr, &user("alice"))
+        .replace("url = \"sqlite::memory:\"", &format!("url = \"sqlite://{}/p.db\"", dir.path().display()));
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &toml).expect("write config");
+
+    let (code, _, err) = cli(&path, &["clients", "add", "ALICE", "--grant-type", "client_credentials"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("\"ALICE\" is a username; a client may not share a user's subject"), "{err}");
+    let (code, _, err) = cli(&path, &["clients", "add", "bob", "--grant-type", "client_credentials"]);
+    assert_eq!(code, 0, "{err}");
+
+    // A user named like the stored client: the gateway does not start.
+    let clashing = toml.clone() + &user("Bob");
+    let config = portcullis::config::Config::parse(&clashing, "test.toml", &|_| None).expect("valid on its own");
+    let err = portcullis::server::Server::start(config).await.err().expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "user \"Bob\" has the name of the client \"bob\" registered in the store; a user may not share a client's subject"
+    );
+    // Without the clash it starts.
+    let config = portcullis::config::Config::parse(&(toml + &user("carol")), "test.toml", &|_| None).expect("valid");
+    let gw = Gateway::start_config(config).await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn consents_are_listed_and_withdrawn_with_their_grants() {
     let upstream = Upstream::start().await;

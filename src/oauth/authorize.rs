@@ -89,9 +89,25 @@ pub fn redirect_uri_matches(registered: &str, presented: &str) -> bool {
     loopback(&r)
         && loopback(&p)
         && r.host() == p.host()
+        && p.host().is_some_and(|host| has_valid_port(presented, host))
         && r.path_and_query().map(|x| x.as_str()) == p.path_and_query().map(|x| x.as_str())
         && !presented.contains('#')
         && !presented.contains('@')
+}
+
+/// Whether `uri`, written `http://{host}…` exactly (a lower-case scheme),
+/// names no port or a port a socket can have: 1 to 65535, in plain digits
+/// (RFC 8252 §7.3 lets the port vary, not be 0, 99999 or empty).
+fn has_valid_port(uri: &str, host: &str) -> bool {
+    let Some(rest) = uri.strip_prefix("http://").and_then(|r| r.strip_prefix(host)) else { return false };
+    let Some(after_colon) = rest.strip_prefix(':') else {
+        return rest.is_empty() || rest.starts_with(['/', '?']);
+    };
+    let digits = after_colon.bytes().take_while(u8::is_ascii_digit).count();
+    let (port, tail) = after_colon.split_at(digits);
+    !port.starts_with('0')
+        && port.parse::<u16>().is_ok_and(|p| p > 0)
+        && (tail.is_empty() || tail.starts_with(['/', '?']))
 }
 
 /// Validates an authorization request against the registered `client`
@@ -223,6 +239,22 @@ mod tests {
         assert!(!redirect_uri_matches("http://127.0.0.1:3000/cb", "http://127.0.0.1:3000/other"));
         assert!(!redirect_uri_matches("http://127.0.0.1:3000/cb", "http://127.0.0.2:3000/cb"));
         assert!(!redirect_uri_matches("http://localhost:3000/cb", "http://localhost:4000/cb"));
+        // SECURITY.md 50: any port, but one a socket can have, and the scheme as registered.
+        assert!(redirect_uri_matches("http://127.0.0.1:3000/cb", "http://127.0.0.1:65535/cb"));
+        assert!(redirect_uri_matches("http://127.0.0.1:3000/cb", "http://127.0.0.1/cb"));
+        assert!(redirect_uri_matches("http://127.0.0.1:3000/cb", "http://127.0.0.1:1/cb"));
+        for bad in [
+            "http://127.0.0.1:0/cb",
+            "http://127.0.0.1:99999/cb",
+            "http://127.0.0.1:65536/cb",
+            "http://127.0.0.1:/cb",
+            "http://127.0.0.1:03000/cb",
+            "HTTP://127.0.0.1:3000/cb",
+            "Http://127.0.0.1:4000/cb",
+            "http://127.0.0.1:+80/cb",
+        ] {
+            assert!(!redirect_uri_matches("http://127.0.0.1:3000/cb", bad), "{bad}");
+        }
     }
 
     #[test]
