@@ -29,8 +29,14 @@ const EX_CONFIG: i32 = 78;
 /// The longest any single awaited event may take before a test fails.
 const BOUND: Duration = Duration::from_secs(10);
 
+/// The example configuration users start from, and edit.
 fn example_config_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml")
+}
+
+/// The tests' copy of the README's demo configuration (see its header).
+fn demo_config_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.toml")
 }
 
 /// Runs the binary to completion with `stdin` as its input; panics (and
@@ -123,21 +129,21 @@ level = "info"
     )
 }
 
-/// The README example configuration, made runnable side by side with other
+/// The README's demo configuration, made runnable side by side with other
 /// tests: both listeners on port 0 and the store in `dir`. Everything else
-/// (clients, users, routes, token settings) is the file as shipped.
-fn example_config_for_test(dir: &Path, token_format: Option<&str>) -> String {
-    let text = std::fs::read_to_string(example_config_path()).expect("read the example config");
-    let mut table: toml::Table = text.parse().expect("the example config is TOML");
+/// (clients, users, routes, token settings) is the fixture's.
+fn demo_config_for_test(dir: &Path, token_format: Option<&str>) -> String {
+    let text = std::fs::read_to_string(demo_config_path()).expect("read the demo config");
+    let mut table: toml::Table = text.parse().expect("the demo config is TOML");
     let section = |t: &toml::Table, name: &str| -> toml::Table {
         t.get(name)
             .and_then(toml::Value::as_table)
-            .unwrap_or_else(|| panic!("the example config has a [{name}] table"))
+            .unwrap_or_else(|| panic!("the demo config has a [{name}] table"))
             .clone()
     };
     for name in ["server", "admin"] {
         let mut s = section(&table, name);
-        assert!(s.contains_key("listen"), "[{name}] listen is in the example");
+        assert!(s.contains_key("listen"), "[{name}] listen is in the demo config");
         s.insert("listen".into(), "127.0.0.1:0".into());
         table.insert(name.into(), s.into());
     }
@@ -359,9 +365,18 @@ async fn client_credentials_token(gw: SocketAddr, secret: &str, scope: &str) -> 
 // ---------------------------------------------------------------------------
 // check
 
+/// The one test of the shipped example: it is valid, whatever a user made
+/// of it (its contents are theirs; the tests use `tests/fixtures/demo.toml`).
 #[test]
-fn check_accepts_the_example_config_and_counts_what_it_holds() {
-    let path = example_config_path();
+fn check_accepts_the_shipped_example_config() {
+    let out = check(&example_config_path());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(": ok ("), "{}", text(&out.stdout));
+}
+
+#[test]
+fn check_counts_what_a_config_holds() {
+    let path = demo_config_path();
     let out = check(&path);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let table: toml::Table = std::fs::read_to_string(&path).expect("read").parse().expect("TOML");
@@ -580,9 +595,9 @@ fn hash_password_refuses_an_empty_secret() {
 // serve: the README story, draining, logs
 
 #[tokio::test]
-async fn the_readme_example_config_serves_the_demo_api_and_stops_on_sigterm() {
+async fn the_readme_demo_config_serves_the_demo_api_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(dir.path(), "portcullis.toml", &example_config_for_test(dir.path(), None));
+    let path = write_config(dir.path(), "portcullis.toml", &demo_config_for_test(dir.path(), None));
     let mut gw = Served::start(&path, &[]).await;
 
     let reply = client_credentials_token(gw.public, "calendar-secret", "calendar.read").await;
@@ -768,7 +783,7 @@ async fn a_second_sigterm_cuts_the_shutdown_delay_short() {
 /// on, then checks none of them reached stderr.
 async fn no_secret_in_logs(token_format: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(dir.path(), "portcullis.toml", &example_config_for_test(dir.path(), Some(token_format)));
+    let path = write_config(dir.path(), "portcullis.toml", &demo_config_for_test(dir.path(), Some(token_format)));
     let mut gw = Served::start(&path, &[("RUST_LOG", "debug")]).await;
     let base = format!("http://{}", gw.public);
     let form = [("content-type", "application/x-www-form-urlencoded")];
@@ -982,7 +997,7 @@ async fn token_request(gw: SocketAddr, pairs: &[(&str, &str)]) -> support::Reply
 #[tokio::test]
 async fn tokens_and_redeemed_codes_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), "durable.toml", &example_config_for_test(dir.path(), None));
+    let config = write_config(dir.path(), "durable.toml", &demo_config_for_test(dir.path(), None));
     let mut gw = Served::start(&config, &[]).await;
 
     let code = approve_as_alice(gw.public).await;
@@ -1033,7 +1048,7 @@ async fn tokens_and_redeemed_codes_survive_kill_9() {
 #[tokio::test]
 async fn a_code_is_refused_once_its_consent_is_withdrawn() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), "withdraw.toml", &example_config_for_test(dir.path(), None));
+    let config = write_config(dir.path(), "withdraw.toml", &demo_config_for_test(dir.path(), None));
     let mut gw = Served::start(&config, &[]).await;
     let config_arg = config.to_str().expect("path");
 
@@ -1060,7 +1075,7 @@ async fn a_code_is_refused_once_its_consent_is_withdrawn() {
 #[tokio::test]
 async fn access_log_lines_say_who_did_what_without_the_token() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = example_config_for_test(dir.path(), None).replace("format = \"text\"", "format = \"json\"");
+    let text = demo_config_for_test(dir.path(), None).replace("format = \"text\"", "format = \"json\"");
     assert!(text.contains("format = \"json\""), "the example config sets a log format");
     let path = write_config(dir.path(), "portcullis.toml", &text);
     let mut gw = Served::start(&path, &[]).await;
@@ -1106,7 +1121,7 @@ async fn access_log_lines_say_who_did_what_without_the_token() {
 #[tokio::test]
 async fn the_last_access_lines_are_written_before_exit() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = example_config_for_test(dir.path(), None).replace("format = \"text\"", "format = \"json\"");
+    let text = demo_config_for_test(dir.path(), None).replace("format = \"text\"", "format = \"json\"");
     let path = write_config(dir.path(), "portcullis.toml", &text);
     let mut gw = Served::start(&path, &[]).await;
     for i in 0..3 {
@@ -1156,7 +1171,7 @@ async fn fail_to_sign_in(gw: SocketAddr, user: &str) {
 async fn the_audit_log_records_security_events_as_json_lines() {
     let dir = tempfile::tempdir().expect("tempdir");
     let audit_path = dir.path().join("audit.jsonl");
-    let config_text = example_config_for_test(dir.path(), None)
+    let config_text = demo_config_for_test(dir.path(), None)
         .replace("audit = \"stderr\"", &format!("audit = \"{}\"", audit_path.display()));
     assert!(config_text.contains("audit.jsonl"), "the example config sets log.audit");
     let path = write_config(dir.path(), "portcullis.toml", &config_text);
@@ -1284,7 +1299,7 @@ async fn the_audit_log_records_security_events_as_json_lines() {
 fn serve_refuses_an_audit_file_it_cannot_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("no-such-dir/audit.jsonl");
-    let config_text = example_config_for_test(dir.path(), None)
+    let config_text = demo_config_for_test(dir.path(), None)
         .replace("audit = \"stderr\"", &format!("audit = \"{}\"", missing.display()));
     let path = write_config(dir.path(), "portcullis.toml", &config_text);
     let out = run(&["serve", "--config", path.to_str().expect("path")], b"");
@@ -1300,7 +1315,7 @@ fn serve_refuses_an_audit_file_it_cannot_open() {
 #[tokio::test]
 async fn sighup_and_the_reload_command_apply_a_new_config_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let original = example_config_for_test(dir.path(), None);
+    let original = demo_config_for_test(dir.path(), None);
     let path = write_config(dir.path(), "portcullis.toml", &original);
     let mut gw = Served::start(&path, &[]).await;
     let url = format!("http://{}/extra/x", gw.public);
@@ -1368,6 +1383,22 @@ fn check_notes_overlapping_routes() {
         text(&out.stdout).contains(
             "note: route \"api-admin\" (/api/admin) takes the paths under /api/admin from route \"api\" (/api)"
         ),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn check_warns_about_a_route_scope_no_client_may_be_granted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = "[[routes]]\nname = \"cal\"\npath_prefix = \"/cal/\"\nupstream = \"static://\"\n\
+                  [routes.scopes]\nGET = [\"calender.read\"]\n";
+    let path = write_config(dir.path(), "typo.toml", &minimal_config(dir.path(), "", routes));
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .contains("warning: route \"cal\" requires the scope \"calender.read\", which no client may be granted"),
         "{}",
         text(&out.stdout)
     );
