@@ -255,7 +255,15 @@ impl Gateway {
             Err(refusal) => return unrouted(refusal, req.uri().path()),
         };
         if let Err(refusal) = check_framing(req.headers()) {
-            return unrouted(refusal, req.uri().path());
+            // Where this request's body ends is a matter of opinion, and so
+            // is where the next request starts: nothing more is read from
+            // this connection (RFC 9112 §11.2). HTTP/2 frames are not in
+            // question, and have no `Connection` header.
+            let (mut res, info) = unrouted(refusal, req.uri().path());
+            if req.version() <= Version::HTTP_11 {
+                res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return (res, info);
         }
         // RFC 9110 §9.1: methods are case-sensitive, but frameworks upper-case
         // them before they dispatch, so `delete` would be matched here as an

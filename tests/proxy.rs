@@ -744,25 +744,40 @@ async fn content_length_with_transfer_encoding_is_framed_by_the_coding_and_ends_
 
 /// RFC 9112 §6.1: "A sender MUST NOT apply the chunked transfer coding more
 /// than once to a message body". hyper decodes one layer and lets the
-/// request through; the repeated header lines are visible to the gateway.
+/// request through; the repeated header lines are visible to the gateway,
+/// which refuses the request and ends the connection, so a request
+/// pipelined behind it (where a peer that decodes differently would see
+/// its end) is never read (SECURITY.md 44).
 #[tokio::test]
-async fn a_duplicated_transfer_encoding_is_refused() {
+async fn a_duplicated_transfer_encoding_is_refused_and_ends_the_connection() {
     let mut upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+    let pipelined = "GET /public/pipelined HTTP/1.1\r\nHost: gw.example\r\n\r\n";
 
-    let mut let_through = Vec::new();
     for headers in
         ["Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "Transfer-Encoding: chunked, chunked\r\n"]
     {
-        let reply = raw_request(&gw, &format!("{POST_PUBLIC}{headers}"), "5\r\nhello\r\n0\r\n\r\n").await;
-        if reply.status == 400 {
-            assert!(upstream.saw_nothing(), "{headers:?} was forwarded");
-        } else {
-            let seen = upstream.next().await;
-            let_through.push(format!("{headers:?} -> {}, upstream got body {:?}", reply.status, seen.body));
-        }
+        let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+        let request = format!("{POST_PUBLIC}{headers}\r\n5\r\nhello\r\n0\r\n\r\n{pipelined}");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{headers:?}: the connection was kept open"))
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert_eq!(raw_status(&answer), 400, "{headers:?}: {answer}");
+        assert_eq!(answer.matches("http/1.1 ").count(), 1, "{headers:?}: one answer only: {answer}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{headers:?}: {answer}");
+        assert!(answer.contains("the request is chunked more than once"), "{headers:?}: {answer}");
+        assert!(upstream.saw_nothing(), "{headers:?}: something was forwarded");
     }
-    assert_eq!(let_through, Vec::<String>::new(), "duplicated chunked codings let through");
+    // A well-framed request keeps its connection for the next.
+    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+    let request = format!("{POST_PUBLIC}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{pipelined}");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    assert_eq!(upstream.next().await.uri, "/public/x");
+    assert_eq!(upstream.next().await.uri, "/public/pipelined");
     gw.stop().await;
 }
 
