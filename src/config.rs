@@ -97,6 +97,10 @@ struct RawServer {
     trusted_proxies: Vec<String>,
     allowed_hosts: Option<Vec<String>>,
     headers_with_underscores: Option<String>,
+    stream_idle_timeout: Option<String>,
+    http2_max_concurrent_streams: Option<u32>,
+    max_upstream_exchanges: Option<usize>,
+    max_upstream_exchanges_per_connection: Option<usize>,
     workers: Option<usize>,
     pin_workers: Option<String>,
     tls: Option<RawTls>,
@@ -249,6 +253,20 @@ pub struct ServerConfig {
     /// bearer tokens); larger bodies get 413.
     pub max_form_body_bytes: usize,
     pub max_connections: usize,
+    /// An HTTP/2 stream that moves nothing for this long while not waiting
+    /// on its upstream (its client holds the window at zero, or stopped
+    /// sending its body) is reset (`crate::h2_streams`).
+    pub stream_idle_timeout: Duration,
+    /// Streams an HTTP/2 client may have open at once (nginx: 128).
+    pub http2_max_concurrent_streams: u32,
+    /// Upstream exchanges that HTTP/2 streams run alongside another of
+    /// their connection's, in flight at once in the whole process; more
+    /// wait. A connection's first exchange never does (`proxy::ExchangeLimit`).
+    /// `None`: half the process's file-descriptor limit.
+    pub max_upstream_exchanges: Option<usize>,
+    /// Upstream exchanges in flight at once for one client connection (its
+    /// HTTP/2 streams); more wait, holding no upstream connection.
+    pub max_upstream_exchanges_per_connection: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
     /// How long the listeners keep accepting after SIGTERM, with `/readyz`
@@ -652,13 +670,13 @@ impl Config {
             }
         }
         // An exchange that waits on its upstream makes no move for up to the
-        // route's timeout (twice that between a stalled body's chunks); an
-        // HTTP/2 stream or a closing connection that makes none for
-        // keep_alive_timeout is cut.
+        // route's timeout (twice that between a stalled body's chunks); a
+        // closing connection that makes none for keep_alive_timeout is cut.
+        // (An HTTP/2 stream waiting on its upstream is not: `h2_streams`.)
         let keep_alive = self.server.keep_alive_timeout;
         warnings.extend(self.routes.iter().filter(|r| r.timeout * 2 >= keep_alive).map(|r| {
             format!(
-                "route {:?} waits up to {} for its upstream, but an HTTP/2 stream or closing connection that does not move for server.keep_alive_timeout ({}) is cut: make keep_alive_timeout more than twice the route's timeout",
+                "route {:?} waits up to {} for its upstream, but a closing connection that does not move for server.keep_alive_timeout ({}) is cut: make keep_alive_timeout more than twice the route's timeout",
                 r.name,
                 humantime::format_duration(r.timeout),
                 humantime::format_duration(keep_alive)
@@ -820,11 +838,26 @@ impl Validator {
                 UnderscoreHeaders::Drop
             }
         };
+        let http2_max_concurrent_streams = raw.http2_max_concurrent_streams.unwrap_or(128);
+        if http2_max_concurrent_streams == 0 {
+            self.err("server.http2_max_concurrent_streams", "must be at least 1");
+        }
+        if raw.max_upstream_exchanges == Some(0) {
+            self.err("server.max_upstream_exchanges", "must be at least 1");
+        }
+        let max_upstream_exchanges_per_connection = raw.max_upstream_exchanges_per_connection.unwrap_or(32);
+        if max_upstream_exchanges_per_connection == 0 {
+            self.err("server.max_upstream_exchanges_per_connection", "must be at least 1");
+        }
         ServerConfig {
             listen,
             realm,
             allowed_hosts,
             headers_with_underscores,
+            stream_idle_timeout: self.duration("server.stream_idle_timeout", raw.stream_idle_timeout.as_deref(), "30s"),
+            http2_max_concurrent_streams,
+            max_upstream_exchanges: raw.max_upstream_exchanges,
+            max_upstream_exchanges_per_connection,
             header_read_timeout: self.duration("server.header_read_timeout", raw.header_read_timeout.as_deref(), "10s"),
             keep_alive_timeout: self.duration("server.keep_alive_timeout", raw.keep_alive_timeout.as_deref(), "75s"),
             max_header_bytes,
@@ -1403,6 +1436,11 @@ mod tests {
         assert_eq!(c.server.keep_alive_timeout, Duration::from_secs(75));
         assert_eq!(c.server.shutdown_delay, Duration::ZERO);
         assert_eq!(c.server.pin_workers, PinWorkers::Auto);
+        assert_eq!(c.server.stream_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.http2_max_concurrent_streams, 128);
+        assert_eq!(c.server.max_upstream_exchanges_per_connection, 32);
+        assert_eq!(c.server.max_upstream_exchanges, None);
+        assert_eq!(c.server.headers_with_underscores, UnderscoreHeaders::Drop);
     }
 
     #[test]
@@ -1687,6 +1725,10 @@ mod tests {
             );
         }
         assert_eq!(fields(&with_server_line("allowed_hosts = []")), ["server.allowed_hosts"]);
+        for zero in ["http2_max_concurrent_streams", "max_upstream_exchanges", "max_upstream_exchanges_per_connection"]
+        {
+            assert_eq!(fields(&with_server_line(&format!("{zero} = 0"))), [format!("server.{zero}")]);
+        }
         assert_eq!(
             fields(&with_server_line("headers_with_underscores = \"allow\"")),
             ["server.headers_with_underscores"]

@@ -23,7 +23,7 @@ use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::net::IpNet;
 use crate::path::{Ambiguities, normalize, other_readings, under_prefix};
 use crate::proxy::{
-    Destination, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_HOST, upstream_headers,
+    Destination, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_HOST, upstream_headers,
 };
 use crate::respond::{Body, Refusal, full};
 use crate::upstream_http1::Added;
@@ -147,15 +147,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Must be called inside the worker's runtime (see `Forwarder::new`).
-    pub fn new() -> Worker {
-        Worker { forwarder: Forwarder::new(), tokens: WorkerCache::default() }
-    }
-}
-
-impl Default for Worker {
-    fn default() -> Self {
-        Worker::new()
+    /// Must be called inside the worker's runtime (see `Forwarder::new`);
+    /// `exchanges` is its share of `server.max_upstream_exchanges`.
+    pub fn new(exchanges: usize) -> Worker {
+        Worker { forwarder: Forwarder::new(exchanges), tokens: WorkerCache::default() }
     }
 }
 
@@ -480,8 +475,19 @@ impl Gateway {
         } else {
             req.map(|body| crate::metrics::counted(body, &route.metrics.request_bytes))
         };
-        let forwarded =
-            forwarder.forward(&route.destination, req, added, path_and_query, cfg.timeout, identity.as_deref()).await?;
+        // The client connection's bound, which `server` gives HTTP/2 requests.
+        let connection = req.extensions().get::<ExchangeLimit>().cloned();
+        let forwarded = forwarder
+            .forward(
+                &route.destination,
+                req,
+                added,
+                path_and_query,
+                cfg.timeout,
+                identity.as_deref(),
+                connection.as_ref(),
+            )
+            .await?;
         route.metrics.upstream_duration.observe(forwarded.upstream_time);
         let response = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
         Ok(Sent { response, upstream_time: forwarded.upstream_time, identity })

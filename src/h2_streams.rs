@@ -8,14 +8,21 @@
 //! `CANCEL`) and what it held goes, the upstream connection with it, while
 //! the connection and its other streams carry on.
 //!
+//! A stream that waits on its upstream (for the response head, or for more
+//! of the body) is not stalled by the client: the route's `timeout` bounds
+//! that wait, so such a stream says so ([`waiting_on_upstream`]) and the
+//! window does not run meanwhile. The window is `server.stream_idle_timeout`
+//! (Envoy's `stream_idle_timeout`, nginx's `send_timeout`), which can then be
+//! much shorter than any route's timeout: a client that holds streams still
+//! holds their upstream connections for that long at most.
+//!
 //! The connection-level rule in `server::serve_io` (a closing connection
 //! that writes nothing for `keep_alive_timeout` is dropped) does not reach
 //! these: a client that keeps its connection busy with fresh requests never
-//! lets it close. Envoy's `stream_idle_timeout` is the model; the window
-//! here is `keep_alive_timeout`, the same as the connection's.
+//! lets it close.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -52,7 +59,8 @@ async fn moving_or_dropped<F: Future<Output = ()>>(stream: F, window: Duration) 
     // The stream is polled with a waker of its own, which notes each
     // wake-up before passing it on: the timer's own wake-ups do not count,
     // however late this task gets to run.
-    let watch = Arc::new(Watch { woken: AtomicBool::new(false), task: Mutex::new(None) });
+    let watch =
+        Arc::new(Watch { woken: AtomicBool::new(false), task: Mutex::new(None), upstream_waits: AtomicUsize::new(0) });
     let waker = Waker::from(watch.clone());
     std::future::poll_fn(|cx| {
         {
@@ -61,11 +69,13 @@ async fn moving_or_dropped<F: Future<Output = ()>>(stream: F, window: Duration) 
                 *task = Some(cx.waker().clone());
             }
         }
-        if stream.as_mut().poll(&mut Context::from_waker(&waker)).is_ready() {
+        let polled = STREAM.sync_scope(watch.clone(), || stream.as_mut().poll(&mut Context::from_waker(&waker)));
+        if polled.is_ready() {
             return Poll::Ready(());
         }
-        // After the poll: a wake-up during it counts too.
-        if watch.woken.swap(false, Ordering::AcqRel) {
+        // After the poll: a wake-up during it counts too, and so does a
+        // wait on the upstream, which is the route timeout's to bound.
+        if watch.woken.swap(false, Ordering::AcqRel) || watch.upstream_waits.load(Ordering::Acquire) > 0 {
             stall.moved();
         }
         if stall.stalled(cx) {
@@ -77,10 +87,38 @@ async fn moving_or_dropped<F: Future<Output = ()>>(stream: F, window: Duration) 
     .await
 }
 
+tokio::task_local! {
+    /// The watch of the HTTP/2 stream being polled, if any.
+    static STREAM: Arc<Watch>;
+}
+
 /// Notes that the stream was woken, and wakes the task that runs it.
 struct Watch {
     woken: AtomicBool,
     task: Mutex<Option<Waker>>,
+    /// Waits on the upstream in progress (see [`waiting_on_upstream`]).
+    upstream_waits: AtomicUsize,
+}
+
+/// Says, while it lives, that the HTTP/2 stream which took it waits on its
+/// upstream rather than on its client.
+pub struct UpstreamWait(Arc<Watch>);
+
+impl Drop for UpstreamWait {
+    fn drop(&mut self) {
+        self.0.upstream_waits.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Marks the HTTP/2 stream being polled as waiting on its upstream until
+/// the guard is dropped; `None` outside one (HTTP/1.1 has no stream watch).
+pub fn waiting_on_upstream() -> Option<UpstreamWait> {
+    STREAM
+        .try_with(|watch| {
+            watch.upstream_waits.fetch_add(1, Ordering::AcqRel);
+            UpstreamWait(watch.clone())
+        })
+        .ok()
 }
 
 impl Wake for Watch {

@@ -9,11 +9,13 @@
 //! `X-Forwarded-*` from a client are believed only from a trusted proxy.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Upstream;
 use crate::net::IpNet;
@@ -378,10 +380,54 @@ impl Destination {
     }
 }
 
-/// A worker's upstream connections (see `crate::upstream_pool`).
-#[derive(Default)]
+/// How many upstream exchanges may be in flight at once: one HTTP/2
+/// connection's (`server.max_upstream_exchanges_per_connection`), or one
+/// worker's share of those that streams run alongside another of their
+/// connection's (`server.max_upstream_exchanges`). An exchange holds its
+/// permits from before it asks for an upstream connection until its
+/// response body is done with, so a client that opens streams and never
+/// reads them (its window at zero) holds that many upstream connections at
+/// most, and clients together no more sockets than the process may open.
+/// A connection's first exchange (and every HTTP/1.1 one, bounded by
+/// `server.max_connections` already) never waits on the shared bound: the
+/// clients that hold it cannot take every other client's turn too.
+#[derive(Clone)]
+pub struct ExchangeLimit {
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl ExchangeLimit {
+    pub fn new(permits: usize) -> ExchangeLimit {
+        let size = permits.clamp(1, Semaphore::MAX_PERMITS);
+        ExchangeLimit { permits: Arc::new(Semaphore::new(size)), size }
+    }
+
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        // Taken at once when free, which is nearly always.
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => self.permits.clone().acquire_owned().await.ok(),
+        }
+    }
+
+    /// Exchanges holding a permit now.
+    fn in_use(&self) -> usize {
+        self.size - self.permits.available_permits()
+    }
+}
+
+/// What an exchange holds while it lasts (see [`ExchangeLimit`]).
+struct Permits {
+    _connection: Option<OwnedSemaphorePermit>,
+    _shared: Option<OwnedSemaphorePermit>,
+}
+
+/// A worker's upstream connections (see `crate::upstream_pool`), and its
+/// share of the process's shared upstream exchanges.
 pub struct Forwarder {
     pool: Pool,
+    exchanges: ExchangeLimit,
 }
 
 /// A forwarded exchange's result: the response and how long the upstream
@@ -394,7 +440,7 @@ pub struct Forwarded {
 /// A response body on its way back: the upstream's, not yet boxed, so the
 /// caller can wrap it (count it) and box it in one go.
 pub enum Relayed {
-    Upstream(ResponseBody),
+    Upstream(Held),
     /// The built-in demo API's answer.
     Demo(Body),
 }
@@ -406,6 +452,45 @@ impl Relayed {
             Relayed::Upstream(body) => crate::metrics::counted(body, counter),
             Relayed::Demo(body) => crate::metrics::counted(body, counter),
         }
+    }
+}
+
+/// An upstream's response body, holding its exchange's permits until it is
+/// done with, and telling an HTTP/2 stream's watch when it waits on the
+/// upstream for more (`crate::h2_streams`): a stream whose client does not
+/// read is the client's stall, one whose upstream does not send is the
+/// route timeout's.
+pub struct Held {
+    body: ResponseBody,
+    _permits: Permits,
+    waiting: Option<crate::h2_streams::UpstreamWait>,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = <ResponseBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if polled.is_pending() {
+            if self.waiting.is_none() {
+                self.waiting = crate::h2_streams::waiting_on_upstream();
+            }
+        } else {
+            self.waiting = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -424,13 +509,16 @@ fn causes(e: &dyn std::error::Error) -> String {
 
 impl Forwarder {
     /// Must be called inside the worker's runtime (see `Pool::new`).
-    pub fn new() -> Forwarder {
-        Forwarder { pool: Pool::new() }
+    /// `exchanges` is the worker's share of `server.max_upstream_exchanges`.
+    pub fn new(exchanges: usize) -> Forwarder {
+        Forwarder { pool: Pool::new(), exchanges: ExchangeLimit::new(exchanges) }
     }
 
     /// Sends `req` (already rewritten) to `destination` and relays the
     /// answer. `path_and_query` is the normalised path plus the filtered
-    /// query.
+    /// query; `connection` bounds the exchanges of the client connection
+    /// it came on (HTTP/2).
+    #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
         destination: &Destination,
@@ -439,6 +527,7 @@ impl Forwarder {
         path_and_query: String,
         timeout: Duration,
         identity: Option<&Identity>,
+        connection: Option<&ExchangeLimit>,
     ) -> Result<Forwarded, Refusal> {
         let (target, base_path) = match destination {
             Destination::Static => {
@@ -462,6 +551,19 @@ impl Forwarder {
         if added.host.is_none() && !req.headers().contains_key(header::HOST) {
             added.host = Some(target.host.clone());
         }
+        // From here until the response head, an HTTP/2 stream waits on
+        // its upstream (or for a turn at one), which `timeout` bounds.
+        let waiting = crate::h2_streams::waiting_on_upstream();
+        let permits = async {
+            let Some(limit) = connection else { return Some(Permits { _connection: None, _shared: None }) };
+            let own = limit.acquire().await?;
+            let shared = if limit.in_use() > 1 { Some(self.exchanges.acquire().await?) } else { None };
+            Some(Permits { _connection: Some(own), _shared: shared })
+        };
+        let Ok(Some(permits)) = tokio::time::timeout(timeout, permits).await else {
+            tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "no upstream exchange was free in time");
+            return Err(Refusal::Busy);
+        };
         let started = Instant::now();
         let response = match tokio::time::timeout(timeout, self.pool.send(target, req, &added, started, timeout)).await
         {
@@ -481,9 +583,11 @@ impl Forwarder {
             Ok(Ok(res)) => res,
         };
         let upstream_time = started.elapsed();
+        drop(waiting);
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         strip_gateway_set_cookies(&mut parts.headers);
+        let body = Held { body, _permits: permits, waiting: None };
         Ok(Forwarded { response: Response::from_parts(parts, Relayed::Upstream(body)), upstream_time })
     }
 }

@@ -62,6 +62,9 @@ pub enum Refusal {
     InsufficientScope(ScopeSet),
     UpstreamUnreachable,
     UpstreamTimeout,
+    /// No upstream exchange came free within the route's timeout
+    /// (`server.max_upstream_exchanges`, and per connection).
+    Busy,
     /// The store could not be asked; fail closed, and say it is temporary.
     Unavailable,
 }
@@ -81,7 +84,7 @@ impl Refusal {
             Refusal::InsufficientScope(_) => Outcome::InsufficientScope,
             Refusal::UpstreamUnreachable => Outcome::UpstreamError,
             Refusal::UpstreamTimeout => Outcome::UpstreamTimeout,
-            Refusal::Unavailable => Outcome::Unavailable,
+            Refusal::Unavailable | Refusal::Busy => Outcome::Unavailable,
         }
     }
 
@@ -159,6 +162,15 @@ impl Refusal {
                 "gateway_timeout",
                 "The upstream service did not answer in time",
             ),
+            Refusal::Busy => {
+                let mut res = error_json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "The gateway has as many requests in progress to its upstreams as it allows; try again shortly",
+                );
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res
+            }
             Refusal::Unavailable => {
                 let mut res = error_json(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -48,6 +48,7 @@ use crate::h2_streams::StreamExecutor;
 use crate::metrics::Metrics;
 use crate::oauth::AuthorizationServer;
 use crate::oauth::clients::ClientRegistry;
+use crate::proxy::ExchangeLimit;
 use crate::store::{self, Store};
 use crate::tls::CertStore;
 use crate::tokens::{TokenService, now_unix};
@@ -184,6 +185,7 @@ impl Server {
         );
 
         let limit = ConnectionLimit::new(&cfg);
+        let exchanges = upstream_exchanges_per_worker(&cfg, self.public.len());
         let mut workers_done = Vec::new();
         for (i, listener) in self.public.into_iter().enumerate() {
             let (gateway, cfg, stop, tls) = (self.gateway.clone(), cfg.clone(), stop_rx.clone(), self.tls.clone());
@@ -204,7 +206,7 @@ impl Server {
                     });
                 }
                 match runtime.build() {
-                    Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop, tls, limit)),
+                    Ok(rt) => rt.block_on(serve_public(listener, gateway, cfg, stop, tls, limit, exchanges)),
                     Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
                 }
                 let _ = done_tx.send(());
@@ -263,6 +265,18 @@ impl Server {
     }
 }
 
+/// Each worker's share of `server.max_upstream_exchanges`: by default half
+/// the file descriptors the process may open, so that clients holding
+/// upstream connections open (HTTP/2 streams they never read) cannot leave
+/// none for new clients to connect with.
+fn upstream_exchanges_per_worker(cfg: &ServerConfig, workers: usize) -> usize {
+    let total = cfg.max_upstream_exchanges.unwrap_or_else(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        limit.map_or(usize::MAX, |fds| usize::try_from(fds / 2).unwrap_or(usize::MAX))
+    });
+    total.div_ceil(workers.max(1)).max(1)
+}
+
 /// One public worker: its own socket, its own upstream pool.
 async fn serve_public(
     listener: std::net::TcpListener,
@@ -271,12 +285,13 @@ async fn serve_public(
     stop: watch::Receiver<bool>,
     tls: Option<Tls>,
     limit: ConnectionLimit,
+    exchanges: usize,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => return tracing::error!(error = %e, "cannot serve the public listener"),
     };
-    let worker = Arc::new(Worker::new());
+    let worker = Arc::new(Worker::new(exchanges));
     // The log's filter is fixed at start: with access lines filtered out,
     // there is never anything to flush, and no reason to wake 10 times a
     // second.
@@ -438,6 +453,19 @@ impl Reloader {
             ("server.keep_alive_timeout", config.server.keep_alive_timeout != old.server.keep_alive_timeout),
             ("server.max_header_bytes", config.server.max_header_bytes != old.server.max_header_bytes),
             ("server.max_connections", config.server.max_connections != old.server.max_connections),
+            ("server.stream_idle_timeout", config.server.stream_idle_timeout != old.server.stream_idle_timeout),
+            (
+                "server.http2_max_concurrent_streams",
+                config.server.http2_max_concurrent_streams != old.server.http2_max_concurrent_streams,
+            ),
+            (
+                "server.max_upstream_exchanges",
+                config.server.max_upstream_exchanges != old.server.max_upstream_exchanges,
+            ),
+            (
+                "server.max_upstream_exchanges_per_connection",
+                config.server.max_upstream_exchanges_per_connection != old.server.max_upstream_exchanges_per_connection,
+            ),
             ("server.drain_timeout", config.server.drain_timeout != old.server.drain_timeout),
             ("server.shutdown_delay", config.server.shutdown_delay != old.server.shutdown_delay),
             ("storage.url", config.storage.url != old.storage.url),
@@ -566,7 +594,7 @@ async fn accept_loop<F, Fut>(
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(StreamExecutor::new(cfg.keep_alive_timeout));
+    let mut builder = auto::Builder::new(StreamExecutor::new(cfg.stream_idle_timeout));
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -585,7 +613,7 @@ async fn accept_loop<F, Fut>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(cfg.http2_max_concurrent_streams);
     let builder = Arc::new(builder);
     let ConnectionLimit { permits, max } = limit;
 
@@ -619,6 +647,7 @@ async fn accept_loop<F, Fut>(
             peer,
             first_request_timeout: cfg.header_read_timeout,
             keep_alive_timeout: cfg.keep_alive_timeout,
+            exchanges: cfg.max_upstream_exchanges_per_connection,
             tls: tls.clone(),
             stop: stop.clone(),
         };
@@ -711,6 +740,8 @@ struct Conn {
     peer: SocketAddr,
     first_request_timeout: Duration,
     keep_alive_timeout: Duration,
+    /// Upstream exchanges its HTTP/2 streams may have in flight at once.
+    exchanges: usize,
     tls: Option<TlsAcceptor>,
     /// Turns `true` when the listener drains.
     stop: watch::Receiver<bool>,
@@ -755,7 +786,7 @@ where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
-    let Conn { peer, first_request_timeout, keep_alive_timeout, mut stop, .. } = conn;
+    let Conn { peer, first_request_timeout, keep_alive_timeout, exchanges, mut stop, .. } = conn;
     // The first request's deadline (the TLS handshake's too, before this)
     // and the idle timeout between requests are kept here, with one timer;
     // hyper's head timer, set to the longer of the two, backs them up.
@@ -763,9 +794,16 @@ where
     // When the last request came, in ms since `opened`, plus one; 0: none.
     let last_request = Arc::new(AtomicU64::new(0));
     let seen = last_request.clone();
-    let service = service_fn(move |req| {
+    // The bound on this connection's upstream exchanges, made for its first
+    // HTTP/2 request (an HTTP/1.1 connection has one exchange at a time).
+    let limit = std::sync::OnceLock::new();
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let since_open = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         seen.store(since_open + 1, Ordering::Relaxed);
+        if req.version() == http::Version::HTTP_2 {
+            let limit = limit.get_or_init(|| ExchangeLimit::new(exchanges));
+            req.extensions_mut().insert(limit.clone());
+        }
         handler(req, peer)
     });
     let written = Arc::new(AtomicU64::new(0));

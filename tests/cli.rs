@@ -175,13 +175,20 @@ impl Served {
     /// its listeners and answers `/healthz`.
     async fn start(config: &Path, envs: &[(&str, &str)]) -> Served {
         let mut cmd = std::process::Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.arg("serve").arg("--config").arg(config);
+        Served::start_command(cmd, envs).await
+    }
+
+    /// [`Served::start`] in a process that may open `fds` file descriptors
+    /// at most (`ulimit -n`, by the shell that then becomes it).
+    async fn start_with_fd_limit(config: &Path, fds: u32) -> Served {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(format!("ulimit -n {fds} && exec \"$0\" serve --config \"$1\"")).arg(BIN).arg(config);
+        Served::start_command(cmd, &[]).await
+    }
+
+    async fn start_command(mut cmd: std::process::Command, envs: &[(&str, &str)]) -> Served {
+        cmd.env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -1433,4 +1440,123 @@ fn check_warns_about_an_upstream_it_does_not_verify_and_names_a_bad_ca() {
     assert_eq!(out.status.code(), Some(EX_CONFIG));
     assert_eq!(reported_fields(&text(&out.stderr)), ["routes[0].ca"]);
     assert!(text(&out.stderr).contains(&format!("cannot read {}", missing.display())), "{}", text(&out.stderr));
+}
+
+// ---------------------------------------------------------------------------
+// Limits under a low file-descriptor limit (SECURITY.md 45)
+
+/// An upstream on a raw socket: `/endless` gets a chunked body that never
+/// ends (sent as fast as it is taken), anything else a short one. Counts
+/// the connections open to it.
+async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let open = count.clone();
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(n @ 1..) => head.extend_from_slice(&buf[..n]),
+                            _ => {
+                                open.fetch_sub(1, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                    }
+                    if head.starts_with(b"GET /endless") {
+                        let mut chunk = b"4000\r\n".to_vec();
+                        chunk.extend_from_slice(&[b'x'; 0x4000]);
+                        chunk.extend_from_slice(b"\r\n");
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+                        while stream.write_all(&chunk).await.is_ok() {}
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                    if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, open)
+}
+
+/// Two HTTP/2 clients open every stream they may and never read a byte
+/// (their windows at zero), each stream an endless upstream body. Each
+/// connection holds `max_upstream_exchanges_per_connection` upstream
+/// connections at most, so a gateway that may open 256 files keeps
+/// serving everyone else; before the bound, the two held 512 and new
+/// clients met "Too many open files".
+#[tokio::test]
+async fn clients_holding_http2_streams_open_cannot_starve_others_under_a_low_fd_limit() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (upstream, open) = counting_upstream().await;
+    let routes =
+        format!("[[routes]]\nname = \"up\"\npath_prefix = \"/\"\nupstream = \"http://{upstream}\"\npublic = true\n");
+    let path = write_config(dir.path(), "limits.toml", &minimal_config(dir.path(), "", &routes));
+    let mut served = Served::start_with_fd_limit(&path, 256).await;
+
+    let mut attackers = Vec::new();
+    for _ in 0..2 {
+        let stream = TcpStream::connect(served.public).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .max_concurrent_reset_streams(0)
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+        tokio::spawn(conn);
+        for _ in 0..256 {
+            let mut sender = sender.clone();
+            let uri = format!("http://{}/endless", served.public);
+            attackers.push(tokio::spawn(async move {
+                let req = http::Request::get(uri).body(http_body_util::Empty::new()).expect("request");
+                // The head comes; the body never can.
+                sender.send_request(req).await.map(|res| res.into_body())
+            }));
+        }
+    }
+    // Until each connection has as many upstream connections as it may.
+    let deadline = Instant::now() + BOUND;
+    while open.load(Ordering::SeqCst) < 64 {
+        assert!(Instant::now() < deadline, "the attack reached {} upstream connections", open.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Everyone else is served, with upstream connections to spare.
+    for i in 0..20 {
+        let reply = get(&format!("http://{}/small/{i}", served.public), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}\n{}", reply.text(), served.log());
+        assert_eq!(reply.text(), "ok");
+    }
+    // And over HTTP/2: a connection's first exchange never waits on those
+    // the attackers hold.
+    let stream = TcpStream::connect(served.public).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/small/h2", served.public)).body(http_body_util::Empty::new());
+    let res = tokio::time::timeout(BOUND, sender.send_request(req.expect("request"))).await.expect("in time");
+    assert_eq!(res.expect("answered").status(), StatusCode::OK);
+    // 32 for each attacker, and at most one idle per worker from the others'.
+    let held = open.load(Ordering::SeqCst);
+    assert!(held <= 2 * 32 + 2, "two connections hold {held} upstream connections");
+    assert!(!served.log().contains("Too many open files"), "{}", served.log());
+    assert!(served.running());
+    drop(attackers);
+    served.sigterm();
+    served.wait_exit().await;
 }

@@ -1472,13 +1472,13 @@ async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
 }
 
 /// An HTTP/2 stream that cannot move (its window held at zero) is reset
-/// on its own once it has not moved for `keep_alive_timeout`, even while
+/// on its own once it has not moved for `stream_idle_timeout`, even while
 /// the client keeps its connection busy with other requests, so that it
 /// never closes; the connection and its other streams carry on.
 #[tokio::test]
 async fn a_stalled_http2_stream_is_reset_while_its_busy_connection_carries_on() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&with_server_line(upstream.addr, "keep_alive_timeout = \"1s\"", "")).await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "stream_idle_timeout = \"1s\"", "")).await;
     let stream = TcpStream::connect(gw.public).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(0)
@@ -1497,9 +1497,8 @@ async fn a_stalled_http2_stream_is_reset_while_its_busy_connection_carries_on() 
     let ended = loop {
         tokio::select! {
             ended = &mut body => break ended,
-            // More often than keep_alive_timeout: the connection never
-            // falls idle. A HEAD's answer has no body, so no window holds
-            // it up.
+            // The connection never falls idle. A HEAD's answer has no
+            // body, so no window holds it up.
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 let busy = sender.send_request(request(Method::HEAD, "/public/busy")).await.expect("served");
                 assert_eq!(busy.status(), StatusCode::OK);
@@ -1518,6 +1517,54 @@ async fn a_stalled_http2_stream_is_reset_while_its_busy_connection_carries_on() 
     let after = sender.send_request(request(Method::HEAD, "/public/after")).await.expect("still served");
     assert_eq!(after.status(), StatusCode::OK);
     assert!(!connection.is_finished());
+    gw.stop().await;
+}
+
+/// nginx's `http2_max_concurrent_streams`: 128 by default, and the setting's
+/// value when there is one.
+#[tokio::test]
+async fn http2_clients_may_open_128_streams_by_default() {
+    let mut upstream = Upstream::start().await;
+    for (line, expected) in [("", 128), ("http2_max_concurrent_streams = 7", 7)] {
+        let gw = Gateway::start(&with_server_line(upstream.addr, line, "")).await;
+        let stream = TcpStream::connect(gw.public).await.expect("connect");
+        let (client, conn) = h2::client::handshake(stream).await.expect("h2c handshake");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let req = Request::builder().uri(gw.url("/public/x")).body(()).expect("request");
+        let (res, _) = client.send_request(req, true).expect("sent");
+        assert_eq!(res.await.expect("answered").status(), StatusCode::OK);
+        upstream.next().await;
+        assert_eq!(client.current_max_send_streams(), expected, "{line:?}");
+        gw.stop().await;
+    }
+}
+
+/// A stream that waits on its upstream is not stalled by its client: the
+/// route's `timeout` bounds that wait, and `stream_idle_timeout` does not
+/// cut it short.
+#[tokio::test]
+async fn an_http2_stream_waiting_on_its_upstream_outlasts_the_stream_idle_timeout() {
+    let mut upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "stream_idle_timeout = \"1s\"", "")).await;
+    let stream = TcpStream::connect(gw.public).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2c");
+    tokio::spawn(conn);
+    let started = Instant::now();
+    let req = Request::builder()
+        .uri(gw.url("/public/slow-upstream"))
+        .header("x-test-delay-ms", "2500")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("answered, not reset");
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.expect("the whole body").to_bytes();
+    assert!(started.elapsed() >= Duration::from_millis(2500), "{:?}", started.elapsed());
+    assert!(String::from_utf8_lossy(&body).contains("/public/slow-upstream"));
+    upstream.next().await;
     gw.stop().await;
 }
 
