@@ -66,6 +66,10 @@ pub enum StartError {
     Conflict(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "cannot listen on {addr} ({what}): another process is listening there (another portcullis serve?), and the two would split its connections"
+    )]
+    Taken { what: &'static str, addr: SocketAddr },
 }
 
 /// A gateway whose sockets are bound and whose state is loaded.
@@ -81,6 +85,8 @@ pub struct Server {
     store: Arc<dyn Store>,
     server_config: ServerConfig,
     tls: Option<Tls>,
+    /// This process's claim on a SQLite store, released when it stops.
+    _store_lock: Option<store::ServeLock>,
 }
 
 /// TLS on the public listener: the acceptor, the certificate it serves
@@ -93,10 +99,18 @@ struct Tls {
 }
 
 impl Server {
-    /// Opens the store, loads (or creates) the signing key and binds both
-    /// listeners. Nothing is served until `run`.
+    /// Binds both listeners, opens the store, and loads (or creates) the
+    /// signing key. Nothing is served until `run`.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         log_notes(&config);
+        // The sockets first: a taken port touches no store.
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let public = bind("public", config.server.listen, workers)?;
+        let admin_listener = bind("admin", config.admin.listen, 1)?.remove(0);
+        let store_lock = store::lock_for_serving(&config.storage.url)?;
         let store = store::open(&config.storage.url).await?;
         let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(ArcSwap::from_pointee(
@@ -131,13 +145,17 @@ impl Server {
             draining,
         });
 
-        let workers = match config.server.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let public = bind("public", config.server.listen, workers)?;
-        let admin_listener = bind("admin", config.admin.listen, 1)?.remove(0);
-        Ok(Server { public, admin_listener, gateway, reloader, admin, store, server_config: config.server, tls })
+        Ok(Server {
+            public,
+            admin_listener,
+            gateway,
+            reloader,
+            admin,
+            store,
+            server_config: config.server,
+            tls,
+            _store_lock: store_lock,
+        })
     }
 
     /// The file `SIGHUP` and `POST /reload` re-read; without one, reloads
@@ -551,6 +569,21 @@ async fn build_gateway(
 /// rest join it.
 fn bind(what: &'static str, addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if count > 1 && addr.port() != 0 {
+        // SO_REUSEPORT lets any process of the same user that sets it too
+        // join the port, and the kernel would then split the connections
+        // between the two silently. A socket without it cannot bind a port
+        // that anyone listens on: bound (not listened on) and let go first,
+        // it tells whether the port is this process's alone.
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|s| s.set_reuse_address(true).map(|()| s))
+            .map_err(|source| StartError::Bind { what, addr, source })?;
+        match probe.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(StartError::Taken { what, addr }),
+            Err(source) => return Err(StartError::Bind { what, addr, source }),
+            Ok(()) => {}
+        }
+    }
     let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
         let at = listeners.first().and_then(|l| l.local_addr().ok()).unwrap_or(addr);

@@ -712,20 +712,41 @@ async fn token_of_another_gateway_is_invalid_token() {
 #[tokio::test]
 async fn token_for_another_issuer_or_audience_on_a_shared_key_is_invalid_token() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store_url = format!("url = \"sqlite://{}\"", dir.path().join("p.db").display());
     let mut upstream = Upstream::start().await;
-    let base = config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &store_url);
-    let issuing = Gateway::start(&base).await;
-    let twin = Gateway::start(&base).await;
+    let base = config_toml(upstream.addr, "");
+    // Each gateway has a store of its own (a serving gateway holds its
+    // SQLite file alone), all holding the first one's signing key.
+    let store = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let on_store =
+        |toml: &str, name: &str| toml.replace("url = \"sqlite::memory:\"", &format!("url = \"{}\"", store(name)));
+    let issuing = Gateway::start(&on_store(&base, "issuing.db")).await;
+    let key = portcullis::store::open(&store("issuing.db")).await.expect("open").signing_keys().await.expect("keys");
+    let shared_key = |name: &str| {
+        let (url, key) = (store(name), key[0].clone());
+        async move {
+            let store = portcullis::store::open(&url).await.expect("open");
+            store.insert_signing_key_if_none(&key).await.expect("insert the key");
+        }
+    };
+    for name in ["twin.db", "other-issuer.db", "other-audience.db"] {
+        shared_key(name).await;
+    }
+    let twin = Gateway::start(&on_store(&base, "twin.db")).await;
     // the audience defaults to the issuer: keep it, so only `iss` differs
-    let other_issuer = Gateway::start(&base.replace(
-        "issuer = \"http://127.0.0.1:8080\"",
-        "issuer = \"http://localhost:9090\"\naudience = \"http://127.0.0.1:8080\"",
+    let other_issuer = Gateway::start(&on_store(
+        &base.replace(
+            "issuer = \"http://127.0.0.1:8080\"",
+            "issuer = \"http://localhost:9090\"\naudience = \"http://127.0.0.1:8080\"",
+        ),
+        "other-issuer.db",
     ))
     .await;
-    let other_audience = Gateway::start(&base.replace(
-        "issuer = \"http://127.0.0.1:8080\"",
-        "issuer = \"http://127.0.0.1:8080\"\naudience = \"https://calendar.example\"",
+    let other_audience = Gateway::start(&on_store(
+        &base.replace(
+            "issuer = \"http://127.0.0.1:8080\"",
+            "issuer = \"http://127.0.0.1:8080\"\naudience = \"https://calendar.example\"",
+        ),
+        "other-audience.db",
     ))
     .await;
 

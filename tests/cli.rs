@@ -548,6 +548,76 @@ fn serve_on_a_taken_port_fails_naming_the_address() {
     }
 }
 
+/// SECURITY.md 51: SO_REUSEPORT would let a second gateway join the first's
+/// port and take half its connections (7 of 10 valid tokens got 401 from a
+/// second gateway with its own store). The second is refused, and the
+/// first serves on.
+#[tokio::test]
+async fn a_second_serve_on_the_same_port_is_refused() {
+    let first_dir = tempfile::tempdir().expect("tempdir");
+    let workers = "workers = 2";
+    let path = write_config(first_dir.path(), "first.toml", &minimal_config(first_dir.path(), workers, ""));
+    let mut first = Served::start(&path, &[]).await;
+
+    let second_dir = tempfile::tempdir().expect("tempdir");
+    let config = minimal_config(second_dir.path(), workers, "").replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", first.public),
+        1,
+    );
+    assert!(config.contains(&first.public.to_string()), "{config}");
+    let second = write_config(second_dir.path(), "second.toml", &config);
+    let out = run(&["serve", "--config", second.to_str().expect("UTF-8 path")], b"");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "portcullis: cannot listen on {} (public): another process is listening there (another portcullis serve?)",
+            first.public
+        )),
+        "{stderr}"
+    );
+    assert!(!second_dir.path().join("p.db").exists(), "the second gateway opened a store");
+    // Every connection still reaches the first.
+    for _ in 0..10 {
+        let reply = get(&format!("http://{}/oauth/jwks", first.public), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert!(first.running());
+    first.sigterm();
+    first.wait_exit().await;
+}
+
+/// SECURITY.md 51: two gateways on one SQLite file would each cache what the
+/// other revoked. The second is refused, naming the first; once the first
+/// has stopped, a gateway starts on the file again.
+#[tokio::test]
+async fn a_second_serve_on_the_same_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "one.toml", &minimal_config(dir.path(), "", ""));
+    let mut first = Served::start(&path, &[]).await;
+    let out = run(&["serve", "--config", path.to_str().expect("UTF-8 path")], b"");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let lock = dir.path().join("p.db.lock");
+    assert!(
+        stderr.contains(&format!(
+            "another portcullis serve (process {}) holds {}: two gateways must not share one SQLite file",
+            first.child.id(),
+            lock.display()
+        )),
+        "{stderr}"
+    );
+    // The commands that manage the store run beside the gateway.
+    let (code, _) = (run(&["clients", "list", "--config", path.to_str().expect("UTF-8")], b"").status.code(), ());
+    assert_eq!(code, Some(0));
+    first.sigterm();
+    first.wait_exit().await;
+    let mut again = Served::start(&path, &[]).await;
+    again.sigterm();
+    again.wait_exit().await;
+}
+
 // ---------------------------------------------------------------------------
 // hash-password
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{ServeLock, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -218,6 +218,12 @@ pub struct ConsentRecord {
     pub client_id: String,
     pub scope: String,
     pub granted_at: i64,
+}
+
+/// Claims the store a URL names for one serving process, if it is a file
+/// that two would corrupt each other's view of (see [`ServeLock`]).
+pub fn lock_for_serving(url: &str) -> Result<Option<ServeLock>, StoreError> {
+    if url.starts_with("sqlite:") { sqlite::lock_for_serving(url) } else { Ok(None) }
 }
 
 /// Opens the store a URL names.

@@ -27,6 +27,66 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// A serving gateway's claim on its SQLite file: an exclusive `flock` on
+/// `<file>.lock`, held while it lives. Two gateways on one file would
+/// each cache what the other revoked and race on its writes; the second is
+/// refused instead. The `clients` and `consents` commands take no claim:
+/// they are meant to run beside the gateway.
+pub struct ServeLock {
+    _file: std::fs::File,
+}
+
+/// Whether a `sqlite:` URL names an in-memory database, which sqlx opens
+/// under a made-up file name (`file:sqlx-in-memory-N`), not a file of its
+/// own.
+fn is_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    rest.starts_with(":memory:") || rest.split(['?', '&']).any(|param| param == "mode=memory")
+}
+
+/// Claims the file a `sqlite:` URL names for one serving process (nothing
+/// to claim for `:memory:`).
+pub fn lock_for_serving(url: &str) -> Result<Option<ServeLock>, StoreError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let open_err = |reason: String| StoreError::Open { url: url.to_string(), reason };
+    let options = SqliteConnectOptions::from_str(url).map_err(|e| open_err(e.to_string()))?;
+    if is_in_memory(url) {
+        return Ok(None);
+    }
+    let file = options.get_filename();
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let path = {
+        let mut p = file.as_os_str().to_owned();
+        p.push(".lock");
+        std::path::PathBuf::from(p)
+    };
+    let mut lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| open_err(format!("cannot open {}: {e}", path.display())))?;
+    if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        if e != rustix::io::Errno::WOULDBLOCK {
+            return Err(open_err(format!("cannot lock {}: {e}", path.display())));
+        }
+        let mut holder = String::new();
+        let _ = lock.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let who = if holder.is_empty() { String::new() } else { format!(" (process {holder})") };
+        return Err(open_err(format!(
+            "another portcullis serve{who} holds {}: two gateways must not share one SQLite file",
+            path.display()
+        )));
+    }
+    // Who holds it, for the next one's error message.
+    let _ = lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| writeln!(lock, "{}", std::process::id()));
+    Ok(Some(ServeLock { _file: lock }))
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database a `sqlite:` URL names, and
     /// brings its schema up to date.
@@ -82,6 +142,26 @@ impl SqliteStore {
         }
         drop(opened);
         Ok(SqliteStore { pool })
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_databases_have_no_file_to_claim() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://x.db?mode=memory",
+            "sqlite:x.db?cache=shared&mode=memory",
+        ] {
+            assert!(is_in_memory(url), "{url}");
+            assert!(lock_for_serving(url).expect("no error").is_none(), "{url}");
+        }
+        assert!(!is_in_memory("sqlite://data/portcullis.db"));
+        assert!(!is_in_memory("sqlite://memory.db"));
     }
 }
 
