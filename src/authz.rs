@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use crate::config::Config;
 use crate::form::{FormError, FormReader};
 use crate::metrics::Metrics;
-use crate::oauth::{AuthorizationServer, BasicCredentials, ErrorCode, OAuthError, Params};
+use crate::oauth::{AuthorizationServer, BasicCredentials, ClientAuth, ErrorCode, OAuthError, Params};
 use crate::respond::{Body, error_json, json};
 use crate::web::Web;
 
@@ -84,7 +84,11 @@ impl AuthzEndpoints {
             Endpoint::Login => self.web.login(req, peer).await,
             Endpoint::Introspection => {
                 let result = match self.read_form(req).await {
-                    Ok((headers, params)) => self.server.introspect(basic_credentials(&headers), &params).await,
+                    Ok((headers, params)) => {
+                        self.server
+                            .introspect(ClientAuth { basic: basic_credentials(&headers), from: peer }, &params)
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 match result {
@@ -103,7 +107,9 @@ impl AuthzEndpoints {
             }
             Endpoint::Token => {
                 let result = match self.read_form(req).await {
-                    Ok((headers, params)) => self.server.token(basic_credentials(&headers), &params).await,
+                    Ok((headers, params)) => {
+                        self.server.token(ClientAuth { basic: basic_credentials(&headers), from: peer }, &params).await
+                    }
                     Err(e) => Err(e),
                 };
                 match result {
@@ -122,7 +128,9 @@ impl AuthzEndpoints {
             }
             Endpoint::Revocation => {
                 let result = match self.read_form(req).await {
-                    Ok((headers, params)) => self.server.revoke(basic_credentials(&headers), &params).await,
+                    Ok((headers, params)) => {
+                        self.server.revoke(ClientAuth { basic: basic_credentials(&headers), from: peer }, &params).await
+                    }
                     Err(e) => Err(e),
                 };
                 match result {

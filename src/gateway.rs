@@ -23,7 +23,8 @@ use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::net::IpNet;
 use crate::path::{Ambiguities, normalize, other_readings, under_prefix};
 use crate::proxy::{
-    Destination, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_HOST, upstream_headers,
+    Destination, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    upstream_headers,
 };
 use crate::respond::{Body, Refusal, full};
 use crate::upstream_http1::Added;
@@ -278,7 +279,12 @@ impl Gateway {
         if let Some(endpoint) = self.authz.endpoint(&path) {
             // Boxed, like every cold path here: the endpoints' futures are
             // large, and a proxied request's future would carry them too.
-            let res = Box::pin(self.authz.handle(endpoint, req, peer.ip().to_canonical())).await;
+            // Sign-in and client-authentication attempts are counted per
+            // client address: behind trusted proxies, the one they vouch
+            // for, or every user behind a proxy would share one count.
+            let lines = req.headers().get_all(&X_FORWARDED_FOR).iter().map(|v| v.to_str().unwrap_or(""));
+            let client = crate::net::client_address(peer.ip(), lines, &self.trusted_proxies);
+            let res = Box::pin(self.authz.handle(endpoint, req, client)).await;
             let info = AccessInfo { route: Some("(authorization server)"), path: Some(path), ..AccessInfo::default() };
             return (res, info);
         }

@@ -29,7 +29,7 @@ use crate::web::{LOGIN_COOKIE, SESSION_COOKIE};
 pub static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
 pub static X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");

@@ -272,11 +272,18 @@ fn attrs(list: &[&str]) -> BTreeSet<String> {
 struct Browser<'g> {
     gw: &'g Gateway,
     jar: BTreeMap<String, String>,
+    /// The `X-Forwarded-For` a proxy in front adds for this browser.
+    forwarded_for: Option<&'static str>,
 }
 
 impl<'g> Browser<'g> {
     fn new(gw: &'g Gateway) -> Self {
-        Browser { gw, jar: BTreeMap::new() }
+        Browser { gw, jar: BTreeMap::new(), forwarded_for: None }
+    }
+
+    /// A browser behind a proxy that names it as `address`.
+    fn behind_proxy(gw: &'g Gateway, address: &'static str) -> Self {
+        Browser { forwarded_for: Some(address), ..Browser::new(gw) }
     }
 
     fn cookie_header(&self) -> String {
@@ -303,6 +310,7 @@ impl<'g> Browser<'g> {
         if !cookie.is_empty() {
             headers.push(("cookie", cookie.as_str()));
         }
+        headers.extend(self.forwarded_for.map(|a| ("x-forwarded-for", a)));
         let reply = get(&self.gw.url(path), &headers).await;
         self.absorb(&reply);
         reply
@@ -315,6 +323,7 @@ impl<'g> Browser<'g> {
         if !cookie.is_empty() {
             headers.push(("cookie", cookie.as_str()));
         }
+        headers.extend(self.forwarded_for.map(|a| ("x-forwarded-for", a)));
         let reply = send(Method::POST, &self.gw.url(path), &headers, form(&pairs)).await;
         self.absorb(&reply);
         reply
@@ -1738,6 +1747,34 @@ async fn repeated_failures_throttle_the_account() {
     gw.stop().await;
 }
 
+/// SECURITY.md 46: behind a trusted proxy, failures count against the
+/// address the proxy vouches for, not the proxy's own: one client's guesses
+/// do not lock out every user behind the proxy.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_sign_in_throttle_counts_each_clients_address() {
+    let upstream = Upstream::start().await;
+    let gw =
+        Gateway::start(&toml(&upstream).replacen("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n", 1))
+            .await;
+    let url = web_url(None, "t");
+    let mut guesser = Browser::behind_proxy(&gw, "203.0.113.66");
+    let mut page = guesser.get(&url).await;
+    assert_eq!(portcullis::web::MAX_LOGIN_FAILURES_PER_ADDRESS, 20);
+    // A different user each time, so the per-account limit is not what stops it.
+    for i in 0..20 {
+        page = guesser.submit_login(&page, &format!("user{i}"), "wrong").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    }
+    let reply = guesser.submit_login(&page, "alice", ALICE_PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.text());
+
+    let mut alice = Browser::behind_proxy(&gw, "198.51.100.7");
+    let page = alice.get(&url).await;
+    let reply = alice.submit_login(&page, "alice", ALICE_PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+    gw.stop().await;
+}
+
 /// Guesses sent at once get no more tries than guesses sent one by one:
 /// each counts before its password is checked.
 #[tokio::test]
@@ -2005,7 +2042,7 @@ async fn grants_codes_and_sessions_survive_a_restart() {
 
     let gw = Gateway::start(&toml).await;
     // The same browser, against the new process.
-    let mut alice = Browser { gw: &gw, jar: session };
+    let mut alice = Browser { jar: session, ..Browser::new(&gw) };
     assert_works(&gw, &mut upstream, &access, "alice").await;
     let (a2, r2) = issued(&refresh(&gw, Some(&auth), &r1, &[]).await, RW, true);
     assert_works(&gw, &mut upstream, &a2, "alice").await;

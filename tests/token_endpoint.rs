@@ -15,7 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::{Method, StatusCode};
 use portcullis::config::Config;
 use serde_json::Value;
-use support::{APP_SECRET_HASH, Gateway, Reply, Upstream, config_toml, get, send};
+use support::{APP_SECRET_HASH, Gateway, Reply, Upstream, config_toml, get, send, with_server_line};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const ISSUER: &str = "http://127.0.0.1:8080";
@@ -1229,4 +1229,32 @@ async fn repeated_wrong_secrets_are_throttled_without_locking_out_the_client() {
     assert_token_response(&post_auth(&gw, "app", "app-secret", None).await, APP_SCOPES);
     // Another client is not affected.
     assert_eq!(post_auth(&gw, "other", "other-secret", None).await.status, StatusCode::OK);
+}
+
+/// SECURITY.md 46: failures count per client id *and* address, so one who
+/// knows only a client's id cannot lock the real client out of the token
+/// endpoint from elsewhere; behind a trusted proxy, the address is the
+/// client's from `X-Forwarded-For`, not the proxy's. The secret here was
+/// never proven before, so no cached digest lets the client through.
+#[tokio::test]
+async fn guessing_a_clients_secret_throttles_the_guesser_not_the_client() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_server_line(upstream.addr, "trusted_proxies = [\"127.0.0.1\"]", "")).await;
+    let from = |address: &'static str, secret: &'static str| {
+        let gw = &gw;
+        async move {
+            let body = form(&[("grant_type", "client_credentials"), ("client_id", "app"), ("client_secret", secret)]);
+            token_request(gw, &[("x-forwarded-for", address)], &body).await
+        }
+    };
+    for _ in 0..portcullis::oauth::clients::MAX_FAILURES {
+        assert_oauth_error(&from("203.0.113.66", "guess").await, StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    assert_oauth_error(&from("203.0.113.66", "guess").await, StatusCode::TOO_MANY_REQUESTS, "slow_down");
+    assert_oauth_error(&from("203.0.113.66", "app-secret").await, StatusCode::TOO_MANY_REQUESTS, "slow_down");
+    // The real client, elsewhere, is served.
+    assert_token_response(&from("198.51.100.7", "app-secret").await, APP_SCOPES);
+    // A made-up address to the left of the one the proxy vouches for
+    // changes nothing: the guesser is still who the proxy saw.
+    assert_oauth_error(&from("198.51.100.7, 203.0.113.66", "guess").await, StatusCode::TOO_MANY_REQUESTS, "slow_down");
 }

@@ -8,6 +8,7 @@
 //! digest still pays the full argon2 price, so guessing stays expensive.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -42,9 +43,11 @@ pub struct ClientRegistry {
     proven: RwLock<HashMap<String, (String, Digest)>>,
     store: Option<Arc<dyn Store>>,
     registered: moka::future::Cache<String, Option<Arc<ClientConfig>>>,
-    /// Recent failures per client id (known or not), forgotten after
-    /// `FAILURE_WINDOW`; attempts for one client id take turns.
-    failures: Throttle<String>,
+    /// Recent failures per client id (known or not) and address, forgotten
+    /// after `FAILURE_WINDOW`; attempts for one pair take turns. Keyed by
+    /// the pair, guesses cost the address that makes them: one who knows
+    /// only a client's id cannot lock the client out from elsewhere.
+    failures: Throttle<(String, IpAddr)>,
     /// Bounds concurrent argon2 runs, so guessing cannot take every core.
     hashing: tokio::sync::Semaphore,
     /// Verified against when the client is unknown, so an unknown client
@@ -93,7 +96,7 @@ pub fn stored_to_config(c: &StoredClient) -> Option<ClientConfig> {
     }
 }
 
-/// Failed authentications per client id per `FAILURE_WINDOW` before further
+/// Failed authentications per client id and address per `FAILURE_WINDOW` before further
 /// attempts are refused unverified.
 pub const MAX_FAILURES: u32 = 10;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -159,6 +162,7 @@ impl ClientRegistry {
         self: &Arc<Self>,
         client_id: &str,
         secret: &str,
+        from: IpAddr,
     ) -> Result<Arc<ClientConfig>, AuthFailure> {
         let presented = self.digest(secret);
         let client = self.get(client_id).await;
@@ -174,9 +178,10 @@ impl ClientRegistry {
             }
             _ => {}
         }
-        // One attempt at a time per client id (`crate::throttle`), so a
-        // burst of guesses gets no more tries than a sequence would.
-        let attempt = self.failures.attempt(client_id.to_string()).await;
+        // One attempt at a time per client id and address
+        // (`crate::throttle`), so a burst of guesses gets no more tries than
+        // a sequence would.
+        let attempt = self.failures.attempt((client_id.to_string(), from)).await;
         if self.failures.refuses(&attempt) {
             return Err(AuthFailure::Throttled);
         }
@@ -229,6 +234,8 @@ mod tests {
     use super::*;
     use crate::config::GrantType;
 
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn client(id: &str, secret: ClientSecret) -> ClientConfig {
         ClientConfig {
             client_id: id.into(),
@@ -252,25 +259,25 @@ mod tests {
             ],
             None,
         ));
-        assert!(reg.authenticate("h", "s1").await.is_ok());
+        assert!(reg.authenticate("h", "s1", HERE).await.is_ok());
         // second time through the remembered digest
-        assert!(reg.authenticate("h", "s1").await.is_ok());
-        assert_eq!(reg.authenticate("h", "s2").await.unwrap_err(), AuthFailure::WrongSecret);
-        assert!(reg.authenticate("p", "s2").await.is_ok());
-        assert_eq!(reg.authenticate("p", "s1").await.unwrap_err(), AuthFailure::WrongSecret);
-        assert_eq!(reg.authenticate("pub", "x").await.unwrap_err(), AuthFailure::WrongMethod);
-        assert_eq!(reg.authenticate("nobody", "s1").await.unwrap_err(), AuthFailure::UnknownClient);
+        assert!(reg.authenticate("h", "s1", HERE).await.is_ok());
+        assert_eq!(reg.authenticate("h", "s2", HERE).await.unwrap_err(), AuthFailure::WrongSecret);
+        assert!(reg.authenticate("p", "s2", HERE).await.is_ok());
+        assert_eq!(reg.authenticate("p", "s1", HERE).await.unwrap_err(), AuthFailure::WrongSecret);
+        assert_eq!(reg.authenticate("pub", "x", HERE).await.unwrap_err(), AuthFailure::WrongMethod);
+        assert_eq!(reg.authenticate("nobody", "s1", HERE).await.unwrap_err(), AuthFailure::UnknownClient);
     }
 
     #[tokio::test]
     async fn repeated_failures_are_throttled_but_the_proven_secret_still_works() {
         let reg = Arc::new(ClientRegistry::new(&[client("h", ClientSecret::Hash(hash_secret("s1").unwrap()))], None));
-        assert!(reg.authenticate("h", "s1").await.is_ok());
+        assert!(reg.authenticate("h", "s1", HERE).await.is_ok());
         for _ in 0..MAX_FAILURES {
-            assert_eq!(reg.authenticate("h", "guess").await.unwrap_err(), AuthFailure::WrongSecret);
+            assert_eq!(reg.authenticate("h", "guess", HERE).await.unwrap_err(), AuthFailure::WrongSecret);
         }
-        assert_eq!(reg.authenticate("h", "guess").await.unwrap_err(), AuthFailure::Throttled);
-        assert!(reg.authenticate("h", "s1").await.is_ok());
+        assert_eq!(reg.authenticate("h", "guess", HERE).await.unwrap_err(), AuthFailure::Throttled);
+        assert!(reg.authenticate("h", "s1", HERE).await.is_ok());
     }
 
     /// Guesses sent all at once, waiting their turn at argon2, get no more
@@ -283,7 +290,7 @@ mod tests {
         assert!(outcomes.iter().all(refused), "{outcomes:?}");
         let tried = outcomes.iter().filter(|o| **o == Err(AuthFailure::WrongSecret)).count();
         assert_eq!(tried, MAX_FAILURES as usize, "{outcomes:?}");
-        assert_eq!(reg.authenticate("h", "s1").await.unwrap_err(), AuthFailure::Throttled, "not yet proven");
+        assert_eq!(reg.authenticate("h", "s1", HERE).await.unwrap_err(), AuthFailure::Throttled, "not yet proven");
     }
 
     /// The real client's requests all at once (replicas starting together,
@@ -303,7 +310,7 @@ mod tests {
         let attempts: Vec<_> = (0..4 * MAX_FAILURES)
             .map(|_| {
                 let reg = reg.clone();
-                tokio::spawn(async move { reg.authenticate("h", secret).await.map(|_| ()) })
+                tokio::spawn(async move { reg.authenticate("h", secret, HERE).await.map(|_| ()) })
             })
             .collect();
         let mut outcomes = Vec::new();

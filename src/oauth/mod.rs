@@ -6,6 +6,7 @@ pub mod authorize;
 pub mod clients;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -106,6 +107,17 @@ pub struct BasicCredentials {
     pub client_secret: String,
 }
 
+/// Who a request to a client-authenticated endpoint says it is, and where
+/// it came from.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// The `Authorization: Basic` credentials, if any (`Err`: malformed).
+    pub basic: Option<Result<BasicCredentials, ()>>,
+    /// The client's address (behind trusted proxies, the one they vouch
+    /// for): failed attempts are counted per client and address.
+    pub from: IpAddr,
+}
+
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Debug, Serialize)]
 pub struct TokenResponse {
@@ -161,11 +173,11 @@ impl AuthorizationServer {
     /// `allow_public` (the grants where PKCE or a refresh token binds it).
     pub async fn authenticate_client(
         &self,
-        basic: Option<Result<BasicCredentials, ()>>,
+        auth: ClientAuth,
         params: &Params,
         allow_public: bool,
     ) -> Result<Arc<ClientConfig>, OAuthError> {
-        let (creds, basic_auth) = match basic {
+        let (creds, basic_auth) = match auth.basic {
             Some(_) if params.get("client_secret").is_some() => {
                 return Err(OAuthError::new(
                     ErrorCode::InvalidRequest,
@@ -198,7 +210,7 @@ impl AuthorizationServer {
                 _ => return Err(invalid_client(false)),
             },
         };
-        match self.clients.authenticate(&creds.client_id, &creds.client_secret).await {
+        match self.clients.authenticate(&creds.client_id, &creds.client_secret, auth.from).await {
             Ok(client) => Ok(client),
             Err(AuthFailure::Throttled) => {
                 tracing::warn!(client_id = %creds.client_id, "client authentication throttled after repeated failures");
@@ -213,17 +225,13 @@ impl AuthorizationServer {
 
     /// The token endpoint (RFC 6749 §3.2). Returns the grant type served
     /// along with the response, for metrics.
-    pub async fn token(
-        &self,
-        basic: Option<Result<BasicCredentials, ()>>,
-        params: &Params,
-    ) -> Result<(GrantType, TokenResponse), OAuthError> {
+    pub async fn token(&self, auth: ClientAuth, params: &Params) -> Result<(GrantType, TokenResponse), OAuthError> {
         // Who the request claims to be, for the audit line of a refusal.
-        let claimed = match &basic {
+        let claimed = match &auth.basic {
             Some(Ok(c)) => Some(c.client_id.clone()),
             _ => params.get("client_id").map(str::to_owned),
         };
-        let result = self.token_grant(basic, params).await;
+        let result = self.token_grant(auth, params).await;
         match &result {
             Ok((grant, response)) => audit::record(
                 Event::TokenIssued,
@@ -248,17 +256,13 @@ impl AuthorizationServer {
         result
     }
 
-    async fn token_grant(
-        &self,
-        basic: Option<Result<BasicCredentials, ()>>,
-        params: &Params,
-    ) -> Result<(GrantType, TokenResponse), OAuthError> {
+    async fn token_grant(&self, auth: ClientAuth, params: &Params) -> Result<(GrantType, TokenResponse), OAuthError> {
         let grant_type = params
             .get("grant_type")
             .ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The grant_type parameter is missing"))?;
         let grant = GrantType::parse(grant_type)
             .ok_or(OAuthError::new(ErrorCode::UnsupportedGrantType, "This grant type is not supported"))?;
-        let client = self.authenticate_client(basic, params, grant != GrantType::ClientCredentials).await?;
+        let client = self.authenticate_client(auth, params, grant != GrantType::ClientCredentials).await?;
         if !client.grant_types.contains(&grant) {
             return Err(OAuthError::new(ErrorCode::UnauthorizedClient, "This client may not use this grant type"));
         }
@@ -486,8 +490,8 @@ impl AuthorizationServer {
     /// issued to another client, are answered like success (§2.2) but left
     /// alone. Revoking a refresh token revokes its whole grant, access
     /// tokens included.
-    pub async fn revoke(&self, basic: Option<Result<BasicCredentials, ()>>, params: &Params) -> Result<(), OAuthError> {
-        let client = self.authenticate_client(basic, params, true).await?;
+    pub async fn revoke(&self, auth: ClientAuth, params: &Params) -> Result<(), OAuthError> {
+        let client = self.authenticate_client(auth, params, true).await?;
         let token =
             params.get("token").ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The token parameter is missing"))?;
         if token.starts_with(REFRESH_PREFIX) {
@@ -532,12 +536,8 @@ impl AuthorizationServer {
     /// The introspection endpoint (RFC 7662 §2). A client learns about its
     /// own tokens only; anything else, and anything unknown, expired or
     /// revoked, is `{"active": false}`.
-    pub async fn introspect(
-        &self,
-        basic: Option<Result<BasicCredentials, ()>>,
-        params: &Params,
-    ) -> Result<serde_json::Value, OAuthError> {
-        let client = self.authenticate_client(basic, params, false).await?;
+    pub async fn introspect(&self, auth: ClientAuth, params: &Params) -> Result<serde_json::Value, OAuthError> {
+        let client = self.authenticate_client(auth, params, false).await?;
         let token =
             params.get("token").ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The token parameter is missing"))?;
         let inactive = serde_json::json!({ "active": false });
