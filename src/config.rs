@@ -543,9 +543,12 @@ pub struct ScopeRule {
 
 impl ScopeRule {
     /// The scopes `method` needs, or `None` when the route does not allow
-    /// the method at all (fail closed).
+    /// the method at all (fail closed). A `HEAD` not named is a `GET`:
+    /// frameworks answer it with their GET handler (RFC 9110 §9.3.2).
     pub fn required(&self, method: &http::Method) -> Option<&ScopeSet> {
-        self.methods.get(method.as_str()).or(self.other.as_ref())
+        let named = self.methods.get(method.as_str());
+        let as_get = || (*method == http::Method::HEAD).then(|| self.methods.get("GET")).flatten();
+        named.or_else(as_get).or(self.other.as_ref())
     }
 }
 

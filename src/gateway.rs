@@ -21,7 +21,7 @@ use crate::config::{HostPattern, RouteConfig, ScopeRule, UnderscoreHeaders};
 use crate::form::{FormError, FormReader};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::net::IpNet;
-use crate::path::{Ambiguities, normalize, other_readings, under_prefix};
+use crate::path::{Ambiguities, case_folded, normalize, other_readings, under_prefix};
 use crate::proxy::{
     Destination, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_FOR, X_FORWARDED_HOST,
     upstream_headers,
@@ -43,7 +43,14 @@ pub struct Route {
 impl Route {
     pub fn new(config: RouteConfig, metrics: &Metrics) -> Route {
         let allow = match &config.scopes {
-            Some(ScopeRule { methods, other: None }) => methods.keys().cloned().collect::<Vec<_>>().join(", "),
+            Some(ScopeRule { methods, other: None }) => {
+                let mut allowed: Vec<&str> = methods.keys().map(String::as_str).collect();
+                if methods.contains_key("GET") && !methods.contains_key("HEAD") {
+                    allowed.push("HEAD");
+                }
+                allowed.sort_unstable();
+                allowed.join(", ")
+            }
             _ => String::new(),
         };
         let upstream = match &config.upstream {
@@ -63,16 +70,20 @@ impl Route {
 /// Routes, longest prefix first, so the first match is the best.
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Whether a prefix has upper-case letters: then even a lower-case path
-    /// may read as another route's to an upstream blind to case.
-    prefix_has_upper_case: bool,
+    /// Each route's prefix as an upstream blind to case reads it
+    /// (`path::case_folded`), in the same order.
+    folded_prefixes: Vec<String>,
+    /// Whether a prefix has anything that case-folding changes: then even
+    /// a plain lower-case path may read as another route's.
+    prefix_folds: bool,
 }
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> RouteTable {
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
-        let prefix_has_upper_case = routes.iter().any(|r| has_upper_case(&r.config.path_prefix));
-        RouteTable { routes, prefix_has_upper_case }
+        let folded_prefixes: Vec<String> = routes.iter().map(|r| case_folded(&r.config.path_prefix)).collect();
+        let prefix_folds = routes.iter().any(|r| may_fold(&r.config.path_prefix));
+        RouteTable { routes, folded_prefixes, prefix_folds }
     }
 
     pub fn find(&self, path: &str) -> Option<&Route> {
@@ -80,14 +91,16 @@ impl RouteTable {
     }
 
     /// The route an upstream that ignores letter case (Express, ASP.NET)
-    /// would take `path` for.
+    /// would take `path` for, the longest folded prefix first (folding can
+    /// change lengths, so not necessarily the routes' own order).
     fn find_ignoring_case(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| {
-            let prefix = &r.config.path_prefix;
-            // On a segment boundary, as `under_prefix` matches.
-            path.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-                && (prefix.is_empty() || matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
-        })
+        let folded = case_folded(path);
+        self.routes
+            .iter()
+            .zip(&self.folded_prefixes)
+            .filter(|(_, prefix)| under_prefix(&folded, prefix))
+            .max_by_key(|(_, prefix)| prefix.len())
+            .map(|(route, _)| route)
     }
 
     /// Refuses a `path` (normalised, with the `ambiguities` it holds) that
@@ -130,13 +143,15 @@ impl RouteTable {
     /// Whether `path` lies in `route` with letter case ignored as well.
     fn reads_as(&self, route: &Route, path: &str) -> bool {
         let same = |found: Option<&Route>| found.is_some_and(|r| std::ptr::eq(r, route));
-        same(self.find(path))
-            && (!(self.prefix_has_upper_case || has_upper_case(path)) || same(self.find_ignoring_case(path)))
+        same(self.find(path)) && (!(self.prefix_folds || may_fold(path)) || same(self.find_ignoring_case(path)))
     }
 }
 
-fn has_upper_case(s: &str) -> bool {
-    s.bytes().any(|b| b.is_ascii_uppercase())
+/// Whether case-folding may change `s`: an upper-case ASCII letter (the hex
+/// digits of escapes among them), or anything beyond ASCII. Most paths
+/// have neither, and are spared the folding.
+fn may_fold(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii())
 }
 
 /// What one worker keeps for itself, so that a request touches nothing
@@ -246,10 +261,8 @@ impl Gateway {
             (self.refuse(&self.unrouted, refusal, started), info)
         };
 
-        let host = match request_host(&req) {
-            Ok(h) => h,
-            Err(refusal) => return unrouted(refusal, req.uri().path()),
-        };
+        // Framing first: any refusal before it would leave the connection
+        // open behind a request whose end is in doubt.
         if let Err(refusal) = check_framing(req.headers()) {
             // Where this request's body ends is a matter of opinion, and so
             // is where the next request starts: nothing more is read from
@@ -261,6 +274,10 @@ impl Gateway {
             }
             return (res, info);
         }
+        let host = match request_host(&req) {
+            Ok(h) => h,
+            Err(refusal) => return unrouted(refusal, req.uri().path()),
+        };
         // RFC 9110 §9.1: methods are case-sensitive, but frameworks upper-case
         // them before they dispatch, so `delete` would be matched here as an
         // unknown method (the `"*"` rule) and run upstream as DELETE. nginx
@@ -347,9 +364,11 @@ impl Gateway {
         let required = rule.required(&parts.method).ok_or_else(|| Refusal::MethodNotAllowed(route.allow.clone()))?;
         // The scopes are the request line's method's: an upstream must not
         // be asked to run another.
-        if METHOD_OVERRIDE_HEADERS.iter().any(|name| parts.headers.contains_key(*name)) {
+        if METHOD_OVERRIDE_HEADERS.iter().any(|name| parts.headers.contains_key(*name))
+            || query.is_some_and(names_a_method_override)
+        {
             return Err(Refusal::BadRequest(
-                "The request asks for another method than its own (X-HTTP-Method-Override); send that method instead",
+                "The request asks for another method than its own (X-HTTP-Method-Override, _method); send that method instead",
             ));
         }
 
@@ -446,15 +465,25 @@ impl Gateway {
         peer: SocketAddr,
         host: Option<&HeaderValue>,
     ) -> Result<(), Refusal> {
-        // The client-facing host: a trusted proxy's `X-Forwarded-Host`
-        // (its first entry, the one the client reached) or the `Host`.
-        let forwarded_host = headers
-            .get(&X_FORWARDED_HOST)
-            .filter(|_| crate::net::is_trusted(&self.trusted_proxies, peer.ip()))
-            .map(|v| v.as_bytes().split(|b| *b == b',').next().unwrap_or_default().trim_ascii());
-        if let Some(host) = forwarded_host.or(host.map(HeaderValue::as_bytes))
-            && !self.allowed_hosts.iter().any(|p| p.matches(host))
+        // The client-facing host: the `Host`, or behind a trusted proxy the
+        // one it forwards. Every entry of every `X-Forwarded-Host` line and
+        // every `host=` of `Forwarded` must be served: frameworks differ on
+        // which one they read (Rails and Werkzeug the last, others the
+        // first, Spring `Forwarded` before the rest).
+        let allowed = |host: &[u8]| self.allowed_hosts.iter().any(|p| p.matches(host));
+        let trusted = crate::net::is_trusted(&self.trusted_proxies, peer.ip());
+        let forwarded_hosts = headers.get_all(&X_FORWARDED_HOST);
+        if trusted && forwarded_hosts.iter().next().is_some() {
+            let entries = forwarded_hosts.iter().flat_map(|line| line.as_bytes().split(|b| *b == b','));
+            if !entries.map(<[u8]>::trim_ascii).all(allowed) {
+                return Err(Refusal::MisdirectedRequest);
+            }
+        } else if let Some(host) = host
+            && !allowed(host.as_bytes())
         {
+            return Err(Refusal::MisdirectedRequest);
+        }
+        if trusted && !forwarded_host_params(headers).all(allowed) {
             return Err(Refusal::MisdirectedRequest);
         }
         if self.underscores == UnderscoreHeaders::Refuse && headers.keys().any(|n| n.as_str().contains('_')) {
@@ -508,11 +537,33 @@ impl Gateway {
     }
 }
 
+/// Whether a query has a `_method` parameter, which Laravel and Symfony
+/// (among others) take for the request's method. Looked for only where the
+/// word is, so most queries are not parsed for it.
+fn names_a_method_override(query: &str) -> bool {
+    query.contains("method") && form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "_method")
+}
+
 fn join_path_query(path: &str, query: Option<&str>) -> String {
     match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     }
+}
+
+/// The `host=` values of the `Forwarded` lines (RFC 7239 §4), unquoted.
+fn forwarded_host_params(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::FORWARDED)
+        .into_iter()
+        .flat_map(|line| line.as_bytes().split(|b| *b == b',' || *b == b';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+            name.trim_ascii().eq_ignore_ascii_case(b"host").then(|| {
+                let value = value[1..].trim_ascii();
+                value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value)
+            })
+        })
 }
 
 /// The client-facing host of a request: exactly one valid `Host` header in

@@ -33,6 +33,8 @@ pub enum PathError {
     ForbiddenCharacter,
     /// Escapes that do not decode to UTF-8.
     NotUtf8,
+    /// A reading whose `..` climbs above the root (see [`Normal`]).
+    AboveRoot,
 }
 
 impl fmt::Display for PathError {
@@ -42,6 +44,7 @@ impl fmt::Display for PathError {
             PathError::MalformedEscape => "the request path has a malformed percent-encoding",
             PathError::ForbiddenCharacter => "the request path has a control character or backslash",
             PathError::NotUtf8 => "the request path's escapes do not decode to UTF-8",
+            PathError::AboveRoot => "the request path climbs above the root",
         })
     }
 }
@@ -74,6 +77,11 @@ pub struct Normal {
     /// Starts with `/`; keeps a trailing slash when the input had one.
     pub path: String,
     pub ambiguities: Ambiguities,
+    /// Whether a `..` had nothing left to remove. The gateway stops at the
+    /// root, but an upstream resolves the path it is sent, which may have a
+    /// base path before it: in another reading than the one forwarded, a
+    /// climb above the root is a climb out of the route's upstream base.
+    pub climbs_above_root: bool,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -91,7 +99,7 @@ fn hex(b: u8) -> Option<u8> {
 
 /// Decodes the unreserved escapes of one segment, validates the rest, and
 /// notes what upstreams may read differently in it.
-fn normalize_segment(seg: &str, out: &mut String, seen: &mut Ambiguities) -> Result<(), PathError> {
+fn normalize_segment(seg: &str, out: &mut String) -> Result<(), PathError> {
     let bytes = seg.as_bytes();
     let mut i = 0;
     let mut high_escape = false;
@@ -103,13 +111,7 @@ fn normalize_segment(seg: &str, out: &mut String, seen: &mut Ambiguities) -> Res
                 if decoded < 0x20 || decoded == 0x7f || decoded == b'\\' {
                     return Err(PathError::ForbiddenCharacter);
                 }
-                match decoded {
-                    b'/' => seen.encoded_slash = true,
-                    b';' => seen.path_parameter = true,
-                    b'%' if hex_pair_at(bytes, i + 3) => seen.double_encoding = true,
-                    0x80.. => high_escape = true,
-                    _ => {}
-                }
+                high_escape |= decoded >= 0x80;
                 if is_unreserved(decoded) {
                     out.push(decoded as char);
                 } else {
@@ -122,7 +124,6 @@ fn normalize_segment(seg: &str, out: &mut String, seen: &mut Ambiguities) -> Res
             b'\\' => return Err(PathError::ForbiddenCharacter),
             b if b < 0x20 || b == 0x7f => return Err(PathError::ForbiddenCharacter),
             _ => {
-                seen.path_parameter |= b == b';';
                 // Non-ASCII arrives here only as part of a valid UTF-8 `&str`;
                 // copy the whole character.
                 let ch_len = seg[i..].chars().next().map_or(1, char::len_utf8);
@@ -139,6 +140,28 @@ fn normalize_segment(seg: &str, out: &mut String, seen: &mut Ambiguities) -> Res
         return Err(PathError::NotUtf8);
     }
     Ok(())
+}
+
+/// What a normalised path holds that upstreams read differently. Read off
+/// the output, which is what is forwarded, not the input: `%25%32%65` is
+/// `%252e` once the unreserved escapes are decoded (a dot to code that
+/// decodes twice), and a segment that a `..` removed is not sent at all.
+fn ambiguities_of(normal: &str) -> Ambiguities {
+    let mut seen = Ambiguities::default();
+    let bytes = normal.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b';' => seen.path_parameter = true,
+            b'%' => match (bytes.get(i + 1), bytes.get(i + 2)) {
+                (Some(b'2'), Some(b'F')) => seen.encoded_slash = true,
+                (Some(b'3'), Some(b'B')) => seen.path_parameter = true,
+                (Some(b'2'), Some(b'5')) if hex_pair_at(bytes, i + 3) => seen.double_encoding = true,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    seen
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -187,20 +210,20 @@ pub fn normalize(path: &str) -> Result<Normal, PathError> {
     // parameters or doubled slashes), and copying them once is all that is
     // needed.
     if is_plainly_normal(rest) {
-        return Ok(Normal { path: path.to_string(), ambiguities: Ambiguities::default() });
+        return Ok(Normal { path: path.to_string(), ambiguities: Ambiguities::default(), climbs_above_root: false });
     }
-    let mut ambiguities = Ambiguities::default();
+    let mut climbs_above_root = false;
     let mut segments: Vec<String> = Vec::new();
     let mut trailing_slash = false;
     for raw in rest.split('/') {
         let mut seg = String::with_capacity(raw.len());
-        normalize_segment(raw, &mut seg, &mut ambiguities)?;
+        normalize_segment(raw, &mut seg)?;
         trailing_slash = false;
         match seg.as_str() {
             "" => trailing_slash = true,
             "." => trailing_slash = true,
             ".." => {
-                segments.pop();
+                climbs_above_root |= segments.pop().is_none();
                 trailing_slash = true;
             }
             _ => segments.push(seg),
@@ -214,7 +237,7 @@ pub fn normalize(path: &str) -> Result<Normal, PathError> {
     if trailing_slash || segments.is_empty() {
         out.push('/');
     }
-    Ok(Normal { path: out, ambiguities })
+    Ok(Normal { ambiguities: ambiguities_of(&out), path: out, climbs_above_root })
 }
 
 fn is_plainly_normal(rest: &str) -> bool {
@@ -256,7 +279,8 @@ const MAX_READINGS: usize = 16;
 /// `;parameters` cut off each segment (servlet containers, Spring), in
 /// either order and as often as a reading holds
 /// more of them. Each comes normalised; an `Err` is a reading that would
-/// be malformed, or more readings than are worth working out.
+/// be malformed, climb above the root, or be more readings than are worth
+/// working out.
 pub fn other_readings(path: &str, ambiguities: Ambiguities) -> Vec<Result<String, PathError>> {
     let mut found: Vec<(String, Ambiguities)> = vec![(path.to_string(), ambiguities)];
     let mut out = Vec::new();
@@ -268,6 +292,7 @@ pub fn other_readings(path: &str, ambiguities: Ambiguities) -> Vec<Result<String
         for reading in decode.into_iter().chain(cut) {
             match normalize(&reading) {
                 Err(e) => out.push(Err(e)),
+                Ok(n) if n.climbs_above_root => out.push(Err(PathError::AboveRoot)),
                 Ok(n) if found.iter().any(|(seen, _)| *seen == n.path) => {}
                 Ok(_) if found.len() > MAX_READINGS => {
                     out.push(Err(PathError::MalformedEscape));
@@ -321,6 +346,30 @@ fn cut_parameters(path: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// `path` as an upstream that ignores letter case compares it: escapes of
+/// non-ASCII bytes decoded (a normalised path is UTF-8 once decoded) and
+/// every character upper-cased with Unicode's full mapping, so that `ı`
+/// and `ſ` read as the `I` and `S` that ASP.NET's ordinal comparison
+/// without regard to case takes them for. Other escapes stay as they are.
+pub fn case_folded(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match escape_at(bytes, i) {
+            Some(b) if b >= 0x80 => {
+                decoded.push(b);
+                i += 3;
+            }
+            _ => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).map_or_else(|_| path.to_uppercase(), |text| text.to_uppercase())
 }
 
 /// Whether `path` lies under `prefix` on a segment boundary: `/a` covers
@@ -411,6 +460,10 @@ mod tests {
         // A percent sign that no escape follows decodes to itself.
         assert_eq!(ambiguities("/100%25"), Ambiguities::default());
         assert_eq!(ambiguities("/100%25zz"), Ambiguities::default());
+        // Escaped hex digits after %25 are decoded first: still twice encoded.
+        assert_eq!(ambiguities("/a%25%32%65"), Ambiguities { double_encoding: true, ..Ambiguities::default() });
+        assert_eq!(ambiguities("/a%25%32%46"), Ambiguities { double_encoding: true, ..Ambiguities::default() });
+        assert_eq!(ambiguities("/a%2525"), Ambiguities { double_encoding: true, ..Ambiguities::default() });
     }
 
     #[test]
@@ -425,10 +478,23 @@ mod tests {
         assert_eq!(readings("/p/%25252e%25252e/q"), [Ok("/p/%252e%252e/q".to_string()), Ok("/q".to_string())]);
         // A reading that would be malformed.
         assert_eq!(readings("/p/%2500"), [Err(PathError::ForbiddenCharacter)]);
+        // One that climbs above the root: out of an upstream's base path.
+        assert_eq!(readings("/..;/manager/html"), [Err(PathError::AboveRoot)]);
+        assert_eq!(readings("/a/..%2F..%2Fa/x"), [Err(PathError::AboveRoot)]);
+        assert_eq!(readings("/public/%25%32%65%25%32%65/admin"), [Ok("/admin".to_string())]);
         // Both kinds, in both orders.
         let both = readings("/p;x/..%2Fadmin");
         assert!(both.contains(&Ok("/admin".to_string())), "{both:?}");
         assert!(readings("/a/b").is_empty());
+    }
+
+    #[test]
+    fn case_folding_reads_as_a_case_blind_upstream_does() {
+        assert_eq!(case_folded("/admin/x"), "/ADMIN/X");
+        assert_eq!(case_folded("/caf%C3%A9"), case_folded("/CAF%C3%89"));
+        assert_eq!(case_folded("/adm%C4%B1n"), "/ADMIN");
+        assert_eq!(case_folded("/%C5%BFecret"), "/SECRET");
+        assert_eq!(case_folded("/a%2Fb%20c"), "/A%2FB%20C");
     }
 
     #[test]
@@ -444,7 +510,10 @@ mod tests {
     /// built from the pieces attacks are made of.
     #[test]
     fn output_is_a_fixed_point_without_dot_segments() {
-        let pieces = ["/", "//", ".", "..", "%2e", "%2E%2e", "%2F", "a", "%7e", "~", "%41", ";", "%25", "b.", ".c"];
+        let pieces = [
+            "/", "//", ".", "..", "%2e", "%2E%2e", "%2F", "a", "%7e", "~", "%41", ";", "%25", "b.", ".c", "%32", "%65",
+            "%46", "%3b",
+        ];
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {
             let mut p = String::from("/");
@@ -453,8 +522,10 @@ mod tests {
                 p.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
             }
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-            let Ok(Normal { path: once, .. }) = normalize(&p) else { continue };
-            assert_eq!(normalize(&once).map(|n| n.path).as_deref(), Ok(once.as_str()), "not idempotent for {p:?}");
+            let Ok(Normal { path: once, ambiguities, .. }) = normalize(&p) else { continue };
+            let again = normalize(&once).expect("a normal path normalises");
+            assert_eq!(again.path, once, "not idempotent for {p:?}");
+            assert_eq!(again.ambiguities, ambiguities, "ambiguities of {p:?} are not those of {once:?}");
             assert!(!once.contains("//"), "{p:?} -> {once:?}");
             for seg in once.split('/') {
                 assert!(seg != "." && seg != "..", "{p:?} -> {once:?}");

@@ -191,12 +191,24 @@ fn owned(name: &HeaderName) -> Option<Owned> {
         return Some(Owned::Cookie);
     }
     let name = name.as_str();
+    if name.contains('_') {
+        // `X_Auth_Subject` is `X-Auth-Subject` to CGI-style servers: one
+        // that reads as a name the gateway owns goes, whatever
+        // `headers_with_underscores` says. (An allocation, for the rare
+        // name with an underscore.)
+        let dashed = name.replace('_', "-");
+        let spoof = owned_name(&dashed).is_some() || METHOD_OVERRIDE_HEADERS.contains(&dashed.as_str());
+        return Some(if spoof { Owned::Identity } else { Owned::Underscored });
+    }
+    owned_name(name)
+}
+
+/// What a header name without underscores is to the gateway.
+fn owned_name(name: &str) -> Option<Owned> {
     if name.starts_with("x-auth-") {
         Some(Owned::Identity)
     } else if name.starts_with("x-forwarded-") || name == "forwarded" {
         Some(Owned::Forwarded)
-    } else if name.contains('_') {
-        Some(Owned::Underscored)
     } else if CLIENT_ADDRESS_HEADERS.contains(&name) {
         Some(Owned::ClientAddress)
     } else if PATH_OVERRIDE_HEADERS.contains(&name) {

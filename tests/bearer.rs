@@ -922,7 +922,7 @@ async fn method_a_route_does_not_list_is_405_with_allow_even_with_a_valid_token(
     for method in [Method::PUT, Method::POST, Method::PATCH] {
         let reply = send(method.clone(), &gw.url("/admin/x"), &[("authorization", &admin)], "").await;
         assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method}: {}", reply.text());
-        assert_eq!(reply.header("allow"), Some("DELETE, GET"));
+        assert_eq!(reply.header("allow"), Some("DELETE, GET, HEAD"));
         assert!(reply.header("www-authenticate").is_none());
         assert_eq!(reply.json()["error"], "method_not_allowed");
         assert!(upstream.saw_nothing(), "{method} reached the upstream");

@@ -754,11 +754,16 @@ async fn a_duplicated_transfer_encoding_is_refused_and_ends_the_connection() {
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
     let pipelined = "GET /public/pipelined HTTP/1.1\r\nHost: gw.example\r\n\r\n";
 
-    for headers in
-        ["Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "Transfer-Encoding: chunked, chunked\r\n"]
-    {
+    let twice = "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n";
+    for headers in [
+        format!("{POST_PUBLIC}{twice}"),
+        format!("{POST_PUBLIC}Transfer-Encoding: chunked, chunked\r\n"),
+        // Something else wrong with it too (no Host) does not let it keep
+        // the connection.
+        format!("POST /public/x HTTP/1.1\r\n{twice}"),
+    ] {
         let mut stream = TcpStream::connect(gw.public).await.expect("connect");
-        let request = format!("{POST_PUBLIC}{headers}\r\n5\r\nhello\r\n0\r\n\r\n{pipelined}");
+        let request = format!("{headers}\r\n5\r\nhello\r\n0\r\n\r\n{pipelined}");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
