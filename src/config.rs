@@ -151,6 +151,7 @@ struct RawAuthorizationServer {
     token_format: Option<String>,
     leeway: Option<String>,
     session_ttl: Option<String>,
+    dedicated_host: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -339,6 +340,13 @@ pub struct AuthorizationServerConfig {
     pub session_ttl: Duration,
     /// Whether the issuer is served over TLS (session cookies get `Secure`).
     pub secure_cookies: bool,
+    /// The issuer's host name, lower-cased, without its port.
+    pub issuer_host: String,
+    /// Whether the issuer's host is the authorization server's alone: the
+    /// sign-in and consent pages answer on no other host, and no proxied
+    /// route answers on it, so no upstream's content shares the pages'
+    /// origin (where its scripts could set their cookies).
+    pub dedicated_host: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -759,6 +767,7 @@ impl Validator {
     }
 
     fn config(&mut self, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Config {
+        let routes_empty = raw.routes.is_empty();
         let mut server = self.server(raw.server);
         let admin = AdminConfig { listen: self.socket_addr("admin.listen", &raw.admin.listen) };
         if admin.listen == server.listen && admin.listen.port() != 0 {
@@ -767,6 +776,12 @@ impl Validator {
         let storage = self.storage(raw.storage);
         let authorization_server = self.authorization_server(raw.authorization_server);
         if server.allowed_hosts.is_empty() {
+            if authorization_server.dedicated_host && !routes_empty {
+                self.err(
+                    "server.allowed_hosts",
+                    "must name the hosts of the proxied APIs when authorization_server.dedicated_host keeps the issuer's host for the authorization server alone",
+                );
+            }
             server.allowed_hosts = default_allowed_hosts(&authorization_server.issuer);
         }
         let cache = CacheConfig {
@@ -976,6 +991,13 @@ impl Validator {
             leeway,
             session_ttl: self.duration("authorization_server.session_ttl", raw.session_ttl.as_deref(), "8h"),
             secure_cookies: raw.issuer.starts_with("https://"),
+            issuer_host: raw
+                .issuer
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_ascii_lowercase))
+                .unwrap_or_default(),
+            dedicated_host: raw.dedicated_host.unwrap_or(false),
         }
     }
 

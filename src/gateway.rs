@@ -14,7 +14,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::access::AccessInfo;
-use crate::authz::AuthzEndpoints;
+use crate::authz::{AuthzEndpoints, Endpoint};
 use crate::bearer::{self, BearerError, TokenSource};
 use crate::cache::{TokenValidator, Verdict, WorkerCache};
 use crate::config::{HostPattern, RouteConfig, ScopeRule, UnderscoreHeaders};
@@ -187,6 +187,9 @@ pub struct Gateway {
     pub allowed_hosts: Vec<HostPattern>,
     /// What becomes of client headers with `_` in their names.
     pub underscores: UnderscoreHeaders,
+    /// `authorization_server.dedicated_host`: the issuer's host when it is
+    /// the authorization server's alone.
+    pub dedicated_host: Option<HostPattern>,
     /// Series for requests that match no route.
     unrouted: RouteMetrics,
 }
@@ -240,6 +243,7 @@ impl Gateway {
             access_log: true,
             allowed_hosts: vec![HostPattern::Any],
             underscores: UnderscoreHeaders::Drop,
+            dedicated_host: None,
             unrouted,
         }
     }
@@ -294,6 +298,16 @@ impl Gateway {
         };
         let path = normal.path;
         if let Some(endpoint) = self.authz.endpoint(&path) {
+            // The pages a person signs in on, only where no upstream's
+            // scripts run (`authorization_server.dedicated_host`).
+            if matches!(endpoint, Endpoint::Authorize | Endpoint::Login)
+                && self.dedicated_host.is_some()
+                && !self.on_dedicated_host(req.headers(), host.as_ref(), peer)
+            {
+                let info =
+                    AccessInfo { route: Some("(authorization server)"), path: Some(path), ..AccessInfo::default() };
+                return (self.refuse(&self.unrouted, Refusal::MisdirectedRequest, started), info);
+            }
             // Boxed, like every cold path here: the endpoints' futures are
             // large, and a proxied request's future would carry them too.
             // Sign-in and client-authentication attempts are counted per
@@ -456,6 +470,17 @@ impl Gateway {
         }
     }
 
+    /// Whether a request names the authorization server's dedicated host:
+    /// its `Host`, or behind a trusted proxy the first `X-Forwarded-Host`.
+    fn on_dedicated_host(&self, headers: &http::HeaderMap, host: Option<&HeaderValue>, peer: SocketAddr) -> bool {
+        let Some(dedicated) = &self.dedicated_host else { return false };
+        let forwarded = headers
+            .get(&X_FORWARDED_HOST)
+            .filter(|_| crate::net::is_trusted(&self.trusted_proxies, peer.ip()))
+            .map(|v| v.as_bytes().split(|b| *b == b',').next().unwrap_or_default().trim_ascii());
+        forwarded.or(host.map(HeaderValue::as_bytes)).is_some_and(|h| dedicated.matches(h))
+    }
+
     /// What a proxied request's headers must pass before anything else:
     /// the host it names is one this gateway serves (upstreams build links
     /// from it), and no header name has `_` when that is refused.
@@ -470,6 +495,9 @@ impl Gateway {
         // every `host=` of `Forwarded` must be served: frameworks differ on
         // which one they read (Rails and Werkzeug the last, others the
         // first, Spring `Forwarded` before the rest).
+        if self.on_dedicated_host(headers, host, peer) {
+            return Err(Refusal::MisdirectedRequest);
+        }
         let allowed = |host: &[u8]| self.allowed_hosts.iter().any(|p| p.matches(host));
         let trusted = crate::net::is_trusted(&self.trusted_proxies, peer.ip());
         let forwarded_hosts = headers.get_all(&X_FORWARDED_HOST);

@@ -24,7 +24,7 @@ use crate::tokens::Identity;
 use crate::upstream_http1::Added;
 use crate::upstream_pool::{Pool, ResponseBody, Target};
 use crate::upstream_tls::UpstreamTls;
-use crate::web::{LOGIN_COOKIE, SESSION_COOKIE};
+use crate::web::GATEWAY_COOKIES;
 
 pub static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
@@ -85,7 +85,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// may hold any octet, and one the gateway cannot read is not its own.
 fn is_gateway_cookie(pair: &[u8]) -> bool {
     let name = pair.split(|&b| b == b'=').next().unwrap_or_default().trim_ascii();
-    name == SESSION_COOKIE.as_bytes() || name == LOGIN_COOKIE.as_bytes()
+    GATEWAY_COOKIES.iter().any(|ours| name == ours.as_bytes())
 }
 
 fn pairs(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
@@ -747,9 +747,10 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("portcullis_login=x"));
         h.append(header::COOKIE, HeaderValue::from_bytes(b"c=\xe9t\xe9 ; portcullis_session =y").unwrap());
         h.append(header::COOKIE, HeaderValue::from_static("portcullis_sessionx=kept"));
+        h.append(header::COOKIE, HeaderValue::from_static("__Host-portcullis_session=s; __Host-portcullis_login=l; d=4"));
         strip_gateway_cookies(&mut h);
         let left: Vec<&[u8]> = h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
-        assert_eq!(left, [&b"a=1; b=2"[..], b"c=\xe9t\xe9", b"portcullis_sessionx=kept"]);
+        assert_eq!(left, [&b"a=1; b=2"[..], b"c=\xe9t\xe9", b"portcullis_sessionx=kept", b"d=4"]);
 
         // Without one of the gateway's, the header is left as it came.
         let mut h = HeaderMap::new();
@@ -767,6 +768,7 @@ mod tests {
         h.append(header::SET_COOKIE, HeaderValue::from_static("other=1; Comment=portcullis_session=x"));
         h.append(header::SET_COOKIE, HeaderValue::from_static("=portcullis_session=planted; Path=/oauth"));
         h.append(header::SET_COOKIE, HeaderValue::from_static(" =x"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("__Host-portcullis_session=planted; Path=/; Secure"));
         strip_gateway_set_cookies(&mut h);
         let left: Vec<&str> = h.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(left, ["app=1; Path=/", "other=1; Comment=portcullis_session=x"]);

@@ -42,7 +42,7 @@ use crate::admin::Admin;
 use crate::affinity::Pinning;
 use crate::authz::AuthzEndpoints;
 use crate::cache::TokenValidator;
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, HostPattern, ServerConfig};
 use crate::gateway::{Gateway, Route, RouteTable, Worker};
 use crate::h2_streams::StreamExecutor;
 use crate::metrics::Metrics;
@@ -561,6 +561,8 @@ async fn build_gateway(
     gateway.access_log = config.log.access;
     gateway.allowed_hosts = config.server.allowed_hosts.clone();
     gateway.underscores = config.server.headers_with_underscores;
+    let authz = &config.authorization_server;
+    gateway.dedicated_host = authz.dedicated_host.then(|| HostPattern::Exact(authz.issuer_host.clone()));
     Ok(gateway)
 }
 

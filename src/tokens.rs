@@ -477,6 +477,8 @@ mod tests {
             leeway: Duration::from_secs(5),
             session_ttl: Duration::from_secs(3600),
             secure_cookies: false,
+            issuer_host: "127.0.0.1".into(),
+            dedicated_host: false,
         }
     }
 

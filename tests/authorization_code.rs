@@ -596,7 +596,8 @@ async fn login_consent_code_and_tokens() {
     let cookies = set_cookies(&page);
     assert_eq!(cookies.len(), 1, "{cookies:?}");
     assert_eq!(cookies[0].0, "portcullis_login");
-    assert_eq!(cookies[0].1, csrf, "double-submit: the cookie is the form's token");
+    assert!(cookies[0].1.len() >= 22, "{cookies:?}");
+    assert_ne!(cookies[0].1, csrf, "the form's token is bound to the cookie by the server's key, not a copy of it");
     assert_eq!(cookies[0].2, attrs(&["Path=/oauth", "HttpOnly", "SameSite=Lax", "Max-Age=3600"]));
 
     // Sign in: 303 (never 307) back to the request, with a session cookie.
@@ -1583,7 +1584,7 @@ async fn consent_answer_needs_the_sessions_csrf_token() {
 }
 
 #[tokio::test]
-async fn login_needs_the_double_submit_csrf_cookie() {
+async fn login_needs_the_csrf_token_the_server_bound_to_its_cookie() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&toml(&upstream)).await;
     let url = web_url(None, "l");
@@ -1619,10 +1620,152 @@ async fn login_needs_the_double_submit_csrf_cookie() {
     assert_error_page(&reply, StatusCode::FORBIDDEN, refused);
     assert!(browser.cookie("portcullis_session").is_none() && other.cookie("portcullis_session").is_none());
 
-    // Allowed: the matching pair.
+    // SECURITY.md 47: a cookie and field an attacker chose alike (a page on
+    // the same site can set the cookie) are no pair the server made.
+    let mut planted = Browser::new(&gw);
+    planted.jar.insert("portcullis_login".into(), "attacker-chosen".into());
+    let reply = planted.post("/oauth/login", &login(Some("attacker-chosen"))).await;
+    assert_error_page(&reply, StatusCode::FORBIDDEN, refused);
+    // Nor is the page's cookie copied into the field.
+    let nonce = browser.cookie("portcullis_login").expect("the login cookie").to_string();
+    let reply = browser.post("/oauth/login", &login(Some(&nonce))).await;
+    assert_error_page(&reply, StatusCode::FORBIDDEN, refused);
+
+    // Allowed: the pair the server made.
     let reply = browser.post("/oauth/login", &login(Some(&csrf))).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
     assert!(browser.cookie("portcullis_session").is_some());
+    gw.stop().await;
+}
+
+/// SECURITY.md 47: every sign-in makes a new session and ends the one the
+/// browser came with; a session cookie set twice (a same-site page can add
+/// one for a longer path, sent first) is neither one's.
+#[tokio::test]
+async fn signing_in_ends_the_old_session_and_a_doubled_session_cookie_is_no_session() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&toml(&upstream)).await;
+    let url = web_url(None, "s");
+    let mut alice = Browser::new(&gw);
+    alice.sign_in(&url, "alice", ALICE_PASSWORD).await;
+    let old = alice.cookie("portcullis_session").expect("a session").to_string();
+
+    // Signing in again with the old session cookie still on the request.
+    let mut fresh = Browser::new(&gw);
+    let page = fresh.get(&url).await;
+    alice.jar.insert("portcullis_login".into(), fresh.cookie("portcullis_login").expect("login cookie").into());
+    let reply = alice.submit_login(&page, "alice", ALICE_PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+    let new = alice.cookie("portcullis_session").expect("a session").to_string();
+    assert_ne!(new, old);
+    let mut with_old = Browser::new(&gw);
+    with_old.jar.insert("portcullis_session".into(), old);
+    assert!(with_old.get(&url).await.text().contains("<h1>Sign in</h1>"), "the old session still works");
+    assert!(alice.get(&url).await.text().contains("<h1>Allow Calendar Web?</h1>"));
+
+    // Mallory's session planted beside Alice's: neither is believed.
+    let mut mallory = Browser::new(&gw);
+    mallory.sign_in(&url, "bob", BOB_PASSWORD).await;
+    let planted = mallory.cookie("portcullis_session").expect("a session").to_string();
+    let page =
+        get(&gw.url(&url), &[("cookie", &format!("portcullis_session={planted}; portcullis_session={new}"))]).await;
+    assert!(page.text().contains("<h1>Sign in</h1>"), "{}", page.text());
+    gw.stop().await;
+}
+
+/// SECURITY.md 47: with `dedicated_host`, the sign-in and consent pages
+/// answer on the issuer's host only, and no proxied route does, so no
+/// upstream's scripts share the pages' origin (and set their cookies).
+#[tokio::test]
+async fn a_dedicated_host_keeps_the_pages_and_the_apis_apart() {
+    let mut upstream = Upstream::start().await;
+    let base = toml(&upstream);
+    let hosts = base.lines().find(|l| l.starts_with("allowed_hosts")).expect("the fixture lists allowed_hosts");
+    let dedicated = base
+        .replace(hosts, "allowed_hosts = [\"api.example\"]")
+        .replace("issuer = \"http://127.0.0.1:8080\"", "issuer = \"http://127.0.0.1:8080\"\ndedicated_host = true");
+    let gw = Gateway::start(&dedicated).await;
+    let url = web_url(None, "d");
+    let page = |host: &'static str| {
+        let target = gw.url(&url);
+        async move { get(&target, &[("host", host)]).await }
+    };
+    let misdirected = serde_json::json!({
+        "error": "misdirected_request",
+        "error_description": "This gateway does not serve the host the request names",
+    });
+    // The pages: on the issuer's host only.
+    let reply = page("127.0.0.1:8080").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.text().contains("<h1>Sign in</h1>"));
+    let reply = page("api.example").await;
+    assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{}", reply.text());
+    assert_eq!(reply.json(), misdirected);
+    // The APIs: never on the issuer's host.
+    let api = |host: &'static str| {
+        let target = gw.url("/public/x");
+        async move { get(&target, &[("host", host)]).await }
+    };
+    let reply = api("api.example").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    upstream.next().await;
+    let reply = api("127.0.0.1:8080").await;
+    assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{}", reply.text());
+    assert_eq!(reply.json(), misdirected);
+    assert!(upstream.saw_nothing());
+    // The token endpoint takes no cookies and answers on any host.
+    let reply = send(
+        Method::POST,
+        &gw.url("/oauth/token"),
+        &[("host", "api.example"), ("content-type", FORM), ("authorization", &web_auth())],
+        "grant_type=refresh_token&refresh_token=x",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "invalid_grant");
+    gw.stop().await;
+
+    // Without API hosts of its own, the file is refused.
+    let err =
+        portcullis::config::Config::parse(&dedicated.replace("allowed_hosts = [\"api.example\"]", ""), "t", &|_| None)
+            .expect_err("refused");
+    assert_eq!(err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["server.allowed_hosts"]);
+}
+
+/// SECURITY.md 47: under https the cookies carry the `__Host-` prefix (and
+/// with it `Secure`, `Path=/`, no `Domain`), and an upstream sees them no
+/// more than before.
+#[tokio::test]
+async fn under_https_the_cookies_are_host_prefixed_and_never_reach_an_upstream() {
+    let mut upstream = Upstream::start().await;
+    // TLS ends in front of the gateway: the issuer is https all the same.
+    let toml = toml(&upstream).replace("issuer = \"http://127.0.0.1:8080\"", "issuer = \"https://gw.example\"");
+    assert!(toml.contains("https://gw.example"), "the fixture's issuer changed");
+    let gw = Gateway::start(&toml).await;
+    let url = web_url(None, "h");
+    let page = get(&gw.url(&url), &[]).await;
+    let cookies = set_cookies(&page);
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert_eq!(cookies[0].0, "__Host-portcullis_login");
+    assert_eq!(cookies[0].2, attrs(&["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=3600", "Secure"]));
+
+    let mut fields = hidden_fields(&page.text());
+    fields.push(("username".into(), "alice".into()));
+    fields.push(("password".into(), ALICE_PASSWORD.into()));
+    let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cookie = format!("__Host-portcullis_login={}", cookies[0].1);
+    let reply =
+        send(Method::POST, &gw.url("/oauth/login"), &[("content-type", FORM), ("cookie", &cookie)], form(&pairs)).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+    let session = set_cookies(&reply).into_iter().find(|c| c.0 == "__Host-portcullis_session").expect("a session");
+    assert!(session.2.contains("Path=/") && session.2.contains("Secure"), "{session:?}");
+
+    // Sent with every request to the host now (Path=/): an upstream never sees it.
+    let reply =
+        get(&gw.url("/public/x"), &[("cookie", &format!("app=1; __Host-portcullis_session={}; {cookie}", session.1))])
+            .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(upstream.next().await.headers["cookie"], "app=1");
     gw.stop().await;
 }
 
@@ -1702,9 +1845,10 @@ async fn wrong_password_and_unknown_user_get_the_same_page() {
         let cookies = set_cookies(&reply);
         assert_eq!(cookies.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["portcullis_login"], "no session");
         assert_eq!(field(&hidden_fields(&html), "return_to"), url);
-        assert_eq!(field(&hidden_fields(&html), "csrf"), cookies[0].1);
-        assert_ne!(field(&hidden_fields(&page.text()), "csrf"), cookies[0].1);
-        pages.push(html.replace(&cookies[0].1, "CSRF").replace(&format!("value=\"{user}\""), "value=\"USER\""));
+        let csrf = field(&hidden_fields(&html), "csrf").to_string();
+        assert_ne!(csrf, cookies[0].1);
+        assert_ne!(field(&hidden_fields(&page.text()), "csrf"), csrf);
+        pages.push(html.replace(&csrf, "CSRF").replace(&format!("value=\"{user}\""), "value=\"USER\""));
         // The next attempt is made from this page, as a browser would.
         page = reply;
     }

@@ -4,9 +4,11 @@
 //! - The client and redirect URI are validated before anything else
 //!   (`oauth::authorize::validate`); until then errors are pages, never
 //!   redirects.
-//! - Sessions are random cookies (`HttpOnly; SameSite=Lax`, `Secure` over
-//!   TLS) whose hash is stored; every POST carries a CSRF token (the
-//!   session's, or a double-submit cookie before login).
+//! - Sessions are random cookies (`HttpOnly; SameSite=Lax`; `__Host-` and
+//!   `Secure` under https) whose hash is stored, and a new one at every
+//!   sign-in ends the one the browser came with; every POST carries a CSRF
+//!   token (the session's, or before sign-in one bound to the login
+//!   cookie by a key of the server's).
 //! - Passwords are checked with argon2 on a blocking thread; an unknown
 //!   user costs the same as a wrong password; repeated failures for one
 //!   account or one address are refused for a while.
@@ -38,12 +40,20 @@ use crate::throttle::Throttle;
 use crate::tokens::{now_unix, random_token, token_hash};
 pub use pages::Pages;
 
-/// The gateway's own cookies. They are scoped to `{issuer path}/oauth`, and
-/// `crate::proxy` takes them out of what goes to and comes from upstreams:
-/// the login pages share a host with the proxied APIs, which must neither
-/// read a user's session nor plant one.
+/// The gateway's own cookies. Over plain HTTP (a loopback issuer) they are
+/// scoped to `{issuer path}/oauth`; under https they carry the `__Host-`
+/// prefix, which a browser accepts only from the host itself, `Secure`,
+/// with `Path=/` and no `Domain`, so no sibling subdomain or plain-HTTP
+/// page can plant one. Either way `crate::proxy` takes them out of what
+/// goes to and comes from upstreams: proxied APIs may share the host, and
+/// must neither read a user's session nor plant one.
 pub const SESSION_COOKIE: &str = "portcullis_session";
 pub const LOGIN_COOKIE: &str = "portcullis_login";
+pub const HOST_SESSION_COOKIE: &str = "__Host-portcullis_session";
+pub const HOST_LOGIN_COOKIE: &str = "__Host-portcullis_login";
+
+/// Every name the gateway's cookies go by, for `crate::proxy`.
+pub const GATEWAY_COOKIES: [&str; 4] = [SESSION_COOKIE, LOGIN_COOKIE, HOST_SESSION_COOKIE, HOST_LOGIN_COOKIE];
 
 /// Failed logins per account, and per client address, within
 /// `LOGIN_WINDOW`, before further attempts are refused.
@@ -60,9 +70,15 @@ pub struct Web {
     /// `{issuer path}/oauth/authorize` and `{issuer path}/oauth/login`.
     authorize_path: String,
     login_path: String,
-    /// `{issuer path}/oauth`: where the cookies are sent, and no further.
+    /// `{issuer path}/oauth` (or `/` for `__Host-` cookies): where the
+    /// cookies are sent.
     cookie_path: String,
     secure_cookies: bool,
+    /// The cookies' names (`__Host-` ones under https).
+    session_cookie: &'static str,
+    login_cookie: &'static str,
+    /// Signs the sign-in form's CSRF token (see `login_csrf`).
+    csrf_key: [u8; 32],
     session_ttl: Duration,
     form: FormReader,
     metrics: Arc<Metrics>,
@@ -117,16 +133,20 @@ fn csp_origin(uri: &str) -> String {
     origin.chars().filter(|c| !matches!(c, ';' | ',' | '\'' | '"') && !c.is_control()).collect()
 }
 
-/// A cookie's value from the `Cookie` headers.
+/// A cookie's value from the `Cookie` headers, when it is there exactly
+/// once. Two of one name means someone set a second (a page on the same
+/// site can, for another path): neither is believed.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v);
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 fn ct_eq(a: &str, b: &str) -> bool {
@@ -136,6 +156,7 @@ fn ct_eq(a: &str, b: &str) -> bool {
 impl Web {
     pub fn new(config: &Config, server: Arc<AuthorizationServer>, metrics: Arc<Metrics>) -> Web {
         let base = &config.authorization_server.issuer_path;
+        let secure = config.authorization_server.secure_cookies;
         Web {
             server,
             pages: Pages::new(),
@@ -144,8 +165,15 @@ impl Web {
             issuer: config.authorization_server.issuer.clone(),
             authorize_path: format!("{base}/oauth/authorize"),
             login_path: format!("{base}/oauth/login"),
-            cookie_path: format!("{base}/oauth"),
-            secure_cookies: config.authorization_server.secure_cookies,
+            cookie_path: if secure { "/".to_string() } else { format!("{base}/oauth") },
+            secure_cookies: secure,
+            session_cookie: if secure { HOST_SESSION_COOKIE } else { SESSION_COOKIE },
+            login_cookie: if secure { HOST_LOGIN_COOKIE } else { LOGIN_COOKIE },
+            csrf_key: {
+                let mut key = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+                key
+            },
             session_ttl: config.authorization_server.session_ttl,
             form: FormReader::new(&config.server),
             metrics,
@@ -217,8 +245,21 @@ impl Web {
         })
     }
 
+    /// The sign-in form's CSRF token for the login cookie `nonce`: bound to
+    /// it and to this server's key, so only a pair the server made passes,
+    /// never one an attacker chose (the double-submit check it replaces took
+    /// any cookie and field that were equal).
+    fn login_csrf(&self, nonce: &str) -> String {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(&self.csrf_key).expect("HMAC takes any key length");
+        mac.update(b"portcullis sign-in form\0");
+        mac.update(nonce.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
     async fn session(&self, headers: &HeaderMap) -> Option<SessionRecord> {
-        let value = cookie(headers, SESSION_COOKIE)?;
+        let value = cookie(headers, self.session_cookie)?;
         match self.server.tokens.store().find_session(&token_hash(value), now_unix() as i64).await {
             Ok(s) => s,
             Err(e) => {
@@ -263,10 +304,11 @@ impl Web {
         username: &str,
         status: StatusCode,
     ) -> Response<Body> {
-        let csrf = random_token();
+        let nonce = random_token();
+        let csrf = self.login_csrf(&nonce);
         let html = self.pages.login(&request.client.name, &self.login_path, &csrf, return_to, error, username);
         let mut res = page_response(status, html, &csp_origin(&request.redirect_uri), self.pages.style_hash());
-        res.headers_mut().append(header::SET_COOKIE, self.cookie_header(LOGIN_COOKIE, &csrf, 3600));
+        res.headers_mut().append(header::SET_COOKIE, self.cookie_header(self.login_cookie, &nonce, 3600));
         res
     }
 
@@ -441,8 +483,8 @@ impl Web {
             Ok(r) => r,
             Err(res) => return *res,
         };
-        let csrf_ok = match (form.one("csrf").ok().flatten(), cookie(&headers, LOGIN_COOKIE)) {
-            (Some(a), Some(b)) => ct_eq(a, b),
+        let csrf_ok = match (form.one("csrf").ok().flatten(), cookie(&headers, self.login_cookie)) {
+            (Some(token), Some(nonce)) => ct_eq(token, &self.login_csrf(nonce)),
             _ => false,
         };
         if !csrf_ok {
@@ -506,6 +548,13 @@ impl Web {
             created_at: now,
             expires_at: now + self.session_ttl.as_secs() as i64,
         };
+        // A new session id at every sign-in, and the one the browser came
+        // with (planted, perhaps, by a page on the same site) is ended.
+        if let Some(old) = cookie(&headers, self.session_cookie)
+            && let Err(e) = self.server.tokens.store().delete_session(&token_hash(old)).await
+        {
+            return self.unavailable(e);
+        }
         if let Err(e) = self.server.tokens.store().create_session(&session).await {
             return self.unavailable(e);
         }
@@ -517,8 +566,8 @@ impl Web {
         // RFC 9700 §4.12: 303, so the browser does not re-POST credentials.
         let mut res = see_other(return_to);
         let h = res.headers_mut();
-        h.append(header::SET_COOKIE, self.cookie_header(SESSION_COOKIE, &value, self.session_ttl.as_secs()));
-        h.append(header::SET_COOKIE, self.cookie_header(LOGIN_COOKIE, "", 0));
+        h.append(header::SET_COOKIE, self.cookie_header(self.session_cookie, &value, self.session_ttl.as_secs()));
+        h.append(header::SET_COOKIE, self.cookie_header(self.login_cookie, "", 0));
         res
     }
 
@@ -544,6 +593,9 @@ mod tests {
         h.insert(header::COOKIE, HeaderValue::from_static("a=1; portcullis_session_x=2; portcullis_session=3"));
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("3"));
         assert_eq!(cookie(&h, "b"), None);
+        // Twice (one planted for a longer path): neither.
+        h.append(header::COOKIE, HeaderValue::from_static("portcullis_session=4"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), None);
     }
 
     #[test]
