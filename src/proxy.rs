@@ -747,7 +747,10 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("portcullis_login=x"));
         h.append(header::COOKIE, HeaderValue::from_bytes(b"c=\xe9t\xe9 ; portcullis_session =y").unwrap());
         h.append(header::COOKIE, HeaderValue::from_static("portcullis_sessionx=kept"));
-        h.append(header::COOKIE, HeaderValue::from_static("__Host-portcullis_session=s; __Host-portcullis_login=l; d=4"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-portcullis_session=s; __Host-portcullis_login=l; d=4"),
+        );
         strip_gateway_cookies(&mut h);
         let left: Vec<&[u8]> = h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
         assert_eq!(left, [&b"a=1; b=2"[..], b"c=\xe9t\xe9", b"portcullis_sessionx=kept", b"d=4"]);

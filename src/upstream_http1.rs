@@ -26,7 +26,11 @@
 //!   the framing said**: keep-alive on both sides, the request written in
 //!   full, the response read to its end and not one byte after it (bytes
 //!   after a response would be taken for the answer to the next request,
-//!   perhaps another client's).
+//!   perhaps another client's), and no 204 or 304 that declared a body
+//!   (its upstream may send one late). An idle connection is looked at
+//!   once more just before it is lent (`Connection::is_reusable`); bytes
+//!   a buggy upstream sends after that instant still land in the next
+//!   exchange, a window this narrows but cannot close.
 //! - **Full duplex.** An upstream may answer before it has read the whole
 //!   request body (a `413`, or a streaming API); the rest of the body is
 //!   still sent while the response is relayed.
@@ -608,9 +612,15 @@ fn response_framing(
     }
     if *method == Method::HEAD || matches!(status.as_u16(), 204 | 304) {
         // No body follows, whatever the length says; it is only relayed
-        // (one value for a repeated one; a bad one as it came).
+        // (one value for a repeated one; a bad one as it came). But a 204
+        // or 304 that declares a body comes from an upstream that may send
+        // one anyway, later than the check before reuse can see: what it
+        // sends would be read as the next exchange's answer, perhaps
+        // another client's. Its connection carries nothing more.
+        let declares_body = matches!(status.as_u16(), 204 | 304)
+            && (headers.contains_key(header::CONTENT_LENGTH) || headers.contains_key(header::TRANSFER_ENCODING));
         let _ = content_length(headers);
-        return Ok((Framing::Empty, keep_alive));
+        return Ok((Framing::Empty, keep_alive && !declares_body));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         if version == Version::HTTP_10 {
@@ -1077,12 +1087,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_204_or_304_that_declares_a_body_ends_its_connection() {
+        let keeps = |head: &str, method: &Method| {
+            let mut buf = BytesMut::from(head);
+            parse_head(&mut buf, method).expect("parses").expect("whole").keep_alive
+        };
+        for declared in ["Content-Length: 5\r\n", "Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n"] {
+            for status in ["204 No Content", "304 Not Modified"] {
+                assert!(!keeps(&format!("HTTP/1.1 {status}\r\n{declared}\r\n"), &Method::GET), "{status} {declared}");
+            }
+        }
+        assert!(keeps("HTTP/1.1 204 No Content\r\n\r\n", &Method::GET));
+        assert!(keeps("HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", &Method::GET));
+        // A HEAD's answer says how long the GET's would be: nothing odd.
+        assert!(keeps("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", &Method::HEAD));
+    }
+
+    #[test]
     fn head_204_and_304_have_no_body_whatever_they_declare() {
         let head = parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"), &Method::HEAD);
         assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
         for status in ["204 No Content", "304 Not Modified"] {
+            // (And its connection goes: `a_204_or_304_that_declares_a_body_ends_its_connection`.)
             let head = parsed(&format!("HTTP/1.1 {status}\r\nContent-Length: 99\r\n\r\n"));
-            assert_eq!((head.framing, head.keep_alive), (Framing::Empty, true), "{status}");
+            assert_eq!((head.framing, head.keep_alive), (Framing::Empty, false), "{status}");
         }
     }
 

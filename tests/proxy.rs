@@ -1323,6 +1323,68 @@ async fn answering_upstream(answer: &'static [u8]) -> (std::net::SocketAddr, Arc
     (addr, accepted)
 }
 
+/// A buggy upstream that declares a body on a 204 or 304 and then sends
+/// bytes late: on a reused connection they would be read as the next
+/// exchange's answer (here a made-up 200). Such a connection is never
+/// reused, so the next request gets its own answer.
+#[tokio::test]
+async fn a_204_or_304_declaring_a_body_is_not_followed_on_its_connection() {
+    for status in ["204 No Content", "304 Not Modified"] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let head = format!("HTTP/1.1 {status}\r\nContent-Length: 33\r\n\r\n");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let head = head.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut late = true;
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        if !buf[..n].windows(4).any(|w| w == b"\r\n\r\n")
+                            || stream.write_all(head.as_bytes()).await.is_err()
+                        {
+                            return;
+                        }
+                        // The bug: a body after all, once the gateway has
+                        // had time to take the answer and lend the
+                        // connection again.
+                        if std::mem::take(&mut late) {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsmuggle").await;
+                        }
+                    }
+                });
+            }
+        });
+        let gw = Gateway::start(&config_toml(addr, "")).await;
+        let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+        for i in 0..2 {
+            stream
+                .write_all(format!("GET /public/{i} HTTP/1.1\r\nHost: gw.example\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            // A 204 or 304 has no body: the head is all there is to read.
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+                    .await
+                    .expect("an answer in time")
+                    .expect("read");
+                assert_eq!(n, 1, "{status}, request {i}: the gateway closed the connection");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{status}, request {i}: {head}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "{status}: the connection was reused");
+        gw.stop().await;
+    }
+}
+
 /// RFC 9112 §6.3: a response whose length cannot be known for sure is
 /// refused, not guessed at; the client gets a 502 and none of it.
 #[tokio::test]
