@@ -1,7 +1,9 @@
 //! Differential tests with real upstreams behind the gateway (SECURITY.md
-//! 30, 40): a corpus of hostile paths goes through Portcullis to nginx and
-//! to a WSGI app, and for every request an upstream acted on, the location
-//! it acted on must be the one the gateway's route decision covered.
+//! 30, 40): a corpus of hostile paths goes through Portcullis to nginx, to
+//! a WSGI app and to a servlet container (Jetty, which also cuts
+//! `;parameters` off segments), and for every request an upstream acted
+//! on, the location it acted on must be the one the gateway's route
+//! decision covered.
 //!
 //! Every gateway route has an upstream server of its own, which names the
 //! route in its answer, so each answer says both what the gateway decided
@@ -13,7 +15,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use support::upstreams::{Acted, Nginx, Wsgi};
+use support::upstreams::{Acted, Jetty, Nginx, Wsgi};
 use support::{APP_SECRET_HASH, Gateway, raw, raw_status};
 
 /// The routes, as gateway prefixes and upstream locations alike: what
@@ -289,6 +291,29 @@ async fn the_paths_of_the_attack_report_are_refused_with_400() {
 fn wsgi_environ(body: &str) -> serde_json::Value {
     let line = body.lines().nth(1).unwrap_or_else(|| panic!("no environ line in {body:?}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+#[tokio::test]
+async fn a_servlet_container_acts_only_on_the_location_the_gateway_authorised() {
+    let Some(jetty) = Jetty::start(&route_names()).await else { return };
+    let gw = Gateway::start(&gateway_toml(&jetty.servers)).await;
+
+    // Jetty on its own does map `/admin;x/y` to its /admin servlet: the
+    // behaviour the gateway has to allow for.
+    let direct = raw(
+        jetty.servers[jetty.servers.len() - 1].1,
+        b"GET /admin;x/y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(direct.contains("location=admin path=/admin/y"), "{direct}");
+
+    let acted = run_corpus(&gw, "Jetty").await;
+    assert_controls(&acted, "Jetty", "/files/a/b");
+    assert!(
+        acted.iter().any(|(p, a)| p == "/matrix/a;v=1/b" && a.path == "/matrix/a/b"),
+        "Jetty did not cut the parameter the route allows: {acted:#?}"
+    );
+    gw.stop().await;
 }
 
 /// SECURITY.md 41–43 against a real WSGI server: it reads `X_Auth_Subject`

@@ -1,5 +1,6 @@
 //! Real upstream servers for differential tests: nginx (Debian's
-//! `nginx-light`) and a WSGI app on Python's `wsgiref`, each started on
+//! `nginx-light`), a WSGI app on Python's `wsgiref`, and a servlet
+//! application on Jetty (Debian's `libjetty9-java`), each started on
 //! loopback ports of its own and stopped when dropped. Every server stands
 //! for one gateway route and answers with that route's name and the
 //! location *it* acted on, so a test can hold the upstream's reading of a
@@ -152,7 +153,91 @@ impl Nginx {
     }
 
     pub fn addr(&self, route: &str) -> SocketAddr {
-        self.servers.iter().find(|(r, _)| r == route).map(|(_, a)| *a).expect("a server for the route")
+        addr_in(&self.servers, route)
+    }
+}
+
+/// The address of `route`'s server among `servers`.
+fn addr_in(servers: &[(String, SocketAddr)], route: &str) -> SocketAddr {
+    servers.iter().find(|(r, _)| r == route).map(|(_, a)| *a).expect("a server for the route")
+}
+
+/// Reads the "route port" lines a server prints once it listens, one per
+/// route, within [`READY_TIMEOUT`].
+async fn announced_ports(child: &mut Child, count: usize, what: &str) -> Vec<(String, SocketAddr)> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().take(count).collect::<Result<Vec<String>, _>>()
+    });
+    let lines = tokio::time::timeout(READY_TIMEOUT, lines)
+        .await
+        .unwrap_or_else(|_| panic!("{what} came up in time"))
+        .expect("reading its ports")
+        .expect("its ports");
+    let servers: Vec<(String, SocketAddr)> = lines
+        .iter()
+        .map(|line| {
+            let (route, port) = line.split_once(' ').unwrap_or_else(|| panic!("not `route port`: {line:?}"));
+            (route.to_string(), SocketAddr::from(([127, 0, 0, 1], port.parse().expect("a port"))))
+        })
+        .collect();
+    assert_eq!(servers.len(), count, "{what} named {servers:?}");
+    servers
+}
+
+/// The servlet application of `tests/upstreams/JettyApp.java` on Jetty
+/// 9.4, compiled by the test, one connector per route.
+pub struct Jetty {
+    pub servers: Vec<(String, SocketAddr)>,
+    _process: Process,
+    _dir: tempfile::TempDir,
+}
+
+/// Debian's Jetty 9.4 and the servlet API, as `libjetty9-java` installs them.
+const JETTY_JARS: [&str; 7] = [
+    "/usr/share/java/jetty9-server.jar",
+    "/usr/share/java/jetty9-servlet.jar",
+    "/usr/share/java/jetty9-security.jar",
+    "/usr/share/java/jetty9-http.jar",
+    "/usr/share/java/jetty9-io.jar",
+    "/usr/share/java/jetty9-util.jar",
+    "/usr/share/java/servlet-api.jar",
+];
+
+impl Jetty {
+    /// Compiles and starts the app; `routes` names its connectors and
+    /// servlets (`root` is the default servlet).
+    pub async fn start(routes: &[&str]) -> Option<Jetty> {
+        let javac = Command::new("javac").arg("-version").output().is_ok_and(|o| o.status.success());
+        if !javac || JETTY_JARS.iter().any(|jar| !std::path::Path::new(jar).exists()) {
+            return missing("javac and Jetty 9.4 (Debian packages default-jdk-headless and libjetty9-java)");
+        }
+        let dir = tempfile::Builder::new().prefix("portcullis-jetty-").tempdir().expect("temp dir");
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams/JettyApp.java");
+        let classpath = JETTY_JARS.join(":");
+        let compiled = Command::new("javac")
+            .args(["-cp", &classpath, "-d"])
+            .arg(dir.path())
+            .arg(&source)
+            .output()
+            .expect("javac runs");
+        assert!(compiled.status.success(), "javac: {}", String::from_utf8_lossy(&compiled.stderr));
+        let mut child = Command::new("java")
+            .arg("-cp")
+            .arg(format!("{classpath}:{}", dir.path().display()))
+            .arg("JettyApp")
+            .args(routes)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("java runs");
+        let servers = announced_ports(&mut child, routes.len(), "Jetty").await;
+        Some(Jetty { servers, _process: Process(child), _dir: dir })
+    }
+
+    pub fn addr(&self, route: &str) -> SocketAddr {
+        addr_in(&self.servers, route)
     }
 }
 
@@ -178,31 +263,13 @@ impl Wsgi {
         else {
             return missing("python3");
         };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let process = Process(child);
         // The app names each server's port on a line of its own once it
         // listens.
-        let count = routes.len();
-        let lines = tokio::task::spawn_blocking(move || {
-            BufReader::new(stdout).lines().take(count).collect::<Result<Vec<String>, _>>()
-        });
-        let lines = tokio::time::timeout(READY_TIMEOUT, lines)
-            .await
-            .expect("the WSGI app came up in time")
-            .expect("reading its ports")
-            .expect("its ports");
-        let servers: Vec<(String, SocketAddr)> = lines
-            .iter()
-            .map(|line| {
-                let (route, port) = line.split_once(' ').unwrap_or_else(|| panic!("not `route port`: {line:?}"));
-                (route.to_string(), SocketAddr::from(([127, 0, 0, 1], port.parse().expect("a port"))))
-            })
-            .collect();
-        assert_eq!(servers.len(), count, "the WSGI app named {servers:?}");
-        Some(Wsgi { servers, _process: process })
+        let servers = announced_ports(&mut child, routes.len(), "the WSGI app").await;
+        Some(Wsgi { servers, _process: Process(child) })
     }
 
     pub fn addr(&self, route: &str) -> SocketAddr {
-        self.servers.iter().find(|(r, _)| r == route).map(|(_, a)| *a).expect("a server for the route")
+        addr_in(&self.servers, route)
     }
 }
