@@ -1,7 +1,8 @@
 //! Differential tests with real upstreams behind the gateway (SECURITY.md
 //! 30, 40): a corpus of hostile paths goes through Portcullis to nginx, to
-//! a WSGI app and to a servlet container (Jetty, which also cuts
-//! `;parameters` off segments), and for every request an upstream acted
+//! a WSGI app, to a servlet container (Jetty, which also cuts
+//! `;parameters` off segments) and to Express (which routes without
+//! regard to letter case), and for every request an upstream acted
 //! on, the location it acted on must be the one the gateway's route
 //! decision covered.
 //!
@@ -15,7 +16,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use support::upstreams::{Acted, Jetty, Nginx, Wsgi};
+use support::upstreams::{Acted, Express, Jetty, Nginx, Wsgi};
 use support::{APP_SECRET_HASH, Gateway, raw, raw_status};
 
 /// The routes, as gateway prefixes and upstream locations alike: what
@@ -313,6 +314,22 @@ async fn a_servlet_container_acts_only_on_the_location_the_gateway_authorised() 
         acted.iter().any(|(p, a)| p == "/matrix/a;v=1/b" && a.path == "/matrix/a/b"),
         "Jetty did not cut the parameter the route allows: {acted:#?}"
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_express_app_acts_only_on_the_location_the_gateway_authorised() {
+    let Some(express) = Express::start(&route_names()).await else { return };
+    let gw = Gateway::start(&gateway_toml(&express.servers)).await;
+
+    // Express on its own does route `/ADMIN/x` to its /admin route.
+    let direct = raw(express.addr("root"), b"GET /ADMIN/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(direct.contains("location=admin path=/ADMIN/x"), "{direct}");
+
+    let acted = run_corpus(&gw, "Express").await;
+    // Express does not decode %2F before it routes: the allowed encoded
+    // slash reaches the files route as it was sent.
+    assert_controls(&acted, "Express", "/files/a%2Fb");
     gw.stop().await;
 }
 

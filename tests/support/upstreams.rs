@@ -1,7 +1,7 @@
 //! Real upstream servers for differential tests: nginx (Debian's
-//! `nginx-light`), a WSGI app on Python's `wsgiref`, and a servlet
-//! application on Jetty (Debian's `libjetty9-java`), each started on
-//! loopback ports of its own and stopped when dropped. Every server stands
+//! `nginx-light`), a WSGI app on Python's `wsgiref`, a servlet application
+//! on Jetty (Debian's `libjetty9-java`) and an Express app on node, each
+//! started on loopback ports of its own and stopped when dropped. Every server stands
 //! for one gateway route and answers with that route's name and the
 //! location *it* acted on, so a test can hold the upstream's reading of a
 //! request against the gateway's decision.
@@ -234,6 +234,40 @@ impl Jetty {
             .expect("java runs");
         let servers = announced_ports(&mut child, routes.len(), "Jetty").await;
         Some(Jetty { servers, _process: Process(child), _dir: dir })
+    }
+
+    pub fn addr(&self, route: &str) -> SocketAddr {
+        addr_in(&self.servers, route)
+    }
+}
+
+/// The Express app of `tests/upstreams/express_app.js` on node, one server
+/// per route.
+pub struct Express {
+    pub servers: Vec<(String, SocketAddr)>,
+    _process: Process,
+}
+
+impl Express {
+    /// Starts the app; `routes` names its servers and its Express routes
+    /// (`root` takes the rest).
+    pub async fn start(routes: &[&str]) -> Option<Express> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams");
+        if !dir.join("node_modules/express").exists() {
+            return missing("node and express (npm ci --prefix tests/upstreams)");
+        }
+        let Ok(mut child) = Command::new("node")
+            .arg(dir.join("express_app.js"))
+            .args(routes)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return missing("node");
+        };
+        let servers = announced_ports(&mut child, routes.len(), "the Express app").await;
+        Some(Express { servers, _process: Process(child) })
     }
 
     pub fn addr(&self, route: &str) -> SocketAddr {
