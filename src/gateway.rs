@@ -126,7 +126,8 @@ impl RouteTable {
             ));
         }
         let elsewhere = Refusal::BadRequest("The request path may mean another route's path to the upstream");
-        if !self.reads_as(route, path) {
+        // `path` itself is `route`'s: only its case-blind reading is left.
+        if (self.prefix_folds || may_fold(path)) && !same_route(self.find_ignoring_case(path), route) {
             return Err(elsewhere);
         }
         if ambiguities.any() {
@@ -142,9 +143,13 @@ impl RouteTable {
 
     /// Whether `path` lies in `route` with letter case ignored as well.
     fn reads_as(&self, route: &Route, path: &str) -> bool {
-        let same = |found: Option<&Route>| found.is_some_and(|r| std::ptr::eq(r, route));
-        same(self.find(path)) && (!(self.prefix_folds || may_fold(path)) || same(self.find_ignoring_case(path)))
+        same_route(self.find(path), route)
+            && (!(self.prefix_folds || may_fold(path)) || same_route(self.find_ignoring_case(path), route))
     }
+}
+
+fn same_route(found: Option<&Route>, route: &Route) -> bool {
+    found.is_some_and(|r| std::ptr::eq(r, route))
 }
 
 /// Whether case-folding may change `s`: an upper-case ASCII letter (the hex
@@ -490,14 +495,14 @@ impl Gateway {
         peer: SocketAddr,
         host: Option<&HeaderValue>,
     ) -> Result<(), Refusal> {
+        if self.on_dedicated_host(headers, host, peer) {
+            return Err(Refusal::MisdirectedRequest);
+        }
         // The client-facing host: the `Host`, or behind a trusted proxy the
         // one it forwards. Every entry of every `X-Forwarded-Host` line and
         // every `host=` of `Forwarded` must be served: frameworks differ on
         // which one they read (Rails and Werkzeug the last, others the
         // first, Spring `Forwarded` before the rest).
-        if self.on_dedicated_host(headers, host, peer) {
-            return Err(Refusal::MisdirectedRequest);
-        }
         let allowed = |host: &[u8]| self.allowed_hosts.iter().any(|p| p.matches(host));
         let trusted = crate::net::is_trusted(&self.trusted_proxies, peer.ip());
         let forwarded_hosts = headers.get_all(&X_FORWARDED_HOST);

@@ -122,6 +122,32 @@ async fn signing_key(url: &str) -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&seed)
 }
 
+/// A gateway on a store file, a token of its, and its signing key (read
+/// from the file), for tests that sign tokens of their own.
+struct Signed {
+    _dir: tempfile::TempDir,
+    upstream: Upstream,
+    gw: Gateway,
+    /// `other`'s, with `calendar.read`.
+    token: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl Signed {
+    async fn start() -> Signed {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        let upstream = Upstream::start().await;
+        let gw = Gateway::start(
+            &config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\"")),
+        )
+        .await;
+        let token = gw.token("other", "calendar.read").await;
+        let key = signing_key(&url).await;
+        Signed { _dir: dir, upstream, gw, token, key }
+    }
+}
+
 /// `token` with its JOSE header rewritten by `edit`, then signed with `key`.
 fn resign(token: &str, edit: impl FnOnce(&mut serde_json::Value), key: &ed25519_dalek::SigningKey) -> String {
     resign_claims(token, edit, |_| {}, key)
@@ -530,15 +556,7 @@ async fn jwt_with_alg_none_is_invalid_token() {
 /// only thing wrong with these tokens is their `typ` (RFC 9068 §4).
 #[tokio::test]
 async fn correctly_signed_jwt_not_typed_at_jwt_is_invalid_token() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("p.db").display());
-    let mut upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        &config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\"")),
-    )
-    .await;
-    let token = gw.token("other", "calendar.read").await;
-    let key = signing_key(&url).await;
+    let Signed { _dir, mut upstream, gw, token, key } = Signed::start().await;
 
     // re-signed as it was: accepted (so the re-signing itself is sound)
     let same = resign(&token, |_| {}, &key);
@@ -574,15 +592,7 @@ async fn correctly_signed_jwt_not_typed_at_jwt_is_invalid_token() {
 /// arithmetic).
 #[tokio::test]
 async fn correctly_signed_jwts_with_crit_or_an_iss_array_are_refused_and_a_far_exp_is_no_panic() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("p.db").display());
-    let mut upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        &config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\"")),
-    )
-    .await;
-    let token = gw.token("other", "calendar.read").await;
-    let key = signing_key(&url).await;
+    let Signed { _dir, mut upstream, gw, token, key } = Signed::start().await;
 
     let crit = resign(&token, |h| h["crit"] = serde_json::json!(["exp"]), &key);
     let crit_extension = resign(

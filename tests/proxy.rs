@@ -707,6 +707,18 @@ async fn content_length_with_transfer_encoding_is_refused() {
     gw.stop().await;
 }
 
+/// Sends `request` (with whatever is pipelined behind it) on a connection
+/// of its own and reads until the gateway closes it: exactly one answer,
+/// saying `Connection: close`. Returns it, lower-cased.
+async fn one_answer_then_closed(gw: &Gateway, request: &str, what: &str) -> String {
+    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let answer = read_until_closed(&mut stream).await.to_ascii_lowercase();
+    assert_eq!(answer.matches("http/1.1 ").count(), 1, "{what:?}: one answer only: {answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{what:?}: {answer}");
+    answer
+}
+
 /// What the gateway does instead of refusing (the other way RFC 9112 §6.1
 /// allows): Transfer-Encoding alone frames the body, no Content-Length
 /// goes upstream, and the connection closes after the answer, so a request
@@ -720,18 +732,9 @@ async fn content_length_with_transfer_encoding_is_framed_by_the_coding_and_ends_
     for headers in
         ["Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n"]
     {
-        let mut stream = TcpStream::connect(gw.public).await.expect("connect");
         let request = format!("{POST_PUBLIC}{headers}\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-            .await
-            .unwrap_or_else(|_| panic!("{headers:?}: the connection was kept open"))
-            .expect("read");
-        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        let answer = one_answer_then_closed(&gw, &request, headers).await;
         assert_eq!(raw_status(&answer), 200, "{headers:?}: {answer}");
-        assert_eq!(answer.matches("http/1.1 ").count(), 1, "{headers:?}: one answer only: {answer}");
-        assert!(answer.contains("\r\nconnection: close\r\n"), "{headers:?}: {answer}");
 
         let seen = upstream.next().await;
         assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("POST", "/public/x"), "{headers:?}");
@@ -762,18 +765,9 @@ async fn a_duplicated_transfer_encoding_is_refused_and_ends_the_connection() {
         // the connection.
         format!("POST /public/x HTTP/1.1\r\n{twice}"),
     ] {
-        let mut stream = TcpStream::connect(gw.public).await.expect("connect");
         let request = format!("{headers}\r\n5\r\nhello\r\n0\r\n\r\n{pipelined}");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-            .await
-            .unwrap_or_else(|_| panic!("{headers:?}: the connection was kept open"))
-            .expect("read");
-        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        let answer = one_answer_then_closed(&gw, &request, &headers).await;
         assert_eq!(raw_status(&answer), 400, "{headers:?}: {answer}");
-        assert_eq!(answer.matches("http/1.1 ").count(), 1, "{headers:?}: one answer only: {answer}");
-        assert!(answer.contains("\r\nconnection: close\r\n"), "{headers:?}: {answer}");
         assert!(answer.contains("the request is chunked more than once"), "{headers:?}: {answer}");
         assert!(upstream.saw_nothing(), "{headers:?}: something was forwarded");
     }

@@ -162,6 +162,24 @@ fn addr_in(servers: &[(String, SocketAddr)], route: &str) -> SocketAddr {
     servers.iter().find(|(r, _)| r == route).map(|(_, a)| *a).expect("a server for the route")
 }
 
+/// Runs `command` with the route names as arguments and reads the "route
+/// port" lines it prints once it listens, one per route, within
+/// [`READY_TIMEOUT`]; `None` (or a panic in CI) when `program` is missing.
+async fn spawn_announcing(
+    mut command: Command,
+    routes: &[&str],
+    what: &str,
+    program: &str,
+) -> Option<(Vec<(String, SocketAddr)>, Process)> {
+    let Ok(child) = command.args(routes).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()
+    else {
+        return missing(program);
+    };
+    let mut process = Process(child);
+    let servers = announced_ports(&mut process.0, routes.len(), what).await;
+    Some((servers, process))
+}
+
 /// Reads the "route port" lines a server prints once it listens, one per
 /// route, within [`READY_TIMEOUT`].
 async fn announced_ports(child: &mut Child, count: usize, what: &str) -> Vec<(String, SocketAddr)> {
@@ -222,18 +240,10 @@ impl Jetty {
             .output()
             .expect("javac runs");
         assert!(compiled.status.success(), "javac: {}", String::from_utf8_lossy(&compiled.stderr));
-        let mut child = Command::new("java")
-            .arg("-cp")
-            .arg(format!("{classpath}:{}", dir.path().display()))
-            .arg("JettyApp")
-            .args(routes)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("java runs");
-        let servers = announced_ports(&mut child, routes.len(), "Jetty").await;
-        Some(Jetty { servers, _process: Process(child), _dir: dir })
+        let mut java = Command::new("java");
+        java.arg("-cp").arg(format!("{classpath}:{}", dir.path().display())).arg("JettyApp");
+        let (servers, process) = spawn_announcing(java, routes, "Jetty", "java").await?;
+        Some(Jetty { servers, _process: process, _dir: dir })
     }
 
     pub fn addr(&self, route: &str) -> SocketAddr {
@@ -256,18 +266,10 @@ impl Express {
         if !dir.join("node_modules/express").exists() {
             return missing("node and express (npm ci --prefix tests/upstreams)");
         }
-        let Ok(mut child) = Command::new("node")
-            .arg(dir.join("express_app.js"))
-            .args(routes)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-        else {
-            return missing("node");
-        };
-        let servers = announced_ports(&mut child, routes.len(), "the Express app").await;
-        Some(Express { servers, _process: Process(child) })
+        let mut node = Command::new("node");
+        node.arg(dir.join("express_app.js"));
+        let (servers, process) = spawn_announcing(node, routes, "the Express app", "node").await?;
+        Some(Express { servers, _process: process })
     }
 
     pub fn addr(&self, route: &str) -> SocketAddr {
@@ -287,20 +289,10 @@ impl Wsgi {
     /// segments its router knows (`root` is everything else).
     pub async fn start(routes: &[&str]) -> Option<Wsgi> {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams/wsgi_app.py");
-        let Ok(mut child) = Command::new(PYTHON)
-            .arg(&script)
-            .args(routes)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-        else {
-            return missing("python3");
-        };
-        // The app names each server's port on a line of its own once it
-        // listens.
-        let servers = announced_ports(&mut child, routes.len(), "the WSGI app").await;
-        Some(Wsgi { servers, _process: Process(child) })
+        let mut python = Command::new(PYTHON);
+        python.arg(&script);
+        let (servers, process) = spawn_announcing(python, routes, "the WSGI app", "python3").await?;
+        Some(Wsgi { servers, _process: process })
     }
 
     pub fn addr(&self, route: &str) -> SocketAddr {
