@@ -1023,17 +1023,7 @@ async fn a_busy_connection_outlives_keep_alive_timeout_and_a_slow_answer_still_c
 /// Reads one response head and its `Content-Length` body off a keep-alive
 /// `stream`; `what` names the exchange in failure messages.
 async fn read_response(stream: &mut TcpStream, what: &str) -> (String, Vec<u8>) {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        assert_eq!(n, 1, "{what}: the gateway closed the connection");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).expect("ASCII head");
+    let head = read_head(stream, what).await;
     let length: usize = head
         .lines()
         .find_map(|l| {
@@ -1044,6 +1034,21 @@ async fn read_response(stream: &mut TcpStream, what: &str) -> (String, Vec<u8>) 
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).await.expect("body");
     (head, body)
+}
+
+/// A response head, read byte by byte (so nothing after it is taken).
+async fn read_head(stream: &mut TcpStream, what: &str) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_eq!(n, 1, "{what}: the gateway closed the connection");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).expect("ASCII head")
 }
 
 /// Everything `stream` receives until the gateway closes it, which must
@@ -1361,17 +1366,7 @@ async fn a_204_or_304_declaring_a_body_is_not_followed_on_its_connection() {
                 .await
                 .expect("write");
             // A 204 or 304 has no body: the head is all there is to read.
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-                    .await
-                    .expect("an answer in time")
-                    .expect("read");
-                assert_eq!(n, 1, "{status}, request {i}: the gateway closed the connection");
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head);
+            let head = read_head(&mut stream, &format!("{status}, request {i}")).await;
             assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{status}, request {i}: {head}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "{status}: the connection was reused");
