@@ -396,6 +396,8 @@ impl HostPattern {
             Some(b'[') => host.iter().position(|b| *b == b']').map_or(host, |end| &host[..=end]),
             _ => host.iter().position(|b| *b == b':').map_or(host, |colon| &host[..colon]),
         };
+        // `api.example.com.` is `api.example.com` to DNS.
+        let name = name.strip_suffix(b".").unwrap_or(name);
         match self {
             HostPattern::Any => true,
             HostPattern::Exact(n) => name.eq_ignore_ascii_case(n.as_bytes()),
@@ -951,6 +953,8 @@ impl Validator {
             }
             Err(_) => self.err("authorization_server.issuer", format!("{issuer:?} is not a URL")),
         }
+        // The scheme as http parses it: `HTTPS://` is https too.
+        let issuer_uri = issuer.parse::<http::Uri>().ok();
         let audience = raw.audience.unwrap_or_else(|| issuer.clone());
         if audience.is_empty() {
             self.err("authorization_server.audience", "must not be empty");
@@ -990,13 +994,8 @@ impl Validator {
             token_format,
             leeway,
             session_ttl: self.duration("authorization_server.session_ttl", raw.session_ttl.as_deref(), "8h"),
-            secure_cookies: raw.issuer.starts_with("https://"),
-            issuer_host: raw
-                .issuer
-                .parse::<http::Uri>()
-                .ok()
-                .and_then(|u| u.host().map(str::to_ascii_lowercase))
-                .unwrap_or_default(),
+            secure_cookies: issuer_uri.as_ref().is_some_and(|u| u.scheme_str() == Some("https")),
+            issuer_host: issuer_uri.as_ref().and_then(|u| u.host().map(str::to_ascii_lowercase)).unwrap_or_default(),
             dedicated_host: raw.dedicated_host.unwrap_or(false),
         }
     }
@@ -1763,6 +1762,7 @@ mod tests {
         let subdomains = HostPattern::Subdomains(".example.com".into());
         assert!(subdomains.matches(b"a.b.example.com") && !subdomains.matches(b"example.com"));
         assert!(HostPattern::Exact("[::1]".into()).matches(b"[::1]:80"));
+        assert!(exact.matches(b"api.example.com.:443") && !exact.matches(b"api.example.com.."));
     }
 
     #[test]

@@ -306,8 +306,7 @@ impl Gateway {
             // The pages a person signs in on, only where no upstream's
             // scripts run (`authorization_server.dedicated_host`).
             if matches!(endpoint, Endpoint::Authorize | Endpoint::Login)
-                && self.dedicated_host.is_some()
-                && !self.on_dedicated_host(req.headers(), host.as_ref(), peer)
+                && !self.pages_may_answer(req.headers(), host.as_ref(), peer)
             {
                 let info =
                     AccessInfo { route: Some("(authorization server)"), path: Some(path), ..AccessInfo::default() };
@@ -318,7 +317,7 @@ impl Gateway {
             // Sign-in and client-authentication attempts are counted per
             // client address: behind trusted proxies, the one they vouch
             // for, or every user behind a proxy would share one count.
-            let lines = req.headers().get_all(&X_FORWARDED_FOR).iter().map(|v| v.to_str().unwrap_or(""));
+            let lines = req.headers().get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes);
             let client = crate::net::client_address(peer.ip(), lines, &self.trusted_proxies);
             let res = Box::pin(self.authz.handle(endpoint, req, client)).await;
             let info = AccessInfo { route: Some("(authorization server)"), path: Some(path), ..AccessInfo::default() };
@@ -475,48 +474,60 @@ impl Gateway {
         }
     }
 
-    /// Whether a request names the authorization server's dedicated host:
-    /// its `Host`, or behind a trusted proxy the first `X-Forwarded-Host`.
-    fn on_dedicated_host(&self, headers: &http::HeaderMap, host: Option<&HeaderValue>, peer: SocketAddr) -> bool {
-        let Some(dedicated) = &self.dedicated_host else { return false };
-        let forwarded = headers
-            .get(&X_FORWARDED_HOST)
-            .filter(|_| crate::net::is_trusted(&self.trusted_proxies, peer.ip()))
-            .map(|v| v.as_bytes().split(|b| *b == b',').next().unwrap_or_default().trim_ascii());
-        forwarded.or(host.map(HeaderValue::as_bytes)).is_some_and(|h| dedicated.matches(h))
+    /// The host names a request reaches the gateway by, as upstreams may
+    /// read them: its `Host`, or behind a trusted proxy every entry of
+    /// every `X-Forwarded-Host` line (frameworks differ on which they read:
+    /// Rails and Werkzeug the last, others the first); and from a trusted
+    /// proxy every `host=` of `Forwarded` (Spring reads it first).
+    fn client_facing_hosts<'h>(
+        &self,
+        headers: &'h http::HeaderMap,
+        host: Option<&'h HeaderValue>,
+        trusted: bool,
+    ) -> impl Iterator<Item = &'h [u8]> + 'h {
+        let forwarded = headers.get_all(&X_FORWARDED_HOST);
+        let by_proxy = trusted && forwarded.iter().next().is_some();
+        let entries = forwarded
+            .into_iter()
+            .filter(move |_| by_proxy)
+            .flat_map(|line| line.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii);
+        let own = host.filter(|_| !by_proxy).map(HeaderValue::as_bytes);
+        let params = forwarded_host_params(headers).filter(move |_| trusted);
+        own.into_iter().chain(entries).chain(params)
+    }
+
+    /// Whether the sign-in pages may answer this request: with
+    /// `authorization_server.dedicated_host`, only when every name it goes
+    /// by is the issuer's host.
+    fn pages_may_answer(&self, headers: &http::HeaderMap, host: Option<&HeaderValue>, peer: SocketAddr) -> bool {
+        let Some(dedicated) = &self.dedicated_host else { return true };
+        let trusted = crate::net::is_trusted(&self.trusted_proxies, peer.ip());
+        let mut names = self.client_facing_hosts(headers, host, trusted).peekable();
+        names.peek().is_some() && names.all(|name| dedicated.matches(name))
     }
 
     /// What a proxied request's headers must pass before anything else:
-    /// the host it names is one this gateway serves (upstreams build links
-    /// from it), and no header name has `_` when that is refused.
+    /// every host name it goes by is one this gateway serves (upstreams
+    /// build links from them), none is the sign-in pages' dedicated host,
+    /// and no header name has `_` when that is refused.
     fn check_headers(
         &self,
         headers: &http::HeaderMap,
         peer: SocketAddr,
         host: Option<&HeaderValue>,
     ) -> Result<(), Refusal> {
-        if self.on_dedicated_host(headers, host, peer) {
-            return Err(Refusal::MisdirectedRequest);
-        }
-        // The client-facing host: the `Host`, or behind a trusted proxy the
-        // one it forwards. Every entry of every `X-Forwarded-Host` line and
-        // every `host=` of `Forwarded` must be served: frameworks differ on
-        // which one they read (Rails and Werkzeug the last, others the
-        // first, Spring `Forwarded` before the rest).
-        let allowed = |host: &[u8]| self.allowed_hosts.iter().any(|p| p.matches(host));
         let trusted = crate::net::is_trusted(&self.trusted_proxies, peer.ip());
-        let forwarded_hosts = headers.get_all(&X_FORWARDED_HOST);
-        if trusted && forwarded_hosts.iter().next().is_some() {
-            let entries = forwarded_hosts.iter().flat_map(|line| line.as_bytes().split(|b| *b == b','));
-            if !entries.map(<[u8]>::trim_ascii).all(allowed) {
+        if let Some(dedicated) = &self.dedicated_host {
+            // The `Host` too, even where a proxy forwards another: no
+            // upstream's content is ever served under the pages' name.
+            let mut names = self.client_facing_hosts(headers, host, trusted).chain(host.map(HeaderValue::as_bytes));
+            if names.any(|name| dedicated.matches(name)) {
                 return Err(Refusal::MisdirectedRequest);
             }
-        } else if let Some(host) = host
-            && !allowed(host.as_bytes())
-        {
-            return Err(Refusal::MisdirectedRequest);
         }
-        if trusted && !forwarded_host_params(headers).all(allowed) {
+        let allowed = |name: &[u8]| self.allowed_hosts.iter().any(|p| p.matches(name));
+        if !self.client_facing_hosts(headers, host, trusted).all(allowed) {
             return Err(Refusal::MisdirectedRequest);
         }
         if self.underscores == UnderscoreHeaders::Refuse && headers.keys().any(|n| n.as_str().contains('_')) {

@@ -65,14 +65,17 @@ pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
 /// address no trusted proxy is; that is the one a trusted proxy saw, and
 /// everything left of it is the client's to make up. An entry that is not
 /// an address ends the walk at the proxy that passed it on.
-pub fn client_address<'a>(peer: IpAddr, chain: impl DoubleEndedIterator<Item = &'a str>, trusted: &[IpNet]) -> IpAddr {
+/// The lines are bytes: an entry that is not text (a client may write
+/// anything to the left of what its proxy appends) ends the walk where it
+/// stands, and spoils nothing to its right.
+pub fn client_address<'a>(peer: IpAddr, chain: impl DoubleEndedIterator<Item = &'a [u8]>, trusted: &[IpNet]) -> IpAddr {
     let peer = peer.to_canonical();
     if !is_trusted(trusted, peer) {
         return peer;
     }
     let mut client = peer;
-    for entry in chain.rev().flat_map(|line| line.rsplit(',')) {
-        let Some(ip) = parse_hop(entry.trim()) else { break };
+    for entry in chain.rev().flat_map(|line| line.rsplit(|b| *b == b',')) {
+        let Some(ip) = std::str::from_utf8(entry).ok().and_then(|e| parse_hop(e.trim())) else { break };
         client = ip.to_canonical();
         if !is_trusted(trusted, client) {
             break;
@@ -119,7 +122,8 @@ mod tests {
     fn the_client_is_the_first_untrusted_hop_from_the_right() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let client = |peer: &str, lines: &[&str]| client_address(ip(peer), lines.iter().copied(), &trusted);
+        let client =
+            |peer: &str, lines: &[&str]| client_address(ip(peer), lines.iter().map(|l| l.as_bytes()), &trusted);
         // An untrusted peer is the client, whatever it says.
         assert_eq!(client("6.6.6.6", &["1.1.1.1"]), ip("6.6.6.6"));
         // A trusted peer's chain is read from the right, past trusted hops.
@@ -132,5 +136,8 @@ mod tests {
         assert_eq!(client("10.0.0.1", &["10.0.0.2, 10.0.0.3"]), ip("10.0.0.2"));
         // Garbage stops the walk at the proxy that passed it on.
         assert_eq!(client("10.0.0.1", &["2.2.2.2, unknown, 10.0.0.3"]), ip("10.0.0.3"));
+        // Bytes that are not text, left of what a proxy appended, change nothing right of them.
+        let line: &[u8] = b"\xff\xfe, 203.0.113.7";
+        assert_eq!(client_address(ip("10.0.0.1"), std::iter::once(line), &trusted), ip("203.0.113.7"));
     }
 }

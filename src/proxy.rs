@@ -263,14 +263,14 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
     let peer_ip = ip_text(ctx.peer.ip().to_canonical());
     let chain = if kept { forwarded_for_chain(headers) } else { None };
     let client = match &chain {
-        Some(chain) => crate::net::client_address(ctx.peer.ip(), std::iter::once(chain.as_str()), ctx.trusted_proxies),
+        Some(chain) => crate::net::client_address(ctx.peer.ip(), std::iter::once(&chain[..]), ctx.trusted_proxies),
         None => ctx.peer.ip().to_canonical(),
     };
     let xff = match chain {
         Some(mut chain) => {
-            chain.push_str(", ");
-            chain.push_str(peer_ip.as_str());
-            HeaderValue::try_from(chain)
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(peer_ip.as_str().as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(chain))
         }
         None => HeaderValue::from_str(peer_ip.as_str()),
     };
@@ -307,19 +307,16 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
 /// as one list (RFC 9110 §5.3: several lines are one comma-separated
 /// value). A proxy that appends its own line instead of extending the
 /// client's leaves the true client last; keeping only the first line would
-/// drop it and keep what the client made up. A line that is not text
-/// spoils the whole chain, which then goes.
-fn forwarded_for_chain(headers: &mut HeaderMap) -> Option<String> {
-    let mut chain = String::new();
+/// drop it and keep what the client made up. Bytes, not text: what a
+/// client wrote to the left of what its proxy appended may be anything,
+/// and must not cost the entries the proxy vouches for.
+fn forwarded_for_chain(headers: &mut HeaderMap) -> Option<Vec<u8>> {
+    let mut chain = Vec::new();
     for line in headers.get_all(&X_FORWARDED_FOR) {
-        let Ok(line) = line.to_str() else {
-            chain.clear();
-            break;
-        };
         if !chain.is_empty() {
-            chain.push_str(", ");
+            chain.extend_from_slice(b", ");
         }
-        chain.push_str(line);
+        chain.extend_from_slice(line.as_bytes());
     }
     headers.remove(&X_FORWARDED_FOR);
     (!chain.is_empty()).then_some(chain)
@@ -732,12 +729,13 @@ mod tests {
         assert_eq!(fields(&added)[0], ("x-forwarded-for", "1.2.3.4, 203.0.113.7, 10.0.0.5"));
         assert!(h.is_empty(), "{h:?}");
 
-        // A line that is not text spoils the chain: only the peer is vouched for.
+        // Bytes that are not text stay as they came, and cost the entries
+        // right of them nothing: the client is the one the proxy vouches for.
         let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff, 203.0.113.7").unwrap());
         let added = upstream_headers(&mut h, ctx);
-        assert_eq!(fields(&added)[0], ("x-forwarded-for", "10.0.0.5"));
+        assert_eq!(added.fields[0].1.as_bytes(), b"\xff, 203.0.113.7, 10.0.0.5");
+        assert_eq!(added.fields[1], (&X_REAL_IP, HeaderValue::from_static("203.0.113.7")));
     }
 
     #[test]

@@ -208,6 +208,10 @@ pub struct TokenService {
     store: Arc<dyn Store>,
     active_kid: String,
     signing_key: EncodingKey,
+    /// A key for what the server signs besides tokens (the sign-in form's
+    /// CSRF token), derived from the active signing key: the same across
+    /// reloads and restarts, and on every replica that shares the keys.
+    form_key: [u8; 32],
     verifying_keys: HashMap<String, VerifyingKey>,
     validation: Validation,
     jwks: Bytes,
@@ -236,6 +240,16 @@ fn generate_ed25519() -> StoredKey {
     }
 }
 
+/// A key for one other use, from a signing key's private half (HMAC as a
+/// key-derivation function: nothing about the signing key can be learnt
+/// from it).
+fn form_key(private_der: &[u8]) -> [u8; 32] {
+    use hmac::Mac as _;
+    let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(private_der).expect("HMAC takes any key length");
+    mac.update(b"portcullis: sign-in form CSRF tokens");
+    mac.finalize().into_bytes().into()
+}
+
 /// RFC 7638 thumbprint of an Ed25519 public key: a stable `kid`.
 fn jwk_thumbprint(public: &[u8]) -> String {
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, B64.encode(public));
@@ -254,7 +268,7 @@ impl TokenService {
         }
         let mut verifying_keys = HashMap::new();
         let mut jwks = Vec::new();
-        let mut active: Option<(String, EncodingKey)> = None;
+        let mut active: Option<(String, EncodingKey, [u8; 32])> = None;
         for k in keys.iter().filter(|k| k.alg == ED25519_ALG) {
             let unusable = |reason: &str| KeyError::Unusable { kid: k.kid.clone(), reason: reason.into() };
             let x = B64.encode(&k.public_key);
@@ -270,10 +284,10 @@ impl TokenService {
                 "kty": "OKP", "crv": "Ed25519", "x": x, "kid": k.kid, "alg": ED25519_ALG, "use": "sig",
             }));
             if active.is_none() {
-                active = Some((k.kid.clone(), EncodingKey::from_ed_der(&k.private_der)));
+                active = Some((k.kid.clone(), EncodingKey::from_ed_der(&k.private_der), form_key(&k.private_der)));
             }
         }
-        let (active_kid, signing_key) =
+        let (active_kid, signing_key, form_key) =
             active.ok_or_else(|| KeyError::Unusable { kid: String::new(), reason: "no key".into() })?;
 
         let mut validation = Validation::new(Algorithm::EdDSA);
@@ -293,10 +307,16 @@ impl TokenService {
             store,
             active_kid,
             signing_key,
+            form_key,
             verifying_keys,
             validation,
             jwks: Bytes::from(serde_json::json!({ "keys": jwks }).to_string()),
         })
+    }
+
+    /// The key the sign-in form's CSRF tokens are signed with.
+    pub fn form_key(&self) -> &[u8; 32] {
+        &self.form_key
     }
 
     /// The JWKS document (RFC 7517) of the verifying keys.

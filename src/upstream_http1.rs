@@ -617,8 +617,12 @@ fn response_framing(
         // one anyway, later than the check before reuse can see: what it
         // sends would be read as the next exchange's answer, perhaps
         // another client's. Its connection carries nothing more.
-        let declares_body = matches!(status.as_u16(), 204 | 304)
-            && (headers.contains_key(header::CONTENT_LENGTH) || headers.contains_key(header::TRANSFER_ENCODING));
+        // (`Content-Length: 0` declares none, as Django sends with every
+        // 204; a HEAD's answer always says how long the GET's would be.)
+        let declares_body = *method != Method::HEAD
+            && matches!(status.as_u16(), 204 | 304)
+            && (headers.contains_key(header::TRANSFER_ENCODING)
+                || headers.get_all(header::CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0"));
         let _ = content_length(headers);
         return Ok((Framing::Empty, keep_alive && !declares_body));
     }
@@ -1092,12 +1096,15 @@ pub(crate) mod tests {
             let mut buf = BytesMut::from(head);
             parse_head(&mut buf, method).expect("parses").expect("whole").keep_alive
         };
-        for declared in ["Content-Length: 5\r\n", "Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n"] {
+        for declared in ["Content-Length: 5\r\n", "Content-Length: 0, 5\r\n", "Transfer-Encoding: chunked\r\n"] {
             for status in ["204 No Content", "304 Not Modified"] {
                 assert!(!keeps(&format!("HTTP/1.1 {status}\r\n{declared}\r\n"), &Method::GET), "{status} {declared}");
+                // A HEAD's answer says how long the GET's would be.
+                assert!(keeps(&format!("HTTP/1.1 {status}\r\n{declared}\r\n"), &Method::HEAD), "HEAD {status}");
             }
         }
         assert!(keeps("HTTP/1.1 204 No Content\r\n\r\n", &Method::GET));
+        assert!(keeps("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", &Method::GET));
         assert!(keeps("HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", &Method::GET));
         // A HEAD's answer says how long the GET's would be: nothing odd.
         assert!(keeps("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", &Method::HEAD));

@@ -1631,10 +1631,64 @@ async fn login_needs_the_csrf_token_the_server_bound_to_its_cookie() {
     let reply = browser.post("/oauth/login", &login(Some(&nonce))).await;
     assert_error_page(&reply, StatusCode::FORBIDDEN, refused);
 
-    // Allowed: the pair the server made.
+    // SECURITY.md 47: a page of another origin of the same site (another
+    // port, a subdomain) posting a sign-in is refused whatever it carries;
+    // the browser says where the form came from.
+    let body = form(&login(Some(&csrf)).iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
+    let cookie = browser.cookie_header();
+    for headers in [
+        &[("origin", "http://127.0.0.1:3000")][..],
+        &[("origin", "https://web.example"), ("sec-fetch-site", "cross-site")],
+        &[("sec-fetch-site", "same-site")],
+        &[("origin", "null"), ("sec-fetch-site", "same-site")],
+    ] {
+        let mut all = vec![("content-type", FORM), ("cookie", cookie.as_str())];
+        all.extend_from_slice(headers);
+        let reply = send(Method::POST, &gw.url("/oauth/login"), &all, body.clone()).await;
+        assert_error_page(&reply, StatusCode::FORBIDDEN, "The form was not sent by this site.");
+    }
+    assert!(browser.cookie("portcullis_session").is_none());
+
+    // Allowed: the pair the server made, from a page of this origin (a
+    // `null` Origin is what the pages' no-referrer policy makes a browser
+    // send; Sec-Fetch-Site speaks then).
+    let here = format!("http://{}", gw.public);
+    for origin in [here.as_str(), "null"] {
+        let mut browser = Browser::new(&gw);
+        let page = browser.get(&url).await;
+        let csrf = field(&hidden_fields(&page.text()), "csrf").to_string();
+        let body = form(&login(Some(&csrf)).iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
+        let cookie = browser.cookie_header();
+        let headers =
+            [("content-type", FORM), ("cookie", &cookie), ("origin", origin), ("sec-fetch-site", "same-origin")];
+        let reply = send(Method::POST, &gw.url("/oauth/login"), &headers, body).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{origin}: {}", reply.text());
+    }
+    // And without the headers a browser would add (not a browser): the token decides.
     let reply = browser.post("/oauth/login", &login(Some(&csrf))).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
     assert!(browser.cookie("portcullis_session").is_some());
+    gw.stop().await;
+}
+
+/// A reload keeps the key the sign-in form's CSRF token is signed with (it
+/// comes from the store's signing key): a form already on someone's screen
+/// still signs them in.
+#[tokio::test]
+async fn a_sign_in_form_on_screen_survives_a_reload() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("portcullis.toml");
+    let file = toml(&upstream)
+        .replace("url = \"sqlite::memory:\"", &format!("url = \"sqlite://{}/p.db\"", dir.path().display()));
+    std::fs::write(&path, file).expect("write config");
+    let gw = Gateway::start_file(&path).await;
+    let mut alice = Browser::new(&gw);
+    let page = alice.get(&web_url(None, "r")).await;
+    let reloaded = send(Method::POST, &gw.admin_url("/reload"), &[], "").await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
+    let reply = alice.submit_login(&page, "alice", ALICE_PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
     gw.stop().await;
 }
 
@@ -1682,7 +1736,7 @@ async fn a_dedicated_host_keeps_the_pages_and_the_apis_apart() {
     let base = toml(&upstream);
     let hosts = base.lines().find(|l| l.starts_with("allowed_hosts")).expect("the fixture lists allowed_hosts");
     let dedicated = base
-        .replace(hosts, "allowed_hosts = [\"api.example\"]")
+        .replace(hosts, "allowed_hosts = [\"api.example\"]\ntrusted_proxies = [\"127.0.0.1\"]")
         .replace("issuer = \"http://127.0.0.1:8080\"", "issuer = \"http://127.0.0.1:8080\"\ndedicated_host = true");
     let gw = Gateway::start(&dedicated).await;
     let url = web_url(None, "d");
@@ -1701,18 +1755,30 @@ async fn a_dedicated_host_keeps_the_pages_and_the_apis_apart() {
     let reply = page("api.example").await;
     assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{}", reply.text());
     assert_eq!(reply.json(), misdirected);
-    // The APIs: never on the issuer's host.
-    let api = |host: &'static str| {
+    // The APIs: never on the issuer's host, by any name a proxy forwards.
+    let api = |headers: &'static [(&'static str, &'static str)]| {
         let target = gw.url("/public/x");
-        async move { get(&target, &[("host", host)]).await }
+        async move { get(&target, headers).await }
     };
-    let reply = api("api.example").await;
+    let reply = api(&[("host", "api.example")]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     upstream.next().await;
-    let reply = api("127.0.0.1:8080").await;
-    assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{}", reply.text());
-    assert_eq!(reply.json(), misdirected);
+    for headers in [
+        &[("host", "127.0.0.1:8080")][..],
+        &[("host", "127.0.0.1.")],
+        &[("host", "lb.internal"), ("x-forwarded-host", "api.example, 127.0.0.1")],
+        &[("host", "127.0.0.1"), ("x-forwarded-host", "api.example")],
+        &[("host", "api.example"), ("forwarded", "host=127.0.0.1")],
+    ] {
+        let reply = api(headers).await;
+        assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{headers:?}: {}", reply.text());
+        assert_eq!(reply.json(), misdirected);
+    }
     assert!(upstream.saw_nothing());
+    // Nor the pages on a name that is not the issuer's.
+    let target = gw.url(&url);
+    let reply = get(&target, &[("host", "127.0.0.1"), ("x-forwarded-host", "api.example, 127.0.0.1")]).await;
+    assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{}", reply.text());
     // The token endpoint takes no cookies and answers on any host.
     let reply = send(
         Method::POST,
@@ -1727,8 +1793,10 @@ async fn a_dedicated_host_keeps_the_pages_and_the_apis_apart() {
 
     // Without API hosts of its own, the file is refused.
     let err =
-        portcullis::config::Config::parse(&dedicated.replace("allowed_hosts = [\"api.example\"]", ""), "t", &|_| None)
-            .expect_err("refused");
+        portcullis::config::Config::parse(&dedicated.replace("allowed_hosts = [\"api.example\"]\n", ""), "t", &|_| {
+            None
+        })
+        .expect_err("refused");
     assert_eq!(err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["server.allowed_hosts"]);
 }
 

@@ -77,8 +77,11 @@ pub struct Web {
     /// The cookies' names (`__Host-` ones under https).
     session_cookie: &'static str,
     login_cookie: &'static str,
-    /// Signs the sign-in form's CSRF token (see `login_csrf`).
+    /// Signs the sign-in form's CSRF token (see `login_csrf`); the same
+    /// across reloads, so a reload voids no form on anyone's screen.
     csrf_key: [u8; 32],
+    /// `scheme://host[:port]` of the issuer, as browsers write `Origin`.
+    issuer_origin: String,
     session_ttl: Duration,
     form: FormReader,
     metrics: Arc<Metrics>,
@@ -136,17 +139,22 @@ fn csp_origin(uri: &str) -> String {
 /// A cookie's value from the `Cookie` headers, when it is there exactly
 /// once. Two of one name means someone set a second (a page on the same
 /// site can, for another path): neither is believed.
+///
+/// Bytes, not text: one cookie of another site's that is not ASCII (a
+/// sibling domain can set one) must not hide the gateway's in the same
+/// header. Ours are ASCII tokens; one that is not is not ours.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let mut found = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v);
+    let mut found =
+        headers.get_all(header::COOKIE).iter().flat_map(|v| v.as_bytes().split(|b| *b == b';')).filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        });
     let first = found.next()?;
-    found.next().is_none().then_some(first)
+    if found.next().is_some() {
+        return None;
+    }
+    std::str::from_utf8(first).ok()
 }
 
 fn ct_eq(a: &str, b: &str) -> bool {
@@ -157,23 +165,26 @@ impl Web {
     pub fn new(config: &Config, server: Arc<AuthorizationServer>, metrics: Arc<Metrics>) -> Web {
         let base = &config.authorization_server.issuer_path;
         let secure = config.authorization_server.secure_cookies;
+        let csrf_key = *server.tokens.form_key();
         Web {
             server,
             pages: Pages::new(),
             users: config.users.clone(),
             scope_descriptions: config.scope_descriptions.clone(),
             issuer: config.authorization_server.issuer.clone(),
+            issuer_origin: {
+                let issuer = &config.authorization_server.issuer;
+                let after_scheme = issuer.find("://").map_or(0, |i| i + 3);
+                let end = issuer[after_scheme..].find('/').map_or(issuer.len(), |i| after_scheme + i);
+                issuer[..end].to_string()
+            },
             authorize_path: format!("{base}/oauth/authorize"),
             login_path: format!("{base}/oauth/login"),
             cookie_path: if secure { "/".to_string() } else { format!("{base}/oauth") },
             secure_cookies: secure,
             session_cookie: if secure { HOST_SESSION_COOKIE } else { SESSION_COOKIE },
             login_cookie: if secure { HOST_LOGIN_COOKIE } else { LOGIN_COOKIE },
-            csrf_key: {
-                let mut key = [0u8; 32];
-                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-                key
-            },
+            csrf_key,
             session_ttl: config.authorization_server.session_ttl,
             form: FormReader::new(&config.server),
             metrics,
@@ -243,6 +254,42 @@ impl Web {
                 ),
             })
         })
+    }
+
+    /// Whether a form POST comes from a page of this site, as far as the
+    /// browser tells: `Sec-Fetch-Site`, where sent, says `same-origin`, and
+    /// `Origin`, unless `null`, is the issuer's or the host the request is
+    /// for. A page on another port or subdomain of
+    /// the same site could otherwise post a sign-in with its own
+    /// credentials (login CSRF), cookies and token included; a client that
+    /// sends neither header is no browser, and is left to the CSRF token.
+    fn sent_from_here<B>(&self, req: &Request<B>) -> bool {
+        let headers = req.headers();
+        if let Some(site) = headers.get("sec-fetch-site")
+            && !matches!(site.as_bytes(), b"same-origin" | b"none")
+        {
+            return false;
+        }
+        // `null`: the pages' `Referrer-Policy: no-referrer` makes browsers
+        // send that with their own forms' POSTs; `Sec-Fetch-Site` has
+        // spoken then, where the browser sends it.
+        let Some(origin) = headers.get(header::ORIGIN).map(HeaderValue::as_bytes).filter(|o| *o != b"null") else {
+            return true;
+        };
+        if origin.eq_ignore_ascii_case(self.issuer_origin.as_bytes()) {
+            return true;
+        }
+        let host = headers
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or(req.uri().authority().map(|a| a.as_str().as_bytes()));
+        let authority = origin.iter().position(|b| *b == b':').and_then(|colon| origin.get(colon + 3..));
+        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+    }
+
+    fn not_from_here(&self) -> Response<Body> {
+        tracing::warn!("a form posted from another site's page refused");
+        self.error_page(StatusCode::FORBIDDEN, "Request refused", "The form was not sent by this site.")
     }
 
     /// The sign-in form's CSRF token for the login cookie `nonce`: bound to
@@ -392,6 +439,9 @@ impl Web {
 
     /// The consent form's answer.
     async fn decide(&self, req: Request<Incoming>) -> Response<Body> {
+        if !self.sent_from_here(&req) {
+            return self.not_from_here();
+        }
         let (headers, form) = match self.read_form(req).await {
             Ok(f) => f,
             Err(res) => return *res,
@@ -469,6 +519,9 @@ impl Web {
             let mut res = self.error_page(StatusCode::METHOD_NOT_ALLOWED, "Not allowed", "Use POST.");
             res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
             return res;
+        }
+        if !self.sent_from_here(&req) {
+            return self.not_from_here();
         }
         let (headers, form) = match self.read_form(req).await {
             Ok(f) => f,
@@ -593,6 +646,10 @@ mod tests {
         h.insert(header::COOKIE, HeaderValue::from_static("a=1; portcullis_session_x=2; portcullis_session=3"));
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("3"));
         assert_eq!(cookie(&h, "b"), None);
+        // Beside another site's cookie that is not text: still found.
+        let mut other = HeaderMap::new();
+        other.insert(header::COOKIE, HeaderValue::from_bytes(b"x=\xc3\xa9; portcullis_session=5").unwrap());
+        assert_eq!(cookie(&other, SESSION_COOKIE), Some("5"));
         // Twice (one planted for a longer path): neither.
         h.append(header::COOKIE, HeaderValue::from_static("portcullis_session=4"));
         assert_eq!(cookie(&h, SESSION_COOKIE), None);

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 const NGINX: &str = "/usr/sbin/nginx";
 const PYTHON: &str = "python3";
 
-/// How long a server has to come up.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server has to come up (a JVM on two busy cores is slow).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `None` (with a note) when `what` is missing outside CI; a panic in CI.
 fn missing<T>(what: &str) -> Option<T> {
@@ -189,7 +189,7 @@ async fn announced_ports(child: &mut Child, count: usize, what: &str) -> Vec<(St
     });
     let lines = tokio::time::timeout(READY_TIMEOUT, lines)
         .await
-        .unwrap_or_else(|_| panic!("{what} came up in time"))
+        .unwrap_or_else(|_| panic!("{what} did not come up in {READY_TIMEOUT:?}"))
         .expect("reading its ports")
         .expect("its ports");
     let servers: Vec<(String, SocketAddr)> = lines
