@@ -136,7 +136,7 @@ fn normalize_segment(seg: &str, out: &mut String) -> Result<(), PathError> {
     // Servers decode a segment's escapes to bytes and then to text in ways
     // of their own (UTF-8 with or without replacement, Latin-1): only a
     // segment that is UTF-8 once decoded means one thing to all of them.
-    if high_escape && std::str::from_utf8(&decode_all(seg)).is_err() {
+    if high_escape && std::str::from_utf8(&decode_escapes(seg, |_| true)).is_err() {
         return Err(PathError::NotUtf8);
     }
     Ok(())
@@ -182,18 +182,19 @@ fn hex_pair_at(bytes: &[u8], i: usize) -> bool {
     bytes.get(i).copied().and_then(hex).is_some() && bytes.get(i + 1).copied().and_then(hex).is_some()
 }
 
-/// Every escape of `s` decoded, once.
-fn decode_all(s: &str) -> Vec<u8> {
+/// The escapes of `s` for bytes that `which` picks decoded, once; the
+/// rest of `s` as it is.
+fn decode_escapes(s: &str, which: impl Fn(u8) -> bool) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match escape_at(bytes, i) {
-            Some(b) => {
+            Some(b) if which(b) => {
                 out.push(b);
                 i += 3;
             }
-            None => {
+            _ => {
                 out.push(bytes[i]);
                 i += 1;
             }
@@ -354,21 +355,7 @@ fn cut_parameters(path: &str) -> String {
 /// and `ſ` read as the `I` and `S` that ASP.NET's ordinal comparison
 /// without regard to case takes them for. Other escapes stay as they are.
 pub fn case_folded(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match escape_at(bytes, i) {
-            Some(b) if b >= 0x80 => {
-                decoded.push(b);
-                i += 3;
-            }
-            _ => {
-                decoded.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
+    let decoded = decode_escapes(path, |b| b >= 0x80);
     String::from_utf8(decoded).map_or_else(|_| path.to_uppercase(), |text| text.to_uppercase())
 }
 

@@ -162,24 +162,19 @@ impl Refusal {
                 "gateway_timeout",
                 "The upstream service did not answer in time",
             ),
-            Refusal::Busy => {
-                let mut res = error_json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "The gateway has as many requests in progress to its upstreams as it allows; try again shortly",
-                );
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                res
-            }
+            Refusal::Busy => try_again_shortly(
+                "The gateway has as many requests in progress to its upstreams as it allows; try again shortly",
+            ),
             Refusal::Unavailable => {
-                let mut res = error_json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "The gateway cannot validate tokens right now; try again shortly",
-                );
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                res
+                try_again_shortly("The gateway cannot validate tokens right now; try again shortly")
             }
         }
     }
+}
+
+/// A `503` that tells the client to come back in a second.
+fn try_again_shortly(description: &str) -> Response<Body> {
+    let mut res = error_json(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description);
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    res
 }
