@@ -8,33 +8,16 @@
 
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod admin;
-pub mod affinity;
-pub mod audit;
-pub mod authz;
-pub mod bearer;
-pub mod cache;
+pub mod auth;
 pub mod config;
-pub mod form;
 pub mod gateway;
-pub mod h2_streams;
-pub mod logging;
-pub mod manage;
-pub mod metrics;
-pub mod net;
+pub mod http;
 pub mod oauth;
-pub mod path;
 pub mod proxy;
-pub mod respond;
 pub mod scope;
 pub mod server;
-pub mod stall;
 pub mod store;
-pub mod throttle;
+pub mod telemetry;
 pub mod tls;
-pub mod tokens;
-pub mod upstream_http1;
-pub mod upstream_pool;
-pub mod upstream_tls;
+pub mod upstream;
 pub mod web;

@@ -138,7 +138,7 @@ fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::Reload { config } => reload(&config),
         Command::Clients { config, action } => manage(&config, |cfg, store| async move {
-            use portcullis::manage::*;
+            use portcullis::oauth::manage::*;
             match action {
                 ClientsAction::Add { client_id, name, redirect_uris, scopes, grant_types, public, no_pkce } => {
                     let new = NewClient { client_id, name, redirect_uris, scopes, grant_types, public, no_pkce };
@@ -150,7 +150,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Consents { config, action } => manage(&config, |_cfg, store| async move {
-            use portcullis::manage::*;
+            use portcullis::oauth::manage::*;
             match action {
                 ConsentsAction::List { user } => list_consents(&*store, user.as_deref()).await,
                 ConsentsAction::Revoke { user, client } => revoke_consent(&*store, &user, &client).await,
@@ -203,7 +203,7 @@ fn reload(path: &std::path::Path) -> ExitCode {
 fn manage<F, Fut>(path: &std::path::Path, command: F) -> ExitCode
 where
     F: FnOnce(Config, std::sync::Arc<dyn portcullis::store::Store>) -> Fut,
-    Fut: std::future::Future<Output = Result<String, portcullis::manage::ManageError>>,
+    Fut: std::future::Future<Output = Result<String, portcullis::oauth::manage::ManageError>>,
 {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -212,7 +212,7 @@ where
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let _audit_writer = match portcullis::logging::init(&config.log, false) {
+    let _audit_writer = match portcullis::telemetry::logging::init(&config.log, false) {
         Ok(guards) => guards,
         Err(e) => {
             eprintln!("portcullis: {e}");
@@ -227,7 +227,7 @@ where
         }
     };
     let result = runtime.block_on(async {
-        let store = portcullis::manage::open_store(&config).await?;
+        let store = portcullis::oauth::manage::open_store(&config).await?;
         command(config, store).await
     });
     match result {
@@ -273,7 +273,7 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let _log_writer = match portcullis::logging::init(&config.log, true) {
+    let _log_writer = match portcullis::telemetry::logging::init(&config.log, true) {
         Ok(guards) => guards,
         Err(e) => {
             eprintln!("portcullis: {e}");

@@ -11,7 +11,7 @@
 //!   every file, and the ConfigMap's config parses with
 //!   [`portcullis::config::Config::parse`] using the Secret's variables;
 //! - every PromQL expression in the alerting rules and the Grafana dashboard
-//!   names only metrics that `src/metrics.rs` exports (histograms through
+//!   names only metrics that `src/telemetry/metrics/mod.rs` exports (histograms through
 //!   `_bucket`/`_sum`/`_count`), but for two alerts on metrics still to come;
 //! - the systemd unit carries its hardening, and the Dockerfile builds in one
 //!   stage and runs the binary unprivileged in another.
@@ -28,7 +28,7 @@ use std::time::Duration;
 use portcullis::config::Config;
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// Metrics the alerting rules may name before `src/metrics.rs` exports them:
+/// Metrics the alerting rules may name before `src/telemetry/metrics/mod.rs` exports them:
 /// they come with issue 4's TLS and live-reload work.
 const FUTURE_METRICS: [&str; 2] =
     ["portcullis_tls_certificate_expiry_timestamp_seconds", "portcullis_config_reload_total"];
@@ -69,7 +69,7 @@ impl Files {
                 }
             }
         }
-        for rel in ["Dockerfile", ".dockerignore", "src/metrics.rs"] {
+        for rel in ["Dockerfile", ".dockerignore", "src/telemetry/metrics/mod.rs"] {
             let content = std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
             text.insert(rel.to_string(), content);
         }
@@ -120,7 +120,7 @@ impl Problems {
 /// Every check, over all the files.
 fn problems(files: &Files) -> Vec<String> {
     let mut p = Problems::default();
-    let known = exported_series(files.get("src/metrics.rs").unwrap_or_default(), &mut p);
+    let known = exported_series(files.get("src/telemetry/metrics/mod.rs").unwrap_or_default(), &mut p);
     check_kubernetes(files, &mut p);
     check_prometheus(files, &known, &mut p);
     check_dashboard(files, &known, &mut p);
@@ -609,7 +609,7 @@ fn check_container_config(files: &Files, p: &mut Problems) {
 // ---------------------------------------------------------------------------
 // Metric names.
 
-/// The series `src/metrics.rs` exports: every `"portcullis_..."` name, a
+/// The series `src/telemetry/metrics/mod.rs` exports: every `"portcullis_..."` name, a
 /// histogram's as its `_bucket`, `_sum` and `_count` series.
 fn exported_series(metrics_rs: &str, p: &mut Problems) -> BTreeSet<String> {
     let literal_after = |text: &str| -> Option<String> {
@@ -628,7 +628,7 @@ fn exported_series(metrics_rs: &str, p: &mut Problems) -> BTreeSet<String> {
         .collect();
     p.check(names.len() >= 5 && !histograms.is_empty(), || {
         format!(
-            "src/metrics.rs: found only {names:?} (histograms {histograms:?}); has the way metrics are defined changed?"
+            "src/telemetry/metrics/mod.rs: found only {names:?} (histograms {histograms:?}); has the way metrics are defined changed?"
         )
     });
     let mut series = BTreeSet::new();
@@ -751,7 +751,9 @@ fn check_expr(w: &str, expr: &str, known: &BTreeSet<String>, allowed_future: &[&
     p.check(!names.is_empty(), || format!("{w}: {expr:?} selects no metric"));
     for n in names {
         p.check(known.contains(&n) || allowed_future.contains(&n.as_str()), || {
-            format!("{w}: {n:?} is not a metric src/metrics.rs exports (histograms: _bucket, _sum, _count)")
+            format!(
+                "{w}: {n:?} is not a metric src/telemetry/metrics/mod.rs exports (histograms: _bucket, _sum, _count)"
+            )
         });
     }
 }
@@ -1219,7 +1221,7 @@ fn promql_metric_names_are_extracted() {
 #[test]
 fn unknown_metrics_are_refused() {
     let mut p = Problems::default();
-    let known = exported_series(include_str!("../src/metrics.rs"), &mut p);
+    let known = exported_series(include_str!("../src/telemetry/metrics/mod.rs"), &mut p);
     assert!(p.0.is_empty(), "{:?}", p.0);
     assert!(known.contains("portcullis_requests_total"));
     assert!(known.contains("portcullis_request_duration_seconds_bucket"));
@@ -1311,7 +1313,12 @@ fn mutations_are_caught() {
         (dash, "\"schemaVersion\": 39", "\"schemaVersion\": 16", "schemaVersion"),
         (dash, "histogram_quantile(0.99,", "histogram_quantile(0.98,", "histogram_quantile(0.99,"),
         (dash, "\"panels\": [", "\"panels\": [}", "not JSON"),
-        ("src/metrics.rs", "\"portcullis_requests_in_flight\"", "\"portcullis_in_flight\"", "requests_in_flight"),
+        (
+            "src/telemetry/metrics/mod.rs",
+            "\"portcullis_requests_in_flight\"",
+            "\"portcullis_in_flight\"",
+            "requests_in_flight",
+        ),
         (unit, "ProtectSystem=strict", "ProtectSystem=full", "ProtectSystem=strict"),
         (unit, "DynamicUser=yes", "DynamicUser=no", "DynamicUser=yes"),
         (unit, "NoNewPrivileges=yes", "", "NoNewPrivileges=yes"),
@@ -1332,7 +1339,7 @@ fn mutations_are_caught() {
     ];
     let mut mutations = mutations.to_vec();
     let mut p = Problems::default();
-    let known = exported_series(files.get("src/metrics.rs").unwrap_or_default(), &mut p);
+    let known = exported_series(files.get("src/telemetry/metrics/mod.rs").unwrap_or_default(), &mut p);
     if FUTURE_METRICS.iter().any(|m| !known.iter().any(|k| k.starts_with(m))) {
         // The marker is required only while a metric is still to come.
         mutations.push((alerts, FUTURE_MARKER, "# later", "mark each"));

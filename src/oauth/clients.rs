@@ -19,9 +19,9 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
 use crate::config::{ClientConfig, ClientSecret, GrantType};
+use crate::oauth::throttle::Throttle;
 use crate::scope::ScopeSet;
 use crate::store::{Store, StoredClient};
-use crate::throttle::Throttle;
 
 type Digest = [u8; 32];
 
@@ -179,7 +179,7 @@ impl ClientRegistry {
             _ => {}
         }
         // One attempt at a time per client id and address
-        // (`crate::throttle`), so a burst of guesses gets no more tries than
+        // (`crate::oauth::throttle`), so a burst of guesses gets no more tries than
         // a sequence would.
         let attempt = self.failures.attempt((client_id.to_string(), from)).await;
         if self.failures.refuses(&attempt) {

@@ -1,9 +1,11 @@
 //! The authorization server's protocol logic, free of HTTP types: request
 //! parameters in, a token response or an RFC 6749 §5.2 error out. The HTTP
-//! adapter (`crate::authz`) only moves bytes in and out of this module.
+//! adapter (`crate::web::endpoints`) only moves bytes in and out of this module.
 
 pub mod authorize;
 pub mod clients;
+pub mod manage;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,12 +13,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::audit::{self, Event};
-use crate::cache::TokenValidator;
+use crate::auth::cache::TokenValidator;
+use crate::auth::tokens::{TokenService, now_unix, random_token, token_hash};
 use crate::config::{AuthorizationServerConfig, ClientConfig, GrantType};
 use crate::scope::ScopeSet;
 use crate::store::{CodeRecord, Consumed, GrantRecord, RefreshRecord, Store, StoreError};
-use crate::tokens::{TokenService, now_unix, random_token, token_hash};
+use crate::telemetry::audit::{self, Event};
 use authorize::AuthorizationRequest;
 use clients::{AuthFailure, ClientRegistry};
 

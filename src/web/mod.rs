@@ -15,6 +15,7 @@
 //! - Pages forbid framing, load nothing from elsewhere (a strict CSP whose
 //!   only style is hashed), and send no referrer.
 
+pub mod endpoints;
 mod pages;
 
 use std::net::IpAddr;
@@ -26,18 +27,18 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq as _;
 
-use crate::audit::{self, Event};
+use crate::auth::tokens::{now_unix, random_token, token_hash};
 use crate::config::{Config, UserConfig};
-use crate::form::{FormError, FormReader};
-use crate::metrics::Metrics;
+use crate::http::form::{FormError, FormReader};
+use crate::http::{Body, full};
 use crate::oauth::AuthorizationServer;
 use crate::oauth::authorize::{self, AuthorizationRequest, AuthorizeError, RawParams};
 use crate::oauth::clients::verify_hash;
-use crate::respond::{Body, full};
+use crate::oauth::throttle::Throttle;
 use crate::scope::ScopeSet;
 use crate::store::SessionRecord;
-use crate::throttle::Throttle;
-use crate::tokens::{now_unix, random_token, token_hash};
+use crate::telemetry::audit::{self, Event};
+use crate::telemetry::metrics::Metrics;
 pub use pages::Pages;
 
 /// The gateway's own cookies. Over plain HTTP (a loopback issuer) they are
@@ -110,7 +111,7 @@ fn page_response(status: StatusCode, html: String, form_action: &str, style_hash
 }
 
 fn see_other(location: &str) -> Response<Body> {
-    let mut res = Response::new(crate::respond::empty());
+    let mut res = Response::new(crate::http::empty());
     *res.status_mut() = StatusCode::SEE_OTHER;
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -416,7 +417,7 @@ impl Web {
     }
 
     async fn read_form(&self, req: Request<Incoming>) -> Result<(HeaderMap, RawParams), Box<Response<Body>>> {
-        if !req.headers().get(header::CONTENT_TYPE).is_some_and(crate::bearer::is_form_urlencoded) {
+        if !req.headers().get(header::CONTENT_TYPE).is_some_and(crate::auth::bearer::is_form_urlencoded) {
             return Err(Box::new(self.error_page(
                 StatusCode::BAD_REQUEST,
                 "Bad request",
@@ -551,7 +552,7 @@ impl Web {
         let username = form.one("username").ok().flatten().unwrap_or("");
         let password = form.one("password").ok().flatten().unwrap_or("");
         // One attempt at a time per account and per address
-        // (`crate::throttle`): a burst of guesses gets no more tries than a
+        // (`crate::oauth::throttle`): a burst of guesses gets no more tries than a
         // sequence would. Always the account first, so two attempts never
         // wait on each other.
         let user_attempt = self.user_failures.attempt(username.to_string()).await;

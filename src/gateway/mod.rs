@@ -3,6 +3,10 @@
 //! endpoint or match a route, enforce its bearer rule (RFC 6750) and
 //! forward. Nothing here knows about sockets; `crate::server` feeds it.
 
+mod refusal;
+
+pub use refusal::Refusal;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,21 +17,22 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::access::AccessInfo;
-use crate::authz::{AuthzEndpoints, Endpoint};
-use crate::bearer::{self, BearerError, TokenSource};
-use crate::cache::{TokenValidator, Verdict, WorkerCache};
+use crate::auth::bearer::{self, BearerError, TokenSource};
+use crate::auth::cache::{TokenValidator, Verdict, WorkerCache};
 use crate::config::{HostPattern, RouteConfig, ScopeRule, UnderscoreHeaders};
-use crate::form::{FormError, FormReader};
-use crate::metrics::{Metrics, Outcome, RouteMetrics};
-use crate::net::IpNet;
-use crate::path::{Ambiguities, case_folded, normalize, other_readings, under_prefix};
+use crate::http::form::{FormError, FormReader};
+use crate::http::net::IpNet;
+use crate::http::path::{Ambiguities, case_folded, normalize, other_readings, under_prefix};
+use crate::http::{Body, full};
 use crate::proxy::{
     Destination, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_FOR, X_FORWARDED_HOST,
     upstream_headers,
 };
-use crate::respond::{Body, Refusal, full};
-use crate::upstream_http1::Added;
+use crate::telemetry::access::AccessInfo;
+use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
+use crate::web::endpoints::{AuthzEndpoints, Endpoint};
+
+use crate::upstream::http1::Added;
 
 /// A route with what it needs at request time, resolved once.
 pub struct Route {
@@ -212,7 +217,7 @@ struct Arrival {
 struct Sent {
     response: Response<Body>,
     upstream_time: std::time::Duration,
-    identity: Option<Arc<crate::tokens::Identity>>,
+    identity: Option<Arc<crate::auth::tokens::Identity>>,
 }
 
 /// Decrements the in-flight gauge however the request ends.
@@ -318,7 +323,7 @@ impl Gateway {
             // client address: behind trusted proxies, the one they vouch
             // for, or every user behind a proxy would share one count.
             let lines = req.headers().get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes);
-            let client = crate::net::client_address(peer.ip(), lines, &self.trusted_proxies);
+            let client = crate::http::net::client_address(peer.ip(), lines, &self.trusted_proxies);
             let res = Box::pin(self.authz.handle(endpoint, req, client)).await;
             let info = AccessInfo { route: Some("(authorization server)"), path: Some(path), ..AccessInfo::default() };
             return (res, info);
@@ -460,7 +465,7 @@ impl Gateway {
         cfg: &RouteConfig,
         peer: SocketAddr,
         host: Option<HeaderValue>,
-        identity: Option<&'a crate::tokens::Identity>,
+        identity: Option<&'a crate::auth::tokens::Identity>,
         keep_authorization: bool,
     ) -> ForwardContext<'a> {
         ForwardContext {
@@ -505,7 +510,7 @@ impl Gateway {
     /// by is the issuer's host.
     fn pages_may_answer(&self, headers: &http::HeaderMap, host: Option<&HeaderValue>, peer: SocketAddr) -> bool {
         let Some(dedicated) = &self.dedicated_host else { return true };
-        let trusted = crate::net::is_trusted(&self.trusted_proxies, peer.ip());
+        let trusted = crate::http::net::is_trusted(&self.trusted_proxies, peer.ip());
         let mut names = self.client_facing_hosts(headers, host, trusted).peekable();
         names.peek().is_some() && names.all(|name| dedicated.matches(name))
     }
@@ -520,7 +525,7 @@ impl Gateway {
         peer: SocketAddr,
         host: Option<&HeaderValue>,
     ) -> Result<(), Refusal> {
-        let trusted = crate::net::is_trusted(&self.trusted_proxies, peer.ip());
+        let trusted = crate::http::net::is_trusted(&self.trusted_proxies, peer.ip());
         if let Some(dedicated) = &self.dedicated_host {
             // The `Host` too, even where a proxy forwards another: no
             // upstream's content is ever served under the pages' name.
@@ -548,14 +553,14 @@ impl Gateway {
         req: Request<Body>,
         added: Added,
         path_and_query: String,
-        identity: Option<Arc<crate::tokens::Identity>>,
+        identity: Option<Arc<crate::auth::tokens::Identity>>,
     ) -> Result<Sent, Refusal> {
         let cfg = &route.config;
         // Most requests have no body: nothing to count, no layer to add.
         let req = if req.body().is_end_stream() {
             req
         } else {
-            req.map(|body| crate::metrics::counted(body, &route.metrics.request_bytes))
+            req.map(|body| crate::telemetry::metrics::counted(body, &route.metrics.request_bytes))
         };
         // The client connection's bound, which `server` gives HTTP/2 requests.
         let connection = req.extensions().get::<ExchangeLimit>().cloned();

@@ -1,6 +1,6 @@
 //! Forwarding: rewriting a request that was let through for its upstream,
 //! sending it on a pooled keep-alive connection (plain, or TLS as
-//! `crate::upstream_tls` says), and relaying the answer.
+//! `crate::tls::upstream` says), and relaying the answer.
 //!
 //! Bodies stream both ways untouched (except a form body whose token was
 //! taken out). Hop-by-hop headers, including any the `Connection` header
@@ -17,13 +17,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::tokens::Identity;
 use crate::config::Upstream;
-use crate::net::IpNet;
-use crate::respond::{Body, Refusal, full};
-use crate::tokens::Identity;
-use crate::upstream_http1::Added;
-use crate::upstream_pool::{Pool, ResponseBody, Target};
-use crate::upstream_tls::UpstreamTls;
+use crate::gateway::Refusal;
+use crate::http::net::IpNet;
+use crate::http::{Body, full};
+use crate::tls::upstream::UpstreamTls;
+use crate::upstream::http1::Added;
+use crate::upstream::pool::{Pool, ResponseBody, Target};
 use crate::web::GATEWAY_COOKIES;
 
 pub static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
@@ -223,7 +224,7 @@ fn owned_name(name: &str) -> Option<Owned> {
 /// encoder to write after them.
 pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Added {
     strip_hop_by_hop(headers);
-    let trusted = crate::net::is_trusted(ctx.trusted_proxies, ctx.peer.ip());
+    let trusted = crate::http::net::is_trusted(ctx.trusted_proxies, ctx.peer.ip());
     // One look at the names present: most requests carry none of the
     // headers below, and looking up or removing an absent name still
     // hashes it.
@@ -263,7 +264,9 @@ pub fn upstream_headers(headers: &mut HeaderMap, ctx: ForwardContext<'_>) -> Add
     let peer_ip = ip_text(ctx.peer.ip().to_canonical());
     let chain = if kept { forwarded_for_chain(headers) } else { None };
     let client = match &chain {
-        Some(chain) => crate::net::client_address(ctx.peer.ip(), std::iter::once(&chain[..]), ctx.trusted_proxies),
+        Some(chain) => {
+            crate::http::net::client_address(ctx.peer.ip(), std::iter::once(&chain[..]), ctx.trusted_proxies)
+        }
         None => ctx.peer.ip().to_canonical(),
     };
     let xff = match chain {
@@ -432,7 +435,7 @@ struct Permits {
     _shared: Option<OwnedSemaphorePermit>,
 }
 
-/// A worker's upstream connections (see `crate::upstream_pool`), and its
+/// A worker's upstream connections (see `crate::upstream::pool`), and its
 /// share of the process's shared upstream exchanges.
 pub struct Forwarder {
     pool: Pool,
@@ -456,23 +459,23 @@ pub enum Relayed {
 
 impl Relayed {
     /// The body to send, its bytes added to `counter` as they pass.
-    pub fn into_body(self, counter: &crate::metrics::Counter) -> Body {
+    pub fn into_body(self, counter: &crate::telemetry::metrics::Counter) -> Body {
         match self {
-            Relayed::Upstream(body) => crate::metrics::counted(body, counter),
-            Relayed::Demo(body) => crate::metrics::counted(body, counter),
+            Relayed::Upstream(body) => crate::telemetry::metrics::counted(body, counter),
+            Relayed::Demo(body) => crate::telemetry::metrics::counted(body, counter),
         }
     }
 }
 
 /// An upstream's response body, holding its exchange's permits until it is
 /// done with, and telling an HTTP/2 stream's watch when it waits on the
-/// upstream for more (`crate::h2_streams`): a stream whose client does not
+/// upstream for more (`crate::http::h2_streams`): a stream whose client does not
 /// read is the client's stall, one whose upstream does not send is the
 /// route timeout's.
 pub struct Held {
     body: ResponseBody,
     _permits: Permits,
-    waiting: Option<crate::h2_streams::UpstreamWait>,
+    waiting: Option<crate::http::h2_streams::UpstreamWait>,
 }
 
 impl http_body::Body for Held {
@@ -486,7 +489,7 @@ impl http_body::Body for Held {
         let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
         if polled.is_pending() {
             if self.waiting.is_none() {
-                self.waiting = crate::h2_streams::waiting_on_upstream();
+                self.waiting = crate::http::h2_streams::waiting_on_upstream();
             }
         } else {
             self.waiting = None;
@@ -562,7 +565,7 @@ impl Forwarder {
         }
         // From here until the response head, an HTTP/2 stream waits on
         // its upstream (or for a turn at one), which `timeout` bounds.
-        let waiting = crate::h2_streams::waiting_on_upstream();
+        let waiting = crate::http::h2_streams::waiting_on_upstream();
         let permits = async {
             let Some(limit) = connection else { return Some(Permits { _connection: None, _shared: None }) };
             let own = limit.acquire().await?;

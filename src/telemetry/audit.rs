@@ -3,7 +3,7 @@
 //! throttled sign-in, a consent given, denied or withdrawn, a client
 //! registered or changed), on the `audit` target.
 //!
-//! `crate::logging` sends that target to its own destination (`[log]
+//! `crate::telemetry::logging` sends that target to its own destination (`[log]
 //! audit`: stderr, a file, or off), always as JSON and whatever the log
 //! level, so a SIEM can take it as it is. Events carry who (client id,
 //! subject), what (grant type, scope, token type) and why (an RFC 6749

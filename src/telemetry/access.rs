@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore as _;
 
+use crate::auth::tokens::Identity;
 use crate::config::LogFormat;
-use crate::logging::LogWriter;
-use crate::tokens::Identity;
+use crate::telemetry::logging::LogWriter;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -67,7 +67,7 @@ pub fn enabled() -> bool {
 }
 
 /// Where access lines go when the gateway set up its own logging
-/// (`crate::logging::init`): the main log's writer, and its format.
+/// (`crate::telemetry::logging::init`): the main log's writer, and its format.
 static SINK: OnceLock<Sink> = OnceLock::new();
 
 struct Sink {

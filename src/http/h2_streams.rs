@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use crate::stall::Stall;
+use crate::http::stall::Stall;
 
 /// Spawns hyper's HTTP/2 stream tasks, each dropped once it has not moved
 /// for `window`.

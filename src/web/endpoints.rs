@@ -12,14 +12,14 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 
-use crate::bearer::is_form_urlencoded;
+use crate::auth::bearer::is_form_urlencoded;
 use std::net::IpAddr;
 
 use crate::config::Config;
-use crate::form::{FormError, FormReader};
-use crate::metrics::Metrics;
+use crate::http::form::{FormError, FormReader};
+use crate::http::{Body, error_json, json};
 use crate::oauth::{AuthorizationServer, BasicCredentials, ClientAuth, ErrorCode, OAuthError, Params};
-use crate::respond::{Body, error_json, json};
+use crate::telemetry::metrics::Metrics;
 use crate::web::Web;
 
 /// The endpoints this module serves, by path.
@@ -73,8 +73,8 @@ impl AuthzEndpoints {
     pub async fn handle(&self, endpoint: Endpoint, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         // Every audit event of the authorization server carries the peer and
         // the request id (the access log's, to join the two).
-        let request_id = req.headers().get(&crate::access::X_REQUEST_ID).and_then(|v| v.to_str().ok());
-        let span = tracing::info_span!(target: crate::audit::TARGET, "oauth", peer = %peer, request_id);
+        let request_id = req.headers().get(&crate::telemetry::access::X_REQUEST_ID).and_then(|v| v.to_str().ok());
+        let span = tracing::info_span!(target: crate::telemetry::audit::TARGET, "oauth", peer = %peer, request_id);
         self.serve(endpoint, req, peer).instrument(span).await
     }
 
@@ -136,7 +136,7 @@ impl AuthzEndpoints {
                 match result {
                     Ok(()) => {
                         // RFC 7009 §2.2: the body is ignored; send none.
-                        let mut res = Response::new(crate::respond::empty());
+                        let mut res = Response::new(crate::http::empty());
                         res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                         res
                     }
@@ -146,7 +146,7 @@ impl AuthzEndpoints {
         }
     }
 
-    /// Reads a POSTed form body, bounded in size and time (`crate::form`).
+    /// Reads a POSTed form body, bounded in size and time (`crate::http::form`).
     async fn read_form(&self, req: Request<Incoming>) -> Result<(HeaderMap, Params), OAuthError> {
         if req.method() != Method::POST {
             return Err(OAuthError::new(ErrorCode::InvalidRequest, "This endpoint accepts only POST"));

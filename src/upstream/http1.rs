@@ -1,6 +1,6 @@
 //! HTTP/1.1 to upstreams, spoken by the request's own task: the request
 //! is written and the response read by the future that handles the
-//! client's request, on a connection `crate::upstream_pool` lends it.
+//! client's request, on a connection `crate::upstream::pool` lends it.
 //!
 //! hyper's client runs every connection as a task of its own and passes
 //! requests, responses and body chunks to it over channels, so each
@@ -49,9 +49,9 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::respond::{Body, BoxError};
-use crate::stall::Stall;
-use crate::upstream_pool::Home;
+use crate::http::stall::Stall;
+use crate::http::{Body, BoxError};
+use crate::upstream::pool::Home;
 
 /// The most a response head (status line and header fields) may take.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -1279,16 +1279,16 @@ pub(crate) mod tests {
     fn the_gateway_alone_frames_what_it_sends() {
         let get = head_of(Method::GET, &[("host", "api"), ("x-a", "1"), ("x-a", "2")]);
         assert_eq!(
-            encoded(&get, &crate::respond::empty()),
+            encoded(&get, &crate::http::empty()),
             "GET /api/x?y=1 HTTP/1.1\r\nhost: api\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
         );
 
         let post = head_of(Method::POST, &[("host", "api")]);
-        assert!(encoded(&post, &crate::respond::empty()).ends_with("host: api\r\ncontent-length: 0\r\n\r\n"));
+        assert!(encoded(&post, &crate::http::empty()).ends_with("host: api\r\ncontent-length: 0\r\n\r\n"));
 
         // What the client said about framing is never copied.
         let lying = head_of(Method::PUT, &[("content-length", "999"), ("transfer-encoding", "chunked")]);
-        let text = encoded(&lying, &crate::respond::full("abc"));
+        let text = encoded(&lying, &crate::http::full("abc"));
         assert!(text.ends_with("HTTP/1.1\r\ncontent-length: 3\r\n\r\n"), "{text}");
 
         assert!(encoded(&post, &Frames::body(&["a"], None)).ends_with("transfer-encoding: chunked\r\n\r\n"));

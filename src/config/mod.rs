@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::net::IpNet;
+use crate::http::net::IpNet;
 use crate::scope::{ScopeSet, is_valid_scope_token};
-use crate::upstream_tls::{Trust, UpstreamTls};
+use crate::tls::upstream::{Trust, UpstreamTls};
 
 /// One problem in a configuration file: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,7 +256,7 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// An HTTP/2 stream that moves nothing for this long while not waiting
     /// on its upstream (its client holds the window at zero, or stopped
-    /// sending its body) is reset (`crate::h2_streams`).
+    /// sending its body) is reset (`crate::http::h2_streams`).
     pub stream_idle_timeout: Duration,
     /// Streams an HTTP/2 client may have open at once (nginx: 128).
     pub http2_max_concurrent_streams: u32,
@@ -578,7 +578,7 @@ pub struct RouteConfig {
     pub preserve_host: bool,
     /// Forward paths holding `%2F` (or `%25` escapes) untouched, as long as
     /// a server that decodes them still lands in this route; refused with
-    /// 400 otherwise (`crate::path`).
+    /// 400 otherwise (`crate::http::path`).
     pub allow_encoded_slashes: bool,
     /// Forward paths with `;` parameters in a segment, as long as a servlet
     /// container that cuts them off still lands in this route.
@@ -586,7 +586,7 @@ pub struct RouteConfig {
     /// How long the upstream has to start its response.
     pub timeout: Duration,
     /// How an `https://` upstream is verified; `None` for the others.
-    pub upstream_tls: Option<crate::upstream_tls::UpstreamTls>,
+    pub upstream_tls: Option<crate::tls::upstream::UpstreamTls>,
 }
 
 impl Config {
@@ -618,7 +618,7 @@ impl Config {
         for outer in &self.routes {
             for inner in &self.routes {
                 if inner.path_prefix != outer.path_prefix
-                    && crate::path::under_prefix(&inner.path_prefix, &outer.path_prefix)
+                    && crate::http::path::under_prefix(&inner.path_prefix, &outer.path_prefix)
                 {
                     notes.push(format!(
                         "route {:?} ({}) takes the paths under {} from route {:?} ({})",
@@ -633,7 +633,7 @@ impl Config {
             let base = &self.authorization_server.issuer_path;
             for endpoint in ["authorize", "login", "token", "revoke", "introspect", "jwks"] {
                 let path = format!("{base}/oauth/{endpoint}");
-                if crate::path::under_prefix(&path, &outer.path_prefix) {
+                if crate::http::path::under_prefix(&path, &outer.path_prefix) {
                     notes.push(format!(
                         "{path} is the authorization server's, served before route {:?} ({})",
                         outer.name,
@@ -905,7 +905,7 @@ impl Validator {
         let key = std::path::PathBuf::from(&raw.key);
         // Loaded now, so a missing, unreadable or mismatched pair is a
         // config error before anything binds.
-        if let Err((which, reason)) = crate::tls::load_certified_key(&cert, &key) {
+        if let Err((which, reason)) = crate::tls::listener::load_certified_key(&cert, &key) {
             self.err(format!("server.tls.{which}"), reason);
         }
         let hsts_max_age = match raw.hsts {
@@ -1176,7 +1176,7 @@ impl Validator {
         let mut clients: std::collections::HashMap<Trust, Arc<rustls::ClientConfig>> = Default::default();
         for (i, r) in raw.into_iter().enumerate() {
             let at = format!("routes[{i}]");
-            let path_prefix = match crate::path::normalize(&r.path_prefix) {
+            let path_prefix = match crate::http::path::normalize(&r.path_prefix) {
                 Ok(p) if r.path_prefix.starts_with('/') && !r.path_prefix.contains(['?', '#']) => {
                     if p.ambiguities.any() {
                         self.err(
@@ -1314,7 +1314,7 @@ impl Validator {
         };
         let client = match clients.get(&trust) {
             Some(c) => c.clone(),
-            None => match crate::upstream_tls::client_config(&trust) {
+            None => match crate::tls::upstream::client_config(&trust) {
                 Ok(c) => {
                     clients.insert(trust.clone(), c.clone());
                     c

@@ -8,7 +8,7 @@
 use http_body_util::BodyExt as _;
 use prometheus::{Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-use crate::respond::Body;
+use crate::http::Body;
 
 mod sharded;
 pub use sharded::{Counter, Family, Gauge, Histogram, use_shard};
@@ -78,7 +78,7 @@ pub struct RouteMetrics {
 pub fn counted<B>(body: B, counter: &Counter) -> Body
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
-    B::Error: Into<crate::respond::BoxError>,
+    B::Error: Into<crate::http::BoxError>,
 {
     Counted { inner: body, counter: counter.clone() }.boxed_unsync()
 }
@@ -91,10 +91,10 @@ struct Counted<B> {
 impl<B> http_body::Body for Counted<B>
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
-    B::Error: Into<crate::respond::BoxError>,
+    B::Error: Into<crate::http::BoxError>,
 {
     type Data = bytes::Bytes;
-    type Error = crate::respond::BoxError;
+    type Error = crate::http::BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,

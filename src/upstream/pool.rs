@@ -1,9 +1,9 @@
 //! Keep-alive connections to upstreams, pooled per worker: TCP, or TLS
-//! as `crate::upstream_tls` configures it, spoken to by
-//! `crate::upstream_http1` from the request's own task.
+//! as `crate::tls::upstream` configures it, spoken to by
+//! `crate::upstream::http1` from the request's own task.
 //!
 //! A connection is lent for one exchange and comes back when the exchange
-//! has ended cleanly (see `upstream_http1` for what that takes); one whose
+//! has ended cleanly (see `http1` for what that takes); one whose
 //! response was abandoned halfway (the client went away) is closed, since
 //! an HTTP/1.1 connection with half a response on it cannot carry another.
 //! Idle connections are reused newest first and dropped after
@@ -29,9 +29,9 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response};
 use tokio::net::TcpStream;
 
-use crate::respond::Body;
-pub use crate::upstream_http1::ResponseBody;
-use crate::upstream_http1::{self as http1, Connection, Io};
+use crate::http::Body;
+pub use crate::upstream::http1::ResponseBody;
+use crate::upstream::http1::{self as http1, Connection, Io};
 
 /// How long an idle connection is kept: under the usual upstream keep-alive
 /// timeouts is better (nginx's is 75 s), so the gateway closes first.
@@ -238,7 +238,7 @@ impl Pool {
                 // The body was empty, so an empty one is the same.
                 Err(failure) if reused && failure.may_retry => {
                     fresh_only |= failure.written;
-                    body = crate::respond::empty();
+                    body = crate::http::empty();
                 }
                 Err(failure) => return Err(failure.error.into()),
             }
@@ -394,9 +394,9 @@ mod tests {
 
     #[tokio::test]
     async fn connections_are_kept_apart_by_authority_and_tls_configuration() {
-        let config = |trust| crate::upstream_tls::client_config(&trust).expect("config");
-        let skip = config(crate::upstream_tls::Trust::SkipVerify);
-        let other = config(crate::upstream_tls::Trust::SkipVerify);
+        let config = |trust| crate::tls::upstream::client_config(&trust).expect("config");
+        let skip = config(crate::tls::upstream::Trust::SkipVerify);
+        let other = config(crate::tls::upstream::Trust::SkipVerify);
         let (conn, _far) = connection().await;
         let mut idles = Idles::default();
         idles.put(&target("api.internal:8443", Some(skip.clone())), conn, Instant::now());
@@ -448,7 +448,7 @@ mod tests {
     }
 
     fn get() -> Request<Body> {
-        let mut req = Request::new(crate::respond::empty());
+        let mut req = Request::new(crate::http::empty());
         *req.uri_mut() = http::Uri::from_static("/x");
         req
     }
@@ -612,7 +612,7 @@ mod tests {
     }
 
     fn frames(frames: &[&'static str], length: Option<u64>) -> Body {
-        crate::upstream_http1::tests::Frames::body(frames, length)
+        crate::upstream::http1::tests::Frames::body(frames, length)
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -673,7 +673,7 @@ mod tests {
 
     impl http_body::Body for EndlessBody {
         type Data = Bytes;
-        type Error = crate::respond::BoxError;
+        type Error = crate::http::BoxError;
 
         fn poll_frame(
             mut self: std::pin::Pin<&mut Self>,

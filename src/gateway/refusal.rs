@@ -1,46 +1,14 @@
-//! Every response the gateway makes up itself (as opposed to relaying the
-//! upstream's) is built here: one place turns a refusal into status,
-//! headers and a short JSON body, and no internal detail reaches a client.
+//! The one place a refusal of the public listener becomes a response:
+//! status, headers (the RFC 6750 challenge, `Allow`, `Retry-After`) and a
+//! short JSON body. No internal detail reaches a client.
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt as _, Full};
 
-use crate::bearer::{BearerError, ChallengeError, challenge};
-use crate::metrics::Outcome;
+use crate::auth::bearer::{BearerError, ChallengeError, challenge};
+use crate::auth::tokens::Rejection;
+use crate::http::{Body, error_json, json, try_again_shortly};
 use crate::scope::ScopeSet;
-use crate::tokens::Rejection;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body type of every response the public listener sends.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|e: Infallible| match e {}).boxed_unsync()
-}
-
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
-/// A JSON response with `Cache-Control: no-store`.
-pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut res = Response::new(full(body));
-    *res.status_mut() = status;
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
-
-/// `{"error": code, "error_description": description}`.
-pub fn error_json(status: StatusCode, code: &str, description: &str) -> Response<Body> {
-    json(status, serde_json::json!({ "error": code, "error_description": description }).to_string())
-}
+use crate::telemetry::metrics::Outcome;
 
 /// Why the gateway answers a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +21,7 @@ pub enum Refusal {
     /// (`server.allowed_hosts`).
     MisdirectedRequest,
     PayloadTooLarge,
-    /// A body the gateway reads itself did not come in time (`crate::form`).
+    /// A body the gateway reads itself did not come in time (`crate::http::form`).
     BodyTimeout,
     /// No bearer token at all (RFC 6750 §3.1: no error code).
     MissingToken,
@@ -170,11 +138,4 @@ impl Refusal {
             }
         }
     }
-}
-
-/// A `503` that tells the client to come back in a second.
-fn try_again_shortly(description: &str) -> Response<Body> {
-    let mut res = error_json(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description);
-    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    res
 }

@@ -11,10 +11,10 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use arc_swap::ArcSwap;
 
 use crate::gateway::Gateway;
-use crate::metrics::Metrics;
-use crate::respond::{Body, error_json, full};
+use crate::http::{Body, error_json, full};
 use crate::server::Reloader;
 use crate::store::Store;
+use crate::telemetry::metrics::Metrics;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,

@@ -34,10 +34,10 @@ use async_trait::async_trait;
 use moka::Expiry;
 use moka::future::Cache;
 
+use crate::auth::tokens::{Identity, Rejection, TokenService, token_hash};
 use crate::config::CacheConfig;
-use crate::metrics::Metrics;
 use crate::store::StoreError;
-use crate::tokens::{Identity, Rejection, TokenService, token_hash};
+use crate::telemetry::metrics::Metrics;
 
 /// What the cache asks about a token it has no answer for. The gateway's
 /// is the [`TokenService`] (signature or store, then the revocation list);

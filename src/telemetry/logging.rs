@@ -2,7 +2,7 @@
 //! JSON object per line with `[log] format = "json"`. `RUST_LOG` overrides
 //! the configured level. Tokens and secrets are never passed to a log call.
 //!
-//! The audit log (`crate::audit`) is a second layer with a destination of
+//! The audit log (`crate::telemetry::audit`) is a second layer with a destination of
 //! its own (`[log] audit`): always JSON, never filtered by the level, and
 //! kept out of the main log so each is read whole by whoever reads it.
 //!
@@ -20,8 +20,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-use crate::audit;
 use crate::config::{AuditSink, LogConfig, LogFormat};
+use crate::telemetry::audit;
 
 /// How much may wait for a log thread before writers wait for it
 /// (backpressure rather than lost lines).
@@ -186,9 +186,9 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
     };
     let main = main_log.then(|| main.with_filter(filter));
     if main_log {
-        // Access lines are written by `crate::access` itself, to the same
+        // Access lines are written by `crate::telemetry::access` itself, to the same
         // writer, after the same level check.
-        crate::access::set_sink(stderr.clone(), config.format);
+        crate::telemetry::access::set_sink(stderr.clone(), config.format);
     }
 
     let audit_writer = match &config.audit {

@@ -8,12 +8,12 @@
 
 use std::fmt::Write as _;
 
-use crate::audit::{self, Event};
+use crate::auth::tokens::{now_unix, random_token};
 use crate::config::{Config, GrantType, check_redirect_uri};
 use crate::oauth::clients::{hash_secret, stored_to_config};
 use crate::scope::is_valid_scope_token;
 use crate::store::{self, Store, StoredClient};
-use crate::tokens::{now_unix, random_token};
+use crate::telemetry::audit::{self, Event};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {

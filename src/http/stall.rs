@@ -1,5 +1,5 @@
 //! Ending what stops moving: an upstream body that neither reads nor
-//! writes (`upstream_http1`), an HTTP/2 stream never woken (`h2_streams`).
+//! writes (`upstream::http1`), an HTTP/2 stream never woken (`h2_streams`).
 //!
 //! Progress is only noted as it happens; the timer is looked at when it
 //! fires, and moved then, once per window rather than at every step. So a

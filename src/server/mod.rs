@@ -17,6 +17,9 @@
 //! State that must be shared (validation cache, store, keys, metrics) is
 //! behind `Arc`s and lock-free or sharded on the hot path.
 
+pub mod admin;
+pub mod affinity;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,28 +40,28 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio_rustls::TlsAcceptor;
 
-use crate::access;
-use crate::admin::Admin;
-use crate::affinity::Pinning;
-use crate::authz::AuthzEndpoints;
-use crate::cache::TokenValidator;
+use crate::auth::cache::TokenValidator;
+use crate::auth::tokens::{TokenService, now_unix};
 use crate::config::{Config, HostPattern, ServerConfig};
 use crate::gateway::{Gateway, Route, RouteTable, Worker};
-use crate::h2_streams::StreamExecutor;
-use crate::metrics::Metrics;
+use crate::http::h2_streams::StreamExecutor;
 use crate::oauth::AuthorizationServer;
 use crate::oauth::clients::ClientRegistry;
 use crate::proxy::ExchangeLimit;
+use crate::server::admin::Admin;
+use crate::server::affinity::Pinning;
 use crate::store::{self, Store};
-use crate::tls::CertStore;
-use crate::tokens::{TokenService, now_unix};
+use crate::telemetry::access;
+use crate::telemetry::metrics::Metrics;
+use crate::tls::listener::CertStore;
+use crate::web::endpoints::AuthzEndpoints;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
-    Keys(#[from] crate::tokens::KeyError),
+    Keys(#[from] crate::auth::tokens::KeyError),
     #[error("TLS: {0}")]
     Tls(String),
     /// The file is valid on its own, but not with what the store holds.
@@ -120,7 +123,8 @@ impl Server {
             None => None,
             Some(t) => {
                 let certs = Arc::new(CertStore::open(&t.cert, &t.key, metrics.clone()).map_err(StartError::Tls)?);
-                let acceptor = TlsAcceptor::from(crate::tls::server_config(certs.clone()).map_err(StartError::Tls)?);
+                let acceptor =
+                    TlsAcceptor::from(crate::tls::listener::server_config(certs.clone()).map_err(StartError::Tls)?);
                 let hsts = t.hsts_max_age.and_then(|age| {
                     HeaderValue::from_str(&format!("max-age={}; includeSubDomains", age.as_secs())).ok()
                 });
@@ -210,7 +214,7 @@ impl Server {
             let (limit, pinning) = (limit.clone(), pinning.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let spawned = std::thread::Builder::new().name(format!("portcullis-worker-{i}")).spawn(move || {
-                crate::metrics::use_shard(i);
+                crate::telemetry::metrics::use_shard(i);
                 let mut runtime = tokio::runtime::Builder::new_current_thread();
                 // Its threads for blocking work (password hashing, file reads).
                 runtime.enable_all().thread_name("portcullis-blocking");
@@ -553,7 +557,7 @@ async fn build_gateway(
         validator,
         metrics.clone(),
         config.server.trusted_proxies.clone(),
-        crate::form::FormReader::new(&config.server),
+        crate::http::form::FormReader::new(&config.server),
     );
     if listener_tls {
         gateway.forwarded_proto = "https";
@@ -627,7 +631,7 @@ async fn accept_loop<F, Fut>(
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
+    Fut: Future<Output = Result<http::Response<crate::http::Body>, Infallible>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(StreamExecutor::new(cfg.stream_idle_timeout));
     builder
@@ -790,7 +794,7 @@ fn serve_connection<F, Fut>(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
+    Fut: Future<Output = Result<http::Response<crate::http::Body>, Infallible>> + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
     let builder = builder.clone();
@@ -819,7 +823,7 @@ async fn serve_io<I, F, Fut>(io: I, conn: Conn, builder: &auto::Builder<StreamEx
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<crate::respond::Body>, Infallible>> + Send + 'static,
+    Fut: Future<Output = Result<http::Response<crate::http::Body>, Infallible>> + Send + 'static,
 {
     let Conn { peer, first_request_timeout, keep_alive_timeout, exchanges, mut stop, .. } = conn;
     // The first request's deadline (the TLS handshake's too, before this)
