@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use portcullis::config::Config;
 use portcullis::server::Server;
+use portcullis::telemetry::logging::LogGuards;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -198,6 +199,27 @@ fn reload(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// What `serve` and the store-changing commands start from: the validated
+/// config, the logs (the main log only for `serve`; the others keep their
+/// output to what they print, and audit what they change) and a
+/// current-thread runtime. A failure is printed here, and its exit code
+/// returned: 78 for a bad config, 1 otherwise.
+fn start(path: &std::path::Path, main_log: bool) -> Result<(Config, LogGuards, tokio::runtime::Runtime), ExitCode> {
+    let config = Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EX_CONFIG)
+    })?;
+    let guards = portcullis::telemetry::logging::init(&config.log, main_log).map_err(|e| {
+        eprintln!("portcullis: {e}");
+        ExitCode::FAILURE
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((config, guards, runtime))
+}
+
 /// Runs a store-changing command: load the config, open its store, print
 /// what the command says. Exit 78 for a bad config, 1 for a refused command.
 fn manage<F, Fut>(path: &std::path::Path, command: F) -> ExitCode
@@ -205,26 +227,9 @@ where
     F: FnOnce(Config, std::sync::Arc<dyn portcullis::store::Store>) -> Fut,
     Fut: std::future::Future<Output = Result<String, portcullis::oauth::manage::ManageError>>,
 {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    let _audit_writer = match portcullis::telemetry::logging::init(&config.log, false) {
-        Ok(guards) => guards,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (config, _audit_writer, runtime) = match start(path, false) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let store = portcullis::oauth::manage::open_store(&config).await?;
@@ -266,28 +271,11 @@ fn hash_password() -> ExitCode {
 }
 
 fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    let _log_writer = match portcullis::telemetry::logging::init(&config.log, true) {
-        Ok(guards) => guards,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     // The main thread runs the admin listener, reloads and housekeeping;
     // `Server::run` starts a thread per public worker.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (config, _log_writer, runtime) = match start(&path, true) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let server = match Server::start(config).await {

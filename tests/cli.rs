@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use http::{Method, StatusCode};
+use support::held::HeldUpstream;
 use support::{get, send};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 /// sysexits.h EX_CONFIG, what `check` and `serve` exit with on a bad file.
@@ -708,69 +708,6 @@ async fn the_readme_demo_config_serves_the_demo_api_and_stops_on_sigterm() {
     let log = gw.full_log().await;
     assert!(log.contains("shutting down"), "{log}");
     assert!(log.lines().any(|l| l.ends_with("shut down")), "{log}");
-}
-
-/// A one-request-at-a-time HTTP/1.1 upstream that holds every request until
-/// the test releases it, so a request can be caught in flight.
-struct HeldUpstream {
-    addr: SocketAddr,
-    heads: mpsc::UnboundedReceiver<String>,
-    release: Arc<Semaphore>,
-    task: JoinHandle<()>,
-}
-
-impl HeldUpstream {
-    async fn start() -> HeldUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, heads) = mpsc::unbounded_channel();
-        let release = Arc::new(Semaphore::new(0));
-        let task = tokio::spawn({
-            let release = release.clone();
-            async move {
-                while let Ok((mut stream, _)) = listener.accept().await {
-                    let (tx, release) = (tx.clone(), release.clone());
-                    tokio::spawn(async move {
-                        let mut head = Vec::new();
-                        let mut buf = [0u8; 1024];
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
-                        if let Ok(permit) = release.acquire().await {
-                            permit.forget();
-                        }
-                        let _ = stream
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                            .await;
-                        let _ = stream.shutdown().await;
-                    });
-                }
-            }
-        });
-        HeldUpstream { addr, heads, release, task }
-    }
-
-    /// The head of the next request that arrived (bounded wait).
-    async fn next_head(&mut self) -> String {
-        tokio::time::timeout(BOUND, self.heads.recv())
-            .await
-            .expect("the upstream received a request in time")
-            .expect("upstream running")
-    }
-
-    fn release_one(&self) {
-        self.release.add_permits(1);
-    }
-}
-
-impl Drop for HeldUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 #[tokio::test]

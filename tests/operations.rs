@@ -7,15 +7,13 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use support::held::HeldUpstream;
 use support::{Gateway, Upstream, config_toml, dead_addr, get, raw_status, send, with_server_line};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
 /// The longest any single awaited event may take before a test fails.
 const BOUND: Duration = Duration::from_secs(10);
@@ -160,69 +158,6 @@ async fn admin_endpoints_and_public_routes_never_share_a_listener() {
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.header("allow"), Some("GET, HEAD"));
     gw.stop().await;
-}
-
-/// An HTTP/1.1 upstream that holds every request until the test releases
-/// it, so a request can be caught in flight. It reports each request head
-/// as soon as it has read it.
-struct HeldUpstream {
-    addr: SocketAddr,
-    heads: mpsc::UnboundedReceiver<String>,
-    release: Arc<Semaphore>,
-    task: JoinHandle<()>,
-}
-
-impl HeldUpstream {
-    async fn start() -> HeldUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, heads) = mpsc::unbounded_channel();
-        let release = Arc::new(Semaphore::new(0));
-        let task = tokio::spawn({
-            let release = release.clone();
-            async move {
-                while let Ok((mut stream, _)) = listener.accept().await {
-                    let (tx, release) = (tx.clone(), release.clone());
-                    tokio::spawn(async move {
-                        let mut head = Vec::new();
-                        let mut buf = [0u8; 1024];
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
-                        if let Ok(permit) = release.acquire().await {
-                            permit.forget();
-                        }
-                        let _ = stream
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                            .await;
-                        let _ = stream.shutdown().await;
-                    });
-                }
-            }
-        });
-        HeldUpstream { addr, heads, release, task }
-    }
-
-    async fn next_head(&mut self) -> String {
-        tokio::time::timeout(BOUND, self.heads.recv())
-            .await
-            .expect("the upstream received a request in time")
-            .expect("upstream running")
-    }
-
-    fn release_one(&self) {
-        self.release.add_permits(1);
-    }
-}
-
-impl Drop for HeldUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Polls every 50 ms until a connect to `addr` is refused (bounded).

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
 
+use crate::http::form::is_form_urlencoded;
 use crate::scope::ScopeSet;
 
 /// Where a token was found.
@@ -151,13 +152,6 @@ pub fn body_may_carry_token(method: &Method, headers: &HeaderMap) -> bool {
         (Some(ct), None) => is_form_urlencoded(ct),
         _ => false,
     }
-}
-
-pub fn is_form_urlencoded(ct: &HeaderValue) -> bool {
-    ct.to_str()
-        .ok()
-        .and_then(|s| s.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
 }
 
 /// The error a challenge reports (RFC 6750 §3.1).

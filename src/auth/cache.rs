@@ -234,10 +234,9 @@ impl TokenValidator {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Forgets what is cached for `token`, so the next request re-validates
-    /// (after a revocation on this instance).
-    pub async fn forget(self: &Arc<Self>, token: &str) {
-        let key = token_hash(token);
+    /// Forgets what is cached for the token whose hash is `key`, so the
+    /// next request re-validates (after a revocation on this instance).
+    pub async fn forget(self: &Arc<Self>, key: [u8; 32]) {
         for validator in self.and_in_force() {
             validator.invalidated();
             validator.cache.invalidate(&key).await;
@@ -488,7 +487,7 @@ mod tests {
             if by_jti {
                 revoked_on.forget_jtis(vec!["jti-1".into()]).await;
             } else {
-                revoked_on.forget("token").await;
+                revoked_on.forget(token_hash("token")).await;
             }
             tx.send(()).expect("release");
             // The request that came before the revocation is asked again.

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{AuthorizationServerConfig, TokenFormat};
 use crate::scope::ScopeSet;
 use crate::store::{AccessTokenRecord, Store, StoreError, StoredKey};
+use crate::telemetry::access::Principal;
 
 /// Opaque access tokens start with this, so they are told from JWTs (and
 /// found by secret scanners) without a store lookup.
@@ -104,6 +105,16 @@ impl Identity {
             client_id_header: copy(&self.client_id_header),
             scope_header: copy(&self.scope_header),
         }
+    }
+}
+
+impl Principal for Identity {
+    fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    fn subject(&self) -> &str {
+        &self.subject
     }
 }
 

@@ -4,6 +4,8 @@
 //! bad file is reported as a list of `field: reason` lines, all at once, so
 //! an operator fixes everything in one pass.
 
+pub mod endpoints;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http::form::FormReader;
 use crate::http::net::IpNet;
 use crate::scope::{ScopeSet, is_valid_scope_token};
 use crate::tls::upstream::{Trust, UpstreamTls};
@@ -292,6 +295,14 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
 }
 
+impl ServerConfig {
+    /// How the gateway reads a form body: at most `max_form_body_bytes`,
+    /// within `header_read_timeout`.
+    pub fn form_reader(&self) -> FormReader {
+        FormReader::new(self.max_form_body_bytes, self.header_read_timeout)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     /// PEM certificate chain (leaf first) and PEM private key.
@@ -371,7 +382,7 @@ pub enum HostPattern {
 
 impl HostPattern {
     /// Parses an `allowed_hosts` entry.
-    pub fn parse(text: &str) -> Result<HostPattern, String> {
+    pub fn parse(text: &str) -> Result<HostPattern, HostPatternError> {
         let lower = text.to_ascii_lowercase();
         let name = lower.strip_prefix("*.").unwrap_or(&lower);
         let valid = |n: &str| {
@@ -381,9 +392,7 @@ impl HostPattern {
         };
         match lower.as_str() {
             "*" => Ok(HostPattern::Any),
-            _ if !valid(name) => Err(format!(
-                "{text:?} is not a host name like \"api.example.com\", \"*.example.com\" or \"*\" (no port or scheme)"
-            )),
+            _ if !valid(name) => Err(HostPatternError(text.to_string())),
             _ if lower.starts_with("*.") => Ok(HostPattern::Subdomains(lower[1..].to_string())),
             _ => Ok(HostPattern::Exact(lower)),
         }
@@ -631,8 +640,8 @@ impl Config {
                 }
             }
             let base = &self.authorization_server.issuer_path;
-            for endpoint in ["authorize", "login", "token", "revoke", "introspect", "jwks"] {
-                let path = format!("{base}/oauth/{endpoint}");
+            for endpoint in endpoints::Endpoint::ALL.into_iter().filter(|e| e.under_issuer()) {
+                let path = endpoint.path(base);
                 if crate::http::path::under_prefix(&path, &outer.path_prefix) {
                     notes.push(format!(
                         "{path} is the authorization server's, served before route {:?} ({})",
@@ -723,8 +732,8 @@ struct Validator {
 }
 
 impl Validator {
-    fn err(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.errors.push(FieldError { field: field.into(), reason: reason.into() });
+    fn err(&mut self, field: impl Into<String>, reason: impl fmt::Display) {
+        self.errors.push(FieldError { field: field.into(), reason: reason.to_string() });
     }
 
     fn duration(&mut self, field: &str, value: Option<&str>, default: &str) -> Duration {
@@ -905,8 +914,8 @@ impl Validator {
         let key = std::path::PathBuf::from(&raw.key);
         // Loaded now, so a missing, unreadable or mismatched pair is a
         // config error before anything binds.
-        if let Err((which, reason)) = crate::tls::listener::load_certified_key(&cert, &key) {
-            self.err(format!("server.tls.{which}"), reason);
+        if let Err(e) = crate::tls::listener::load_certified_key(&cert, &key) {
+            self.err(format!("server.tls.{}", e.file()), e.to_string());
         }
         let hsts_max_age = match raw.hsts {
             Some(false) => None,
@@ -1268,8 +1277,8 @@ impl Validator {
             if r.path_prefix.is_empty() && base.is_empty() {
                 continue; // a catch-all route; the endpoints below are matched first
             }
-            for endpoint in ["/oauth/token", "/oauth/revoke", "/oauth/jwks"] {
-                if format!("{base}{endpoint}") == r.path_prefix {
+            for endpoint in endpoints::Endpoint::ALL {
+                if endpoint.path(base) == r.path_prefix {
                     self.err(
                         format!("route {:?}", r.name),
                         format!("path_prefix {:?} is an authorization server endpoint", r.path_prefix),
@@ -1319,9 +1328,9 @@ impl Validator {
                     clients.insert(trust.clone(), c.clone());
                     c
                 }
-                Err(reason) => {
+                Err(e) => {
                     let field = if matches!(trust, Trust::Ca(_)) { "ca" } else { "upstream" };
-                    self.err(format!("{at}.{field}"), reason);
+                    self.err(format!("{at}.{field}"), e.to_string());
                     return None;
                 }
             },
@@ -1378,43 +1387,72 @@ fn is_loopback_host(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// An `allowed_hosts` entry that is not a host name or pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a host name like \"api.example.com\", \"*.example.com\" or \"*\" (no port or scheme)")]
+pub struct HostPatternError(pub String);
+
+/// Why a redirect URI cannot be registered; each names the URI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectUriError {
+    #[error("{0:?} is not an absolute URI")]
+    NotAbsolute(String),
+    #[error("{0:?} must not have a fragment (RFC 6749 §3.1.2)")]
+    Fragment(String),
+    #[error("{0:?}: plain http is allowed only for loopback hosts")]
+    PlainHttp(String),
+    #[error("{0:?} is not an absolute https URI")]
+    NotHttps(String),
+}
+
 /// A registered redirect URI: absolute, no fragment, and `https` unless it
 /// points at the loopback interface (RFC 9700 §2.1, RFC 8252 §7.3); a
 /// private-use scheme (`com.example.app:/cb`) is allowed for native apps.
-pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
-    let parsed: http::Uri = uri.parse().map_err(|_| format!("{uri:?} is not an absolute URI"))?;
+pub fn check_redirect_uri(uri: &str) -> Result<(), RedirectUriError> {
+    let parsed: http::Uri = uri.parse().map_err(|_| RedirectUriError::NotAbsolute(uri.to_string()))?;
     if uri.contains('#') {
-        return Err(format!("{uri:?} must not have a fragment (RFC 6749 §3.1.2)"));
+        return Err(RedirectUriError::Fragment(uri.to_string()));
     }
     match parsed.scheme_str() {
         Some("https") if parsed.host().is_some() => Ok(()),
         Some("http") if parsed.host().is_some_and(is_loopback_host) => Ok(()),
-        Some("http") => Err(format!("{uri:?}: plain http is allowed only for loopback hosts")),
+        Some("http") => Err(RedirectUriError::PlainHttp(uri.to_string())),
         Some(s) if s.contains('.') => Ok(()),
-        _ => Err(format!("{uri:?} is not an absolute https URI")),
+        _ => Err(RedirectUriError::NotHttps(uri.to_string())),
     }
 }
 
-fn parse_upstream(s: &str) -> Result<Upstream, String> {
+/// Why a route's `upstream` is not one; each names the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum UpstreamUrlError {
+    #[error("{0:?} is not a URL like \"http://127.0.0.1:9001\"")]
+    NotAUrl(String),
+    #[error("{0:?} must start with http:// or https:// (or be static:// for the built-in demo API)")]
+    Scheme(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{0:?} must not carry credentials")]
+    Credentials(String),
+    #[error("{0:?} must not have a query")]
+    Query(String),
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, UpstreamUrlError> {
     if s == "static://" || s == "static://demo" {
         return Ok(Upstream::Static);
     }
-    let uri: http::Uri = s.parse().map_err(|_| format!("{s:?} is not a URL like \"http://127.0.0.1:9001\""))?;
+    let uri: http::Uri = s.parse().map_err(|_| UpstreamUrlError::NotAUrl(s.to_string()))?;
     let scheme = match uri.scheme_str() {
         Some("http") => http::uri::Scheme::HTTP,
         Some("https") => http::uri::Scheme::HTTPS,
-        _ => {
-            return Err(format!(
-                "{s:?} must start with http:// or https:// (or be static:// for the built-in demo API)"
-            ));
-        }
+        _ => return Err(UpstreamUrlError::Scheme(s.to_string())),
     };
-    let authority = uri.authority().cloned().ok_or_else(|| format!("{s:?} has no host"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| UpstreamUrlError::NoHost(s.to_string()))?;
     if authority.as_str().contains('@') {
-        return Err(format!("{s:?} must not carry credentials"));
+        return Err(UpstreamUrlError::Credentials(s.to_string()));
     }
     if uri.query().is_some() {
-        return Err(format!("{s:?} must not have a query"));
+        return Err(UpstreamUrlError::Query(s.to_string()));
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     Ok(Upstream::Http { scheme, authority, base_path })

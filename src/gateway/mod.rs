@@ -25,14 +25,12 @@ use crate::http::net::IpNet;
 use crate::http::path::{Ambiguities, case_folded, normalize, other_readings, under_prefix};
 use crate::http::{Body, full};
 use crate::proxy::{
-    Destination, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_FOR, X_FORWARDED_HOST,
-    upstream_headers,
+    Added, Destination, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_FOR,
+    X_FORWARDED_HOST, upstream_headers,
 };
-use crate::telemetry::access::AccessInfo;
+use crate::telemetry::access::{AccessInfo, Principal};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::web::endpoints::{AuthzEndpoints, Endpoint};
-
-use crate::upstream::http1::Added;
 
 /// A route with what it needs at request time, resolved once.
 pub struct Route {
@@ -343,7 +341,7 @@ impl Gateway {
                 route.metrics.observe(Outcome::Allowed, elapsed);
                 route.metrics.overhead.observe(elapsed.saturating_sub(sent.upstream_time));
                 info.upstream_time = Some(sent.upstream_time);
-                info.identity = sent.identity;
+                info.identity = sent.identity.map(|i| i as Arc<dyn Principal>);
                 sent.response
             }
             Err(refusal) => {

@@ -7,6 +7,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::auth::bearer::{BearerError, ChallengeError, challenge};
 use crate::auth::tokens::Rejection;
 use crate::http::{Body, error_json, json, try_again_shortly};
+use crate::proxy::ForwardError;
 use crate::scope::ScopeSet;
 use crate::telemetry::metrics::Outcome;
 
@@ -136,6 +137,17 @@ impl Refusal {
             Refusal::Unavailable => {
                 try_again_shortly("The gateway cannot validate tokens right now; try again shortly")
             }
+        }
+    }
+}
+
+impl From<ForwardError> for Refusal {
+    fn from(e: ForwardError) -> Refusal {
+        match e {
+            ForwardError::BadTarget => Refusal::BadRequest("The request target cannot be forwarded"),
+            ForwardError::Busy => Refusal::Busy,
+            ForwardError::Timeout => Refusal::UpstreamTimeout,
+            ForwardError::Unreachable => Refusal::UpstreamUnreachable,
         }
     }
 }

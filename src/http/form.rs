@@ -12,7 +12,16 @@ use http_body::Body as _;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use crate::config::ServerConfig;
+use http::HeaderValue;
+
+/// Whether a `Content-Type` names a form (`application/x-www-form-urlencoded`,
+/// any case, parameters ignored).
+pub fn is_form_urlencoded(ct: &HeaderValue) -> bool {
+    ct.to_str()
+        .ok()
+        .and_then(|s| s.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
 
 /// How a form body is read.
 #[derive(Debug, Clone, Copy)]
@@ -34,8 +43,9 @@ pub enum FormError {
 }
 
 impl FormReader {
-    pub fn new(server: &ServerConfig) -> FormReader {
-        FormReader { max_bytes: server.max_form_body_bytes, timeout: server.header_read_timeout }
+    /// At most `max_bytes`, all of them within `timeout`.
+    pub fn new(max_bytes: usize, timeout: Duration) -> FormReader {
+        FormReader { max_bytes, timeout }
     }
 
     pub async fn read(&self, body: Incoming) -> Result<Bytes, FormError> {

@@ -56,7 +56,7 @@ pub async fn add_client(config: &Config, store: &dyn Store, new: NewClient) -> R
         return Err(invalid(format!("{id:?} is a username; a client may not share a user's subject")));
     }
     for uri in &new.redirect_uris {
-        check_redirect_uri(uri).map_err(invalid)?;
+        check_redirect_uri(uri).map_err(|e| invalid(e.to_string()))?;
     }
     if let Some(bad) = new.scopes.iter().find(|s| !is_valid_scope_token(s)) {
         return Err(invalid(format!("{bad:?} is not a valid scope")));

@@ -5,7 +5,13 @@
 pub mod authorize;
 pub mod clients;
 pub mod manage;
+mod revocation;
+mod sessions;
 pub mod throttle;
+
+/// What the pages see of the store: a session, and why it could not be read.
+pub use crate::store::{SessionRecord, StoreError};
+pub use revocation::{Heard, Revocation, RevocationSink};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,11 +19,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::auth::cache::TokenValidator;
 use crate::auth::tokens::{TokenService, now_unix, random_token, token_hash};
+use crate::config::endpoints::Endpoint;
 use crate::config::{AuthorizationServerConfig, ClientConfig, GrantType};
 use crate::scope::ScopeSet;
-use crate::store::{CodeRecord, Consumed, GrantRecord, RefreshRecord, Store, StoreError};
+use crate::store::{CodeRecord, Consumed, GrantRecord, RefreshRecord, Store};
 use crate::telemetry::audit::{self, Event};
 use authorize::AuthorizationRequest;
 use clients::{AuthFailure, ClientRegistry};
@@ -109,12 +115,20 @@ pub struct BasicCredentials {
     pub client_secret: String,
 }
 
+/// An `Authorization: Basic` header that cannot be read as client
+/// credentials: sent twice, not base64, not UTF-8, no `:`, a bad escape,
+/// or an empty client id. The client is told only that authentication
+/// failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed Basic credentials")]
+pub struct MalformedBasic;
+
 /// Who a request to a client-authenticated endpoint says it is, and where
 /// it came from.
 #[derive(Debug, Clone)]
 pub struct ClientAuth {
     /// The `Authorization: Basic` credentials, if any (`Err`: malformed).
-    pub basic: Option<Result<BasicCredentials, ()>>,
+    pub basic: Option<Result<BasicCredentials, MalformedBasic>>,
     /// The client's address (behind trusted proxies, the one they vouch
     /// for): failed attempts are counted per client and address.
     pub from: IpAddr,
@@ -135,7 +149,7 @@ pub struct TokenResponse {
 }
 
 /// Refresh tokens start with this; they are never accepted as access
-/// tokens (the validator only knows `pca_` handles and JWTs).
+/// tokens (the gateway only accepts `pca_` handles and JWTs).
 const REFRESH_PREFIX: &str = "pcr_";
 
 /// The token, revocation and introspection endpoints, and the issuing side
@@ -143,7 +157,7 @@ const REFRESH_PREFIX: &str = "pcr_";
 pub struct AuthorizationServer {
     pub clients: Arc<ClientRegistry>,
     pub tokens: Arc<TokenService>,
-    validator: Arc<TokenValidator>,
+    revocations: Arc<dyn RevocationSink>,
     config: AuthorizationServerConfig,
 }
 
@@ -160,9 +174,9 @@ impl AuthorizationServer {
         config: AuthorizationServerConfig,
         clients: Arc<ClientRegistry>,
         tokens: Arc<TokenService>,
-        validator: Arc<TokenValidator>,
+        revocations: Arc<dyn RevocationSink>,
     ) -> Self {
-        AuthorizationServer { clients, tokens, validator, config }
+        AuthorizationServer { clients, tokens, revocations, config }
     }
 
     fn store(&self) -> &Arc<dyn Store> {
@@ -195,7 +209,7 @@ impl AuthorizationServer {
                 ));
             }
             Some(Ok(c)) => (c, true),
-            Some(Err(())) => return Err(invalid_client(true)),
+            Some(Err(MalformedBasic)) => return Err(invalid_client(true)),
             None => match (params.get("client_id"), params.get("client_secret")) {
                 (Some(id), Some(secret)) => {
                     (BasicCredentials { client_id: id.to_string(), client_secret: secret.to_string() }, false)
@@ -411,7 +425,7 @@ impl AuthorizationServer {
     /// instance's validation cache, so no later request sees them.
     async fn revoke_grant(&self, grant_id: &str) -> Result<(), StoreError> {
         let jtis = self.store().revoke_grant(grant_id, now_unix() as i64).await?;
-        self.validator.forget_jtis(jtis).await;
+        self.revocations.revoked(Revocation::Grant(jtis)).await;
         Ok(())
     }
 
@@ -523,7 +537,7 @@ impl AuthorizationServer {
             return Ok(());
         }
         self.store().revoke(&owner.jti, owner.expires_at as i64).await?;
-        self.validator.forget(token).await;
+        self.revocations.revoked(Revocation::Token(token_hash(token))).await;
         audit::record(
             Event::TokenRevoked,
             audit::Fields {
@@ -591,11 +605,11 @@ impl AuthorizationServer {
         let auth_methods = ["client_secret_basic", "client_secret_post"];
         serde_json::json!({
             "issuer": issuer,
-            "authorization_endpoint": format!("{issuer}/oauth/authorize"),
-            "token_endpoint": format!("{issuer}/oauth/token"),
-            "jwks_uri": format!("{issuer}/oauth/jwks"),
-            "revocation_endpoint": format!("{issuer}/oauth/revoke"),
-            "introspection_endpoint": format!("{issuer}/oauth/introspect"),
+            "authorization_endpoint": Endpoint::Authorize.url(issuer),
+            "token_endpoint": Endpoint::Token.url(issuer),
+            "jwks_uri": Endpoint::Jwks.url(issuer),
+            "revocation_endpoint": Endpoint::Revocation.url(issuer),
+            "introspection_endpoint": Endpoint::Introspection.url(issuer),
             "scopes_supported": scopes,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],

@@ -19,13 +19,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::tokens::Identity;
 use crate::config::Upstream;
-use crate::gateway::Refusal;
+use crate::config::endpoints::GATEWAY_COOKIES;
 use crate::http::net::IpNet;
 use crate::http::{Body, full};
 use crate::tls::upstream::UpstreamTls;
-use crate::upstream::http1::Added;
+pub use crate::upstream::http1::Added;
 use crate::upstream::pool::{Pool, ResponseBody, Target};
-use crate::web::GATEWAY_COOKIES;
 
 pub static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
@@ -81,7 +80,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Whether a `name=value` pair of a `Cookie` or `Set-Cookie` header is one
-/// of the gateway's own (`crate::web`): a login session is for the
+/// of the gateway's own (`config::endpoints`): a login session is for the
 /// authorization pages, never for an upstream. Bytes, not text: a cookie
 /// may hold any octet, and one the gateway cannot read is not its own.
 fn is_gateway_cookie(pair: &[u8]) -> bool {
@@ -435,6 +434,24 @@ struct Permits {
     _shared: Option<OwnedSemaphorePermit>,
 }
 
+/// Why a request was not relayed; `gateway::refusal` says what the client
+/// is told. Details (which upstream, which I/O error) go to the log here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The normalised path and query do not form a request target.
+    #[error("the request target cannot be forwarded")]
+    BadTarget,
+    /// No upstream exchange came free within the route's timeout.
+    #[error("no upstream exchange was free in time")]
+    Busy,
+    /// No response head within the route's timeout.
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    /// Connecting, sending or reading the head failed.
+    #[error("the upstream could not be reached")]
+    Unreachable,
+}
+
 /// A worker's upstream connections (see `crate::upstream::pool`), and its
 /// share of the process's shared upstream exchanges.
 pub struct Forwarder {
@@ -540,7 +557,7 @@ impl Forwarder {
         timeout: Duration,
         identity: Option<&Identity>,
         connection: Option<&ExchangeLimit>,
-    ) -> Result<Forwarded, Refusal> {
+    ) -> Result<Forwarded, ForwardError> {
         let (target, base_path) = match destination {
             Destination::Static => {
                 return Ok(Forwarded {
@@ -558,7 +575,7 @@ impl Forwarder {
         } else {
             format!("{base_path}{path_and_query}")
         }));
-        *req.uri_mut() = target_uri.map_err(|_| Refusal::BadRequest("The request target cannot be forwarded"))?;
+        *req.uri_mut() = target_uri.map_err(|_| ForwardError::BadTarget)?;
         *req.version_mut() = Version::HTTP_11;
         if added.host.is_none() && !req.headers().contains_key(header::HOST) {
             added.host = Some(target.host.clone());
@@ -574,14 +591,14 @@ impl Forwarder {
         };
         let Ok(Some(permits)) = tokio::time::timeout(timeout, permits).await else {
             tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "no upstream exchange was free in time");
-            return Err(Refusal::Busy);
+            return Err(ForwardError::Busy);
         };
         let started = Instant::now();
         let response = match tokio::time::timeout(timeout, self.pool.send(target, req, &added, started, timeout)).await
         {
             Err(_) => {
                 tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
-                return Err(Refusal::UpstreamTimeout);
+                return Err(ForwardError::Timeout);
             }
             Ok(Err(e)) => {
                 tracing::warn!(
@@ -590,7 +607,7 @@ impl Forwarder {
                     connect = e.is_connect(),
                     "upstream request failed"
                 );
-                return Err(Refusal::UpstreamUnreachable);
+                return Err(ForwardError::Unreachable);
             }
             Ok(Ok(res)) => res,
         };

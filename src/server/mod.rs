@@ -42,18 +42,18 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::cache::TokenValidator;
 use crate::auth::tokens::{TokenService, now_unix};
-use crate::config::{Config, HostPattern, ServerConfig};
+use crate::config::{Config, ConfigError, HostPattern, ServerConfig};
 use crate::gateway::{Gateway, Route, RouteTable, Worker};
 use crate::http::h2_streams::StreamExecutor;
-use crate::oauth::AuthorizationServer;
 use crate::oauth::clients::ClientRegistry;
+use crate::oauth::{AuthorizationServer, Heard, Revocation, RevocationSink};
 use crate::proxy::ExchangeLimit;
 use crate::server::admin::Admin;
 use crate::server::affinity::Pinning;
 use crate::store::{self, Store};
 use crate::telemetry::access;
 use crate::telemetry::metrics::Metrics;
-use crate::tls::listener::CertStore;
+use crate::tls::listener::{CertEvents, CertStore};
 use crate::web::endpoints::AuthzEndpoints;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub enum StartError {
     #[error(transparent)]
     Keys(#[from] crate::auth::tokens::KeyError),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
     /// The file is valid on its own, but not with what the store holds.
     #[error("{0}")]
     Conflict(String),
@@ -73,6 +73,18 @@ pub enum StartError {
         "cannot listen on {addr} ({what}): another process is listening there (another portcullis serve?), and the two would split its connections"
     )]
     Taken { what: &'static str, addr: SocketAddr },
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this gateway has no config file to reload")]
+    NoFile,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The file is valid, but the gateway it describes could not be built.
+    #[error(transparent)]
+    Build(#[from] StartError),
 }
 
 /// A gateway whose sockets are bound and whose state is loaded.
@@ -122,9 +134,8 @@ impl Server {
         let tls = match &config.server.tls {
             None => None,
             Some(t) => {
-                let certs = Arc::new(CertStore::open(&t.cert, &t.key, metrics.clone()).map_err(StartError::Tls)?);
-                let acceptor =
-                    TlsAcceptor::from(crate::tls::listener::server_config(certs.clone()).map_err(StartError::Tls)?);
+                let certs = Arc::new(CertStore::open(&t.cert, &t.key, metrics.clone())?);
+                let acceptor = TlsAcceptor::from(crate::tls::listener::server_config(certs.clone())?);
                 let hsts = t.hsts_max_age.and_then(|age| {
                     HeaderValue::from_str(&format!("max-age={}; includeSubDomains", age.as_secs())).ok()
                 });
@@ -446,7 +457,7 @@ impl Reloader {
     /// An invalid file changes nothing; the error lists why. The TLS
     /// certificate is re-read as well, whatever became of the file (its
     /// outcome is logged and counted on its own).
-    pub async fn reload(&self) -> Result<(), String> {
+    pub async fn reload(&self) -> Result<(), ReloadError> {
         let _one = self.busy.lock().await;
         let result = self.try_reload().await;
         let label = if result.is_ok() { "success" } else { "error" };
@@ -461,9 +472,9 @@ impl Reloader {
         result
     }
 
-    async fn try_reload(&self) -> Result<(), String> {
-        let path = self.path.lock().ok().and_then(|p| p.clone()).ok_or("this gateway has no config file to reload")?;
-        let config = Config::load(&path).map_err(|e| e.to_string())?;
+    async fn try_reload(&self) -> Result<(), ReloadError> {
+        let path = self.path.lock().ok().and_then(|p| p.clone()).ok_or(ReloadError::NoFile)?;
+        let config = Config::load(&path)?;
         let old = &self.started;
         for (what, changed) in [
             ("server.listen", config.server.listen != old.server.listen),
@@ -506,8 +517,7 @@ impl Reloader {
         }
         log_notes(&config);
         let listener_tls = self.started.server.tls.is_some();
-        let gateway =
-            build_gateway(&config, listener_tls, &self.store, &self.metrics).await.map_err(|e| e.to_string())?;
+        let gateway = build_gateway(&config, listener_tls, &self.store, &self.metrics).await?;
         self.current.load().validator.hand_over_to(&gateway.validator);
         self.current.store(Arc::new(gateway));
         Ok(())
@@ -522,6 +532,32 @@ fn log_notes(config: &Config) {
     }
     for warning in config.warnings() {
         tracing::warn!(%warning, "unsafe setting");
+    }
+}
+
+/// The certificate store's reloads and expiry, as metrics.
+impl CertEvents for Metrics {
+    fn reloaded(&self, ok: bool) {
+        self.tls_reloads.with_label_values(&[if ok { "success" } else { "error" }]).inc();
+    }
+
+    fn expires_at(&self, not_after: i64) {
+        self.tls_expiry.set(not_after);
+    }
+}
+
+/// The validation cache hears the authorization server's revocations, so a
+/// revoked token is refused by the next request on this instance.
+struct CacheEviction(Arc<TokenValidator>);
+
+impl RevocationSink for CacheEviction {
+    fn revoked(&self, what: Revocation) -> Heard<'_> {
+        Box::pin(async move {
+            match what {
+                Revocation::Token(hash) => self.0.forget(hash).await,
+                Revocation::Grant(jtis) => self.0.forget_jtis(jtis).await,
+            }
+        })
     }
 }
 
@@ -547,7 +583,8 @@ async fn build_gateway(
     let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
     let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
     let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));
-    let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, validator.clone());
+    let revocations = Arc::new(CacheEviction(validator.clone()));
+    let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, revocations);
     let authz = AuthzEndpoints::new(config, server, metrics.clone());
     let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), metrics)).collect());
     let mut gateway = Gateway::new(
@@ -557,7 +594,7 @@ async fn build_gateway(
         validator,
         metrics.clone(),
         config.server.trusted_proxies.clone(),
-        crate::http::form::FormReader::new(&config.server),
+        config.server.form_reader(),
     );
     if listener_tls {
         gateway.forwarded_proto = "https";

@@ -163,11 +163,18 @@ fn open_audit_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
+/// Why the logs could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot open the audit log {} (log.audit): {source}", path.display())]
+    AuditFile { path: std::path::PathBuf, source: std::io::Error },
+}
+
 /// Installs the global subscriber (a second call is a no-op). Fails only
 /// when the audit file cannot be opened. Without `main_log`, only the
 /// audit log is written: the store-changing commands use that, so what
 /// they change is audited while their output stays what they print.
-pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
+pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, LogError> {
     // The audit target is kept out of the main log by the level filter
     // itself, not by a filter closure beside it: a closure cannot say ahead
     // of time which call sites it refuses, so every `trace!` in every
@@ -195,8 +202,7 @@ pub fn init(config: &LogConfig, main_log: bool) -> Result<LogGuards, String> {
         AuditSink::Off => None,
         AuditSink::Stderr => Some(stderr),
         AuditSink::File(path) => {
-            let file = open_audit_file(path)
-                .map_err(|e| format!("cannot open the audit log {} (log.audit): {e}", path.display()))?;
+            let file = open_audit_file(path).map_err(|source| LogError::AuditFile { path: path.clone(), source })?;
             let (writer, guard) = LogWriter::start("portcullis-audit", file);
             guards.push(guard);
             Some(writer)

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use super::TlsError;
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
@@ -18,26 +19,36 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::telemetry::metrics::Metrics;
-
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Reads a PEM certificate chain and private key and checks that they
 /// belong together. The error names which file is wrong and why.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'static str, String)> {
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| ("cert", format!("cannot read {}: {e}", cert.display())))?
+        .map_err(|e| TlsError::Unreadable { path: cert.to_path_buf(), reason: e.to_string() })?
         .collect::<Result<_, _>>()
-        .map_err(|e| ("cert", format!("{} is not a PEM certificate chain: {e}", cert.display())))?;
+        .map_err(|e| TlsError::NotPem { path: cert.to_path_buf(), what: "certificate chain", reason: e.to_string() })?;
     if chain.is_empty() {
-        return Err(("cert", format!("{} holds no certificate", cert.display())));
+        return Err(TlsError::NoCertificate { path: cert.to_path_buf() });
     }
     let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ("key", format!("cannot read a PEM private key from {}: {e}", key.display())))?;
-    CertifiedKey::from_der(chain, private, &provider())
-        .map_err(|e| ("key", format!("{} does not fit the certificate in {}: {e}", key.display(), cert.display())))
+        .map_err(|e| TlsError::NoPrivateKey { path: key.to_path_buf(), reason: e.to_string() })?;
+    CertifiedKey::from_der(chain, private, &provider()).map_err(|e| TlsError::KeyMismatch {
+        key: key.to_path_buf(),
+        cert: cert.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Who hears what the certificate store does: the metrics, wired by
+/// `server` (this room writes to no metric itself).
+pub trait CertEvents: Send + Sync {
+    /// A reload was tried, and worked or not.
+    fn reloaded(&self, ok: bool);
+    /// The certificate now in use expires at `not_after` (Unix seconds).
+    fn expires_at(&self, not_after: i64);
 }
 
 /// The current certificate, swapped atomically on reload.
@@ -47,7 +58,7 @@ pub struct CertStore {
     key_path: PathBuf,
     /// Modification times and lengths of the files last loaded (or tried).
     loaded: Mutex<(Stamp, Stamp)>,
-    metrics: Arc<Metrics>,
+    events: Arc<dyn CertEvents>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -67,15 +78,15 @@ fn stamp(p: &Path) -> Stamp {
 }
 
 impl CertStore {
-    pub fn open(cert: &Path, key: &Path, metrics: Arc<Metrics>) -> Result<CertStore, String> {
+    pub fn open(cert: &Path, key: &Path, events: Arc<dyn CertEvents>) -> Result<CertStore, TlsError> {
         let loaded = (stamp(cert), stamp(key));
-        let certified = load_certified_key(cert, key).map_err(|(_, e)| e)?;
+        let certified = load_certified_key(cert, key)?;
         let store = CertStore {
             current: ArcSwap::from_pointee(certified),
             cert_path: cert.to_path_buf(),
             key_path: key.to_path_buf(),
             loaded: Mutex::new(loaded),
-            metrics,
+            events,
         };
         store.publish_expiry();
         Ok(store)
@@ -96,13 +107,13 @@ impl CertStore {
         match load_certified_key(&self.cert_path, &self.key_path) {
             Ok(certified) => {
                 self.current.store(Arc::new(certified));
-                self.metrics.tls_reloads.with_label_values(&["success"]).inc();
+                self.events.reloaded(true);
                 self.publish_expiry();
                 tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
                 true
             }
-            Err((_, reason)) => {
-                self.metrics.tls_reloads.with_label_values(&["error"]).inc();
+            Err(reason) => {
+                self.events.reloaded(false);
                 tracing::error!(%reason, "TLS certificate reload failed; keeping the current certificate");
                 false
             }
@@ -112,7 +123,7 @@ impl CertStore {
     fn publish_expiry(&self) {
         let current = self.current.load();
         if let Some(not_after) = current.cert.first().and_then(|c| not_after(c.as_ref())) {
-            self.metrics.tls_expiry.set(not_after);
+            self.events.expires_at(not_after);
         }
     }
 
@@ -129,10 +140,10 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// The rustls configuration of the public listener.
-pub fn server_config(certs: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(certs: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -224,6 +235,14 @@ mod tests {
         assert_eq!(not_after(b"garbage"), None);
     }
 
+    /// Nobody listening, as in a test of the store alone.
+    struct Unheard;
+
+    impl CertEvents for Unheard {
+        fn reloaded(&self, _: bool) {}
+        fn expires_at(&self, _: i64) {}
+    }
+
     /// `cat new.pem > cert.pem`, polled between the truncation and the
     /// write: the failed attempt is remembered, and the complete file,
     /// though its time is the same, is loaded at the next poll.
@@ -239,7 +258,7 @@ mod tests {
         let (first, first_key) = pair("first.example");
         std::fs::write(&cert, first.pem()).unwrap();
         std::fs::write(&key, first_key.serialize_pem()).unwrap();
-        let store = CertStore::open(&cert, &key, Arc::new(Metrics::new())).unwrap();
+        let store = CertStore::open(&cert, &key, Arc::new(Unheard)).unwrap();
         let when = std::fs::metadata(&cert).unwrap().modified().unwrap();
         let set_time =
             |path: &Path| std::fs::File::options().write(true).open(path).unwrap().set_modified(when).unwrap();

@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use super::TlsError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
@@ -49,8 +50,8 @@ fn provider() -> Arc<CryptoProvider> {
 /// The system's CA certificates, read once per process: the files do not
 /// change under a running gateway often enough to re-read them per reload,
 /// and reading them costs milliseconds.
-fn system_roots() -> Result<Arc<RootCertStore>, String> {
-    static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
+    static ROOTS: OnceLock<Result<Arc<RootCertStore>, TlsError>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {
             let found = rustls_native_certs::load_native_certs();
@@ -58,9 +59,7 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
                 let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
-                return Err(format!(
-                    "the system has no CA certificates to verify an https upstream with{why}; install them (Debian: ca-certificates) or set this route's ca"
-                ));
+                return Err(TlsError::NoSystemRoots { why });
             }
             Ok(Arc::new(roots))
         })
@@ -69,27 +68,27 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
 
 /// The CAs of a PEM file; an unreadable file or one without a usable CA
 /// certificate is an error naming the file.
-fn file_roots(path: &Path) -> Result<RootCertStore, String> {
+fn file_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .map_err(|e| TlsError::Unreadable { path: path.to_path_buf(), reason: e.to_string() })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| TlsError::NotPem { path: path.to_path_buf(), what: "certificate file", reason: e.to_string() })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
     }
     let mut roots = RootCertStore::empty();
     for cert in certs {
-        roots.add(cert).map_err(|e| format!("{} holds a certificate that cannot be a CA: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| TlsError::NotACa { path: path.to_path_buf(), reason: e.to_string() })?;
     }
     Ok(roots)
 }
 
 /// Builds the client configuration for `trust`: TLS 1.2 and 1.3, ring, and
 /// rustls's default in-memory session cache for resumption.
-pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let config = match trust {
         Trust::System => builder.with_root_certificates(system_roots()?).with_no_client_auth(),
         Trust::Ca(path) => builder.with_root_certificates(file_roots(path)?).with_no_client_auth(),
@@ -150,10 +149,10 @@ mod tests {
     fn a_ca_file_must_hold_a_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        assert!(client_config(&Trust::Ca(missing)).unwrap_err().contains("cannot read"));
+        assert!(client_config(&Trust::Ca(missing)).unwrap_err().to_string().contains("cannot read"));
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
-        assert!(client_config(&Trust::Ca(empty)).unwrap_err().contains("holds no certificate"));
+        assert!(client_config(&Trust::Ca(empty)).unwrap_err().to_string().contains("holds no certificate"));
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["ca.test".into()]).unwrap().self_signed(&key).unwrap();
         let good = dir.path().join("ca.pem");

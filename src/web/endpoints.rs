@@ -12,27 +12,16 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 
-use crate::auth::bearer::is_form_urlencoded;
 use std::net::IpAddr;
 
 use crate::config::Config;
-use crate::http::form::{FormError, FormReader};
+use crate::http::form::{FormError, FormReader, is_form_urlencoded};
 use crate::http::{Body, error_json, json};
-use crate::oauth::{AuthorizationServer, BasicCredentials, ClientAuth, ErrorCode, OAuthError, Params};
+use crate::oauth::{AuthorizationServer, BasicCredentials, ClientAuth, ErrorCode, MalformedBasic, OAuthError, Params};
 use crate::telemetry::metrics::Metrics;
 use crate::web::Web;
 
-/// The endpoints this module serves, by path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Authorize,
-    Login,
-    Token,
-    Revocation,
-    Introspection,
-    Jwks,
-    Metadata,
-}
+pub use crate::config::endpoints::Endpoint;
 
 pub struct AuthzEndpoints {
     server: Arc<AuthorizationServer>,
@@ -49,18 +38,9 @@ impl AuthzEndpoints {
         let base = &config.authorization_server.issuer_path;
         let server = Arc::new(server);
         let web = Web::new(config, server.clone(), metrics.clone());
-        let paths = [
-            (web.authorize_path().to_string(), Endpoint::Authorize),
-            (web.login_path().to_string(), Endpoint::Login),
-            (format!("{base}/oauth/token"), Endpoint::Token),
-            (format!("{base}/oauth/revoke"), Endpoint::Revocation),
-            (format!("{base}/oauth/introspect"), Endpoint::Introspection),
-            (format!("{base}/oauth/jwks"), Endpoint::Jwks),
-            // RFC 8414 §3: the well-known segment goes before the issuer's path.
-            (format!("/.well-known/oauth-authorization-server{base}"), Endpoint::Metadata),
-        ];
+        let paths = Endpoint::ALL.map(|e| (e.path(base), e));
         let metadata = Bytes::from(server.metadata().to_string());
-        let form = FormReader::new(&config.server);
+        let form = config.server.form_reader();
         let realm = config.server.realm.clone();
         AuthzEndpoints { server, web, metrics, paths, metadata, form, realm }
     }
@@ -212,11 +192,11 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
 /// secret are form-urlencoded, then joined with `:` and base64-encoded).
 /// `None` when the header is absent or another scheme; `Some(Err)` when it
 /// is Basic but malformed.
-fn basic_credentials(headers: &HeaderMap) -> Option<Result<BasicCredentials, ()>> {
+fn basic_credentials(headers: &HeaderMap) -> Option<Result<BasicCredentials, MalformedBasic>> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next()?;
     if values.next().is_some() {
-        return Some(Err(()));
+        return Some(Err(MalformedBasic));
     }
     let value = value.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
@@ -226,16 +206,19 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<BasicCredentials, ()>
     Some(parse_basic(encoded.trim()))
 }
 
-fn parse_basic(encoded: &str) -> Result<BasicCredentials, ()> {
-    let decoded = B64.decode(encoded).map_err(|_| ())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| ())?;
-    let (id, secret) = decoded.split_once(':').ok_or(())?;
+fn parse_basic(encoded: &str) -> Result<BasicCredentials, MalformedBasic> {
+    let decoded = B64.decode(encoded).map_err(|_| MalformedBasic)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| MalformedBasic)?;
+    let (id, secret) = decoded.split_once(':').ok_or(MalformedBasic)?;
     let unescape = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().map(|c| c.into_owned()).map_err(|_| ())
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| MalformedBasic)
     };
     let (client_id, client_secret) = (unescape(id)?, unescape(secret)?);
     if client_id.is_empty() {
-        return Err(());
+        return Err(MalformedBasic);
     }
     Ok(BasicCredentials { client_id, client_secret })
 }

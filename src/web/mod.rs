@@ -27,34 +27,20 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq as _;
 
-use crate::auth::tokens::{now_unix, random_token, token_hash};
+use crate::auth::tokens::random_token;
+use crate::config::endpoints::{
+    Endpoint, HOST_LOGIN_COOKIE, HOST_SESSION_COOKIE, LOGIN_COOKIE, SESSION_COOKIE, cookie_path,
+};
 use crate::config::{Config, UserConfig};
 use crate::http::form::{FormError, FormReader};
 use crate::http::{Body, full};
-use crate::oauth::AuthorizationServer;
 use crate::oauth::authorize::{self, AuthorizationRequest, AuthorizeError, RawParams};
 use crate::oauth::clients::verify_hash;
 use crate::oauth::throttle::Throttle;
-use crate::scope::ScopeSet;
-use crate::store::SessionRecord;
+use crate::oauth::{AuthorizationServer, SessionRecord, StoreError};
 use crate::telemetry::audit::{self, Event};
 use crate::telemetry::metrics::Metrics;
 pub use pages::Pages;
-
-/// The gateway's own cookies. Over plain HTTP (a loopback issuer) they are
-/// scoped to `{issuer path}/oauth`; under https they carry the `__Host-`
-/// prefix, which a browser accepts only from the host itself, `Secure`,
-/// with `Path=/` and no `Domain`, so no sibling subdomain or plain-HTTP
-/// page can plant one. Either way `crate::proxy` takes them out of what
-/// goes to and comes from upstreams: proxied APIs may share the host, and
-/// must neither read a user's session nor plant one.
-pub const SESSION_COOKIE: &str = "portcullis_session";
-pub const LOGIN_COOKIE: &str = "portcullis_login";
-pub const HOST_SESSION_COOKIE: &str = "__Host-portcullis_session";
-pub const HOST_LOGIN_COOKIE: &str = "__Host-portcullis_login";
-
-/// Every name the gateway's cookies go by, for `crate::proxy`.
-pub const GATEWAY_COOKIES: [&str; 4] = [SESSION_COOKIE, LOGIN_COOKIE, HOST_SESSION_COOKIE, HOST_LOGIN_COOKIE];
 
 /// Failed logins per account, and per client address, within
 /// `LOGIN_WINDOW`, before further attempts are refused.
@@ -179,28 +165,20 @@ impl Web {
                 let end = issuer[after_scheme..].find('/').map_or(issuer.len(), |i| after_scheme + i);
                 issuer[..end].to_string()
             },
-            authorize_path: format!("{base}/oauth/authorize"),
-            login_path: format!("{base}/oauth/login"),
-            cookie_path: if secure { "/".to_string() } else { format!("{base}/oauth") },
+            authorize_path: Endpoint::Authorize.path(base),
+            login_path: Endpoint::Login.path(base),
+            cookie_path: if secure { "/".to_string() } else { cookie_path(base) },
             secure_cookies: secure,
             session_cookie: if secure { HOST_SESSION_COOKIE } else { SESSION_COOKIE },
             login_cookie: if secure { HOST_LOGIN_COOKIE } else { LOGIN_COOKIE },
             csrf_key,
             session_ttl: config.authorization_server.session_ttl,
-            form: FormReader::new(&config.server),
+            form: config.server.form_reader(),
             metrics,
             user_failures: Throttle::new(MAX_LOGIN_FAILURES_PER_USER, LOGIN_WINDOW, 100_000),
             address_failures: Throttle::new(MAX_LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW, 100_000),
             dummy_hash: crate::oauth::clients::hash_secret("portcullis-dummy-password").unwrap_or_default(),
         }
-    }
-
-    pub fn authorize_path(&self) -> &str {
-        &self.authorize_path
-    }
-
-    pub fn login_path(&self) -> &str {
-        &self.login_path
     }
 
     fn flow(&self, outcome: &str) {
@@ -308,7 +286,7 @@ impl Web {
 
     async fn session(&self, headers: &HeaderMap) -> Option<SessionRecord> {
         let value = cookie(headers, self.session_cookie)?;
-        match self.server.tokens.store().find_session(&token_hash(value), now_unix() as i64).await {
+        match self.server.session(value).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "session lookup failed");
@@ -327,9 +305,8 @@ impl Web {
         let Some(session) = self.session(headers).await else {
             return self.login_page(&request, &format!("{}?{query}", self.authorize_path), None, "", StatusCode::OK);
         };
-        let store = self.server.tokens.store();
-        let consented = match store.find_consent(&session.subject, &request.client.client_id).await {
-            Ok(c) => c.and_then(|s| ScopeSet::parse(&s)).is_some_and(|given| request.scopes.is_subset(&given)),
+        let consented = match self.server.consent(&session.subject, &request.client.client_id).await {
+            Ok(given) => given.is_some_and(|given| request.scopes.is_subset(&given)),
             Err(e) => return self.unavailable(e),
         };
         // A public client's identity cannot be assured (RFC 8252 §8.6,
@@ -411,13 +388,13 @@ impl Web {
         see_other(&authorize::redirect_with(redirect_uri, &p))
     }
 
-    fn unavailable(&self, e: crate::store::StoreError) -> Response<Body> {
+    fn unavailable(&self, e: StoreError) -> Response<Body> {
         tracing::error!(error = %e, "authorization endpoint could not reach the store");
         self.error_page(StatusCode::SERVICE_UNAVAILABLE, "Try again shortly", "The service is temporarily unavailable.")
     }
 
     async fn read_form(&self, req: Request<Incoming>) -> Result<(HeaderMap, RawParams), Box<Response<Body>>> {
-        if !req.headers().get(header::CONTENT_TYPE).is_some_and(crate::auth::bearer::is_form_urlencoded) {
+        if !req.headers().get(header::CONTENT_TYPE).is_some_and(crate::http::form::is_form_urlencoded) {
             return Err(Box::new(self.error_page(
                 StatusCode::BAD_REQUEST,
                 "Bad request",
@@ -469,15 +446,8 @@ impl Web {
         }
         match form.one("decision").ok().flatten() {
             Some("approve") => {
-                let store = self.server.tokens.store();
-                let previous = match store.find_consent(&session.subject, &request.client.client_id).await {
-                    Ok(p) => p.and_then(|s| ScopeSet::parse(&s)).unwrap_or_default(),
-                    Err(e) => return self.unavailable(e),
-                };
-                let all = ScopeSet::from_iter(previous.iter().chain(request.scopes.iter()));
-                let now = now_unix() as i64;
                 if let Err(e) =
-                    store.save_consent(&session.subject, &request.client.client_id, &all.to_string(), now).await
+                    self.server.add_consent(&session.subject, &request.client.client_id, &request.scopes).await
                 {
                     return self.unavailable(e);
                 }
@@ -593,25 +563,11 @@ impl Web {
             return self.login_page(&request, return_to, Some("Wrong username or password."), username, StatusCode::OK);
         }
         drop((user_attempt, address_attempt));
-        let value = random_token();
-        let now = now_unix() as i64;
-        let session = SessionRecord {
-            session_hash: token_hash(&value),
-            subject: username.to_string(),
-            csrf_token: random_token(),
-            created_at: now,
-            expires_at: now + self.session_ttl.as_secs() as i64,
+        let replaced = cookie(&headers, self.session_cookie);
+        let value = match self.server.sign_in(username, self.session_ttl, replaced).await {
+            Ok(value) => value,
+            Err(e) => return self.unavailable(e),
         };
-        // A new session id at every sign-in, and the one the browser came
-        // with (planted, perhaps, by a page on the same site) is ended.
-        if let Some(old) = cookie(&headers, self.session_cookie)
-            && let Err(e) = self.server.tokens.store().delete_session(&token_hash(old)).await
-        {
-            return self.unavailable(e);
-        }
-        if let Err(e) = self.server.tokens.store().create_session(&session).await {
-            return self.unavailable(e);
-        }
         self.flow("login_succeeded");
         audit::record(
             Event::LoginSucceeded,

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod held;
 pub mod upstreams;
 
 use std::convert::Infallible;

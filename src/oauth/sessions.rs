@@ -1,0 +1,51 @@
+//! Sign-in sessions and remembered consents: what the pages (`web`) keep
+//! about a person between requests, kept here so the pages hold no store
+//! of their own. A session is named in the store by its cookie's hash only.
+
+use std::time::Duration;
+
+use super::AuthorizationServer;
+use crate::auth::tokens::{now_unix, random_token, token_hash};
+use crate::scope::ScopeSet;
+use crate::store::{SessionRecord, StoreError};
+
+impl AuthorizationServer {
+    /// The live session whose cookie value is `cookie`, if any.
+    pub async fn session(&self, cookie: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.store().find_session(&token_hash(cookie), now_unix() as i64).await
+    }
+
+    /// Signs `subject` in for `ttl`, and returns the new session's cookie
+    /// value. The session the browser came with (`replaced`, planted
+    /// perhaps by a page on the same site) is ended first: a new session id
+    /// at every sign-in.
+    pub async fn sign_in(&self, subject: &str, ttl: Duration, replaced: Option<&str>) -> Result<String, StoreError> {
+        if let Some(old) = replaced {
+            self.store().delete_session(&token_hash(old)).await?;
+        }
+        let value = random_token();
+        let now = now_unix() as i64;
+        let session = SessionRecord {
+            session_hash: token_hash(&value),
+            subject: subject.to_string(),
+            csrf_token: random_token(),
+            created_at: now,
+            expires_at: now + ttl.as_secs() as i64,
+        };
+        self.store().create_session(&session).await?;
+        Ok(value)
+    }
+
+    /// The scopes `subject` has consented to for `client_id`; `None` when
+    /// they never consented.
+    pub async fn consent(&self, subject: &str, client_id: &str) -> Result<Option<ScopeSet>, StoreError> {
+        Ok(self.store().find_consent(subject, client_id).await?.and_then(|s| ScopeSet::parse(&s)))
+    }
+
+    /// Adds `scopes` to what `subject` has consented to for `client_id`.
+    pub async fn add_consent(&self, subject: &str, client_id: &str, scopes: &ScopeSet) -> Result<(), StoreError> {
+        let previous = self.consent(subject, client_id).await?.unwrap_or_default();
+        let all = ScopeSet::from_iter(previous.iter().chain(scopes.iter()));
+        self.store().save_consent(subject, client_id, &all.to_string(), now_unix() as i64).await
+    }
+}
