@@ -17,10 +17,12 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::{Method, StatusCode};
+use portcullis::auth::clock::ManualClock;
 use portcullis::config::Config;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -2156,20 +2158,18 @@ async fn refresh_token_is_refused_as_an_access_token() {
 async fn expired_code_is_refused() {
     let upstream = Upstream::start().await;
     let toml = toml(&upstream).replace(TTL_LINE, &format!("{TTL_LINE}\nauthorization_code_ttl = \"2s\""));
-    let gw = Gateway::start(&toml).await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let gw = Gateway::start_with_clock(&toml, clock.clone()).await;
     let mut alice = Browser::new(&gw);
     let url = web_url(None, "e");
     let code = alice.first_code(&url, "alice", ALICE_PASSWORD, WEB_CB, "e").await;
-    // Allowed: redeemed within the lifetime (it expires 2 whole seconds
-    // after the second it was issued in).
+    // Allowed: redeemed in the last second of its lifetime.
+    clock.advance(Duration::from_secs(1));
     issued(&redeem_web(&gw, &code).await, RW, true);
 
+    // Refused: redeemed when its lifetime is over, on the gateway's clock.
     let code = alice.code(&url, WEB_CB, "e").await;
-    // Expiry runs on the server's wall clock, which a test cannot advance;
-    // this is the one sleep in this file. 2.1 s is past the code's
-    // `expires_at` (issue second + 2) whatever the fraction of a second
-    // it was issued at.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_secs(2));
     assert_invalid_grant(&redeem_web(&gw, &code).await, "The authorization code expired");
 
     // The limit itself: at most 10 minutes (OAuth 2.1 §4.1.2).

@@ -45,12 +45,20 @@ use crate::telemetry::metrics::Metrics;
 #[async_trait]
 pub trait Verify: Send + Sync {
     async fn verify(&self, token: &str) -> Result<Result<Identity, Rejection>, StoreError>;
+
+    /// Now, on the clock tokens are checked by: no entry outlives its
+    /// token's `exp` by that clock.
+    fn now(&self) -> SystemTime;
 }
 
 #[async_trait]
 impl Verify for TokenService {
     async fn verify(&self, token: &str) -> Result<Result<Identity, Rejection>, StoreError> {
         TokenService::verify(self, token).await
+    }
+
+    fn now(&self) -> SystemTime {
+        self.clock().now()
     }
 }
 
@@ -216,7 +224,7 @@ impl TokenValidator {
                 // No arithmetic on a token's value may panic: an `exp` past
                 // what the clock can hold is simply later than `cache.ttl`.
                 match UNIX_EPOCH.checked_add(Duration::from_secs(id.expires_at)) {
-                    Some(expires) => expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).min(self.ttl),
+                    Some(expires) => expires.duration_since(self.tokens.now()).unwrap_or(Duration::ZERO).min(self.ttl),
                     None => self.ttl,
                 }
             }
@@ -439,6 +447,10 @@ mod tests {
             let hour = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() + 3600;
             Ok(Ok(Identity::new("alice".into(), "app".into(), ScopeSet::default(), hour, "jti-1".into())
                 .expect("identity")))
+        }
+
+        fn now(&self) -> SystemTime {
+            SystemTime::now()
         }
     }
 

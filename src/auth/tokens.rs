@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -22,6 +22,7 @@ use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::auth::clock::Clock;
 use crate::config::{AuthorizationServerConfig, TokenFormat};
 use crate::scope::ScopeSet;
 use crate::store::{AccessTokenRecord, Store, StoreError, StoredKey};
@@ -40,10 +41,6 @@ const ED25519_ALG: &str = "EdDSA";
 /// then the 32 bytes.
 const ED25519_PKCS8_PREFIX: [u8; 16] =
     [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
-
-pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
 
 /// 256 random bits, base64url: token values and identifiers (RFC 6749 §10.10
 /// asks for at least 128).
@@ -194,7 +191,27 @@ struct JwtClaimsIn {
     #[serde(default)]
     scope: String,
     exp: u64,
+    #[serde(default)]
+    nbf: Option<u64>,
+    aud: Audience,
     jti: String,
+}
+
+/// `aud`: one audience, or several (RFC 7519 §4.1.3).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn names(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(a) => a == audience,
+            Audience::Many(all) => all.iter().any(|a| a == audience),
+        }
+    }
 }
 
 /// A freshly minted access token.
@@ -224,7 +241,14 @@ pub struct TokenService {
     /// reloads and restarts, and on every replica that shares the keys.
     form_key: [u8; 32],
     verifying_keys: HashMap<String, VerifyingKey>,
+    /// Every claim checked by jsonwebtoken, on the system clock: for
+    /// `inspect`, which turns the time checks off.
     validation: Validation,
+    /// The signature and the presence of `exp`, `iss` and `aud` only: for
+    /// `verify_jwt`, which checks the rest against `clock`.
+    signature_only: Validation,
+    leeway: u64,
+    clock: Arc<dyn Clock>,
     jwks: Bytes,
 }
 
@@ -236,7 +260,7 @@ pub enum KeyError {
     Unusable { kid: String, reason: String },
 }
 
-fn generate_ed25519() -> StoredKey {
+fn generate_ed25519(now: u64) -> StoredKey {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
@@ -247,7 +271,7 @@ fn generate_ed25519() -> StoredKey {
         alg: ED25519_ALG.into(),
         private_der: der,
         public_key: public.to_vec(),
-        created_at: now_unix() as i64,
+        created_at: now as i64,
     }
 }
 
@@ -270,10 +294,14 @@ fn jwk_thumbprint(public: &[u8]) -> String {
 impl TokenService {
     /// Loads the signing keys from the store, generating and persisting the
     /// first one on first start.
-    pub async fn load(config: &AuthorizationServerConfig, store: Arc<dyn Store>) -> Result<TokenService, KeyError> {
+    pub async fn load(
+        config: &AuthorizationServerConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<TokenService, KeyError> {
         let mut keys = store.signing_keys().await?;
         if !keys.iter().any(|k| k.alg == ED25519_ALG) {
-            store.insert_signing_key_if_none(&generate_ed25519()).await?;
+            store.insert_signing_key_if_none(&generate_ed25519(clock.unix())).await?;
             keys = store.signing_keys().await?;
             tracing::info!(kid = %keys.first().map_or("", |k| k.kid.as_str()), "generated a new token-signing key");
         }
@@ -309,6 +337,15 @@ impl TokenService {
         validation.leeway = config.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
+        // What `verify_jwt` asks of the library: the signature and that
+        // the claims are there. The times are checked against `clock`,
+        // and so, to keep jsonwebtoken's order (times, then issuer, then
+        // audience), are the issuer and the audience.
+        let mut signature_only = validation.clone();
+        signature_only.validate_exp = false;
+        signature_only.validate_nbf = false;
+        signature_only.validate_aud = false;
+        signature_only.iss = None;
 
         Ok(TokenService {
             issuer: config.issuer.clone(),
@@ -321,6 +358,9 @@ impl TokenService {
             form_key,
             verifying_keys,
             validation,
+            signature_only,
+            leeway: config.leeway.as_secs(),
+            clock,
             jwks: Bytes::from(serde_json::json!({ "keys": jwks }).to_string()),
         })
     }
@@ -339,9 +379,14 @@ impl TokenService {
         &self.store
     }
 
+    /// The clock tokens are minted and checked by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Mints an access token for `subject` acting through `client_id`.
     pub async fn issue(&self, client_id: &str, subject: &str, scopes: ScopeSet) -> Result<IssuedToken, StoreError> {
-        let iat = now_unix();
+        let iat = self.clock.unix();
         let exp = iat.saturating_add(self.ttl.as_secs());
         let jti = random_token();
         let value = match self.format {
@@ -412,7 +457,7 @@ impl TokenService {
             return Ok(Err(Rejection::Unknown));
         };
         let exp = u64::try_from(record.expires_at).unwrap_or(0);
-        if exp <= now_unix() {
+        if exp <= self.clock.unix() {
             return Ok(Err(Rejection::Expired));
         }
         let scopes = ScopeSet::parse(&record.scope).unwrap_or_default();
@@ -438,20 +483,29 @@ impl TokenService {
         if header.alg != key.alg {
             return Err(Rejection::BadSignature);
         }
-        let data = jsonwebtoken::decode::<JwtClaimsIn>(token, &key.key, &self.validation).map_err(|e| {
+        let data = jsonwebtoken::decode::<JwtClaimsIn>(token, &key.key, &self.signature_only).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
-                K::ExpiredSignature => Rejection::Expired,
-                K::ImmatureSignature => Rejection::NotYetValid,
-                K::InvalidIssuer => Rejection::WrongIssuer,
-                K::InvalidAudience => Rejection::WrongAudience,
                 K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => Rejection::BadSignature,
                 _ => Rejection::Malformed,
             }
         })?;
         let c = data.claims;
+        // jsonwebtoken's rules, on this service's clock: expired when `exp`
+        // is more than the leeway behind now, not yet valid when `nbf` is
+        // more than the leeway ahead.
+        let now = self.clock.unix();
+        if c.exp < now.saturating_sub(self.leeway) {
+            return Err(Rejection::Expired);
+        }
+        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+            return Err(Rejection::NotYetValid);
+        }
         if c.iss != self.issuer {
             return Err(Rejection::WrongIssuer);
+        }
+        if !c.aud.names(&self.audience) {
+            return Err(Rejection::WrongAudience);
         }
         let scopes = ScopeSet::parse(&c.scope).ok_or(Rejection::Malformed)?;
         Identity::new(c.sub, c.client_id, scopes, c.exp, c.jti).ok_or(Rejection::Malformed)
@@ -494,6 +548,7 @@ pub struct TokenOwner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::clock::{ManualClock, SystemClock};
     use crate::store::SqliteStore;
 
     fn config(format: TokenFormat) -> AuthorizationServerConfig {
@@ -515,7 +570,7 @@ mod tests {
 
     async fn service(format: TokenFormat) -> TokenService {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
-        TokenService::load(&config(format), store).await.unwrap()
+        TokenService::load(&config(format), store, Arc::new(SystemClock)).await.unwrap()
     }
 
     fn scopes(s: &str) -> ScopeSet {
@@ -533,6 +588,27 @@ mod tests {
         assert_eq!(owner.client_id, "app");
         svc.store().revoke(&owner.jti, owner.expires_at as i64).await.unwrap();
         assert_eq!(svc.verify(&t.value).await.unwrap(), Err(Rejection::Revoked));
+    }
+
+    /// `exp` is checked on the service's clock, with the leeway (5 s here)
+    /// as jsonwebtoken counts it: a token is good while `exp` is no more
+    /// than the leeway behind now. Opaque tokens have no leeway.
+    #[tokio::test]
+    async fn expiry_is_read_on_the_injected_clock() {
+        for format in [TokenFormat::Jwt, TokenFormat::Opaque] {
+            let clock = Arc::new(ManualClock::starting_now());
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+            let svc = TokenService::load(&config(format), store, clock.clone()).await.unwrap();
+            let t = svc.issue("app", "app", scopes("a")).await.unwrap();
+            clock.advance(Duration::from_secs(59));
+            assert!(svc.verify(&t.value).await.unwrap().is_ok(), "{format:?}: a second before exp");
+            if format == TokenFormat::Jwt {
+                clock.advance(Duration::from_secs(6));
+                assert!(svc.verify(&t.value).await.unwrap().is_ok(), "exp is 5 s behind: within the leeway");
+            }
+            clock.advance(Duration::from_secs(1));
+            assert_eq!(svc.verify(&t.value).await.unwrap(), Err(Rejection::Expired), "{format:?}: past it");
+        }
     }
 
     #[tokio::test]
@@ -579,15 +655,15 @@ mod tests {
     #[tokio::test]
     async fn keys_survive_reload_and_other_issuers_are_refused() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
-        let a = TokenService::load(&config(TokenFormat::Jwt), store.clone()).await.unwrap();
-        let b = TokenService::load(&config(TokenFormat::Jwt), store.clone()).await.unwrap();
+        let a = TokenService::load(&config(TokenFormat::Jwt), store.clone(), Arc::new(SystemClock)).await.unwrap();
+        let b = TokenService::load(&config(TokenFormat::Jwt), store.clone(), Arc::new(SystemClock)).await.unwrap();
         assert_eq!(a.active_kid, b.active_kid);
         let t = a.issue("app", "app", scopes("a")).await.unwrap().value;
         assert!(b.verify(&t).await.unwrap().is_ok());
 
         let mut other = config(TokenFormat::Jwt);
         other.issuer = "https://elsewhere.example".into();
-        let c = TokenService::load(&other, store).await.unwrap();
+        let c = TokenService::load(&other, store, Arc::new(SystemClock)).await.unwrap();
         assert_eq!(c.verify(&t).await.unwrap(), Err(Rejection::WrongIssuer));
     }
 }

@@ -1695,6 +1695,21 @@ mod tests {
         assert!(c.route_notes().is_empty());
     }
 
+    /// No route may take the exact path of an endpoint of the authorization
+    /// server (`endpoints::Endpoint`, the one table); a path below one is a
+    /// route's to take.
+    #[test]
+    fn a_route_on_an_endpoint_path_is_refused() {
+        let route = |prefix: &str| {
+            format!("\n[[routes]]\nname = \"r\"\npath_prefix = \"{prefix}\"\nupstream = \"static://\"\npublic = true\n")
+        };
+        for endpoint in endpoints::Endpoint::ALL {
+            let path = endpoint.path("");
+            assert_eq!(fields(&format!("{MINIMAL}{}", route(&path))), ["route \"r\""], "{path}");
+            assert!(parse(&format!("{MINIMAL}{}", route(&format!("{path}/more")))).is_ok(), "{path}/more");
+        }
+    }
+
     #[test]
     fn a_route_scope_no_client_may_be_granted_is_warned_about() {
         let config = |route_scope: &str, described: bool| {

@@ -8,7 +8,8 @@
 
 use std::fmt::Write as _;
 
-use crate::auth::tokens::{now_unix, random_token};
+use crate::auth::clock::{Clock as _, SystemClock};
+use crate::auth::tokens::random_token;
 use crate::config::{Config, GrantType, check_redirect_uri};
 use crate::oauth::clients::{hash_secret, stored_to_config};
 use crate::scope::is_valid_scope_token;
@@ -92,7 +93,7 @@ pub async fn add_client(config: &Config, store: &dyn Store, new: NewClient) -> R
         redirect_uris: new.redirect_uris.clone(),
         scopes: new.scopes.clone(),
         grant_types,
-        created_at: now_unix() as i64,
+        created_at: SystemClock.unix() as i64,
     };
     if stored_to_config(&client).is_none() {
         return Err(invalid("the client does not validate"));
@@ -172,7 +173,7 @@ pub async fn list_consents(store: &dyn Store, user: Option<&str>) -> Result<Stri
 }
 
 pub async fn revoke_consent(store: &dyn Store, user: &str, client_id: &str) -> Result<String, ManageError> {
-    if store.delete_consent(user, client_id, now_unix() as i64).await? {
+    if store.delete_consent(user, client_id, SystemClock.unix() as i64).await? {
         audit::record(
             Event::ConsentWithdrawn,
             audit::Fields { client_id: Some(client_id), subject: Some(user), ..Default::default() },

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::auth::tokens::{TokenService, now_unix, random_token, token_hash};
+use crate::auth::tokens::{TokenService, random_token, token_hash};
 use crate::config::endpoints::Endpoint;
 use crate::config::{AuthorizationServerConfig, ClientConfig, GrantType};
 use crate::scope::ScopeSet;
@@ -183,6 +183,11 @@ impl AuthorizationServer {
         self.tokens.store()
     }
 
+    /// Now, in the store's terms (Unix seconds), on the tokens' clock.
+    fn now(&self) -> i64 {
+        self.tokens.clock().unix() as i64
+    }
+
     /// Authenticates the client of a token-endpoint style request (RFC 6749
     /// §2.3.1): exactly one method, and a secret that verifies. A public
     /// client identifies itself with `client_id` alone when
@@ -313,7 +318,7 @@ impl AuthorizationServer {
         if verifier.is_some_and(|v| !authorize::is_pkce_value(v)) {
             return Err(OAuthError::new(ErrorCode::InvalidRequest, "The code_verifier is malformed"));
         }
-        let now = now_unix() as i64;
+        let now = self.now();
         let hash = token_hash(code);
         // Check the request against the code before using it up: a request
         // that does not match changes nothing (it neither burns the code
@@ -377,7 +382,7 @@ impl AuthorizationServer {
         let token = params
             .get("refresh_token")
             .ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The refresh_token parameter is missing"))?;
-        let now = now_unix() as i64;
+        let now = self.now();
         let hash = token_hash(token);
         // Check ownership before consuming, so another client cannot burn
         // (and so revoke) a token it does not own.
@@ -424,7 +429,7 @@ impl AuthorizationServer {
     /// Revokes a grant in the store and drops its access tokens from this
     /// instance's validation cache, so no later request sees them.
     async fn revoke_grant(&self, grant_id: &str) -> Result<(), StoreError> {
-        let jtis = self.store().revoke_grant(grant_id, now_unix() as i64).await?;
+        let jtis = self.store().revoke_grant(grant_id, self.now()).await?;
         self.revocations.revoked(Revocation::Grant(jtis)).await;
         Ok(())
     }
@@ -440,11 +445,11 @@ impl AuthorizationServer {
         refresh_scope: &ScopeSet,
     ) -> Result<TokenResponse, OAuthError> {
         let issued = self.tokens.issue(&client.client_id, subject, scopes).await?;
-        let exp = now_unix() as i64 + issued.expires_in as i64;
+        let exp = self.now() + issued.expires_in as i64;
         self.store().record_grant_access_token(grant_id, &issued.jti, exp).await?;
         let refresh_token = if client.grant_types.contains(&GrantType::RefreshToken) {
             let value = format!("{REFRESH_PREFIX}{}", random_token());
-            let now = now_unix() as i64;
+            let now = self.now();
             self.store()
                 .save_refresh_token(&RefreshRecord {
                     token_hash: token_hash(&value),
@@ -473,7 +478,7 @@ impl AuthorizationServer {
 
     /// Records a user's approval and mints the one-time code for it.
     pub async fn issue_code(&self, request: &AuthorizationRequest, subject: &str) -> Result<String, StoreError> {
-        let now = now_unix() as i64;
+        let now = self.now();
         let grant_id = random_token();
         self.store()
             .create_grant(&GrantRecord {
@@ -557,7 +562,7 @@ impl AuthorizationServer {
         let token =
             params.get("token").ok_or(OAuthError::new(ErrorCode::InvalidRequest, "The token parameter is missing"))?;
         let inactive = serde_json::json!({ "active": false });
-        let now = now_unix() as i64;
+        let now = self.now();
         if token.starts_with(REFRESH_PREFIX) {
             let Some(r) = self.store().find_refresh_token(&token_hash(token)).await? else { return Ok(inactive) };
             if r.client_id != client.client_id

@@ -5,14 +5,14 @@
 use std::time::Duration;
 
 use super::AuthorizationServer;
-use crate::auth::tokens::{now_unix, random_token, token_hash};
+use crate::auth::tokens::{random_token, token_hash};
 use crate::scope::ScopeSet;
 use crate::store::{SessionRecord, StoreError};
 
 impl AuthorizationServer {
     /// The live session whose cookie value is `cookie`, if any.
     pub async fn session(&self, cookie: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.store().find_session(&token_hash(cookie), now_unix() as i64).await
+        self.store().find_session(&token_hash(cookie), self.now()).await
     }
 
     /// Signs `subject` in for `ttl`, and returns the new session's cookie
@@ -24,7 +24,7 @@ impl AuthorizationServer {
             self.store().delete_session(&token_hash(old)).await?;
         }
         let value = random_token();
-        let now = now_unix() as i64;
+        let now = self.now();
         let session = SessionRecord {
             session_hash: token_hash(&value),
             subject: subject.to_string(),
@@ -46,6 +46,6 @@ impl AuthorizationServer {
     pub async fn add_consent(&self, subject: &str, client_id: &str, scopes: &ScopeSet) -> Result<(), StoreError> {
         let previous = self.consent(subject, client_id).await?.unwrap_or_default();
         let all = ScopeSet::from_iter(previous.iter().chain(scopes.iter()));
-        self.store().save_consent(subject, client_id, &all.to_string(), now_unix() as i64).await
+        self.store().save_consent(subject, client_id, &all.to_string(), self.now()).await
     }
 }

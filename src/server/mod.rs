@@ -19,35 +19,37 @@
 
 pub mod admin;
 pub mod affinity;
+mod connection;
+mod reload;
+
+pub use reload::{ReloadError, Reloader};
+
+use connection::{ConnectionLimit, accept_loop};
+use reload::log_notes;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::cache::TokenValidator;
-use crate::auth::tokens::{TokenService, now_unix};
-use crate::config::{Config, ConfigError, HostPattern, ServerConfig};
+use crate::auth::clock::{Clock, SystemClock};
+use crate::auth::tokens::TokenService;
+use crate::config::{Config, HostPattern, ServerConfig};
 use crate::gateway::{Gateway, Route, RouteTable, Worker};
-use crate::http::h2_streams::StreamExecutor;
 use crate::oauth::clients::ClientRegistry;
 use crate::oauth::{AuthorizationServer, Heard, Revocation, RevocationSink};
-use crate::proxy::ExchangeLimit;
 use crate::server::admin::Admin;
 use crate::server::affinity::Pinning;
 use crate::store::{self, Store};
@@ -73,18 +75,6 @@ pub enum StartError {
         "cannot listen on {addr} ({what}): another process is listening there (another portcullis serve?), and the two would split its connections"
     )]
     Taken { what: &'static str, addr: SocketAddr },
-}
-
-/// Why a reload changed nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("this gateway has no config file to reload")]
-    NoFile,
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The file is valid, but the gateway it describes could not be built.
-    #[error(transparent)]
-    Build(#[from] StartError),
 }
 
 /// A gateway whose sockets are bound and whose state is loaded.
@@ -117,6 +107,12 @@ impl Server {
     /// Binds both listeners, opens the store, and loads (or creates) the
     /// signing key. Nothing is served until `run`.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        Server::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// `start`, with tokens, codes and sessions minted and checked on
+    /// `clock` (a test's `ManualClock`, to expire them without waiting).
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Server, StartError> {
         log_notes(&config);
         // The sockets first: a taken port touches no store.
         let workers = match config.server.workers {
@@ -129,7 +125,7 @@ impl Server {
         let store = store::open(&config.storage.url).await?;
         let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(ArcSwap::from_pointee(
-            build_gateway(&config, config.server.tls.is_some(), &store, &metrics).await?,
+            build_gateway(&config, config.server.tls.is_some(), &store, &metrics, &clock).await?,
         ));
         let tls = match &config.server.tls {
             None => None,
@@ -149,6 +145,7 @@ impl Server {
             store: store.clone(),
             metrics: metrics.clone(),
             started: config.clone(),
+            clock: clock.clone(),
             certs: tls.as_ref().map(|t| t.certs.clone()),
             busy: tokio::sync::Mutex::new(()),
         });
@@ -264,7 +261,7 @@ impl Server {
             })
             .await
         });
-        let janitor = tokio::spawn(janitor(self.store.clone()));
+        let janitor = tokio::spawn(janitor(self.store.clone(), self.reloader.clock.clone()));
         let certs = self.tls.as_ref().map(|t| t.certs.clone());
         let cert_watch =
             certs.zip(cfg.tls.as_ref()).map(|(c, t)| tokio::spawn(watch_certificates(c, t.watch_interval)));
@@ -436,105 +433,6 @@ async fn on_hangup(reloader: Arc<Reloader>) {
     }
 }
 
-/// Everything a configuration change can replace while serving: routes,
-/// clients, users, token and cache settings. Listeners, the store and TLS
-/// files are fixed at start; changing them is reported as needing a
-/// restart.
-pub struct Reloader {
-    path: std::sync::Mutex<Option<std::path::PathBuf>>,
-    current: Arc<ArcSwap<Gateway>>,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    started: Config,
-    /// The listener's certificate, re-read at every reload too.
-    certs: Option<Arc<CertStore>>,
-    /// One reload at a time.
-    busy: tokio::sync::Mutex<()>,
-}
-
-impl Reloader {
-    /// Re-reads and validates the file, then swaps the new gateway in.
-    /// An invalid file changes nothing; the error lists why. The TLS
-    /// certificate is re-read as well, whatever became of the file (its
-    /// outcome is logged and counted on its own).
-    pub async fn reload(&self) -> Result<(), ReloadError> {
-        let _one = self.busy.lock().await;
-        let result = self.try_reload().await;
-        let label = if result.is_ok() { "success" } else { "error" };
-        self.metrics.config_reloads.with_label_values(&[label]).inc();
-        match &result {
-            Ok(()) => tracing::info!("configuration reloaded"),
-            Err(e) => tracing::error!(error = %e, "configuration reload failed; nothing changed"),
-        }
-        if let Some(certs) = self.certs.clone() {
-            let _ = tokio::task::spawn_blocking(move || certs.reload(true)).await;
-        }
-        result
-    }
-
-    async fn try_reload(&self) -> Result<(), ReloadError> {
-        let path = self.path.lock().ok().and_then(|p| p.clone()).ok_or(ReloadError::NoFile)?;
-        let config = Config::load(&path)?;
-        let old = &self.started;
-        for (what, changed) in [
-            ("server.listen", config.server.listen != old.server.listen),
-            ("admin.listen", config.admin.listen != old.admin.listen),
-            ("server.workers", config.server.workers != old.server.workers),
-            ("server.pin_workers", config.server.pin_workers != old.server.pin_workers),
-            // The connection settings live with the listeners.
-            ("server.header_read_timeout", config.server.header_read_timeout != old.server.header_read_timeout),
-            ("server.keep_alive_timeout", config.server.keep_alive_timeout != old.server.keep_alive_timeout),
-            ("server.max_header_bytes", config.server.max_header_bytes != old.server.max_header_bytes),
-            ("server.max_connections", config.server.max_connections != old.server.max_connections),
-            ("server.stream_idle_timeout", config.server.stream_idle_timeout != old.server.stream_idle_timeout),
-            (
-                "server.http2_max_concurrent_streams",
-                config.server.http2_max_concurrent_streams != old.server.http2_max_concurrent_streams,
-            ),
-            (
-                "server.max_upstream_exchanges",
-                config.server.max_upstream_exchanges != old.server.max_upstream_exchanges,
-            ),
-            (
-                "server.max_upstream_exchanges_per_connection",
-                config.server.max_upstream_exchanges_per_connection != old.server.max_upstream_exchanges_per_connection,
-            ),
-            ("server.drain_timeout", config.server.drain_timeout != old.server.drain_timeout),
-            ("server.shutdown_delay", config.server.shutdown_delay != old.server.shutdown_delay),
-            ("storage.url", config.storage.url != old.storage.url),
-            // The listener's TLS, HSTS header and file watch are set up
-            // with it; so is what upstreams are told of the client's
-            // scheme (`X-Forwarded-Proto`), which follows the listener.
-            (
-                "server.tls",
-                config.server.tls.as_ref().map(|t| (&t.cert, &t.key, t.hsts_max_age, t.watch_interval))
-                    != old.server.tls.as_ref().map(|t| (&t.cert, &t.key, t.hsts_max_age, t.watch_interval)),
-            ),
-        ] {
-            if changed {
-                tracing::warn!(field = what, "changed in the config file; this takes a restart to apply");
-            }
-        }
-        log_notes(&config);
-        let listener_tls = self.started.server.tls.is_some();
-        let gateway = build_gateway(&config, listener_tls, &self.store, &self.metrics).await?;
-        self.current.load().validator.hand_over_to(&gateway.validator);
-        self.current.store(Arc::new(gateway));
-        Ok(())
-    }
-}
-
-/// What a valid configuration still deserves a word about, at every start
-/// and reload.
-fn log_notes(config: &Config) {
-    for note in config.route_notes() {
-        tracing::info!(%note, "overlapping routes");
-    }
-    for warning in config.warnings() {
-        tracing::warn!(%warning, "unsafe setting");
-    }
-}
-
 /// The certificate store's reloads and expiry, as metrics.
 impl CertEvents for Metrics {
     fn reloaded(&self, ok: bool) {
@@ -569,6 +467,7 @@ async fn build_gateway(
     listener_tls: bool,
     store: &Arc<dyn Store>,
     metrics: &Arc<Metrics>,
+    clock: &Arc<dyn Clock>,
 ) -> Result<Gateway, StartError> {
     // Clients registered with `portcullis clients add` live in the store,
     // which the file's own check cannot see (RFC 9700 §4.15.1, as there).
@@ -580,7 +479,7 @@ async fn build_gateway(
             )));
         }
     }
-    let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone()).await?);
+    let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone(), clock.clone()).await?);
     let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
     let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));
     let revocations = Arc::new(CacheEviction(validator.clone()));
@@ -646,338 +545,14 @@ fn bind(what: &'static str, addr: SocketAddr, count: usize) -> Result<Vec<std::n
 
 /// Removes expired tokens and revocations now and then (ory/hydra #1574:
 /// tables that only grow).
-async fn janitor(store: Arc<dyn Store>) {
+async fn janitor(store: Arc<dyn Store>, clock: Arc<dyn Clock>) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tick.tick().await;
-        match store.purge_expired(now_unix() as i64).await {
+        match store.purge_expired(clock.unix() as i64).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "purged expired tokens"),
             Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
         }
-    }
-}
-
-/// Accepts connections until told to stop, then drains them.
-async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    cfg: Arc<ServerConfig>,
-    mut stop: watch::Receiver<bool>,
-    tls: Option<TlsAcceptor>,
-    limit: ConnectionLimit,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<crate::http::Body>, Infallible>> + Send + 'static,
-{
-    let mut builder = auto::Builder::new(StreamExecutor::new(cfg.stream_idle_timeout));
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper starts this timer when a connection falls idle, not when a
-        // head's first byte comes: at `header_read_timeout` it would cut
-        // idle keep-alive connections long before `keep_alive_timeout`
-        // (and a load balancer reusing one would meet a reset). The first
-        // head is held to `header_read_timeout` by `serve_io`; a later one
-        // gets what an idle connection gets anyway.
-        .header_read_timeout(cfg.header_read_timeout.max(cfg.keep_alive_timeout))
-        .max_buf_size(cfg.max_header_bytes)
-        .keep_alive(true)
-        // Heads and small bodies go out in one write(2), not a writev of pieces.
-        .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(cfg.http2_max_concurrent_streams);
-    let builder = Arc::new(builder);
-    let ConnectionLimit { permits, max } = limit;
-
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Taken after the accept: the limit is the process's, shared by
-        // every worker, and a worker that waited for a permit before
-        // accepting could get one freed elsewhere while the connection
-        // waiting for it sits in another worker's queue. This way at most
-        // one accepted connection per worker waits, and the rest wait in
-        // the kernel's.
-        let permit = tokio::select! {
-            _ = stop.changed() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let conn = Conn {
-            peer,
-            first_request_timeout: cfg.header_read_timeout,
-            keep_alive_timeout: cfg.keep_alive_timeout,
-            exchanges: cfg.max_upstream_exchanges_per_connection,
-            tls: tls.clone(),
-            stop: stop.clone(),
-        };
-        serve_connection(stream, conn, &builder, handler.clone(), permit);
-    }
-    drop(listener);
-    // Every connection holds a permit until it is done, so holding them
-    // all means every connection has finished, this worker's and the
-    // others' (whose drains then take them in turn).
-    tokio::select! {
-        _ = permits.acquire_many(max) => {}
-        _ = tokio::time::sleep(cfg.drain_timeout) => {
-            tracing::warn!("drain timeout reached; closing the remaining connections");
-        }
-    }
-}
-
-/// `server.max_connections` for one listener, across all its workers: a
-/// connection holds one of `max` permits while it lives.
-#[derive(Clone)]
-struct ConnectionLimit {
-    permits: Arc<Semaphore>,
-    max: u32,
-}
-
-impl ConnectionLimit {
-    fn new(cfg: &ServerConfig) -> ConnectionLimit {
-        let max = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
-        ConnectionLimit { permits: Arc::new(Semaphore::new(max as usize)), max }
-    }
-}
-
-/// A client connection's transport, counting the bytes written to it: a
-/// connection shutting down is let finish only while it makes progress.
-struct Writes<I> {
-    io: I,
-    written: Arc<AtomicU64>,
-}
-
-impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Writes<I> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Writes<I> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        written
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written {
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// What a connection task needs to know besides its socket.
-struct Conn {
-    peer: SocketAddr,
-    first_request_timeout: Duration,
-    keep_alive_timeout: Duration,
-    /// Upstream exchanges its HTTP/2 streams may have in flight at once.
-    exchanges: usize,
-    tls: Option<TlsAcceptor>,
-    /// Turns `true` when the listener drains.
-    stop: watch::Receiver<bool>,
-}
-
-fn serve_connection<F, Fut>(
-    stream: TcpStream,
-    conn: Conn,
-    builder: &Arc<auto::Builder<StreamExecutor>>,
-    handler: F,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<crate::http::Body>, Infallible>> + Send + 'static,
-{
-    let _ = stream.set_nodelay(true);
-    let builder = builder.clone();
-    tokio::spawn(async move {
-        match conn.tls.clone() {
-            None => serve_io(stream, conn, &builder, handler).await,
-            Some(acceptor) => {
-                // The handshake shares the first-request budget: a client
-                // that never finishes it is dropped, not kept on a worker.
-                match tokio::time::timeout(conn.first_request_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_io(tls, conn, &builder, handler).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, peer = %conn.peer, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
-                }
-            }
-        }
-        drop(permit);
-    });
-}
-
-/// Serves one connection until it ends, and ends it itself in three cases:
-/// no first request within `first_request_timeout` (closed at once), no
-/// new request for `keep_alive_timeout`, or the listener draining (both
-/// gracefully: an exchange in flight finishes first).
-async fn serve_io<I, F, Fut>(io: I, conn: Conn, builder: &auto::Builder<StreamExecutor>, handler: F)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<crate::http::Body>, Infallible>> + Send + 'static,
-{
-    let Conn { peer, first_request_timeout, keep_alive_timeout, exchanges, mut stop, .. } = conn;
-    // The first request's deadline (the TLS handshake's too, before this)
-    // and the idle timeout between requests are kept here, with one timer;
-    // hyper's head timer, set to the longer of the two, backs them up.
-    let opened = tokio::time::Instant::now();
-    // When the last request came, in ms since `opened`, plus one; 0: none.
-    let last_request = Arc::new(AtomicU64::new(0));
-    let seen = last_request.clone();
-    // The bound on this connection's upstream exchanges, made for its first
-    // HTTP/2 request (an HTTP/1.1 connection has one exchange at a time).
-    let limit = std::sync::OnceLock::new();
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        let since_open = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        seen.store(since_open + 1, Ordering::Relaxed);
-        if req.version() == http::Version::HTTP_2 {
-            let limit = limit.get_or_init(|| ExchangeLimit::new(exchanges));
-            req.extensions_mut().insert(limit.clone());
-        }
-        handler(req, peer)
-    });
-    let written = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Writes { io, written: written.clone() });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let draining = *stop.borrow_and_update();
-    // `stopped` registers this task's waker with the channel; after that,
-    // a wake-up asks `watching` (one atomic load) whether the channel changed,
-    // rather than polling `stopped`, which takes the channel's lock that
-    // every connection of every worker shares.
-    let watching = stop.clone();
-    let stopped = stop.changed();
-    tokio::pin!(stopped);
-    let mut registered: Option<std::task::Waker> = None;
-    let timer = tokio::time::sleep(first_request_timeout.min(keep_alive_timeout));
-    tokio::pin!(timer);
-    let (mut closing, mut timer_armed) = (false, false);
-    // Bytes written when the closing connection's timer was last looked at.
-    let (mut written_then, mut stalled) = (None, false);
-    if draining {
-        conn.as_mut().graceful_shutdown();
-        closing = true;
-    }
-    // Not `select!`: that would poll every timer on every wake-up of a busy
-    // connection. The timer is polled only when armed anew or due.
-    let result = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-            return Poll::Ready(Some(result));
-        }
-        if closing {
-            // A connection shutting down gracefully waits for its
-            // exchanges, as long as they move: one that writes nothing for
-            // `keep_alive_timeout` (a client that stopped reading, an
-            // HTTP/2 stream whose window it holds at zero) is dropped.
-            let written_now = written.load(Ordering::Relaxed);
-            if written_then.is_none() {
-                timer.as_mut().reset(tokio::time::Instant::now() + keep_alive_timeout);
-            } else if timer.as_mut().poll(cx).is_ready() {
-                if written_then == Some(written_now) {
-                    stalled = true;
-                    return Poll::Ready(Some(Ok(())));
-                }
-                timer.as_mut().reset(tokio::time::Instant::now() + keep_alive_timeout);
-            } else {
-                return Poll::Pending;
-            }
-            written_then = Some(written_now);
-            // Polled again at once, which registers the new deadline.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let stop_now = match &registered {
-            Some(waker) if waker.will_wake(cx.waker()) => watching.has_changed().unwrap_or(true),
-            _ => {
-                registered = Some(cx.waker().clone());
-                stopped.as_mut().poll(cx).is_ready()
-            }
-        };
-        if stop_now {
-            conn.as_mut().graceful_shutdown();
-            closing = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        loop {
-            if timer_armed && !timer.is_elapsed() {
-                break;
-            }
-            timer_armed = true;
-            if timer.as_mut().poll(cx).is_pending() {
-                break;
-            }
-            let last = last_request.load(Ordering::Relaxed);
-            let due = match last {
-                0 => opened + first_request_timeout,
-                last => opened + Duration::from_millis(last - 1) + keep_alive_timeout,
-            };
-            if due > tokio::time::Instant::now() {
-                timer.as_mut().reset(due);
-            } else if last == 0 {
-                return Poll::Ready(None);
-            } else {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            // Polled again at once, which registers the new deadline.
-            timer_armed = false;
-        }
-        Poll::Pending
-    })
-    .await;
-    match result {
-        None => tracing::debug!(%peer, "closed a connection that sent no request in time"),
-        Some(Ok(())) if stalled => tracing::debug!(%peer, "dropped a closing connection whose exchanges stalled"),
-        Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
-        Some(Ok(())) => {}
     }
 }

@@ -11,6 +11,7 @@ pub mod upstreams;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::auth::clock::Clock;
 use portcullis::config::Config;
 use portcullis::server::Server;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -146,6 +148,13 @@ impl Gateway {
 
     pub async fn start_config(config: Config) -> Gateway {
         Gateway::start_server(Server::start(config).await.expect("gateway starts")).await
+    }
+
+    /// A gateway whose tokens, codes and sessions live on `clock`, which
+    /// the test moves forward instead of sleeping.
+    pub async fn start_with_clock(toml: &str, clock: Arc<dyn Clock>) -> Gateway {
+        let config = Config::parse(toml, "test.toml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        Gateway::start_server(Server::start_with_clock(config, clock).await.expect("gateway starts")).await
     }
 
     /// Starts from a config file that `POST /reload` on the admin listener
