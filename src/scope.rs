@@ -1,6 +1,9 @@
 //! OAuth scopes (RFC 6749 §3.3): a space-delimited, order-free set of
 //! scope tokens. Sets are tiny (a handful of entries), so a sorted vector
 //! beats a hash set and keeps `Display` deterministic.
+//!
+//! A room of one file that imports nothing: `config` validates scopes with
+//! it, so it sits below every room.
 
 use std::fmt;
 

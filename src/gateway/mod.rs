@@ -2,6 +2,11 @@
 //! normalise the path once, then either serve an authorization server
 //! endpoint or match a route, enforce its bearer rule (RFC 6750) and
 //! forward. Nothing here knows about sockets; `crate::server` feeds it.
+//!
+//! The request pipeline, and the one place its refusals become responses
+//! (`refusal`). It reaches upstreams only through `proxy`, the
+//! authorization server only through `web`, and tokens only through
+//! `auth`; it holds no store and no socket.
 
 mod refusal;
 

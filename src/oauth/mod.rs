@@ -1,6 +1,14 @@
 //! The authorization server's protocol logic, free of HTTP types: request
 //! parameters in, a token response or an RFC 6749 §5.2 error out. The HTTP
 //! adapter (`crate::web::endpoints`) only moves bytes in and out of this module.
+//!
+//! The room holds the grants (here), the authorization endpoint's rules
+//! (`authorize`), clients and their authentication (`clients`), sign-in
+//! sessions and consents (`sessions`), attempt throttles (`throttle`) and
+//! the operator's store commands (`manage`). It imports neither hyper nor
+//! the validation cache: revocations go out through `RevocationSink`,
+//! which start-up wires to the cache. Below it: `auth` (minting tokens),
+//! `store`, `config`, `telemetry`, `scope`.
 
 pub mod authorize;
 pub mod clients;

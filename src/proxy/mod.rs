@@ -7,6 +7,11 @@
 //! names, are removed in both directions (RFC 9110 §7.6.1). Identity headers
 //! a client sent are always stripped before the gateway adds its own, and
 //! `X-Forwarded-*` from a client are believed only from a trusted proxy.
+//!
+//! What the upstream receives is decided here; how it is sent is
+//! `upstream`'s. Failures are `ForwardError`s, which `gateway::refusal`
+//! turns into responses. This room reads identities (`auth`) but never
+//! validates a token, and knows nothing of routes' scopes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -16,6 +16,10 @@
 //! calling runtime keeps the admin listener, reloads and housekeeping.
 //! State that must be shared (validation cache, store, keys, metrics) is
 //! behind `Arc`s and lock-free or sharded on the hot path.
+//!
+//! The only room that wires the others together (start-up, `reload`), and
+//! the top of the arrows: nothing imports it. `connection` is one
+//! connection's life, `admin` the admin listener, `affinity` CPU pinning.
 
 pub mod admin;
 pub mod affinity;

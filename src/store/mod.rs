@@ -1,6 +1,9 @@
 //! Persistent state behind one trait, so the backend is chosen once at
 //! start-up (SQLite embedded today; PostgreSQL for several replicas later)
 //! and nothing above this module knows which one runs.
+//!
+//! It imports no other room: records in, records out, `StoreError` when the
+//! backend cannot answer. What the rows mean is decided above it.
 
 mod sqlite;
 
