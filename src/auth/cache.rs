@@ -275,6 +275,16 @@ impl TokenValidator {
         }
     }
 
+    /// Forgets everything, valid and refused alike: after the revocation
+    /// feed was cut, when any revocation may have been missed.
+    pub async fn forget_all(self: &Arc<Self>) {
+        for validator in self.and_in_force() {
+            validator.invalidated();
+            validator.cache.invalidate_all();
+            validator.invalidated();
+        }
+    }
+
     /// Makes `next`, which a reload put in this validator's place, get
     /// every revocation this one (or any it replaced) gets from now on. A
     /// revocation still under way on the old gateway when the new one takes

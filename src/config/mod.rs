@@ -839,6 +839,35 @@ mod tests {
         assert!(c.route_notes().is_empty());
     }
 
+    /// `[storage]`: SQLite or PostgreSQL URLs; a PostgreSQL password may
+    /// come from the environment (`password_env`), percent-encoded into the
+    /// URL; errors never echo the URL, which may hold a password.
+    #[test]
+    fn storage_urls_and_the_password_from_the_environment() {
+        let storage = |table: &str| MINIMAL.replace("[admin]", &format!("[storage]\n{table}\n[admin]"));
+        let with_env = |table: &str| {
+            Config::parse(&storage(table), "t", &|v| (v == "PG_PASSWORD").then(|| "p@ss:w/rd".to_string()))
+        };
+        for url in ["sqlite://data/p.db", "postgres://gw@db:5432/p", "postgresql://gw:secret@db/p"] {
+            assert_eq!(parse(&storage(&format!("url = \"{url}\""))).unwrap().storage.url, url);
+        }
+        let c = with_env("url = \"postgres://gw@db:5432/p\"\npassword_env = \"PG_PASSWORD\"").unwrap();
+        assert_eq!(c.storage.url, "postgres://gw:p%40ss%3Aw%2Frd@db:5432/p");
+
+        let err = parse(&storage("url = \"mysql://gw:secret@db/p\"")).unwrap_err();
+        assert_eq!(err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["storage.url"]);
+        assert!(!err.to_string().contains("secret"), "{err}");
+        for (table, field) in [
+            ("url = \"postgres://gw@db/p\"\npassword_env = \"UNSET\"", "storage.password_env"),
+            ("url = \"sqlite://p.db\"\npassword_env = \"PG_PASSWORD\"", "storage.password_env"),
+            ("url = \"postgres://gw:old@db/p\"\npassword_env = \"PG_PASSWORD\"", "storage.url"),
+            ("url = \"postgres://db/p\"\npassword_env = \"PG_PASSWORD\"", "storage.url"),
+        ] {
+            let err = with_env(table).unwrap_err();
+            assert_eq!(err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), [field], "{table}");
+        }
+    }
+
     /// No route may take the exact path of an endpoint of the authorization
     /// server (`endpoints::Endpoint`, the one table); a path below one is a
     /// route's to take.

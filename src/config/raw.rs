@@ -86,11 +86,12 @@ impl Default for RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStorage {
     pub(super) url: String,
+    pub(super) password_env: Option<String>,
 }
 
 impl Default for RawStorage {
     fn default() -> Self {
-        RawStorage { url: "sqlite://data/portcullis.db".into() }
+        RawStorage { url: "sqlite://data/portcullis.db".into(), password_env: None }
     }
 }
 

@@ -86,7 +86,7 @@ impl Validator {
         if admin.listen == server.listen && admin.listen.port() != 0 {
             self.err("admin.listen", "must differ from server.listen: metrics never share the public listener");
         }
-        let storage = self.storage(raw.storage);
+        let storage = self.storage(raw.storage, env);
         let authorization_server = self.authorization_server(raw.authorization_server);
         if server.allowed_hosts.is_empty() {
             if authorization_server.dedicated_host && !routes_empty {
@@ -231,14 +231,32 @@ impl Validator {
         }
     }
 
-    fn storage(&mut self, raw: RawStorage) -> StorageConfig {
-        if !raw.url.starts_with("sqlite:") {
+    fn storage(&mut self, raw: RawStorage, env: &dyn Fn(&str) -> Option<String>) -> StorageConfig {
+        let postgres = raw.url.starts_with("postgres://") || raw.url.starts_with("postgresql://");
+        if !raw.url.starts_with("sqlite:") && !postgres {
+            // The URL is not echoed: it may hold a password.
             self.err(
                 "storage.url",
-                format!("{:?}: only sqlite: URLs are supported (e.g. \"sqlite://data/portcullis.db\")", raw.url),
+                "must be a sqlite: URL (\"sqlite://data/portcullis.db\") or a postgres:// URL \
+                 (\"postgres://portcullis@db.internal:5432/portcullis\")",
             );
         }
-        StorageConfig { url: raw.url }
+        let Some(var) = raw.password_env else { return StorageConfig { url: raw.url } };
+        if !postgres {
+            self.err("storage.password_env", "applies only to a postgres:// URL");
+            return StorageConfig { url: raw.url };
+        }
+        let Some(password) = env(&var) else {
+            self.err("storage.password_env", format!("the environment variable {var} is not set"));
+            return StorageConfig { url: raw.url };
+        };
+        match with_password(&raw.url, &password) {
+            Ok(url) => StorageConfig { url },
+            Err(reason) => {
+                self.err("storage.url", reason);
+                StorageConfig { url: raw.url }
+            }
+        }
     }
 
     fn authorization_server(&mut self, raw: RawAuthorizationServer) -> AuthorizationServerConfig {
@@ -710,4 +728,20 @@ pub(super) fn parse_upstream(s: &str) -> Result<Upstream, UpstreamUrlError> {
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     Ok(Upstream::Http { scheme, authority, base_path })
+}
+
+/// `postgres://user@host/db` with `password` put in (percent-encoded), for
+/// `storage.password_env`: the file names the user, the environment holds
+/// the secret.
+fn with_password(url: &str, password: &str) -> Result<String, &'static str> {
+    let (scheme, rest) = url.split_once("://").ok_or("is not a URL")?;
+    let (userinfo, host) = match rest.split_once('@') {
+        Some((userinfo, host)) if !userinfo.contains('/') => (userinfo, host),
+        _ => return Err("names no user (postgres://USER@host/db) for password_env's password"),
+    };
+    if userinfo.contains(':') {
+        return Err("has a password already; with password_env, leave it out of the URL");
+    }
+    let encoded = percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+    Ok(format!("{scheme}://{userinfo}:{encoded}@{host}"))
 }

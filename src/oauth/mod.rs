@@ -19,7 +19,7 @@ pub mod throttle;
 
 /// What the pages see of the store: a session, and why it could not be read.
 pub use crate::store::{SessionRecord, StoreError};
-pub use revocation::{Heard, Revocation, RevocationSink};
+pub use revocation::{Announcement, Revocation, RevocationSink};
 
 use std::collections::HashMap;
 use std::net::IpAddr;

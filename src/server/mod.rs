@@ -53,10 +53,10 @@ use crate::auth::tokens::TokenService;
 use crate::config::{Config, HostPattern, ServerConfig};
 use crate::gateway::{Gateway, Route, RouteTable, Worker};
 use crate::oauth::clients::ClientRegistry;
-use crate::oauth::{AuthorizationServer, Heard, Revocation, RevocationSink};
+use crate::oauth::{Announcement, AuthorizationServer, Revocation, RevocationSink};
 use crate::server::admin::Admin;
 use crate::server::affinity::Pinning;
-use crate::store::{self, Store};
+use crate::store::{self, Heard, RevocationFeed, Store};
 use crate::telemetry::access;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::listener::{CertEvents, CertStore};
@@ -96,6 +96,9 @@ pub struct Server {
     tls: Option<Tls>,
     /// This process's claim on a SQLite store, released when it stops.
     _store_lock: Option<store::ServeLock>,
+    /// What the other replicas revoke (a shared store only), listened to
+    /// from `start`, so nothing revoked while this one starts is missed.
+    revocation_feed: Option<Box<dyn RevocationFeed>>,
 }
 
 /// TLS on the public listener: the acceptor, the certificate it serves
@@ -127,6 +130,7 @@ impl Server {
         let admin_listener = bind("admin", config.admin.listen, 1)?.remove(0);
         let store_lock = store::lock_for_serving(&config.storage.url)?;
         let store = store::open(&config.storage.url).await?;
+        let revocation_feed = store.revocation_feed().await?;
         let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(ArcSwap::from_pointee(
             build_gateway(&config, config.server.tls.is_some(), &store, &metrics, &clock).await?,
@@ -171,6 +175,7 @@ impl Server {
             server_config: config.server,
             tls,
             _store_lock: store_lock,
+            revocation_feed,
         })
     }
 
@@ -202,7 +207,7 @@ impl Server {
 
     /// [`Server::run`], where `hurry` (a second stop signal) cuts the
     /// `shutdown_delay` short.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>, hurry: impl Future<Output = ()>) {
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>, hurry: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         // The admin listener outlives the public drain, so `/readyz` can say
         // "draining" to the load balancer while in-flight requests finish.
@@ -266,6 +271,8 @@ impl Server {
             .await
         });
         let janitor = tokio::spawn(janitor(self.store.clone(), self.reloader.clock.clone()));
+        let follower =
+            self.revocation_feed.take().map(|feed| tokio::spawn(follow_revocations(feed, self.gateway.clone())));
         let certs = self.tls.as_ref().map(|t| t.certs.clone());
         let cert_watch =
             certs.zip(cfg.tls.as_ref()).map(|(c, t)| tokio::spawn(watch_certificates(c, t.watch_interval)));
@@ -286,6 +293,9 @@ impl Server {
         tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: no new connections, draining in-flight requests");
         let _ = stop_tx.send(true);
         janitor.abort();
+        if let Some(f) = follower {
+            f.abort();
+        }
         if let Some(w) = cert_watch {
             w.abort();
         }
@@ -449,17 +459,45 @@ impl CertEvents for Metrics {
 }
 
 /// The validation cache hears the authorization server's revocations, so a
-/// revoked token is refused by the next request on this instance.
-struct CacheEviction(Arc<TokenValidator>);
+/// revoked token is refused by the next request on this instance; then the
+/// store tells the other replicas (`follow_revocations` is their side).
+struct CacheEviction {
+    validator: Arc<TokenValidator>,
+    store: Arc<dyn Store>,
+}
 
 impl RevocationSink for CacheEviction {
-    fn revoked(&self, what: Revocation) -> Heard<'_> {
+    fn revoked(&self, what: Revocation) -> Announcement<'_> {
         Box::pin(async move {
-            match what {
-                Revocation::Token(hash) => self.0.forget(hash).await,
-                Revocation::Grant(jtis) => self.0.forget_jtis(jtis).await,
+            forget(&self.validator, what.clone()).await;
+            // The revocation is in the store already: a replica that does
+            // not hear of it refuses the token once its cached entry ends
+            // (`cache.ttl`), or at once if it has none.
+            if let Err(e) = self.store.announce(&what).await {
+                tracing::error!(error = %e, "could not tell the other replicas of a revocation");
             }
         })
+    }
+}
+
+async fn forget(validator: &Arc<TokenValidator>, what: Revocation) {
+    match what {
+        Revocation::Token(hash) => validator.forget(hash).await,
+        Revocation::Grant(jtis) => validator.forget_jtis(jtis).await,
+    }
+}
+
+/// The other replicas' revocations, evicted from the cache in force as they
+/// come; when the feed was cut, everything cached is forgotten, since a
+/// revocation may have been missed meanwhile.
+async fn follow_revocations(mut feed: Box<dyn RevocationFeed>, gateway: Arc<ArcSwap<Gateway>>) {
+    loop {
+        let heard = feed.next().await;
+        let validator = gateway.load().validator.clone();
+        match heard {
+            Heard::Revoked(what) => forget(&validator, what).await,
+            Heard::Resumed => validator.forget_all().await,
+        }
     }
 }
 
@@ -486,7 +524,7 @@ async fn build_gateway(
     let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone(), clock.clone()).await?);
     let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
     let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));
-    let revocations = Arc::new(CacheEviction(validator.clone()));
+    let revocations = Arc::new(CacheEviction { validator: validator.clone(), store: store.clone() });
     let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, revocations);
     let authz = AuthzEndpoints::new(config, server, metrics.clone());
     let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), metrics)).collect());

@@ -1,16 +1,18 @@
 //! Persistent state behind one trait, so the backend is chosen once at
-//! start-up (SQLite embedded today; PostgreSQL for several replicas later)
-//! and nothing above this module knows which one runs.
+//! start-up (SQLite embedded, the default; PostgreSQL for several replicas
+//! on one database) and nothing above this module knows which one runs.
 //!
 //! It imports no other room: records in, records out, `StoreError` when the
 //! backend cannot answer. What the rows mean is decided above it.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use postgres::PostgresStore;
 pub use sqlite::{ServeLock, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +52,46 @@ pub struct AccessTokenRecord {
     pub expires_at: i64,
 }
 
+/// A revocation, as replicas tell each other: never a token, its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// One access token, by the SHA-256 of its value.
+    Token([u8; 32]),
+    /// The access tokens with these `jti`s: a grant ended.
+    Grant(Vec<String>),
+}
+
+/// What a replica hears from the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    Revoked(Revocation),
+    /// The feed was cut and is back: anything may have been missed while
+    /// it was, so what was learnt from the store before must be asked again.
+    Resumed,
+}
+
+/// The revocations other replicas announce, in the order they come.
+#[async_trait]
+pub trait RevocationFeed: Send {
+    /// Waits for the next one; a cut connection is retried here, and told
+    /// as `Heard::Resumed` once it is back.
+    async fn next(&mut self) -> Heard;
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Tells the other replicas that share this store (PostgreSQL: NOTIFY).
+    /// A store that serves one process has nobody to tell.
+    async fn announce(&self, _what: &Revocation) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// What the other replicas announce; `None` for a store that serves one
+    /// process.
+    async fn revocation_feed(&self) -> Result<Option<Box<dyn RevocationFeed>>, StoreError> {
+        Ok(None)
+    }
+
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -229,10 +269,17 @@ pub fn lock_for_serving(url: &str) -> Result<Option<ServeLock>, StoreError> {
     if url.starts_with("sqlite:") { sqlite::lock_for_serving(url) } else { Ok(None) }
 }
 
+/// Whether a storage URL names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the store a URL names.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if is_postgres(url) {
+        Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
         Err(StoreError::Open { url: url.to_string(), reason: "unsupported scheme".into() })
     }

@@ -1,0 +1,679 @@
+//! The PostgreSQL store, for several replicas on one database: the same
+//! schema as SQLite's (numbered alike, BIGINT for integers, BYTEA for
+//! hashes, BOOLEAN for flags), migrations run at start under sqlx's
+//! advisory lock (so replicas starting together take turns), and every
+//! one-time item consumed by a conditional UPDATE whose row count says who
+//! won, whichever replica asks.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+
+use super::{
+    AccessTokenRecord, CodeRecord, ConsentRecord, Consumed, GrantRecord, Heard, RefreshRecord, Revocation,
+    RevocationFeed, SessionRecord, Store, StoreError, StoredClient, StoredKey,
+};
+
+/// Schema migrations, numbered as SQLite's are.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/postgres/0001_init.sql")),
+    (2, "authorization_code", include_str!("migrations/postgres/0002_authorization_code.sql")),
+    (3, "clients", include_str!("migrations/postgres/0003_clients.sql")),
+];
+
+/// The advisory lock that makes "insert a signing key unless there is one"
+/// one step across replicas (an arbitrary constant of this project's).
+const SIGNING_KEY_LOCK: i64 = 0x706f_7274_6b65_7973; // "portkeys"
+
+/// The channel replicas announce revocations on.
+const REVOCATIONS: &str = "portcullis_revocations";
+
+/// jtis per notification: PostgreSQL caps a payload at 8000 bytes, and a
+/// jti is 43 characters.
+const JTIS_PER_NOTICE: usize = 150;
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database a `postgres://` URL names, and brings its
+    /// schema up to date.
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let open_err = |reason: String| StoreError::Open { url: redacted(url), reason };
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        let migrator = Migrator {
+            migrations: Cow::Owned(
+                MIGRATIONS
+                    .iter()
+                    .map(|(v, d, sql)| {
+                        Migration::new(*v, Cow::Borrowed(d), MigrationType::Simple, Cow::Borrowed(sql), false)
+                    })
+                    .collect(),
+            ),
+            ignore_missing: false,
+            locking: true,
+            no_tx: false,
+        };
+        migrator.run(&pool).await.map_err(|e| open_err(format!("migration failed: {e}")))?;
+        Ok(PostgresStore { pool })
+    }
+}
+
+/// A URL as errors may show it: without its password
+/// (`postgres://user:***@host/db`).
+fn redacted(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && !userinfo.contains('/')
+        && let Some((user, _password)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+/// A notification's payload: `t:<hex hash>`, or `g:<jti>,<jti>,…`.
+fn payloads(what: &Revocation) -> Vec<String> {
+    match what {
+        Revocation::Token(hash) => vec![format!("t:{}", hex(hash))],
+        Revocation::Grant(jtis) => jtis.chunks(JTIS_PER_NOTICE).map(|c| format!("g:{}", c.join(","))).collect(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The revocation a payload names; `None` for anything else (a payload
+/// this version does not know is ignored, not guessed at).
+fn parse_payload(payload: &str) -> Option<Revocation> {
+    if let Some(h) = payload.strip_prefix("t:") {
+        let mut hash = [0u8; 32];
+        if h.len() != 64 {
+            return None;
+        }
+        for (i, byte) in hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        return Some(Revocation::Token(hash));
+    }
+    let jtis = payload.strip_prefix("g:")?;
+    Some(Revocation::Grant(jtis.split(',').filter(|j| !j.is_empty()).map(str::to_owned).collect()))
+}
+
+/// `LISTEN` on the revocation channel, on a connection of its own.
+struct Feed {
+    listener: PgListener,
+    /// A revocation heard just after a cut, held back while `Resumed` goes
+    /// first.
+    held: Option<Revocation>,
+    /// The connection failed since the last thing told.
+    lost: bool,
+}
+
+#[async_trait]
+impl RevocationFeed for Feed {
+    async fn next(&mut self) -> Heard {
+        if let Some(what) = self.held.take() {
+            return Heard::Revoked(what);
+        }
+        loop {
+            match self.listener.try_recv().await {
+                Ok(Some(notice)) => {
+                    let Some(what) = parse_payload(notice.payload()) else {
+                        tracing::warn!("ignored a revocation notice this version cannot read");
+                        continue;
+                    };
+                    if std::mem::take(&mut self.lost) {
+                        self.held = Some(what);
+                        return Heard::Resumed;
+                    }
+                    return Heard::Revoked(what);
+                }
+                // Reconnected (eagerly, by sqlx) and listening again.
+                Ok(None) => {
+                    self.lost = false;
+                    tracing::warn!("the revocation feed was cut and is back");
+                    return Heard::Resumed;
+                }
+                Err(e) => {
+                    if !self.lost {
+                        tracing::error!(error = %e, "the revocation feed is cut; retrying every second");
+                    }
+                    self.lost = true;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn announce(&self, what: &Revocation) -> Result<(), StoreError> {
+        for payload in payloads(what) {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(REVOCATIONS).bind(payload).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    async fn revocation_feed(&self) -> Result<Option<Box<dyn RevocationFeed>>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(REVOCATIONS).await?;
+        Ok(Some(Box::new(Feed { listener, held: None, lost: false })))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A table the hot path reads (revocation checks): readiness should
+        // fail when validation would.
+        sqlx::query("SELECT 1 FROM revoked_tokens LIMIT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, alg, private_der, public_key, created_at FROM signing_keys ORDER BY created_at DESC, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredKey {
+                kid: r.get("kid"),
+                alg: r.get("alg"),
+                private_der: r.get("private_der"),
+                public_key: r.get("public_key"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    async fn insert_signing_key_if_none(&self, key: &StoredKey) -> Result<(), StoreError> {
+        // Replicas starting together: under READ COMMITTED two could each
+        // see no key and insert their own, so the check and the insert run
+        // under one lock, held to the end of the transaction.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SIGNING_KEY_LOCK).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, private_der, public_key, created_at)
+             SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = $6)",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(&key.private_der)
+        .bind(&key.public_key)
+        .bind(key.created_at)
+        .bind(&key.alg)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn save_access_token(&self, r: &AccessTokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO access_tokens (token_hash, jti, client_id, subject, scope, issued_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&r.token_hash[..])
+        .bind(&r.jti)
+        .bind(&r.client_id)
+        .bind(&r.subject)
+        .bind(&r.scope)
+        .bind(r.issued_at)
+        .bind(r.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_access_token(&self, token_hash: &[u8; 32]) -> Result<Option<AccessTokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT jti, client_id, subject, scope, issued_at, expires_at FROM access_tokens WHERE token_hash = $1",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| AccessTokenRecord {
+            token_hash: *token_hash,
+            jti: r.get("jti"),
+            client_id: r.get("client_id"),
+            subject: r.get("subject"),
+            scope: r.get("scope"),
+            issued_at: r.get("issued_at"),
+            expires_at: r.get("expires_at"),
+        }))
+    }
+
+    async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+            .bind(jti)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 FROM revoked_tokens WHERE jti = $1").bind(jti).fetch_optional(&self.pool).await?;
+        Ok(row.is_some())
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        let mut rows = 0;
+        for table in [
+            "access_tokens",
+            "revoked_tokens",
+            "authorization_codes",
+            "refresh_tokens",
+            "grant_access_tokens",
+            "sessions",
+            "grants",
+        ] {
+            // Table names come from the list above, never from input.
+            let sql = format!("DELETE FROM {table} WHERE expires_at < $1");
+            rows += sqlx::query(&sql).bind(now).execute(&self.pool).await?.rows_affected();
+        }
+        Ok(rows)
+    }
+
+    async fn create_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO grants (grant_id, client_id, subject, scope, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&g.grant_id)
+        .bind(&g.client_id)
+        .bind(&g.subject)
+        .bind(&g.scope)
+        .bind(g.created_at)
+        .bind(g.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn grant_is_revoked(&self, grant_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT revoked_at FROM grants WHERE grant_id = $1")
+            .bind(grant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        // An unknown grant (purged after expiry) counts as revoked.
+        Ok(row.is_none_or(|r| r.get::<Option<i64>, _>("revoked_at").is_some()))
+    }
+
+    async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE grants SET revoked_at = COALESCE(revoked_at, $1) WHERE grant_id = $2")
+            .bind(now)
+            .bind(grant_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE refresh_tokens SET used_at = COALESCE(used_at, $1) WHERE grant_id = $2")
+            .bind(now)
+            .bind(grant_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at)
+             SELECT jti, expires_at FROM grant_access_tokens WHERE grant_id = $1
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(grant_id)
+        .execute(&mut *tx)
+        .await?;
+        let jtis = sqlx::query("SELECT jti FROM grant_access_tokens WHERE grant_id = $1")
+            .bind(grant_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| r.get("jti"))
+            .collect();
+        tx.commit().await?;
+        Ok(jtis)
+    }
+
+    async fn save_code(&self, c: &CodeRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO authorization_codes (code_hash, grant_id, client_id, subject, redirect_uri, redirect_uri_sent,
+                scope, code_challenge, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&c.code_hash[..])
+        .bind(&c.grant_id)
+        .bind(&c.client_id)
+        .bind(&c.subject)
+        .bind(&c.redirect_uri)
+        .bind(c.redirect_uri_sent)
+        .bind(&c.scope)
+        .bind(&c.code_challenge)
+        .bind(c.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_code(&self, code_hash: &[u8; 32]) -> Result<Option<(CodeRecord, bool)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT grant_id, client_id, subject, redirect_uri, redirect_uri_sent, scope, code_challenge, expires_at,
+                used_at FROM authorization_codes WHERE code_hash = $1",
+        )
+        .bind(&code_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            let record = CodeRecord {
+                code_hash: *code_hash,
+                grant_id: r.get("grant_id"),
+                client_id: r.get("client_id"),
+                subject: r.get("subject"),
+                redirect_uri: r.get("redirect_uri"),
+                redirect_uri_sent: r.get("redirect_uri_sent"),
+                scope: r.get("scope"),
+                code_challenge: r.get("code_challenge"),
+                expires_at: r.get("expires_at"),
+            };
+            (record, r.get::<Option<i64>, _>("used_at").is_some())
+        }))
+    }
+
+    async fn consume_code(&self, code_hash: &[u8; 32], now: i64) -> Result<Consumed<CodeRecord>, StoreError> {
+        // The conditional UPDATE is the atomic step: a second writer waits
+        // for the first's row lock, then finds `used_at` set and updates
+        // nothing (READ COMMITTED re-checks the condition).
+        let won = sqlx::query("UPDATE authorization_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL")
+            .bind(now)
+            .bind(&code_hash[..])
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1;
+        let Some((record, _)) = self.find_code(code_hash).await? else { return Ok(Consumed::Unknown) };
+        Ok(if won { Consumed::Consumed(record) } else { Consumed::AlreadyUsed(record) })
+    }
+
+    async fn save_refresh_token(&self, t: &RefreshRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            // A refresh token minted after its grant was revoked starts out
+            // used, so it can never refresh.
+            "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, subject, scope, issued_at, expires_at, used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, (SELECT revoked_at FROM grants WHERE grant_id = $8))",
+        )
+        .bind(&t.token_hash[..])
+        .bind(&t.grant_id)
+        .bind(&t.client_id)
+        .bind(&t.subject)
+        .bind(&t.scope)
+        .bind(t.issued_at)
+        .bind(t.expires_at)
+        .bind(&t.grant_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn consume_refresh_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Consumed<RefreshRecord>, StoreError> {
+        let won = sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL")
+            .bind(now)
+            .bind(&token_hash[..])
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1;
+        Ok(match self.find_refresh_token(token_hash).await? {
+            None => Consumed::Unknown,
+            Some(r) if won => Consumed::Consumed(r),
+            Some(r) => Consumed::AlreadyUsed(r),
+        })
+    }
+
+    async fn find_refresh_token(&self, token_hash: &[u8; 32]) -> Result<Option<RefreshRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT grant_id, client_id, subject, scope, issued_at, expires_at, used_at FROM refresh_tokens
+             WHERE token_hash = $1",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| RefreshRecord {
+            token_hash: *token_hash,
+            grant_id: r.get("grant_id"),
+            client_id: r.get("client_id"),
+            subject: r.get("subject"),
+            scope: r.get("scope"),
+            issued_at: r.get("issued_at"),
+            expires_at: r.get("expires_at"),
+            used: r.get::<Option<i64>, _>("used_at").is_some(),
+        }))
+    }
+
+    async fn record_grant_access_token(&self, grant_id: &str, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        // One transaction with revoke_grant's: either the revocation sees
+        // this jti, or this sees the grant already revoked and revokes the
+        // jti itself (a token won in a race with a replay dies with it).
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO grant_access_tokens (jti, grant_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(jti)
+            .bind(grant_id)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at)
+             SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM grants WHERE grant_id = $3 AND revoked_at IS NOT NULL)
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at)
+        .bind(grant_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (session_hash, subject, csrf_token, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&s.session_hash[..])
+        .bind(&s.subject)
+        .bind(&s.csrf_token)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_session(&self, session_hash: &[u8; 32], now: i64) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT subject, csrf_token, created_at, expires_at FROM sessions WHERE session_hash = $1 AND expires_at > $2",
+        )
+        .bind(&session_hash[..])
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| SessionRecord {
+            session_hash: *session_hash,
+            subject: r.get("subject"),
+            csrf_token: r.get("csrf_token"),
+            created_at: r.get("created_at"),
+            expires_at: r.get("expires_at"),
+        }))
+    }
+
+    async fn delete_session(&self, session_hash: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sessions WHERE session_hash = $1").bind(&session_hash[..]).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn find_consent(&self, subject: &str, client_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT scope FROM consents WHERE subject = $1 AND client_id = $2")
+            .bind(subject)
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get("scope")))
+    }
+
+    async fn save_consent(&self, subject: &str, client_id: &str, scope: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO consents (subject, client_id, scope, granted_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (subject, client_id) DO UPDATE SET scope = excluded.scope, granted_at = excluded.granted_at",
+        )
+        .bind(subject)
+        .bind(client_id)
+        .bind(scope)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_consents(&self, subject: Option<&str>) -> Result<Vec<ConsentRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT subject, client_id, scope, granted_at FROM consents WHERE $1::text IS NULL OR subject = $1
+             ORDER BY subject, client_id",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ConsentRecord {
+                subject: r.get("subject"),
+                client_id: r.get("client_id"),
+                scope: r.get("scope"),
+                granted_at: r.get("granted_at"),
+            })
+            .collect())
+    }
+
+    async fn delete_consent(&self, subject: &str, client_id: &str, now: i64) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM consents WHERE subject = $1 AND client_id = $2")
+            .bind(subject)
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0;
+        // Withdrawing consent ends what it allowed: the grants it backed.
+        let grants: Vec<String> =
+            sqlx::query("SELECT grant_id FROM grants WHERE subject = $1 AND client_id = $2 AND revoked_at IS NULL")
+                .bind(subject)
+                .bind(client_id)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get("grant_id"))
+                .collect();
+        for grant in grants {
+            self.revoke_grant(&grant, now).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn find_client(&self, client_id: &str) -> Result<Option<StoredClient>, StoreError> {
+        let row = sqlx::query("SELECT * FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| stored_client(&r)))
+    }
+
+    async fn list_clients(&self) -> Result<Vec<StoredClient>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM clients ORDER BY client_id").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(stored_client).collect())
+    }
+
+    async fn insert_client(&self, c: &StoredClient) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO clients (client_id, name, secret_hash, public, require_pkce, redirect_uris, scopes, grant_types,
+                created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (client_id) DO NOTHING",
+        )
+        .bind(&c.client_id)
+        .bind(&c.name)
+        .bind(&c.secret_hash)
+        .bind(c.public)
+        .bind(c.require_pkce)
+        .bind(c.redirect_uris.join("\n"))
+        .bind(c.scopes.join("\n"))
+        .bind(c.grant_types.join("\n"))
+        .bind(c.created_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query("DELETE FROM clients WHERE client_id = $1").bind(client_id).execute(&self.pool).await?;
+        Ok(n.rows_affected() == 1)
+    }
+
+    async fn set_client_secret(&self, client_id: &str, secret_hash: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE clients SET secret_hash = $1 WHERE client_id = $2 AND NOT public")
+            .bind(secret_hash)
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(n.rows_affected() == 1)
+    }
+}
+
+fn stored_client(r: &sqlx::postgres::PgRow) -> StoredClient {
+    let list = |col: &str| -> Vec<String> {
+        r.get::<String, _>(col).split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    };
+    StoredClient {
+        client_id: r.get("client_id"),
+        name: r.get("name"),
+        secret_hash: r.get("secret_hash"),
+        public: r.get("public"),
+        require_pkce: r.get("require_pkce"),
+        redirect_uris: list("redirect_uris"),
+        scopes: list("scopes"),
+        grant_types: list("grant_types"),
+        created_at: r.get("created_at"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_read_back_as_written_and_fit_a_notice() {
+        let token = Revocation::Token([0xab; 32]);
+        assert_eq!(payloads(&token).iter().map(|p| parse_payload(p)).collect::<Vec<_>>(), [Some(token)]);
+        let jtis: Vec<String> = (0..400).map(|i| format!("{i:0>43}")).collect();
+        let notices = payloads(&Revocation::Grant(jtis.clone()));
+        assert_eq!(notices.len(), 3);
+        assert!(notices.iter().all(|p| p.len() < 8000), "PostgreSQL's payload limit");
+        let back: Vec<String> = notices
+            .iter()
+            .flat_map(|p| match parse_payload(p) {
+                Some(Revocation::Grant(j)) => j,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(back, jtis);
+        for junk in ["", "t:zz", "t:abc", "x:1", "t:\u{e9}\u{e9}"] {
+            assert_eq!(parse_payload(junk), None, "{junk:?}");
+        }
+    }
+}
