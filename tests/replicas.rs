@@ -9,18 +9,22 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use support::link::Link;
 use support::{Gateway, Upstream, config_toml, get, send};
 
 /// Two replicas on one new database, issuing `format` tokens.
 async fn replicas(upstream: &Upstream, format: &str) -> Option<(Gateway, Gateway)> {
     let url = support::postgres::database().await?;
+    Some((Gateway::start(&config(upstream, format, &url)).await, Gateway::start(&config(upstream, format, &url)).await))
+}
+
+/// The test configuration on the database at `url`, issuing `format` tokens.
+fn config(upstream: &Upstream, format: &str, url: &str) -> String {
     let toml = config_toml(upstream.addr, "")
         .replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\""))
         .replace("access_token_ttl = \"15m\"", &format!("access_token_ttl = \"15m\"\ntoken_format = \"{format}\""));
-    assert!(toml.contains(&url) && toml.contains(format), "the config anchors moved");
-    let a = Gateway::start(&toml).await;
-    let b = Gateway::start(&toml).await;
-    Some((a, b))
+    assert!(toml.contains(url) && toml.contains(format), "the config anchors moved");
+    toml
 }
 
 fn bearer(token: &str) -> String {
@@ -135,4 +139,46 @@ async fn a_revocation_on_one_replica_evicts_what_the_other_cached_within_a_secon
         a.stop().await;
         b.stop().await;
     }
+}
+
+/// A replica cut off from PostgreSQL (its link down, the other replica's
+/// up): what it has cached keeps working, what it has not is refused with
+/// a 503 (never forwarded); a revocation made elsewhere meanwhile is not
+/// heard, so when the link comes back the replica forgets its whole cache
+/// and the revoked token is refused, with no restart.
+#[tokio::test]
+async fn a_replica_cut_off_from_the_database_fails_closed_and_catches_up_when_it_returns() {
+    let mut upstream = Upstream::start().await;
+    let Some(url) = support::postgres::database().await else { return };
+    let (host, rest) = url.split_once('@').expect("a user in the URL");
+    let (authority, db) = rest.split_once('/').expect("a database in the URL");
+    let link = Link::start(authority.parse().expect("an IP:port authority")).await;
+    let a = Gateway::start(&config(&upstream, "opaque", &format!("{host}@{}/{db}", link.addr))).await;
+    let b = Gateway::start(&config(&upstream, "opaque", &url)).await;
+    let cached = b.token("other", "calendar.read").await;
+    let uncached = b.token("other", "calendar.read").await;
+    let reply = get(&a.url("/calendar/events"), &[("authorization", &bearer(&cached))]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    upstream.next().await;
+
+    link.cut();
+    revoke(&b, &cached).await;
+    // Allowed: a token A has cached, for at most cache.ttl.
+    let reply = get(&a.url("/calendar/events"), &[("authorization", &bearer(&cached))]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    upstream.next().await;
+    // Refused: one it would have to ask the store about.
+    let reply = get(&a.url("/calendar/events"), &[("authorization", &bearer(&uncached))]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(upstream.saw_nothing(), "nothing forwarded on a token it could not check");
+
+    link.restore();
+    let took = until_refused(&a, &mut upstream, &cached, Duration::from_secs(5)).await;
+    eprintln!("the revoked token was refused {took:?} after the link came back");
+    let reply = get(&a.url("/calendar/events"), &[("authorization", &bearer(&uncached))]).await;
+    assert_eq!(reply.status, StatusCode::OK, "recovered on its own: {}", reply.text());
+    upstream.next().await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -113,45 +113,43 @@ fn parse_payload(payload: &str) -> Option<Revocation> {
 
 /// `LISTEN` on the revocation channel, on a connection of its own.
 struct Feed {
+    pool: PgPool,
     listener: PgListener,
-    /// A revocation heard just after a cut, held back while `Resumed` goes
-    /// first.
-    held: Option<Revocation>,
-    /// The connection failed since the last thing told.
-    lost: bool,
+}
+
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(REVOCATIONS).await?;
+    Ok(listener)
 }
 
 #[async_trait]
 impl RevocationFeed for Feed {
     async fn next(&mut self) -> Heard {
-        if let Some(what) = self.held.take() {
-            return Heard::Revoked(what);
-        }
         loop {
             match self.listener.try_recv().await {
-                Ok(Some(notice)) => {
-                    let Some(what) = parse_payload(notice.payload()) else {
-                        tracing::warn!("ignored a revocation notice this version cannot read");
-                        continue;
-                    };
-                    if std::mem::take(&mut self.lost) {
-                        self.held = Some(what);
-                        return Heard::Resumed;
-                    }
-                    return Heard::Revoked(what);
-                }
-                // Reconnected (eagerly, by sqlx) and listening again.
+                Ok(Some(notice)) => match parse_payload(notice.payload()) {
+                    Some(what) => return Heard::Revoked(what),
+                    None => tracing::warn!("ignored a revocation notice this version cannot read"),
+                },
+                // Cut, and reconnected at once by sqlx.
                 Ok(None) => {
-                    self.lost = false;
                     tracing::warn!("the revocation feed was cut and is back");
                     return Heard::Resumed;
                 }
                 Err(e) => {
-                    if !self.lost {
-                        tracing::error!(error = %e, "the revocation feed is cut; retrying every second");
+                    // Reconnected here rather than by the next `try_recv`,
+                    // which would say nothing until a notice came: the
+                    // return is told as soon as it happens.
+                    tracing::error!(error = %e, "the revocation feed is cut; retrying every second");
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if let Ok(listener) = listen(&self.pool).await {
+                            self.listener = listener;
+                            tracing::warn!("the revocation feed is back");
+                            return Heard::Resumed;
+                        }
                     }
-                    self.lost = true;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
@@ -168,9 +166,8 @@ impl Store for PostgresStore {
     }
 
     async fn revocation_feed(&self) -> Result<Option<Box<dyn RevocationFeed>>, StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(REVOCATIONS).await?;
-        Ok(Some(Box::new(Feed { listener, held: None, lost: false })))
+        let listener = listen(&self.pool).await?;
+        Ok(Some(Box::new(Feed { pool: self.pool.clone(), listener })))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

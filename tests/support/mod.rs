@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod held;
+pub mod link;
 pub mod postgres;
 pub mod upstreams;
 
