@@ -284,3 +284,42 @@ async fn records_read_back_as_written_and_expire_together() {
         a.ping().await.unwrap();
     }
 }
+
+/// The janitor's purge: every expired row goes, once, however many
+/// replicas purge at the same moment (PostgreSQL: one at a time under an
+/// advisory lock, in batches of 5,000), and nothing live goes with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_rows_are_purged_once_whoever_purges() {
+    const EXPIRED: u64 = 6_000;
+    for b in backends().await {
+        let writers: Vec<_> = (0..EXPIRED / 200)
+            .map(|w| {
+                let s = b.replicas[(w % 2) as usize].clone();
+                tokio::spawn(async move {
+                    for i in 0..200 {
+                        s.revoke(&format!("expired-{w}-{i}"), 10).await.expect("store answers");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.expect("writer");
+        }
+        b.replicas[0].revoke("live", 1_000_000).await.unwrap();
+        let purges: Vec<_> = b
+            .replicas
+            .iter()
+            .map(|s| {
+                let s = s.clone();
+                tokio::spawn(async move { s.purge_expired(500).await.expect("store answers") })
+            })
+            .collect();
+        let mut purged = 0;
+        for p in purges {
+            purged += p.await.expect("purge");
+        }
+        assert_eq!(purged, EXPIRED, "{}: each expired row purged once", b.name);
+        assert!(!b.replicas[1].is_revoked("expired-0-0").await.unwrap(), "{}", b.name);
+        assert!(b.replicas[1].is_revoked("live").await.unwrap(), "{}: the live row stays", b.name);
+    }
+}

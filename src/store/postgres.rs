@@ -36,6 +36,12 @@ const REVOCATIONS: &str = "portcullis_revocations";
 /// jti is 43 characters.
 const JTIS_PER_NOTICE: usize = 150;
 
+/// The advisory lock one replica holds while it purges expired rows.
+const PURGE_LOCK: i64 = 0x706f_7274_7075_7267; // "portpurg"
+
+/// Rows deleted per statement when purging.
+const PURGE_BATCH: u64 = 5_000;
+
 pub struct PostgresStore {
     pool: PgPool,
 }
@@ -268,20 +274,44 @@ impl Store for PostgresStore {
     }
 
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
-        let mut rows = 0;
-        for table in [
-            "access_tokens",
-            "revoked_tokens",
-            "authorization_codes",
-            "refresh_tokens",
-            "grant_access_tokens",
-            "sessions",
-            "grants",
-        ] {
-            // Table names come from the list above, never from input.
-            let sql = format!("DELETE FROM {table} WHERE expires_at < $1");
-            rows += sqlx::query(&sql).bind(now).execute(&self.pool).await?.rows_affected();
+        // One replica at a time: the others find the lock taken and skip
+        // this round. A session lock, on the connection that deletes.
+        let mut conn = self.pool.acquire().await?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(PURGE_LOCK).fetch_one(&mut *conn).await?;
+        if !locked {
+            return Ok(0);
         }
+        let mut rows = 0;
+        let purged: Result<(), sqlx::Error> = async {
+            for table in [
+                "access_tokens",
+                "revoked_tokens",
+                "authorization_codes",
+                "refresh_tokens",
+                "grant_access_tokens",
+                "sessions",
+                "grants",
+            ] {
+                // Table names come from the list above, never from input.
+                // Bounded batches: no statement holds millions of row locks
+                // or one long transaction.
+                let sql = format!(
+                    "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE expires_at < $1 LIMIT {PURGE_BATCH})"
+                );
+                loop {
+                    let n = sqlx::query(&sql).bind(now).execute(&mut *conn).await?.rows_affected();
+                    rows += n;
+                    if n < PURGE_BATCH {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        sqlx::query("SELECT pg_advisory_unlock($1)").bind(PURGE_LOCK).execute(&mut *conn).await?;
+        purged?;
         Ok(rows)
     }
 
