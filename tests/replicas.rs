@@ -182,3 +182,40 @@ async fn a_replica_cut_off_from_the_database_fails_closed_and_catches_up_when_it
     a.stop().await;
     b.stop().await;
 }
+
+/// A token request for `client` with `secret`, as a form.
+async fn client_credentials(gw: &Gateway, client: &str, secret: &str) -> support::Reply {
+    send(
+        Method::POST,
+        &gw.url("/oauth/token"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("grant_type=client_credentials&client_id={client}&client_secret={secret}"),
+    )
+    .await
+}
+
+/// Guesses spread over two replicas count together: after `MAX_FAILURES`
+/// wrong secrets in all, the next guess is refused unverified on either
+/// replica, as it would be on one.
+#[tokio::test]
+async fn guesses_spread_over_replicas_are_throttled_as_on_one() {
+    let upstream = Upstream::start().await;
+    let Some((a, b)) = replicas(&upstream, "jwt").await else { return };
+    // Allowed: the real secret, before any guessing.
+    assert_eq!(client_credentials(&b, "app", "app-secret").await.status, StatusCode::OK);
+    let max = portcullis::oauth::clients::MAX_FAILURES;
+    for i in 0..max {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let reply = client_credentials(gw, "other", "guess").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "guess {i}: {}", reply.text());
+    }
+    for gw in [&a, &b] {
+        let reply = client_credentials(gw, "other", "guess").await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.text());
+        assert_eq!(reply.json()["error"], "slow_down");
+    }
+    // Another client is not affected.
+    assert_eq!(client_credentials(&a, "app", "app-secret").await.status, StatusCode::OK);
+    a.stop().await;
+    b.stop().await;
+}

@@ -109,13 +109,17 @@ impl ClientRegistry {
         let mut digest_key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut digest_key);
         let dummy_hash = hash_secret("portcullis-dummy-secret").unwrap_or_default();
+        let mut failures = Throttle::new(MAX_FAILURES, FAILURE_WINDOW, 10_000);
+        if let Some(store) = &store {
+            failures = failures.shared(store.clone(), "client-auth", |(id, from)| format!("{from} {id}"));
+        }
         ClientRegistry {
             clients: clients.iter().map(|c| (c.client_id.clone(), Arc::new(c.clone()))).collect(),
             store,
             registered: moka::future::Cache::builder().max_capacity(10_000).time_to_live(REGISTERED_TTL).build(),
             digest_key,
             proven: RwLock::new(HashMap::new()),
-            failures: Throttle::new(MAX_FAILURES, FAILURE_WINDOW, 10_000),
+            failures,
             hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             dummy_hash,
         }
@@ -205,7 +209,7 @@ impl ClientRegistry {
                 Ok(client)
             }
             found => {
-                attempt.failed();
+                attempt.failed().await;
                 Err(if found.is_some() { AuthFailure::WrongSecret } else { AuthFailure::UnknownClient })
             }
         }

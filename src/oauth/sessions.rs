@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::AuthorizationServer;
+use super::throttle::Throttle;
 use crate::auth::tokens::{random_token, token_hash};
 use crate::scope::ScopeSet;
 use crate::store::{SessionRecord, StoreError};
@@ -40,6 +41,15 @@ impl AuthorizationServer {
     /// they never consented.
     pub async fn consent(&self, subject: &str, client_id: &str) -> Result<Option<ScopeSet>, StoreError> {
         Ok(self.store().find_consent(subject, client_id).await?.and_then(|s| ScopeSet::parse(&s)))
+    }
+
+    /// `throttle`, counting its failures in the store, so every replica
+    /// counts them together.
+    pub fn share<K>(&self, throttle: Throttle<K>, kind: &'static str, name: fn(&K) -> String) -> Throttle<K>
+    where
+        K: std::hash::Hash + Eq + Send + Sync + Clone + 'static,
+    {
+        throttle.shared(self.store().clone(), kind, name)
     }
 
     /// Adds `scopes` to what `subject` has consented to for `client_id`.

@@ -114,6 +114,15 @@ pub trait Store: Send + Sync {
     /// Deletes what expired before `now`; returns how many rows went.
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
 
+    // --- Throttles shared by replicas -----------------------------------
+
+    /// Counts a failed attempt of `kind` (a sign-in, a client
+    /// authentication) for `key` at `at`, kept until `until`.
+    async fn record_failure(&self, kind: &str, key: &str, at: i64, until: i64) -> Result<(), StoreError>;
+
+    /// Failed attempts of `kind` for `key` since `since`, on every replica.
+    async fn failures_since(&self, kind: &str, key: &str, since: i64) -> Result<u32, StoreError>;
+
     // --- The authorization code flow -------------------------------------
 
     async fn create_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;

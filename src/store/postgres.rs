@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("migrations/postgres/0001_init.sql")),
     (2, "authorization_code", include_str!("migrations/postgres/0002_authorization_code.sql")),
     (3, "clients", include_str!("migrations/postgres/0003_clients.sql")),
+    (4, "failures", include_str!("migrations/postgres/0004_failures.sql")),
 ];
 
 /// The advisory lock that makes "insert a signing key unless there is one"
@@ -313,6 +314,27 @@ impl Store for PostgresStore {
         sqlx::query("SELECT pg_advisory_unlock($1)").bind(PURGE_LOCK).execute(&mut *conn).await?;
         purged?;
         Ok(rows)
+    }
+
+    async fn record_failure(&self, kind: &str, key: &str, at: i64, until: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO failures (kind, key, at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(kind)
+            .bind(key)
+            .bind(at)
+            .bind(until)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn failures_since(&self, kind: &str, key: &str, since: i64) -> Result<u32, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM failures WHERE kind = $1 AND key = $2 AND at >= $3")
+            .bind(kind)
+            .bind(key)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     async fn create_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {

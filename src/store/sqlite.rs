@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("migrations/sqlite/0001_init.sql")),
     (2, "authorization_code", include_str!("migrations/sqlite/0002_authorization_code.sql")),
     (3, "clients", include_str!("migrations/sqlite/0003_clients.sql")),
+    (4, "failures", include_str!("migrations/sqlite/0004_failures.sql")),
 ];
 
 pub struct SqliteStore {
@@ -269,12 +270,34 @@ impl Store for SqliteStore {
             "grant_access_tokens",
             "sessions",
             "grants",
+            "failures",
         ] {
             // Table names come from the list above, never from input.
             let sql = format!("DELETE FROM {table} WHERE expires_at < ?");
             rows += sqlx::query(&sql).bind(now).execute(&self.pool).await?.rows_affected();
         }
         Ok(rows)
+    }
+
+    async fn record_failure(&self, kind: &str, key: &str, at: i64, until: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO failures (kind, key, at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(kind)
+            .bind(key)
+            .bind(at)
+            .bind(until)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn failures_since(&self, kind: &str, key: &str, since: i64) -> Result<u32, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM failures WHERE kind = ? AND key = ? AND at >= ?")
+            .bind(kind)
+            .bind(key)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     async fn create_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {

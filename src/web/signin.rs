@@ -150,6 +150,17 @@ impl Web {
         let base = &config.authorization_server.issuer_path;
         let secure = config.authorization_server.secure_cookies;
         let csrf_key = *server.tokens.form_key();
+        // Counted across the replicas that share the store.
+        let user_failures = server.share(
+            Throttle::new(MAX_LOGIN_FAILURES_PER_USER, LOGIN_WINDOW, 100_000),
+            "login-user",
+            String::clone,
+        );
+        let address_failures = server.share(
+            Throttle::new(MAX_LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW, 100_000),
+            "login-address",
+            IpAddr::to_string,
+        );
         Web {
             server,
             pages: Pages::new(),
@@ -172,8 +183,8 @@ impl Web {
             session_ttl: config.authorization_server.session_ttl,
             form: config.server.form_reader(),
             metrics,
-            user_failures: Throttle::new(MAX_LOGIN_FAILURES_PER_USER, LOGIN_WINDOW, 100_000),
-            address_failures: Throttle::new(MAX_LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW, 100_000),
+            user_failures,
+            address_failures,
             dummy_hash: crate::oauth::clients::hash_secret("portcullis-dummy-password").unwrap_or_default(),
         }
     }
@@ -546,8 +557,8 @@ impl Web {
             return res;
         }
         if !self.check_password(username, password).await {
-            user_attempt.failed();
-            address_attempt.failed();
+            user_attempt.failed().await;
+            address_attempt.failed().await;
             self.flow("login_failed");
             audit::record(
                 Event::LoginFailed,
