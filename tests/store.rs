@@ -11,8 +11,8 @@ mod support;
 use std::sync::Arc;
 
 use portcullis::store::{
-    AccessTokenRecord, CodeRecord, Consumed, GrantRecord, PostgresStore, RefreshRecord, SessionRecord, SqliteStore,
-    Store, StoredClient, StoredKey,
+    AccessTokenRecord, CodeRecord, Consumed, GrantRecord, Heard, PostgresStore, RefreshRecord, Revocation,
+    RevocationFeed, SessionRecord, SqliteStore, Store, StoredClient, StoredKey,
 };
 
 /// One backend: its name, and `REPLICAS` handles on one database.
@@ -322,4 +322,32 @@ async fn expired_rows_are_purged_once_whoever_purges() {
         assert!(!b.replicas[1].is_revoked("expired-0-0").await.unwrap(), "{}", b.name);
         assert!(b.replicas[1].is_revoked("live").await.unwrap(), "{}: the live row stays", b.name);
     }
+}
+
+/// Replicas hear each other's revocations through the store (PostgreSQL
+/// `NOTIFY`; SQLite serves one process and has no feed), a consent
+/// withdrawn with the CLI included: its grants' access tokens are
+/// announced, so every replica's cache forgets them.
+#[tokio::test]
+async fn revocations_are_heard_by_every_replica() {
+    for b in backends().await {
+        let (a, other) = (&b.replicas[0], &b.replicas[1]);
+        let Some(mut feed) = other.revocation_feed().await.unwrap() else {
+            assert_eq!(b.name, "sqlite", "only SQLite has no one to tell");
+            continue;
+        };
+        a.announce(&Revocation::Token([7; 32])).await.unwrap();
+        assert_eq!(heard(&mut feed).await, Heard::Revoked(Revocation::Token([7; 32])), "{}", b.name);
+
+        a.create_grant(&grant("g4")).await.unwrap();
+        a.record_grant_access_token("g4", "jti-4", 900).await.unwrap();
+        a.save_consent("alice", "web", "calendar.read", 100).await.unwrap();
+        assert!(a.delete_consent("alice", "web", 200).await.unwrap());
+        assert_eq!(heard(&mut feed).await, Heard::Revoked(Revocation::Grant(vec!["jti-4".into()])), "{}", b.name);
+    }
+}
+
+/// The next thing `feed` hears, within five seconds.
+async fn heard(feed: &mut Box<dyn RevocationFeed>) -> Heard {
+    tokio::time::timeout(std::time::Duration::from_secs(5), feed.next()).await.expect("heard in time")
 }

@@ -630,8 +630,14 @@ impl Store for PostgresStore {
                 .into_iter()
                 .map(|r| r.get("grant_id"))
                 .collect();
+        let mut jtis = Vec::new();
         for grant in grants {
-            self.revoke_grant(&grant, now).await?;
+            jtis.extend(self.revoke_grant(&grant, now).await?);
+        }
+        // Withdrawn from the command line, beside running replicas: they
+        // hear of it as of any other revocation.
+        if !jtis.is_empty() {
+            self.announce(&Revocation::Grant(jtis)).await?;
         }
         Ok(deleted)
     }
