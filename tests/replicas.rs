@@ -219,3 +219,26 @@ async fn guesses_spread_over_replicas_are_throttled_as_on_one() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Three replicas: a token cached on two of them is refused on both within
+/// a second of its revocation on the third.
+#[tokio::test]
+async fn three_replicas_hear_a_revocation_on_any_one() {
+    let mut upstream = Upstream::start().await;
+    let Some(url) = support::postgres::database().await else { return };
+    let toml = config(&upstream, "jwt", &url);
+    let (a, b, c) = (Gateway::start(&toml).await, Gateway::start(&toml).await, Gateway::start(&toml).await);
+    let token = c.token("other", "calendar.read").await;
+    for gw in [&a, &b] {
+        let reply = get(&gw.url("/calendar/events"), &[("authorization", &bearer(&token))]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        upstream.next().await;
+    }
+    revoke(&c, &token).await;
+    for gw in [&a, &b] {
+        until_refused(gw, &mut upstream, &token, Duration::from_secs(1)).await;
+    }
+    for gw in [a, b, c] {
+        gw.stop().await;
+    }
+}
