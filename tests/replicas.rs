@@ -143,7 +143,8 @@ async fn a_revocation_on_one_replica_evicts_what_the_other_cached_within_a_secon
 
 /// A replica cut off from PostgreSQL (its link down, the other replica's
 /// up): what it has cached keeps working, what it has not is refused with
-/// a 503 (never forwarded); a revocation made elsewhere meanwhile is not
+/// a 503 (never forwarded), and so is a token request that needs the
+/// store; a revocation made elsewhere meanwhile is not
 /// heard, so when the link comes back the replica forgets its whole cache
 /// and the revoked token is refused, with no restart.
 #[tokio::test]
@@ -172,6 +173,10 @@ async fn a_replica_cut_off_from_the_database_fails_closed_and_catches_up_when_it
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert!(upstream.saw_nothing(), "nothing forwarded on a token it could not check");
+    // Refused: an opaque token, which cannot be issued without the store.
+    let reply = client_credentials(&a, "other", "other-secret").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "temporarily_unavailable");
 
     link.restore();
     let took = until_refused(&a, &mut upstream, &cached, Duration::from_secs(5)).await;
@@ -179,6 +184,7 @@ async fn a_replica_cut_off_from_the_database_fails_closed_and_catches_up_when_it
     let reply = get(&a.url("/calendar/events"), &[("authorization", &bearer(&uncached))]).await;
     assert_eq!(reply.status, StatusCode::OK, "recovered on its own: {}", reply.text());
     upstream.next().await;
+    assert_eq!(client_credentials(&a, "other", "other-secret").await.status, StatusCode::OK);
     a.stop().await;
     b.stop().await;
 }
