@@ -129,6 +129,8 @@ async fn a_revocation_on_one_replica_evicts_what_the_other_cached_within_a_secon
             revoke(&b, &token).await;
             took.push(until_refused(&a, &mut upstream, &token, Duration::from_secs(1)).await);
         }
+        assert_eq!(feed_events(&b, "announced").await, 20, "{format}");
+        assert!(feed_events(&a, "heard").await >= 20, "{format}");
         took.sort();
         eprintln!(
             "{format}: revocation on B refused on A after p50 {:?}, p99 {:?}, max {:?} (20 trials)",
@@ -181,6 +183,7 @@ async fn a_replica_cut_off_from_the_database_fails_closed_and_catches_up_when_it
     link.restore();
     let took = until_refused(&a, &mut upstream, &cached, Duration::from_secs(5)).await;
     eprintln!("the revoked token was refused {took:?} after the link came back");
+    assert_eq!(feed_events(&a, "resumed").await, 1, "one return, one emptied cache");
     let reply = get(&a.url("/calendar/events"), &[("authorization", &bearer(&uncached))]).await;
     assert_eq!(reply.status, StatusCode::OK, "recovered on its own: {}", reply.text());
     upstream.next().await;
@@ -247,4 +250,11 @@ async fn three_replicas_hear_a_revocation_on_any_one() {
     for gw in [a, b, c] {
         gw.stop().await;
     }
+}
+
+/// `portcullis_revocation_feed_total` of `gw` for `event`.
+async fn feed_events(gw: &Gateway, event: &str) -> u64 {
+    let series = format!("portcullis_revocation_feed_total{{event=\"{event}\"}} ");
+    let metrics = get(&gw.admin_url("/metrics"), &[]).await.text();
+    metrics.lines().find_map(|l| l.strip_prefix(&series)?.trim().parse().ok()).unwrap_or(0)
 }

@@ -271,8 +271,10 @@ impl Server {
             .await
         });
         let janitor = tokio::spawn(janitor(self.store.clone(), self.reloader.clock.clone()));
-        let follower =
-            self.revocation_feed.take().map(|feed| tokio::spawn(follow_revocations(feed, self.gateway.clone())));
+        let follower = self
+            .revocation_feed
+            .take()
+            .map(|feed| tokio::spawn(follow_revocations(feed, self.gateway.clone(), self.reloader.metrics.clone())));
         let certs = self.tls.as_ref().map(|t| t.certs.clone());
         let cert_watch =
             certs.zip(cfg.tls.as_ref()).map(|(c, t)| tokio::spawn(watch_certificates(c, t.watch_interval)));
@@ -464,6 +466,7 @@ impl CertEvents for Metrics {
 struct CacheEviction {
     validator: Arc<TokenValidator>,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
 }
 
 impl RevocationSink for CacheEviction {
@@ -473,9 +476,14 @@ impl RevocationSink for CacheEviction {
             // The revocation is in the store already: a replica that does
             // not hear of it refuses the token once its cached entry ends
             // (`cache.ttl`), or at once if it has none.
-            if let Err(e) = self.store.announce(&what).await {
-                tracing::error!(error = %e, "could not tell the other replicas of a revocation");
-            }
+            let event = match self.store.announce(&what).await {
+                Ok(()) => "announced",
+                Err(e) => {
+                    tracing::error!(error = %e, "could not tell the other replicas of a revocation");
+                    "announce_failed"
+                }
+            };
+            self.metrics.revocation_feed.with_label_values(&[event]).inc();
         })
     }
 }
@@ -490,14 +498,21 @@ async fn forget(validator: &Arc<TokenValidator>, what: Revocation) {
 /// The other replicas' revocations, evicted from the cache in force as they
 /// come; when the feed was cut, everything cached is forgotten, since a
 /// revocation may have been missed meanwhile.
-async fn follow_revocations(mut feed: Box<dyn RevocationFeed>, gateway: Arc<ArcSwap<Gateway>>) {
+async fn follow_revocations(mut feed: Box<dyn RevocationFeed>, gateway: Arc<ArcSwap<Gateway>>, metrics: Arc<Metrics>) {
     loop {
         let heard = feed.next().await;
         let validator = gateway.load().validator.clone();
-        match heard {
-            Heard::Revoked(what) => forget(&validator, what).await,
-            Heard::Resumed => validator.forget_all().await,
-        }
+        let event = match heard {
+            Heard::Revoked(what) => {
+                forget(&validator, what).await;
+                "heard"
+            }
+            Heard::Resumed => {
+                validator.forget_all().await;
+                "resumed"
+            }
+        };
+        metrics.revocation_feed.with_label_values(&[event]).inc();
     }
 }
 
@@ -524,7 +539,8 @@ async fn build_gateway(
     let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone(), clock.clone()).await?);
     let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
     let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));
-    let revocations = Arc::new(CacheEviction { validator: validator.clone(), store: store.clone() });
+    let revocations =
+        Arc::new(CacheEviction { validator: validator.clone(), store: store.clone(), metrics: metrics.clone() });
     let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, revocations);
     let authz = AuthzEndpoints::new(config, server, metrics.clone());
     let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), metrics)).collect());

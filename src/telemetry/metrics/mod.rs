@@ -154,6 +154,9 @@ pub struct Metrics {
     pub authorization_flow: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// Revocations told to and heard from the other replicas, and the
+    /// feed's returns after a cut (each one empties the cache).
+    pub revocation_feed: IntCounterVec,
     pub tls_expiry: IntGauge,
 }
 
@@ -264,6 +267,14 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let revocation_feed = IntCounterVec::new(
+            Opts::new(
+                "portcullis_revocation_feed_total",
+                "Revocations shared with other replicas: announced, announce_failed, heard, and resumed (the feed came back after a cut and the cache was emptied).",
+            ),
+            &["event"],
+        )
+        .expect("static metric definition");
         let in_flight = Family::gauge(
             Opts::new("portcullis_requests_in_flight", "Requests being handled on the public listener."),
             &[],
@@ -287,6 +298,7 @@ impl Metrics {
             Box::new(authorization_flow.clone()),
             Box::new(tls_reloads.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(revocation_feed.clone()),
             Box::new(tls_expiry.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -311,6 +323,7 @@ impl Metrics {
             authorization_flow,
             tls_reloads,
             config_reloads,
+            revocation_feed,
             tls_expiry,
         }
     }
