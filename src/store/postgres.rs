@@ -118,6 +118,20 @@ fn parse_payload(payload: &str) -> Option<Revocation> {
     Some(Revocation::Grant(jtis.split(',').filter(|j| !j.is_empty()).map(str::to_owned).collect()))
 }
 
+/// Whether `grant_id` is revoked, read under a share lock on
+/// its row, held to the end of `tx`: a revocation's UPDATE waits for the
+/// transaction, or the read waits for the revocation's commit and sees it.
+async fn grant_revoked_locked(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    grant_id: &str,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT revoked_at FROM grants WHERE grant_id = $1 FOR SHARE")
+        .bind(grant_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.is_some_and(|r| r.get::<Option<i64>, _>("revoked_at").is_some()))
+}
+
 /// `LISTEN` on the revocation channel, on a connection of its own.
 struct Feed {
     pool: PgPool,
@@ -451,6 +465,9 @@ impl Store for PostgresStore {
     }
 
     async fn save_refresh_token(&self, t: &RefreshRecord) -> Result<(), StoreError> {
+        // Under the grant's row lock, as `record_grant_access_token`.
+        let mut tx = self.pool.begin().await?;
+        grant_revoked_locked(&mut tx, &t.grant_id).await?;
         sqlx::query(
             // A refresh token minted after its grant was revoked starts out
             // used, so it can never refresh.
@@ -465,8 +482,9 @@ impl Store for PostgresStore {
         .bind(t.issued_at)
         .bind(t.expires_at)
         .bind(&t.grant_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -510,26 +528,28 @@ impl Store for PostgresStore {
     }
 
     async fn record_grant_access_token(&self, grant_id: &str, jti: &str, expires_at: i64) -> Result<(), StoreError> {
-        // One transaction with revoke_grant's: either the revocation sees
-        // this jti, or this sees the grant already revoked and revokes the
-        // jti itself (a token won in a race with a replay dies with it).
+        // Either the revocation sees this jti, or this sees the grant
+        // revoked and revokes the jti itself (a token won in a race with a
+        // replay dies with it). Under READ COMMITTED that takes the grant's
+        // row lock: a revocation in progress holds it from its UPDATE to
+        // its commit, and the read below then sees its result; a revocation
+        // that comes after waits for this insert, and its later statements
+        // see the jti.
         let mut tx = self.pool.begin().await?;
+        let revoked = grant_revoked_locked(&mut tx, grant_id).await?;
         sqlx::query("INSERT INTO grant_access_tokens (jti, grant_id, expires_at) VALUES ($1, $2, $3)")
             .bind(jti)
             .bind(grant_id)
             .bind(expires_at)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO revoked_tokens (jti, expires_at)
-             SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM grants WHERE grant_id = $3 AND revoked_at IS NOT NULL)
-             ON CONFLICT (jti) DO NOTHING",
-        )
-        .bind(jti)
-        .bind(expires_at)
-        .bind(grant_id)
-        .execute(&mut *tx)
-        .await?;
+        if revoked {
+            sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+                .bind(jti)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -134,6 +134,19 @@ upstream = "static://"
     )
 }
 
+/// The store matrix: with `PORTCULLIS_TEST_STORE=postgres`, a gateway the
+/// standard configuration puts on an in-memory SQLite database gets a new
+/// PostgreSQL database of the test cluster instead (`.ci/run` runs the
+/// protocol suites both ways). A test that names its own store keeps it.
+async fn on_the_store_under_test(toml: &str) -> String {
+    const IN_MEMORY: &str = "url = \"sqlite::memory:\"";
+    if std::env::var("PORTCULLIS_TEST_STORE").as_deref() != Ok("postgres") || !toml.contains(IN_MEMORY) {
+        return toml.to_string();
+    }
+    let url = postgres::database().await.expect("PORTCULLIS_TEST_STORE=postgres needs the test cluster");
+    toml.replacen(IN_MEMORY, &format!("url = \"{url}\""), 1)
+}
+
 /// A running gateway; shut down (and awaited) on `stop`, aborted on drop.
 pub struct Gateway {
     pub public: SocketAddr,
@@ -144,7 +157,8 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(toml: &str) -> Gateway {
-        let config = Config::parse(toml, "test.toml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let toml = on_the_store_under_test(toml).await;
+        let config = Config::parse(&toml, "test.toml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
         Gateway::start_config(config).await
     }
 
