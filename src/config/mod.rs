@@ -162,6 +162,11 @@ pub struct AdminConfig {
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub url: String,
+    /// PostgreSQL only: connections kept (one by the revocation feed).
+    pub max_connections: u32,
+    /// PostgreSQL only: how long a request waits for a connection before
+    /// it is answered 503.
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -853,6 +858,21 @@ mod tests {
         }
         let c = with_env("url = \"postgres://gw@db:5432/p\"\npassword_env = \"PG_PASSWORD\"").unwrap();
         assert_eq!(c.storage.url, "postgres://gw:p%40ss%3Aw%2Frd@db:5432/p");
+
+        let c =
+            parse(&storage("url = \"postgres://gw@db/p\"\nmax_connections = 32\nacquire_timeout = \"2s\"")).unwrap();
+        assert_eq!((c.storage.max_connections, c.storage.acquire_timeout), (32, Duration::from_secs(2)));
+        let c = parse(&storage("url = \"postgres://gw@db/p\"")).unwrap();
+        assert_eq!((c.storage.max_connections, c.storage.acquire_timeout), (8, Duration::from_secs(5)));
+        for (table, field) in [
+            ("url = \"sqlite://p.db\"\nmax_connections = 4", "storage.max_connections"),
+            ("url = \"sqlite://p.db\"\nacquire_timeout = \"2s\"", "storage.acquire_timeout"),
+            ("url = \"postgres://gw@db/p\"\nmax_connections = 1", "storage.max_connections"),
+            ("url = \"postgres://gw@db/p\"\nacquire_timeout = \"soon\"", "storage.acquire_timeout"),
+        ] {
+            let err = parse(&storage(table)).unwrap_err();
+            assert_eq!(err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), [field], "{table}");
+        }
 
         let err = parse(&storage("url = \"mysql://gw:secret@db/p\"")).unwrap_err();
         assert_eq!(err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["storage.url"]);

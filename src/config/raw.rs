@@ -87,11 +87,18 @@ impl Default for RawAdmin {
 pub(super) struct RawStorage {
     pub(super) url: String,
     pub(super) password_env: Option<String>,
+    pub(super) max_connections: Option<u32>,
+    pub(super) acquire_timeout: Option<String>,
 }
 
 impl Default for RawStorage {
     fn default() -> Self {
-        RawStorage { url: "sqlite://data/portcullis.db".into(), password_env: None }
+        RawStorage {
+            url: "sqlite://data/portcullis.db".into(),
+            password_env: None,
+            max_connections: None,
+            acquire_timeout: None,
+        }
     }
 }
 

@@ -241,22 +241,33 @@ impl Validator {
                  (\"postgres://portcullis@db.internal:5432/portcullis\")",
             );
         }
-        let Some(var) = raw.password_env else { return StorageConfig { url: raw.url } };
         if !postgres {
-            self.err("storage.password_env", "applies only to a postgres:// URL");
-            return StorageConfig { url: raw.url };
-        }
-        let Some(password) = env(&var) else {
-            self.err("storage.password_env", format!("the environment variable {var} is not set"));
-            return StorageConfig { url: raw.url };
-        };
-        match with_password(&raw.url, &password) {
-            Ok(url) => StorageConfig { url },
-            Err(reason) => {
-                self.err("storage.url", reason);
-                StorageConfig { url: raw.url }
+            for (key, set) in [
+                ("password_env", raw.password_env.is_some()),
+                ("max_connections", raw.max_connections.is_some()),
+                ("acquire_timeout", raw.acquire_timeout.is_some()),
+            ] {
+                if set {
+                    self.err(format!("storage.{key}"), "applies only to a postgres:// URL");
+                }
             }
         }
+        let max_connections = raw.max_connections.unwrap_or(8);
+        if !(2..=1000).contains(&max_connections) {
+            self.err("storage.max_connections", "must be 2 to 1000 (one is kept by the revocation feed)");
+        }
+        let acquire_timeout = self.duration("storage.acquire_timeout", raw.acquire_timeout.as_deref(), "5s");
+        let mut url = raw.url;
+        if let (true, Some(var)) = (postgres, raw.password_env) {
+            match env(&var) {
+                None => self.err("storage.password_env", format!("the environment variable {var} is not set")),
+                Some(password) => match with_password(&url, &password) {
+                    Ok(with) => url = with,
+                    Err(reason) => self.err("storage.url", reason),
+                },
+            }
+        }
+        StorageConfig { url, max_connections, acquire_timeout }
     }
 
     fn authorization_server(&mut self, raw: RawAuthorizationServer) -> AuthorizationServerConfig {

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use crate::auth::clock::{Clock as _, SystemClock};
 use crate::auth::tokens::random_token;
-use crate::config::{Config, GrantType, check_redirect_uri};
+use crate::config::{Config, GrantType, StorageConfig, check_redirect_uri};
 use crate::oauth::clients::{hash_secret, stored_to_config};
 use crate::scope::is_valid_scope_token;
 use crate::store::{self, Store, StoredClient};
@@ -40,8 +40,13 @@ pub struct NewClient {
     pub no_pkce: bool,
 }
 
+/// The pool `[storage]` asks for (PostgreSQL; SQLite sizes its own).
+pub fn pool_options(storage: &StorageConfig) -> store::PoolOptions {
+    store::PoolOptions { max_connections: storage.max_connections, acquire_timeout: storage.acquire_timeout }
+}
+
 pub async fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>, ManageError> {
-    Ok(store::open(&config.storage.url).await?)
+    Ok(store::open_with(&config.storage.url, pool_options(&config.storage)).await?)
 }
 
 /// Registers a client; returns the lines to print (with the secret, once).

@@ -129,7 +129,7 @@ impl Server {
         let public = bind("public", config.server.listen, workers)?;
         let admin_listener = bind("admin", config.admin.listen, 1)?.remove(0);
         let store_lock = store::lock_for_serving(&config.storage.url)?;
-        let store = store::open(&config.storage.url).await?;
+        let store = store::open_with(&config.storage.url, crate::oauth::manage::pool_options(&config.storage)).await?;
         let revocation_feed = store.revocation_feed().await?;
         let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(ArcSwap::from_pointee(

@@ -283,12 +283,31 @@ pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// Opens the store a URL names.
+/// How many connections a PostgreSQL store keeps, and how long a request
+/// waits for one (the embedded SQLite store sizes its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions { max_connections: 8, acquire_timeout: std::time::Duration::from_secs(5) }
+    }
+}
+
+/// Opens the store a URL names, with the default pool.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, PoolOptions::default()).await
+}
+
+/// Opens the store a URL names.
+pub async fn open_with(url: &str, pool: PoolOptions) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else if is_postgres(url) {
-        Ok(Arc::new(PostgresStore::open(url).await?))
+        Ok(Arc::new(PostgresStore::open_with(url, pool).await?))
     } else {
         Err(StoreError::Open { url: url.to_string(), reason: "unsupported scheme".into() })
     }

@@ -14,7 +14,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use super::{
-    AccessTokenRecord, CodeRecord, ConsentRecord, Consumed, GrantRecord, Heard, RefreshRecord, Revocation,
+    AccessTokenRecord, CodeRecord, ConsentRecord, Consumed, GrantRecord, Heard, PoolOptions, RefreshRecord, Revocation,
     RevocationFeed, SessionRecord, Store, StoreError, StoredClient, StoredKey,
 };
 
@@ -51,10 +51,17 @@ impl PostgresStore {
     /// Connects to the database a `postgres://` URL names, and brings its
     /// schema up to date.
     pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        PostgresStore::open_with(url, PoolOptions::default()).await
+    }
+
+    /// `open`, with a pool of `pool.max_connections` (one of them kept by
+    /// the revocation feed) and requests waiting at most
+    /// `pool.acquire_timeout` for a connection.
+    pub async fn open_with(url: &str, pool: PoolOptions) -> Result<PostgresStore, StoreError> {
         let open_err = |reason: String| StoreError::Open { url: redacted(url), reason };
         let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(pool.max_connections)
+            .acquire_timeout(pool.acquire_timeout)
             .connect(url)
             .await
             .map_err(|e| open_err(e.to_string()))?;
