@@ -6,6 +6,7 @@
 //! backend cannot answer. What the rows mean is decided above it.
 
 mod postgres;
+mod shared;
 mod sqlite;
 
 use std::sync::Arc;
