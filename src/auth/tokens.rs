@@ -245,9 +245,8 @@ pub struct TokenService {
     /// `inspect`, which turns the time checks off.
     validation: Validation,
     /// The signature and the presence of `exp`, `iss` and `aud` only: for
-    /// `verify_jwt`, which checks the rest against `clock`.
+    /// `verify_jwt`, which checks the rest against `clock` (with its leeway).
     signature_only: Validation,
-    leeway: u64,
     clock: Arc<dyn Clock>,
     jwks: Bytes,
 }
@@ -359,7 +358,6 @@ impl TokenService {
             verifying_keys,
             validation,
             signature_only,
-            leeway: config.leeway.as_secs(),
             clock,
             jwks: Bytes::from(serde_json::json!({ "keys": jwks }).to_string()),
         })
@@ -494,11 +492,11 @@ impl TokenService {
         // jsonwebtoken's rules, on this service's clock: expired when `exp`
         // is more than the leeway behind now, not yet valid when `nbf` is
         // more than the leeway ahead.
-        let now = self.clock.unix();
-        if c.exp < now.saturating_sub(self.leeway) {
+        let (now, leeway) = (self.clock.unix(), self.signature_only.leeway);
+        if c.exp < now.saturating_sub(leeway) {
             return Err(Rejection::Expired);
         }
-        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
             return Err(Rejection::NotYetValid);
         }
         if c.iss != self.issuer {
