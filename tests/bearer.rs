@@ -650,9 +650,7 @@ async fn oversized_token_is_invalid_token() {
 
 /// `portcullis_denials_total` of the calendar route for `reason`.
 async fn denials(gw: &Gateway, reason: &str) -> u64 {
-    let series = format!("portcullis_denials_total{{reason=\"{reason}\",route=\"calendar\"}} ");
-    let metrics = get(&gw.admin_url("/metrics"), &[]).await.text();
-    metrics.lines().find_map(|l| l.strip_prefix(&series)?.trim().parse().ok()).unwrap_or(0)
+    gw.counter(&format!("portcullis_denials_total{{reason=\"{reason}\",route=\"calendar\"}}")).await
 }
 
 // ---------------------------------------------------------------------------

@@ -7,9 +7,9 @@ mod support;
 
 use std::process::Command;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use portcullis::store::{SqliteStore, Store};
-use support::{Gateway, Upstream, config_toml, send};
+use support::{Gateway, Upstream, config_toml};
 
 fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -34,14 +34,7 @@ fn secret_of(stdout: &str) -> String {
 }
 
 async fn token_status(gw: &Gateway, client: &str, secret: &str) -> StatusCode {
-    send(
-        Method::POST,
-        &gw.url("/oauth/token"),
-        &[("content-type", "application/x-www-form-urlencoded")],
-        format!("grant_type=client_credentials&client_id={client}&client_secret={secret}"),
-    )
-    .await
-    .status
+    gw.client_credentials(client, secret).await.status
 }
 
 #[tokio::test]

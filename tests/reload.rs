@@ -6,11 +6,7 @@
 mod support;
 
 use http::{Method, StatusCode};
-use support::{Gateway, Upstream, config_toml, get, send};
-
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().expect("number"))).unwrap_or(0)
-}
+use support::{Gateway, Upstream, config_toml, counter, get, send};
 
 async fn reload(gw: &Gateway) -> support::Reply {
     send(Method::POST, &gw.admin_url("/reload"), &[], "").await

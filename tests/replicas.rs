@@ -176,7 +176,7 @@ async fn a_replica_cut_off_from_the_database_fails_closed_and_catches_up_when_it
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert!(upstream.saw_nothing(), "nothing forwarded on a token it could not check");
     // Refused: an opaque token, which cannot be issued without the store.
-    let reply = client_credentials(&a, "other", "other-secret").await;
+    let reply = a.client_credentials("other", "other-secret").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
     assert_eq!(reply.json()["error"], "temporarily_unavailable");
 
@@ -187,20 +187,9 @@ async fn a_replica_cut_off_from_the_database_fails_closed_and_catches_up_when_it
     let reply = get(&a.url("/calendar/events"), &[("authorization", &bearer(&uncached))]).await;
     assert_eq!(reply.status, StatusCode::OK, "recovered on its own: {}", reply.text());
     upstream.next().await;
-    assert_eq!(client_credentials(&a, "other", "other-secret").await.status, StatusCode::OK);
+    assert_eq!(a.client_credentials("other", "other-secret").await.status, StatusCode::OK);
     a.stop().await;
     b.stop().await;
-}
-
-/// A token request for `client` with `secret`, as a form.
-async fn client_credentials(gw: &Gateway, client: &str, secret: &str) -> support::Reply {
-    send(
-        Method::POST,
-        &gw.url("/oauth/token"),
-        &[("content-type", "application/x-www-form-urlencoded")],
-        format!("grant_type=client_credentials&client_id={client}&client_secret={secret}"),
-    )
-    .await
 }
 
 /// Guesses spread over two replicas count together: after `MAX_FAILURES`
@@ -211,20 +200,20 @@ async fn guesses_spread_over_replicas_are_throttled_as_on_one() {
     let upstream = Upstream::start().await;
     let Some((a, b)) = replicas(&upstream, "jwt").await else { return };
     // Allowed: the real secret, before any guessing.
-    assert_eq!(client_credentials(&b, "app", "app-secret").await.status, StatusCode::OK);
+    assert_eq!(b.client_credentials("app", "app-secret").await.status, StatusCode::OK);
     let max = portcullis::oauth::clients::MAX_FAILURES;
     for i in 0..max {
         let gw = if i % 2 == 0 { &a } else { &b };
-        let reply = client_credentials(gw, "other", "guess").await;
+        let reply = gw.client_credentials("other", "guess").await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "guess {i}: {}", reply.text());
     }
     for gw in [&a, &b] {
-        let reply = client_credentials(gw, "other", "guess").await;
+        let reply = gw.client_credentials("other", "guess").await;
         assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.text());
         assert_eq!(reply.json()["error"], "slow_down");
     }
     // Another client is not affected.
-    assert_eq!(client_credentials(&a, "app", "app-secret").await.status, StatusCode::OK);
+    assert_eq!(a.client_credentials("app", "app-secret").await.status, StatusCode::OK);
     a.stop().await;
     b.stop().await;
 }
@@ -254,7 +243,5 @@ async fn three_replicas_hear_a_revocation_on_any_one() {
 
 /// `portcullis_revocation_feed_total` of `gw` for `event`.
 async fn feed_events(gw: &Gateway, event: &str) -> u64 {
-    let series = format!("portcullis_revocation_feed_total{{event=\"{event}\"}} ");
-    let metrics = get(&gw.admin_url("/metrics"), &[]).await.text();
-    metrics.lines().find_map(|l| l.strip_prefix(&series)?.trim().parse().ok()).unwrap_or(0)
+    gw.counter(&format!("portcullis_revocation_feed_total{{event=\"{event}\"}}")).await
 }

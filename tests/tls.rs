@@ -18,7 +18,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::Config;
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::{Gateway, Upstream, config_toml};
+use support::{Gateway, Upstream, config_toml, counter};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -233,11 +233,6 @@ async fn a_reload_rereads_the_certificate_at_once() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(peer_cert(&handshake(gw.public, &both).await.expect("handshake")), second.der);
     gw.stop().await;
-}
-
-/// The value of one sample line of the Prometheus text.
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().expect("a number"))).unwrap_or(0)
 }
 
 #[tokio::test]

@@ -209,6 +209,23 @@ impl Gateway {
         }
     }
 
+    /// A `client_credentials` token request for `client` with `secret`,
+    /// as a form, whatever it answers.
+    pub async fn client_credentials(&self, client: &str, secret: &str) -> Reply {
+        send(
+            Method::POST,
+            &self.url("/oauth/token"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("grant_type=client_credentials&client_id={client}&client_secret={secret}"),
+        )
+        .await
+    }
+
+    /// The value of `series` (name and labels) on the admin `/metrics`.
+    pub async fn counter(&self, series: &str) -> u64 {
+        counter(&get(&self.admin_url("/metrics"), &[]).await.text(), series)
+    }
+
     /// A `client_credentials` token for `client` (its secret is
     /// `<client>-secret`) with `scope`.
     pub async fn token(&self, client: &str, scope: &str) -> String {
@@ -230,6 +247,15 @@ impl Drop for Gateway {
             task.abort();
         }
     }
+}
+
+/// The value of one sample (`series`: the name and its labels, exactly) in
+/// Prometheus text; 0 when there is none.
+pub fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(|v| v.trim().parse().expect("a number")))
+        .unwrap_or(0)
 }
 
 /// What the echo upstream saw.
