@@ -1,5 +1,5 @@
-//! The `portcullis` command: `serve`, `check`, `hash-password`, `clients`
-//! and `consents`. All the
+//! The `portcullis` command: `serve`, `check`, `hash-password`, `reload`,
+//! `clients`, `consents` and `keys`. All the
 //! work is in the library; this file parses arguments and maps failures to
 //! exit codes (78, EX_CONFIG, for a bad configuration).
 
@@ -61,6 +61,29 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: ConsentsAction,
+    },
+    /// List the token-signing keys, or rotate in a new one.
+    Keys {
+        #[arg(long, short, default_value = "config/portcullis.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// The keys, with when each was created, when it signs from, and its
+    /// state (pending, active, retired, expired).
+    List,
+    /// Add the next key: published at once, signing after --activate-in;
+    /// the key it replaces stays published until its tokens have expired.
+    Rotate {
+        /// How long the new key is published before it signs (default 6m):
+        /// at least the JWKS cache lifetime of every relying party (ours
+        /// says 5 minutes), plus a minute for gateways on SQLite to read it.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        activate_in: Option<std::time::Duration>,
     },
 }
 
@@ -155,6 +178,13 @@ fn main() -> ExitCode {
             match action {
                 ConsentsAction::List { user } => list_consents(&*store, user.as_deref()).await,
                 ConsentsAction::Revoke { user, client } => revoke_consent(&*store, &user, &client).await,
+            }
+        }),
+        Command::Keys { config, action } => manage(&config, |cfg, store| async move {
+            use portcullis::oauth::manage::*;
+            match action {
+                KeysAction::List => list_keys(&cfg, &*store).await,
+                KeysAction::Rotate { activate_in } => rotate_keys(&cfg, &*store, activate_in).await,
             }
         }),
     }

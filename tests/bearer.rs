@@ -733,7 +733,7 @@ async fn token_for_another_issuer_or_audience_on_a_shared_key_is_invalid_token()
         let (url, key) = (store(name), key[0].clone());
         async move {
             let store = portcullis::store::open(&url).await.expect("open");
-            store.insert_signing_key_if_none(&key).await.expect("insert the key");
+            store.add_signing_key(&key, Some(i64::MIN)).await.expect("insert the key");
         }
     };
     for name in ["twin.db", "other-issuer.db", "other-audience.db"] {

@@ -1,29 +1,13 @@
-//! `portcullis clients` and `portcullis consents`: registering a client in
+//! `portcullis clients`, `consents` and `keys`: registering a client in
 //! the store makes it usable by a running gateway without a restart, its
 //! secret is shown once and rotates, and consents can be listed and
-//! withdrawn.
+//! withdrawn, and the signing keys are listed and rotated.
 
 mod support;
 
-use std::process::Command;
-
 use http::StatusCode;
 use portcullis::store::{SqliteStore, Store};
-use support::{Gateway, Upstream, config_toml};
-
-fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run portcullis");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{Gateway, Upstream, cli, config_toml};
 
 fn secret_of(stdout: &str) -> String {
     stdout
@@ -182,4 +166,59 @@ async fn consents_are_listed_and_withdrawn_with_their_grants() {
     assert_eq!(store.find_consent("alice", "app").await.expect("query"), None);
     assert!(store.grant_is_revoked("g1").await.expect("query"));
     assert_eq!(store.find_consent("bob", "app").await.expect("query").as_deref(), Some("admin"));
+}
+
+/// `portcullis keys`: listed with their states, and a rotated-in key is
+/// published (JWKS) while the old one keeps signing until the new one's
+/// activation; a bad duration is refused with a reason.
+#[tokio::test]
+async fn keys_are_listed_and_rotated_with_the_cli() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/p.db", dir.path().display());
+    let toml = config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\""));
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &toml).expect("write config");
+
+    let (code, out, err) = cli(&path, &["keys", "list"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "no signing key yet: the gateway creates the first when it starts\n"),
+        "{err}"
+    );
+    let gw = Gateway::start(&toml).await;
+    let (code, out, err) = cli(&path, &["keys", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("kid ") && lines[0].ends_with(" state"), "{out}");
+    assert!(lines[1].ends_with(" active"), "{out}");
+    let old = lines[1].split(' ').next().expect("kid").to_owned();
+
+    let (code, out, err) = cli(&path, &["keys", "rotate", "--activate-in", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let new = out.lines().find_map(|l| l.strip_prefix("kid: ")).expect("kid").to_owned();
+    assert!(out.contains("(in 1h)"), "{out}");
+    let (code, out, err) = cli(&path, &["keys", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(1).is_some_and(|l| l.starts_with(&new) && l.ends_with(" pending")), "{out}");
+    assert!(out.lines().nth(2).is_some_and(|l| l.starts_with(&old) && l.ends_with(" active")), "{out}");
+    gw.stop().await;
+
+    // A gateway reading the store afresh publishes both, signs with the old.
+    let gw = Gateway::start(&toml).await;
+    let jwks = support::get(&gw.url("/oauth/jwks"), &[]).await.json();
+    let kids: Vec<&str> = jwks["keys"].as_array().expect("keys").iter().filter_map(|k| k["kid"].as_str()).collect();
+    assert_eq!(kids, [new.as_str(), old.as_str()]);
+    let token = gw.token("app", "calendar.read").await;
+    assert!(token.split('.').next().is_some_and(|h| {
+        use base64::Engine as _;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).expect("base64url");
+        serde_json::from_slice::<serde_json::Value>(&header).expect("JSON")["kid"] == old.as_str()
+    }));
+    gw.stop().await;
+
+    let (code, _, err) = cli(&path, &["keys", "rotate", "--activate-in", "soon"]);
+    assert_eq!(code, 2, "a usage error");
+    assert!(err.contains("invalid value 'soon' for '--activate-in"), "{err}");
 }

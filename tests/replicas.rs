@@ -1,16 +1,19 @@
 //! Two gateways on one PostgreSQL database behave as one: a token issued
 //! by either is honoured by both, for both token formats, and a token
 //! revoked on one is refused by the other, within a second even when the
-//! other had it cached (the revocation feed, PostgreSQL `NOTIFY`). The
-//! database is the test cluster's (`support::postgres`).
+//! other had it cached (the replicas' notices, PostgreSQL `NOTIFY`); so
+//! are clients and signing keys changed with the CLI. The database is the
+//! test cluster's (`support::postgres`).
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use portcullis::auth::clock::{Clock as _, ManualClock};
 use support::link::Link;
-use support::{Gateway, Upstream, config_toml, get, send};
+use support::{Gateway, Upstream, cli, config_toml, get, send};
 
 /// Two replicas on one new database, issuing `format` tokens.
 async fn replicas(upstream: &Upstream, format: &str) -> Option<(Gateway, Gateway)> {
@@ -241,7 +244,191 @@ async fn three_replicas_hear_a_revocation_on_any_one() {
     }
 }
 
-/// `portcullis_revocation_feed_total` of `gw` for `event`.
+/// `portcullis_replica_notices_total` of `gw` for `event`.
 async fn feed_events(gw: &Gateway, event: &str) -> u64 {
-    gw.counter(&format!("portcullis_revocation_feed_total{{event=\"{event}\"}}")).await
+    gw.counter(&format!("portcullis_replica_notices_total{{event=\"{event}\"}}")).await
+}
+
+/// Waits until `check` holds, asking every 5 ms; fails past `bound`.
+async fn within<F, Fut>(bound: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The config `toml` in a file of its own, for the CLI.
+fn config_file(dir: &tempfile::TempDir, toml: &str) -> std::path::PathBuf {
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+/// Clients registered, re-keyed and removed with the CLI are seen by every
+/// replica within a second (the replicas' notices), though each keeps what
+/// it read of a client for 5 s: a replica that has just found a client
+/// unknown takes it once registered, and one that has just used a secret
+/// refuses it once rotated.
+#[tokio::test]
+async fn clients_changed_with_the_cli_reach_every_replica_within_a_second() {
+    let upstream = Upstream::start().await;
+    let Some(url) = support::postgres::database().await else { return };
+    let toml = config(&upstream, "jwt", &url);
+    let (a, b) = (Gateway::start(&toml).await, Gateway::start(&toml).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config_file(&dir, &toml);
+    let secret_of =
+        |out: &str| out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("a secret").to_owned();
+
+    // Read as unknown by both first.
+    for gw in [&a, &b] {
+        assert_eq!(svc_status(gw, "none").await, StatusCode::UNAUTHORIZED);
+    }
+    let (code, out, err) =
+        cli(&path, &["clients", "add", "svc", "--grant-type", "client_credentials", "--scope", "calendar.read"]);
+    assert_eq!(code, 0, "{err}");
+    let first = secret_of(&out);
+    for gw in [&a, &b] {
+        within(Duration::from_secs(1), "registered", || async { svc_status(gw, &first).await == StatusCode::OK }).await;
+    }
+
+    let (code, out, err) = cli(&path, &["clients", "rotate-secret", "svc"]);
+    assert_eq!(code, 0, "{err}");
+    let second = secret_of(&out);
+    for gw in [&a, &b] {
+        within(Duration::from_secs(1), "old secret refused", || async {
+            svc_status(gw, &first).await == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert_eq!(svc_status(gw, &second).await, StatusCode::OK);
+    }
+
+    let (code, _, err) = cli(&path, &["clients", "remove", "svc"]);
+    assert_eq!(code, 0, "{err}");
+    for gw in [&a, &b] {
+        within(Duration::from_secs(1), "removed", || async {
+            svc_status(gw, &second).await == StatusCode::UNAUTHORIZED
+        })
+        .await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// What `gw` answers a client-credentials request of `svc` with `secret`.
+async fn svc_status(gw: &Gateway, secret: &str) -> StatusCode {
+    gw.client_credentials("svc", secret).await.status
+}
+
+/// The published keys' ids, in the JWKS `gw` serves.
+async fn published(gw: &Gateway) -> Vec<String> {
+    let jwks = get(&gw.url("/oauth/jwks"), &[]).await.json();
+    jwks["keys"].as_array().expect("keys").iter().map(|k| k["kid"].as_str().expect("kid").to_owned()).collect()
+}
+
+/// The `kid` a JWT's header names.
+fn kid_of(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().expect("a header");
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).expect("base64url");
+    serde_json::from_slice::<serde_json::Value>(&header).expect("JSON")["kid"].as_str().expect("kid").to_owned()
+}
+
+/// `portcullis keys rotate` on a store two replicas share: both publish the
+/// new key within a second and neither signs with it before its activation;
+/// from then on both do, and both still honour what the old key signed,
+/// which they keep publishing until those tokens have expired.
+#[tokio::test]
+async fn a_rotated_key_is_published_by_every_replica_before_any_signs_with_it() {
+    let mut upstream = Upstream::start().await;
+    let Some(url) = support::postgres::database().await else { return };
+    let toml = config(&upstream, "jwt", &url);
+    let clock = Arc::new(ManualClock::starting_now());
+    let a = Gateway::start_with_clock(&toml, clock.clone()).await;
+    let b = Gateway::start_with_clock(&toml, clock.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config_file(&dir, &toml);
+    let old_token = a.token("other", "calendar.read").await;
+    // Not presented before the end: a cached verdict runs on real time,
+    // which this test does not move.
+    let unused_old_token = b.token("other", "calendar.read").await;
+    let old = kid_of(&old_token);
+
+    let (code, out, err) = cli(&path, &["keys", "rotate", "--activate-in", "10m"]);
+    assert_eq!(code, 0, "{err}");
+    let new = out.lines().find_map(|l| l.strip_prefix("kid: ")).expect("the new kid").to_owned();
+    for gw in [&a, &b] {
+        within(Duration::from_secs(1), "published", || async { published(gw).await == [new.clone(), old.clone()] })
+            .await;
+        assert_eq!(kid_of(&gw.token("other", "calendar.read").await), old, "pending: nobody signs with it");
+    }
+    let (code, out, err) = cli(&path, &["keys", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with(&new) && l.ends_with("pending")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with(&old) && l.ends_with("active")), "{out}");
+
+    // To a second before the activation the CLI chose (by the system
+    // clock, some way ahead of this test's by now), then to it.
+    let keys = portcullis::store::open(&url).await.expect("open").signing_keys().await.expect("keys");
+    let activates_at = keys.iter().find(|k| k.kid == new).expect("stored").activates_at as u64;
+    clock.advance(Duration::from_secs(activates_at - 1 - clock.unix()));
+    for gw in [&a, &b] {
+        assert_eq!(kid_of(&gw.token("other", "calendar.read").await), old, "a second before: not yet");
+    }
+    clock.advance(Duration::from_secs(1));
+    for gw in [&a, &b] {
+        assert_eq!(kid_of(&gw.token("other", "calendar.read").await), new, "active: both sign with it");
+        let reply = get(&gw.url("/calendar/events"), &[("authorization", &bearer(&old_token))]).await;
+        assert_eq!(reply.status, StatusCode::OK, "the old key's token still honoured: {}", reply.text());
+        upstream.next().await;
+    }
+    // 15 m tokens, 5 s leeway: the old key is published until then.
+    clock.advance(Duration::from_secs(15 * 60 + 4));
+    for gw in [&a, &b] {
+        assert_eq!(published(gw).await, [new.clone(), old.clone()]);
+    }
+    clock.advance(Duration::from_secs(1));
+    for gw in [&a, &b] {
+        assert_eq!(published(gw).await, [new.as_str()], "retired and outlived");
+        let reply = get(&gw.url("/calendar/events"), &[("authorization", &bearer(&unused_old_token))]).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text());
+    }
+    assert!(upstream.saw_nothing());
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `authorization_server.key_rotation`: replicas that find the newest key
+/// older than the period rotate one in, once between them, and it is
+/// published by a replica that does not rotate itself.
+#[tokio::test]
+async fn a_scheduled_rotation_adds_one_key_however_many_replicas_are_due() {
+    let upstream = Upstream::start().await;
+    let Some(url) = support::postgres::database().await else { return };
+    let toml = config(&upstream, "jwt", &url);
+    let first = Gateway::start(&toml).await;
+    let old = published(&first).await;
+    assert_eq!(old.len(), 1);
+
+    // Two replicas whose clocks say the key is two days old, due under a
+    // one-day period; each checks at start.
+    let later = Arc::new(ManualClock::starting_now());
+    later.advance(Duration::from_secs(2 * 86_400));
+    let scheduled = toml.replace("access_token_ttl = \"15m\"", "access_token_ttl = \"15m\"\nkey_rotation = \"1d\"");
+    assert_ne!(scheduled, toml);
+    let b = Gateway::start_with_clock(&scheduled, later.clone()).await;
+    let c = Gateway::start_with_clock(&scheduled, later.clone()).await;
+    within(Duration::from_secs(1), "rotated and published", || async { published(&first).await.len() == 2 }).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out, err) = cli(&config_file(&dir, &toml), &["keys", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1 + 2, "one key added between two replicas: {out}");
+    for gw in [first, b, c] {
+        gw.stop().await;
+    }
 }

@@ -11,8 +11,8 @@ mod support;
 use std::sync::Arc;
 
 use portcullis::store::{
-    AccessTokenRecord, CodeRecord, Consumed, GrantRecord, Heard, PostgresStore, RefreshRecord, Revocation,
-    RevocationFeed, SessionRecord, SqliteStore, Store, StoredClient, StoredKey,
+    AccessTokenRecord, CodeRecord, Consumed, GrantRecord, Heard, Notice, PostgresStore, RefreshRecord, ReplicaFeed,
+    Revocation, SessionRecord, SqliteStore, Store, StoredClient, StoredKey,
 };
 
 /// One backend: its name, and `REPLICAS` handles on one database.
@@ -166,8 +166,9 @@ async fn replicas_starting_together_settle_on_one_signing_key() {
                         private_der: vec![i as u8; 48],
                         public_key: vec![i as u8; 32],
                         created_at: 1_000 + i as i64,
+                        activates_at: 1_000 + i as i64,
                     };
-                    s.insert_signing_key_if_none(&key).await.expect("store answers");
+                    s.add_signing_key(&key, Some(i64::MIN)).await.expect("store answers");
                 })
             })
             .collect();
@@ -324,7 +325,7 @@ async fn expired_rows_are_purged_once_whoever_purges() {
     }
 }
 
-/// Replicas hear each other's revocations through the store (PostgreSQL
+/// Replicas hear each other's revocations (and client and key changes) through the store (PostgreSQL
 /// `NOTIFY`; SQLite serves one process and has no feed), a consent
 /// withdrawn with the CLI included: its grants' access tokens are
 /// announced, so every replica's cache forgets them.
@@ -332,22 +333,25 @@ async fn expired_rows_are_purged_once_whoever_purges() {
 async fn revocations_are_heard_by_every_replica() {
     for b in backends().await {
         let (a, other) = (&b.replicas[0], &b.replicas[1]);
-        let Some(mut feed) = other.revocation_feed().await.unwrap() else {
+        let Some(mut feed) = other.replica_feed().await.unwrap() else {
             assert_eq!(b.name, "sqlite", "only SQLite has no one to tell");
             continue;
         };
-        a.announce(&Revocation::Token([7; 32])).await.unwrap();
-        assert_eq!(heard(&mut feed).await, Heard::Revoked(Revocation::Token([7; 32])), "{}", b.name);
+        for told in [Notice::Revoked(Revocation::Token([7; 32])), Notice::Client("app".into()), Notice::Keys] {
+            a.announce(&told).await.unwrap();
+            assert_eq!(heard(&mut feed).await, Heard::Told(told), "{}", b.name);
+        }
 
         a.create_grant(&grant("g4")).await.unwrap();
         a.record_grant_access_token("g4", "jti-4", 900).await.unwrap();
         a.save_consent("alice", "web", "calendar.read", 100).await.unwrap();
         assert!(a.delete_consent("alice", "web", 200).await.unwrap());
-        assert_eq!(heard(&mut feed).await, Heard::Revoked(Revocation::Grant(vec!["jti-4".into()])), "{}", b.name);
+        let grant = Notice::Revoked(Revocation::Grant(vec!["jti-4".into()]));
+        assert_eq!(heard(&mut feed).await, Heard::Told(grant), "{}", b.name);
     }
 }
 
 /// The next thing `feed` hears, within five seconds.
-async fn heard(feed: &mut Box<dyn RevocationFeed>) -> Heard {
+async fn heard(feed: &mut Box<dyn ReplicaFeed>) -> Heard {
     tokio::time::timeout(std::time::Duration::from_secs(5), feed.next()).await.expect("heard in time")
 }

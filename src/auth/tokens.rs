@@ -8,24 +8,26 @@
 //! and `exp`/`nbf` are checked with an explicit small leeway. `jku`, `x5u`
 //! and `jwk` headers are never consulted: keys come only from the store.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
 use http::HeaderValue;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::auth::clock::Clock;
+pub use crate::auth::keys::KeyError;
+use crate::auth::keys::{self, ED25519_ALG, KeyRing};
 use crate::config::{AuthorizationServerConfig, TokenFormat};
 use crate::scope::ScopeSet;
-use crate::store::{AccessTokenRecord, Store, StoreError, StoredKey};
+use crate::store::{AccessTokenRecord, Store, StoreError};
 use crate::telemetry::access::Principal;
 
 /// Opaque access tokens start with this, so they are told from JWTs (and
@@ -34,13 +36,6 @@ const OPAQUE_PREFIX: &str = "pca_";
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 4096;
-
-const ED25519_ALG: &str = "EdDSA";
-
-/// PKCS#8 v1 wrapping of a raw Ed25519 seed (RFC 8410 §7): a fixed prefix,
-/// then the 32 bytes.
-const ED25519_PKCS8_PREFIX: [u8; 16] =
-    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// 256 random bits, base64url: token values and identifiers (RFC 6749 §10.10
 /// asks for at least 128).
@@ -222,11 +217,6 @@ pub struct IssuedToken {
     pub jti: String,
 }
 
-struct VerifyingKey {
-    alg: Algorithm,
-    key: DecodingKey,
-}
-
 /// Mints and verifies access tokens.
 pub struct TokenService {
     issuer: String,
@@ -234,13 +224,10 @@ pub struct TokenService {
     ttl: Duration,
     format: TokenFormat,
     store: Arc<dyn Store>,
-    active_kid: String,
-    signing_key: EncodingKey,
-    /// A key for what the server signs besides tokens (the sign-in form's
-    /// CSRF token), derived from the active signing key: the same across
-    /// reloads and restarts, and on every replica that shares the keys.
-    form_key: [u8; 32],
-    verifying_keys: HashMap<String, VerifyingKey>,
+    /// The signing keys, replaced whole when the store's change.
+    keys: ArcSwap<KeyRing>,
+    /// How long a token outlives its signing: what a retired key must.
+    outlives: Duration,
     /// Every claim checked by jsonwebtoken, on the system clock: for
     /// `inspect`, which turns the time checks off.
     validation: Validation,
@@ -248,46 +235,6 @@ pub struct TokenService {
     /// `verify_jwt`, which checks the rest against `clock` (with its leeway).
     signature_only: Validation,
     clock: Arc<dyn Clock>,
-    jwks: Bytes,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("signing key {kid} in the store is unusable: {reason}")]
-    Unusable { kid: String, reason: String },
-}
-
-fn generate_ed25519(now: u64) -> StoredKey {
-    let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
-    let mut der = ED25519_PKCS8_PREFIX.to_vec();
-    der.extend_from_slice(&seed);
-    StoredKey {
-        kid: jwk_thumbprint(&public),
-        alg: ED25519_ALG.into(),
-        private_der: der,
-        public_key: public.to_vec(),
-        created_at: now as i64,
-    }
-}
-
-/// A key for one other use, from a signing key's private half (HMAC as a
-/// key-derivation function: nothing about the signing key can be learnt
-/// from it).
-fn form_key(private_der: &[u8]) -> [u8; 32] {
-    use hmac::Mac as _;
-    let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(private_der).expect("HMAC takes any key length");
-    mac.update(b"portcullis: sign-in form CSRF tokens");
-    mac.finalize().into_bytes().into()
-}
-
-/// RFC 7638 thumbprint of an Ed25519 public key: a stable `kid`.
-fn jwk_thumbprint(public: &[u8]) -> String {
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, B64.encode(public));
-    B64.encode(Sha256::digest(canonical.as_bytes()))
 }
 
 impl TokenService {
@@ -298,35 +245,17 @@ impl TokenService {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<TokenService, KeyError> {
-        let mut keys = store.signing_keys().await?;
-        if !keys.iter().any(|k| k.alg == ED25519_ALG) {
-            store.insert_signing_key_if_none(&generate_ed25519(clock.unix())).await?;
-            keys = store.signing_keys().await?;
-            tracing::info!(kid = %keys.first().map_or("", |k| k.kid.as_str()), "generated a new token-signing key");
-        }
-        let mut verifying_keys = HashMap::new();
-        let mut jwks = Vec::new();
-        let mut active: Option<(String, EncodingKey, [u8; 32])> = None;
-        for k in keys.iter().filter(|k| k.alg == ED25519_ALG) {
-            let unusable = |reason: &str| KeyError::Unusable { kid: k.kid.clone(), reason: reason.into() };
-            let x = B64.encode(&k.public_key);
-            if k.public_key.len() != 32
-                || k.private_der.len() != 48
-                || !k.private_der.starts_with(&ED25519_PKCS8_PREFIX)
-            {
-                return Err(unusable("not an Ed25519 key pair"));
+        let outlives = config.access_token_ttl.saturating_add(config.leeway);
+        let mut stored = store.signing_keys().await?;
+        if !stored.iter().any(|k| k.alg == ED25519_ALG) {
+            // The first key signs at once: there is no token to outlive,
+            // and replicas starting together settle on one.
+            if let Some(key) = keys::rotate(&*store, clock.unix(), Duration::ZERO, Some(0)).await? {
+                tracing::info!(kid = %key.kid, "generated a new token-signing key");
             }
-            let key = DecodingKey::from_ed_components(&x).map_err(|e| unusable(&e.to_string()))?;
-            verifying_keys.insert(k.kid.clone(), VerifyingKey { alg: Algorithm::EdDSA, key });
-            jwks.push(serde_json::json!({
-                "kty": "OKP", "crv": "Ed25519", "x": x, "kid": k.kid, "alg": ED25519_ALG, "use": "sig",
-            }));
-            if active.is_none() {
-                active = Some((k.kid.clone(), EncodingKey::from_ed_der(&k.private_der), form_key(&k.private_der)));
-            }
+            stored = store.signing_keys().await?;
         }
-        let (active_kid, signing_key, form_key) =
-            active.ok_or_else(|| KeyError::Unusable { kid: String::new(), reason: "no key".into() })?;
+        let ring = KeyRing::new(&stored, outlives)?;
 
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&config.issuer]);
@@ -352,25 +281,40 @@ impl TokenService {
             ttl: config.access_token_ttl,
             format: config.token_format,
             store,
-            active_kid,
-            signing_key,
-            form_key,
-            verifying_keys,
+            keys: ArcSwap::from_pointee(ring),
+            outlives,
             validation,
             signature_only,
             clock,
-            jwks: Bytes::from(serde_json::json!({ "keys": jwks }).to_string()),
         })
     }
 
-    /// The key the sign-in form's CSRF tokens are signed with.
-    pub fn form_key(&self) -> &[u8; 32] {
-        &self.form_key
+    /// Reads the signing keys from the store again (one was added, or
+    /// deleted, perhaps by another replica). Whether they changed; on an
+    /// error the keys held stay in use.
+    pub async fn reread_keys(&self) -> Result<bool, KeyError> {
+        let ring = KeyRing::new(&self.store.signing_keys().await?, self.outlives)?;
+        if ring.same_as(&self.keys.load()) {
+            return Ok(false);
+        }
+        self.keys.store(Arc::new(ring));
+        Ok(true)
     }
 
-    /// The JWKS document (RFC 7517) of the verifying keys.
+    /// The signing keys as held now.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.load_full()
+    }
+
+    /// The keys the sign-in form's CSRF tokens may be signed with, the one
+    /// to sign with first: a form shown before a rotation still posts after.
+    pub fn form_keys(&self) -> Vec<[u8; 32]> {
+        self.keys.load().form_keys(self.clock.unix())
+    }
+
+    /// The JWKS document (RFC 7517) of the keys published now.
     pub fn jwks(&self) -> Bytes {
-        self.jwks.clone()
+        self.keys.load().jwks(self.clock.unix())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -389,9 +333,11 @@ impl TokenService {
         let jti = random_token();
         let value = match self.format {
             TokenFormat::Jwt => {
+                let ring = self.keys.load();
+                let key = ring.signing(iat);
                 let mut header = Header::new(Algorithm::EdDSA);
                 header.typ = Some("at+jwt".into());
-                header.kid = Some(self.active_kid.clone());
+                header.kid = Some(key.kid.clone());
                 let claims = JwtClaimsOut {
                     iss: &self.issuer,
                     sub: subject,
@@ -402,7 +348,7 @@ impl TokenService {
                     iat,
                     jti: &jti,
                 };
-                jsonwebtoken::encode(&header, &claims, &self.signing_key)
+                jsonwebtoken::encode(&header, &claims, &key.signing)
                     .map_err(|e| StoreError::Unavailable(format!("signing failed: {e}")))?
             }
             TokenFormat::Opaque => {
@@ -476,12 +422,14 @@ impl TokenService {
         if header.crit.is_some() {
             return Err(Rejection::Malformed);
         }
-        let key = header.kid.as_deref().and_then(|kid| self.verifying_keys.get(kid)).ok_or(Rejection::UnknownKey)?;
+        let ring = self.keys.load();
+        let key = header.kid.as_deref().and_then(|kid| ring.verifying(kid, self.clock.unix()));
+        let key = key.ok_or(Rejection::UnknownKey)?;
         // The algorithm is the key's, not the token's to choose.
-        if header.alg != key.alg {
+        if header.alg != Algorithm::EdDSA {
             return Err(Rejection::BadSignature);
         }
-        let data = jsonwebtoken::decode::<JwtClaimsIn>(token, &key.key, &self.signature_only).map_err(|e| {
+        let data = jsonwebtoken::decode::<JwtClaimsIn>(token, &key.verifying, &self.signature_only).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
                 K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => Rejection::BadSignature,
@@ -526,11 +474,12 @@ impl TokenService {
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
         validation.validate_nbf = false;
+        let ring = self.keys.load();
         Ok(jsonwebtoken::decode_header(token)
             .ok()
             .filter(|h| h.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("at+jwt")))
-            .and_then(|h| h.kid.and_then(|kid| self.verifying_keys.get(&kid)))
-            .and_then(|k| jsonwebtoken::decode::<JwtClaimsIn>(token, &k.key, &validation).ok())
+            .and_then(|h| h.kid.and_then(|kid| ring.verifying(&kid, self.clock.unix())))
+            .and_then(|k| jsonwebtoken::decode::<JwtClaimsIn>(token, &k.verifying, &validation).ok())
             .map(|d| TokenOwner { jti: d.claims.jti, client_id: d.claims.client_id, expires_at: d.claims.exp }))
     }
 }
@@ -563,6 +512,7 @@ mod tests {
             secure_cookies: false,
             issuer_host: "127.0.0.1".into(),
             dedicated_host: false,
+            key_rotation: None,
         }
     }
 
@@ -655,7 +605,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
         let a = TokenService::load(&config(TokenFormat::Jwt), store.clone(), Arc::new(SystemClock)).await.unwrap();
         let b = TokenService::load(&config(TokenFormat::Jwt), store.clone(), Arc::new(SystemClock)).await.unwrap();
-        assert_eq!(a.active_kid, b.active_kid);
+        assert!(a.keys().same_as(&b.keys()), "one key, settled on by both");
         let t = a.issue("app", "app", scopes("a")).await.unwrap().value;
         assert!(b.verify(&t).await.unwrap().is_ok());
 
@@ -663,5 +613,36 @@ mod tests {
         other.issuer = "https://elsewhere.example".into();
         let c = TokenService::load(&other, store, Arc::new(SystemClock)).await.unwrap();
         assert_eq!(c.verify(&t).await.unwrap(), Err(Rejection::WrongIssuer));
+    }
+
+    /// A rotated-in key is read by another service on the store, signs
+    /// there only from its activation, and the key it replaced verifies
+    /// what it signed until those tokens have expired.
+    #[tokio::test]
+    async fn a_rotated_key_signs_from_its_activation_everywhere() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+        let clock = Arc::new(ManualClock::starting_now());
+        let svc = TokenService::load(&config(TokenFormat::Jwt), store.clone(), clock.clone()).await.unwrap();
+        let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+        let before = svc.issue("app", "app", scopes("a")).await.unwrap().value;
+        let old = kid(&before);
+
+        let new = keys::rotate(&*store, clock.unix(), Duration::from_secs(30), None).await.unwrap().unwrap();
+        assert!(svc.reread_keys().await.unwrap(), "a new key is a change");
+        assert!(!svc.reread_keys().await.unwrap(), "read twice, no change");
+        assert!(std::str::from_utf8(&svc.jwks()).unwrap().contains(&new.kid), "published at once");
+        assert_eq!(kid(&svc.issue("app", "app", scopes("a")).await.unwrap().value), old, "pending: not signing");
+
+        clock.advance(Duration::from_secs(30));
+        let after = svc.issue("app", "app", scopes("a")).await.unwrap().value;
+        assert_eq!(kid(&after), new.kid, "signs from its activation");
+        assert!(svc.verify(&before).await.unwrap().is_ok(), "the old key still verifies its tokens");
+        assert!(std::str::from_utf8(&svc.jwks()).unwrap().contains(&old));
+
+        // 60 s tokens and a 5 s leeway: the old key is published 65 s more.
+        clock.advance(Duration::from_secs(65));
+        assert!(!std::str::from_utf8(&svc.jwks()).unwrap().contains(&old));
+        assert_eq!(svc.keys().expired(clock.unix()), [old.as_str()]);
+        assert!(svc.verify(&after).await.unwrap().is_ok());
     }
 }

@@ -203,6 +203,9 @@ pub struct AuthorizationServerConfig {
     /// route answers on it, so no upstream's content shares the pages'
     /// origin (where its scripts could set their cookies).
     pub dedicated_host: bool,
+    /// How often a new signing key is rotated in unattended; `None` (the
+    /// default): only by `portcullis keys rotate`.
+    pub key_rotation: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -968,6 +971,26 @@ mod tests {
         let text = MINIMAL.replace("[authorization_server]", "[authorization_server]\nrefresh_token_ttl = \"3650d\"");
         assert_eq!(parse(&text).unwrap().authorization_server.refresh_token_ttl, Duration::from_secs(3650 * 86400));
         assert_eq!(fields(&with_server_line("keep_alive_timeout = \"100000000y\"")), ["server.keep_alive_timeout"]);
+    }
+
+    #[test]
+    fn key_rotation_is_off_by_default_and_no_faster_than_tokens_live() {
+        let rotation = |line: &str| {
+            let text = MINIMAL.replace("[authorization_server]", &format!("[authorization_server]\n{line}"));
+            parse(&text).map(|c| c.authorization_server.key_rotation).map_err(|e| e.errors)
+        };
+        assert_eq!(rotation(""), Ok(None));
+        assert_eq!(rotation("key_rotation = \"30d\""), Ok(Some(Duration::from_secs(30 * 86400))));
+        let refused = Err(vec![FieldError {
+            field: "authorization_server.key_rotation".into(),
+            reason: "must be at least 1h, and longer than access_token_ttl".into(),
+        }]);
+        assert_eq!(rotation("key_rotation = \"59m\""), refused);
+        assert_eq!(rotation("key_rotation = \"2h\"\naccess_token_ttl = \"2h\""), refused);
+        assert_eq!(
+            fields(&MINIMAL.replace("[authorization_server]", "[authorization_server]\nkey_rotation = \"0s\"")),
+            ["authorization_server.key_rotation", "authorization_server.key_rotation"]
+        );
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub(super) struct RawAuthorizationServer {
     pub(super) leeway: Option<String>,
     pub(super) session_ttl: Option<String>,
     pub(super) dedicated_host: Option<bool>,
+    pub(super) key_rotation: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -316,15 +316,20 @@ impl Validator {
         if leeway > Duration::from_secs(300) {
             self.err("authorization_server.leeway", "must be at most 5m");
         }
+        let access_token_ttl =
+            self.duration("authorization_server.access_token_ttl", raw.access_token_ttl.as_deref(), "15m");
+        let key_rotation =
+            raw.key_rotation.as_deref().map(|r| self.duration("authorization_server.key_rotation", Some(r), r));
+        // Every retired key stays published for a token's life: rotating
+        // faster than tokens live, or than hourly, only grows the JWKS.
+        if key_rotation.is_some_and(|r| r < Duration::from_secs(3600) || r <= access_token_ttl) {
+            self.err("authorization_server.key_rotation", "must be at least 1h, and longer than access_token_ttl");
+        }
         AuthorizationServerConfig {
             issuer,
             issuer_path,
             audience,
-            access_token_ttl: self.duration(
-                "authorization_server.access_token_ttl",
-                raw.access_token_ttl.as_deref(),
-                "15m",
-            ),
+            access_token_ttl,
             refresh_token_ttl: self.duration(
                 "authorization_server.refresh_token_ttl",
                 raw.refresh_token_ttl.as_deref(),
@@ -337,6 +342,7 @@ impl Validator {
             secure_cookies: issuer_uri.as_ref().is_some_and(|u| u.scheme_str() == Some("https")),
             issuer_host: issuer_uri.as_ref().and_then(|u| u.host().map(str::to_ascii_lowercase)).unwrap_or_default(),
             dedicated_host: raw.dedicated_host.unwrap_or(false),
+            key_rotation,
         }
     }
 

@@ -125,6 +125,17 @@ impl ClientRegistry {
         }
     }
 
+    /// Drops what was read of a registered client, so the next request
+    /// reads it again (another replica, or the CLI, changed it).
+    pub async fn forget(&self, client_id: &str) {
+        self.registered.invalidate(client_id).await;
+    }
+
+    /// Drops everything read of registered clients.
+    pub fn forget_all(&self) {
+        self.registered.invalidate_all();
+    }
+
     /// The client `client_id`: from the config, else from the store (what
     /// the store says is reused for `REGISTERED_TTL`, so a rotated secret or
     /// removed client takes effect within that time).

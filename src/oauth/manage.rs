@@ -1,19 +1,24 @@
 //! Operator commands that change the store while the gateway runs:
-//! registering clients (`portcullis clients …`) and withdrawing users'
-//! consents (`portcullis consents …`). A running gateway sees a new or
-//! changed client within `oauth::clients::REGISTERED_TTL`.
+//! registering clients (`portcullis clients …`), withdrawing users'
+//! consents (`portcullis consents …`) and rotating the signing keys
+//! (`portcullis keys …`). Each change is announced to the running
+//! replicas (PostgreSQL); a gateway on SQLite sees a changed client within
+//! `oauth::clients::REGISTERED_TTL` and a new key within `auth::keys::REREAD`.
 //!
 //! A client secret is generated here, shown once, and only its argon2 hash
 //! is stored.
 
 use std::fmt::Write as _;
 
+use std::time::{Duration, UNIX_EPOCH};
+
 use crate::auth::clock::{Clock as _, SystemClock};
+use crate::auth::keys::{self, KeyRing};
 use crate::auth::tokens::random_token;
 use crate::config::{Config, GrantType, StorageConfig, check_redirect_uri};
 use crate::oauth::clients::{hash_secret, stored_to_config};
 use crate::scope::is_valid_scope_token;
-use crate::store::{self, Store, StoredClient};
+use crate::store::{self, Notice, Store, StoredClient};
 use crate::telemetry::audit::{self, Event};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +27,19 @@ pub enum ManageError {
     Invalid(String),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+}
+
+/// Tells the running replicas what changed. The change is in the store
+/// already, and each replica rereads what it holds on its own schedule, so
+/// a notice that cannot be sent delays the change there; it undoes nothing.
+async fn tell_replicas(store: &dyn Store, what: Notice) {
+    if let Err(e) = store.announce(&what).await {
+        eprintln!(
+            "warning: could not tell the running gateways at once ({e}); they will see the change on their next reread"
+        );
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> ManageError {
@@ -107,6 +125,8 @@ pub async fn add_client(config: &Config, store: &dyn Store, new: NewClient) -> R
         return Err(invalid(format!("{id:?} is registered already")));
     }
     audit::record(Event::ClientRegistered, audit::Fields { client_id: Some(id), ..Default::default() });
+    // A replica may have read it as unknown a moment ago.
+    tell_replicas(store, Notice::Client(id.clone())).await;
     let mut out = format!("client_id: {id}\n");
     match secret {
         Some(s) => {
@@ -147,6 +167,7 @@ pub async fn remove_client(config: &Config, store: &dyn Store, client_id: &str) 
     }
     if store.delete_client(client_id).await? {
         audit::record(Event::ClientRemoved, audit::Fields { client_id: Some(client_id), ..Default::default() });
+        tell_replicas(store, Notice::Client(client_id.to_string())).await;
         Ok(format!("removed {client_id}\n"))
     } else {
         Err(invalid(format!("no registered client {client_id:?}")))
@@ -161,6 +182,7 @@ pub async fn rotate_secret(config: &Config, store: &dyn Store, client_id: &str) 
     let hash = hash_secret(&secret).map_err(|e| invalid(format!("hashing failed: {e}")))?;
     if store.set_client_secret(client_id, &hash).await? {
         audit::record(Event::ClientSecretRotated, audit::Fields { client_id: Some(client_id), ..Default::default() });
+        tell_replicas(store, Notice::Client(client_id.to_string())).await;
         Ok(format!(
             "client_id: {client_id}\nclient_secret: {secret}\n(the old secret stops working; this one is shown only now)\n"
         ))
@@ -187,4 +209,68 @@ pub async fn revoke_consent(store: &dyn Store, user: &str, client_id: &str) -> R
     } else {
         Err(invalid(format!("{user} has no consent for {client_id}")))
     }
+}
+
+/// The signing keys and where each is in its life (`portcullis keys list`).
+pub async fn list_keys(config: &Config, store: &dyn Store) -> Result<String, ManageError> {
+    let stored = store.signing_keys().await?;
+    if stored.is_empty() {
+        return Ok("no signing key yet: the gateway creates the first when it starts\n".into());
+    }
+    let ring = KeyRing::new(&stored, outlives(config))?;
+    let now = SystemClock.unix();
+    let mut out = format!("{:<44} {:<21} {:<21} state\n", "kid", "created", "signs from");
+    for k in ring.keys() {
+        let _ = writeln!(
+            out,
+            "{:<44} {:<21} {:<21} {}",
+            k.kid,
+            utc(k.created_at),
+            utc(k.activates_at),
+            match ring.state(k, now) {
+                keys::KeyState::Retired { until } => format!("retired, published until {}", utc(until)),
+                state => state.to_string(),
+            }
+        );
+    }
+    Ok(out)
+}
+
+/// Adds the next signing key (`portcullis keys rotate`): published by
+/// every replica at once, signing after `activate_in`, while the key it
+/// replaces stays published until the tokens it signed have expired.
+/// `activate_in` defaults to `keys::PUBLISH_LEAD`.
+pub async fn rotate_keys(
+    config: &Config,
+    store: &dyn Store,
+    activate_in: Option<Duration>,
+) -> Result<String, ManageError> {
+    let now = SystemClock.unix();
+    let activate_in = activate_in.unwrap_or(keys::PUBLISH_LEAD);
+    // Read first, so a store whose keys cannot be used is not added to.
+    let stored = store.signing_keys().await?;
+    if !stored.is_empty() {
+        KeyRing::new(&stored, outlives(config))?;
+    }
+    let key = keys::rotate(store, now, activate_in, None).await?.ok_or_else(|| invalid("the key was not stored"))?;
+    tell_replicas(store, Notice::Keys).await;
+    let activates_at = u64::try_from(key.activates_at).unwrap_or(0);
+    Ok(format!(
+        "kid: {}\npublished now; signs from {} (in {}); the key it replaces stays published until {}\n",
+        key.kid,
+        utc(activates_at),
+        humantime::format_duration(activate_in),
+        utc(activates_at.saturating_add(outlives(config).as_secs())),
+    ))
+}
+
+/// How long a token outlives its signing: what a retired key must.
+fn outlives(config: &Config) -> Duration {
+    let a = &config.authorization_server;
+    a.access_token_ttl.saturating_add(a.leeway)
+}
+
+/// Unix seconds as `2026-12-07T18:51:56Z`.
+fn utc(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }

@@ -191,6 +191,11 @@ impl AuthorizationServer {
         self.tokens.store()
     }
 
+    /// How often a signing key is rotated in unattended, if at all.
+    pub fn key_rotation(&self) -> Option<std::time::Duration> {
+        self.config.key_rotation
+    }
+
     /// Now, in the store's terms (Unix seconds), on the tokens' clock.
     fn now(&self) -> i64 {
         self.tokens.clock().unix() as i64

@@ -19,12 +19,15 @@
 //!
 //! The only room that wires the others together (start-up, `reload`), and
 //! the top of the arrows: nothing imports it. `connection` is one
-//! connection's life, `admin` the admin listener, `affinity` CPU pinning.
+//! connection's life, `admin` the admin listener, `affinity` CPU pinning,
+//! `replicas` what is told to and heard from other replicas, and the
+//! signing keys' upkeep.
 
 pub mod admin;
 pub mod affinity;
 mod connection;
 mod reload;
+mod replicas;
 
 pub use reload::{ReloadError, Reloader};
 
@@ -52,11 +55,11 @@ use crate::auth::clock::{Clock, SystemClock};
 use crate::auth::tokens::TokenService;
 use crate::config::{Config, HostPattern, ServerConfig};
 use crate::gateway::{Gateway, Route, RouteTable, Worker};
+use crate::oauth::AuthorizationServer;
 use crate::oauth::clients::ClientRegistry;
-use crate::oauth::{Announcement, AuthorizationServer, Revocation, RevocationSink};
 use crate::server::admin::Admin;
 use crate::server::affinity::Pinning;
-use crate::store::{self, Heard, RevocationFeed, Store};
+use crate::store::{self, ReplicaFeed, Store};
 use crate::telemetry::access;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::listener::{CertEvents, CertStore};
@@ -96,9 +99,9 @@ pub struct Server {
     tls: Option<Tls>,
     /// This process's claim on a SQLite store, released when it stops.
     _store_lock: Option<store::ServeLock>,
-    /// What the other replicas revoke (a shared store only), listened to
-    /// from `start`, so nothing revoked while this one starts is missed.
-    revocation_feed: Option<Box<dyn RevocationFeed>>,
+    /// What the other replicas announce (a shared store only), listened
+    /// to from `start`, so nothing announced while this one starts is missed.
+    replica_feed: Option<Box<dyn ReplicaFeed>>,
 }
 
 /// TLS on the public listener: the acceptor, the certificate it serves
@@ -130,7 +133,7 @@ impl Server {
         let admin_listener = bind("admin", config.admin.listen, 1)?.remove(0);
         let store_lock = store::lock_for_serving(&config.storage.url)?;
         let store = store::open_with(&config.storage.url, crate::oauth::manage::pool_options(&config.storage)).await?;
-        let revocation_feed = store.revocation_feed().await?;
+        let replica_feed = store.replica_feed().await?;
         let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(ArcSwap::from_pointee(
             build_gateway(&config, config.server.tls.is_some(), &store, &metrics, &clock).await?,
@@ -175,7 +178,7 @@ impl Server {
             server_config: config.server,
             tls,
             _store_lock: store_lock,
-            revocation_feed,
+            replica_feed,
         })
     }
 
@@ -271,10 +274,12 @@ impl Server {
             .await
         });
         let janitor = tokio::spawn(janitor(self.store.clone(), self.reloader.clock.clone()));
+        let metrics = &self.reloader.metrics;
         let follower = self
-            .revocation_feed
+            .replica_feed
             .take()
-            .map(|feed| tokio::spawn(follow_revocations(feed, self.gateway.clone(), self.reloader.metrics.clone())));
+            .map(|feed| tokio::spawn(replicas::follow(feed, self.gateway.clone(), metrics.clone())));
+        let key_keeper = tokio::spawn(replicas::keep_keys(self.gateway.clone(), metrics.clone()));
         let certs = self.tls.as_ref().map(|t| t.certs.clone());
         let cert_watch =
             certs.zip(cfg.tls.as_ref()).map(|(c, t)| tokio::spawn(watch_certificates(c, t.watch_interval)));
@@ -295,6 +300,7 @@ impl Server {
         tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: no new connections, draining in-flight requests");
         let _ = stop_tx.send(true);
         janitor.abort();
+        key_keeper.abort();
         if let Some(f) = follower {
             f.abort();
         }
@@ -460,62 +466,6 @@ impl CertEvents for Metrics {
     }
 }
 
-/// The validation cache hears the authorization server's revocations, so a
-/// revoked token is refused by the next request on this instance; then the
-/// store tells the other replicas (`follow_revocations` is their side).
-struct CacheEviction {
-    validator: Arc<TokenValidator>,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-}
-
-impl RevocationSink for CacheEviction {
-    fn revoked(&self, what: Revocation) -> Announcement<'_> {
-        Box::pin(async move {
-            forget(&self.validator, what.clone()).await;
-            // The revocation is in the store already: a replica that does
-            // not hear of it refuses the token once its cached entry ends
-            // (`cache.ttl`), or at once if it has none.
-            let event = match self.store.announce(&what).await {
-                Ok(()) => "announced",
-                Err(e) => {
-                    tracing::error!(error = %e, "could not tell the other replicas of a revocation");
-                    "announce_failed"
-                }
-            };
-            self.metrics.revocation_feed.with_label_values(&[event]).inc();
-        })
-    }
-}
-
-async fn forget(validator: &Arc<TokenValidator>, what: Revocation) {
-    match what {
-        Revocation::Token(hash) => validator.forget(hash).await,
-        Revocation::Grant(jtis) => validator.forget_jtis(jtis).await,
-    }
-}
-
-/// The other replicas' revocations, evicted from the cache in force as they
-/// come; when the feed was cut, everything cached is forgotten, since a
-/// revocation may have been missed meanwhile.
-async fn follow_revocations(mut feed: Box<dyn RevocationFeed>, gateway: Arc<ArcSwap<Gateway>>, metrics: Arc<Metrics>) {
-    loop {
-        let heard = feed.next().await;
-        let validator = gateway.load().validator.clone();
-        let event = match heard {
-            Heard::Revoked(what) => {
-                forget(&validator, what).await;
-                "heard"
-            }
-            Heard::Resumed => {
-                validator.forget_all().await;
-                "resumed"
-            }
-        };
-        metrics.revocation_feed.with_label_values(&[event]).inc();
-    }
-}
-
 /// The request-handling state a configuration describes, for a public
 /// listener that terminates TLS or not (fixed at start, whatever a
 /// reloaded file says).
@@ -539,8 +489,11 @@ async fn build_gateway(
     let tokens = Arc::new(TokenService::load(&config.authorization_server, store.clone(), clock.clone()).await?);
     let validator = Arc::new(TokenValidator::new(tokens.clone(), &config.cache, metrics.clone()));
     let clients = Arc::new(ClientRegistry::new(&config.clients, Some(store.clone())));
-    let revocations =
-        Arc::new(CacheEviction { validator: validator.clone(), store: store.clone(), metrics: metrics.clone() });
+    let revocations = Arc::new(replicas::CacheEviction {
+        validator: validator.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+    });
     let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, revocations);
     let authz = AuthzEndpoints::new(config, server, metrics.clone());
     let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), metrics)).collect());

@@ -39,6 +39,8 @@ pub struct StoredKey {
     pub private_der: Vec<u8>,
     pub public_key: Vec<u8>,
     pub created_at: i64,
+    /// When it starts signing (it is published from `created_at`).
+    pub activates_at: i64,
 }
 
 /// An issued opaque access token, keyed by the SHA-256 of its value.
@@ -62,20 +64,31 @@ pub enum Revocation {
     Grant(Vec<String>),
 }
 
+/// What one replica tells the others that share its store: what it
+/// changed that they hold copies of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Revoked(Revocation),
+    /// A client registered in the store was added, changed or removed.
+    Client(String),
+    /// A signing key was added or deleted.
+    Keys,
+}
+
 /// What a replica hears from the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Heard {
-    Revoked(Revocation),
+    Told(Notice),
     /// The feed was cut and is back: anything may have been missed while
     /// it was, so what was learnt from the store before must be asked again.
     Resumed,
 }
 
-/// The revocations other replicas announce, in the order they come.
+/// What the other replicas announce, in the order they announce it.
 #[async_trait]
-pub trait RevocationFeed: Send {
-    /// Waits for the next one; a cut connection is retried here, and told
-    /// as `Heard::Resumed` once it is back.
+pub trait ReplicaFeed: Send {
+    /// Waits for the next notice; a cut connection is retried here, and
+    /// told as `Heard::Resumed` once it is back.
     async fn next(&mut self) -> Heard;
 }
 
@@ -83,25 +96,31 @@ pub trait RevocationFeed: Send {
 pub trait Store: Send + Sync {
     /// Tells the other replicas that share this store (PostgreSQL: NOTIFY).
     /// A store that serves one process has nobody to tell.
-    async fn announce(&self, _what: &Revocation) -> Result<(), StoreError> {
+    async fn announce(&self, _what: &Notice) -> Result<(), StoreError> {
         Ok(())
     }
 
     /// What the other replicas announce; `None` for a store that serves one
     /// process.
-    async fn revocation_feed(&self) -> Result<Option<Box<dyn RevocationFeed>>, StoreError> {
+    async fn replica_feed(&self) -> Result<Option<Box<dyn ReplicaFeed>>, StoreError> {
         Ok(None)
     }
 
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// All signing keys, newest first.
+    /// All signing keys, the one that activates last first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
-    /// Stores `key` unless one with the same algorithm exists already (so
-    /// replicas starting together settle on one key).
-    async fn insert_signing_key_if_none(&self, key: &StoredKey) -> Result<(), StoreError>;
+    /// Stores `key`, unless `unless_created_since` is given and a key of
+    /// the same algorithm was created at or after it: so replicas starting
+    /// together settle on one first key (`Some(i64::MIN)`: unless there is
+    /// any), and replicas rotating on a schedule add one key, not one each.
+    /// Whether it was stored.
+    async fn add_signing_key(&self, key: &StoredKey, unless_created_since: Option<i64>) -> Result<bool, StoreError>;
+
+    /// Removes a key no longer published. Whether there was one.
+    async fn delete_signing_key(&self, kid: &str) -> Result<bool, StoreError>;
 
     async fn save_access_token(&self, record: &AccessTokenRecord) -> Result<(), StoreError>;
 

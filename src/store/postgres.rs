@@ -13,8 +13,8 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use super::shared::{impl_store, migrator, stored_client};
 use super::{
-    AccessTokenRecord, CodeRecord, ConsentRecord, Consumed, GrantRecord, Heard, PoolOptions, RefreshRecord, Revocation,
-    RevocationFeed, SessionRecord, Store, StoreError, StoredClient, StoredKey,
+    AccessTokenRecord, CodeRecord, ConsentRecord, Consumed, GrantRecord, Heard, Notice, PoolOptions, RefreshRecord,
+    ReplicaFeed, Revocation, SessionRecord, Store, StoreError, StoredClient, StoredKey,
 };
 
 /// Schema migrations, numbered as SQLite's are.
@@ -23,14 +23,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "authorization_code", include_str!("migrations/postgres/0002_authorization_code.sql")),
     (3, "clients", include_str!("migrations/postgres/0003_clients.sql")),
     (4, "failures", include_str!("migrations/postgres/0004_failures.sql")),
+    (5, "key_rotation", include_str!("migrations/postgres/0005_key_rotation.sql")),
 ];
 
-/// The advisory lock that makes "insert a signing key unless there is one"
-/// one step across replicas (an arbitrary constant of this project's).
+/// The advisory lock that makes "add a signing key unless one is new
+/// enough" one step across replicas (an arbitrary constant of this project's).
 const SIGNING_KEY_LOCK: i64 = 0x706f_7274_6b65_7973; // "portkeys"
 
-/// The channel replicas announce revocations on.
-const REVOCATIONS: &str = "portcullis_revocations";
+/// The channel replicas announce what they changed on.
+const NOTICES: &str = "portcullis_notices";
 
 /// jtis per notification: PostgreSQL caps a payload at 8000 bytes, and a
 /// jti is 43 characters.
@@ -91,11 +92,16 @@ fn redacted(url: &str) -> String {
     url.to_string()
 }
 
-/// A notification's payload: `t:<hex hash>`, or `g:<jti>,<jti>,…`.
-fn payloads(what: &Revocation) -> Vec<String> {
+/// A notification's payload: `t:<hex hash>` or `g:<jti>,<jti>,…` (a
+/// revocation), `c:<client id>`, or `k:` (the signing keys).
+fn payloads(what: &Notice) -> Vec<String> {
     match what {
-        Revocation::Token(hash) => vec![format!("t:{}", hex(hash))],
-        Revocation::Grant(jtis) => jtis.chunks(JTIS_PER_NOTICE).map(|c| format!("g:{}", c.join(","))).collect(),
+        Notice::Revoked(Revocation::Token(hash)) => vec![format!("t:{}", hex(hash))],
+        Notice::Revoked(Revocation::Grant(jtis)) => {
+            jtis.chunks(JTIS_PER_NOTICE).map(|c| format!("g:{}", c.join(","))).collect()
+        }
+        Notice::Client(client_id) => vec![format!("c:{client_id}")],
+        Notice::Keys => vec!["k:".to_string()],
     }
 }
 
@@ -103,21 +109,28 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The revocation a payload names; `None` for anything else (a payload
-/// this version does not know is ignored, not guessed at).
-fn parse_payload(payload: &str) -> Option<Revocation> {
-    if let Some(h) = payload.strip_prefix("t:") {
-        let mut hash = [0u8; 32];
-        if h.len() != 64 {
-            return None;
+/// The notice a payload carries; `None` for anything else (a payload this
+/// version does not know is ignored, not guessed at).
+fn parse_payload(payload: &str) -> Option<Notice> {
+    let (kind, rest) = payload.split_once(':')?;
+    match kind {
+        "t" => {
+            let mut hash = [0u8; 32];
+            if rest.len() != 64 {
+                return None;
+            }
+            for (i, byte) in hash.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(rest.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some(Notice::Revoked(Revocation::Token(hash)))
         }
-        for (i, byte) in hash.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        return Some(Revocation::Token(hash));
+        "g" => Some(Notice::Revoked(Revocation::Grant(
+            rest.split(',').filter(|j| !j.is_empty()).map(str::to_owned).collect(),
+        ))),
+        "c" if !rest.is_empty() => Some(Notice::Client(rest.to_string())),
+        "k" => Some(Notice::Keys),
+        _ => None,
     }
-    let jtis = payload.strip_prefix("g:")?;
-    Some(Revocation::Grant(jtis.split(',').filter(|j| !j.is_empty()).map(str::to_owned).collect()))
 }
 
 /// Whether `grant_id` is revoked, read under a share lock on
@@ -134,7 +147,7 @@ async fn grant_revoked_locked(
     Ok(row.is_some_and(|r| r.get::<Option<i64>, _>("revoked_at").is_some()))
 }
 
-/// `LISTEN` on the revocation channel, on a connection of its own.
+/// `LISTEN` on the notice channel, on a connection of its own.
 struct Feed {
     pool: PgPool,
     listener: PgListener,
@@ -142,34 +155,34 @@ struct Feed {
 
 async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(REVOCATIONS).await?;
+    listener.listen(NOTICES).await?;
     Ok(listener)
 }
 
 #[async_trait]
-impl RevocationFeed for Feed {
+impl ReplicaFeed for Feed {
     async fn next(&mut self) -> Heard {
         loop {
             match self.listener.try_recv().await {
                 Ok(Some(notice)) => match parse_payload(notice.payload()) {
-                    Some(what) => return Heard::Revoked(what),
-                    None => tracing::warn!("ignored a revocation notice this version cannot read"),
+                    Some(what) => return Heard::Told(what),
+                    None => tracing::warn!("ignored a notice from a replica that this version cannot read"),
                 },
                 // Cut, and reconnected at once by sqlx.
                 Ok(None) => {
-                    tracing::warn!("the revocation feed was cut and is back");
+                    tracing::warn!("the replica feed was cut and is back");
                     return Heard::Resumed;
                 }
                 Err(e) => {
                     // Reconnected here rather than by the next `try_recv`,
                     // which would say nothing until a notice came: the
                     // return is told as soon as it happens.
-                    tracing::error!(error = %e, "the revocation feed is cut; retrying every second");
+                    tracing::error!(error = %e, "the replica feed is cut; retrying every second");
                     loop {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         if let Ok(listener) = listen(&self.pool).await {
                             self.listener = listener;
-                            tracing::warn!("the revocation feed is back");
+                            tracing::warn!("the replica feed is back");
                             return Heard::Resumed;
                         }
                     }
@@ -180,14 +193,14 @@ impl RevocationFeed for Feed {
 }
 
 impl_store!(PostgresStore {
-    async fn announce(&self, what: &Revocation) -> Result<(), StoreError> {
+    async fn announce(&self, what: &Notice) -> Result<(), StoreError> {
         for payload in payloads(what) {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(REVOCATIONS).bind(payload).execute(&self.pool).await?;
+            sqlx::query("SELECT pg_notify($1, $2)").bind(NOTICES).bind(payload).execute(&self.pool).await?;
         }
         Ok(())
     }
 
-    async fn revocation_feed(&self) -> Result<Option<Box<dyn RevocationFeed>>, StoreError> {
+    async fn replica_feed(&self) -> Result<Option<Box<dyn ReplicaFeed>>, StoreError> {
         let listener = listen(&self.pool).await?;
         Ok(Some(Box::new(Feed { pool: self.pool.clone(), listener })))
     }
@@ -199,26 +212,31 @@ impl_store!(PostgresStore {
         Ok(())
     }
 
-    async fn insert_signing_key_if_none(&self, key: &StoredKey) -> Result<(), StoreError> {
-        // Replicas starting together: under READ COMMITTED two could each
-        // see no key and insert their own, so the check and the insert run
-        // under one lock, held to the end of the transaction.
+    async fn add_signing_key(&self, key: &StoredKey, unless_created_since: Option<i64>) -> Result<bool, StoreError> {
+        // Replicas starting (or rotating) together: under READ COMMITTED
+        // two could each see no recent key and insert their own, so the
+        // check and the insert run under one lock, held to the end of the
+        // transaction.
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SIGNING_KEY_LOCK).execute(&mut *tx).await?;
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, private_der, public_key, created_at)
-             SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = $6)",
+        let added = sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, private_der, public_key, created_at, activates_at)
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = $2 AND created_at >= $7)",
         )
         .bind(&key.kid)
         .bind(&key.alg)
         .bind(&key.private_der)
         .bind(&key.public_key)
         .bind(key.created_at)
-        .bind(&key.alg)
+        .bind(key.activates_at)
+        .bind(unless_created_since.unwrap_or(i64::MAX))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
         tx.commit().await?;
-        Ok(())
+        Ok(added)
     }
 
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
@@ -321,21 +339,22 @@ mod tests {
 
     #[test]
     fn payloads_read_back_as_written_and_fit_a_notice() {
-        let token = Revocation::Token([0xab; 32]);
-        assert_eq!(payloads(&token).iter().map(|p| parse_payload(p)).collect::<Vec<_>>(), [Some(token)]);
+        for one in [Notice::Revoked(Revocation::Token([0xab; 32])), Notice::Client("app".into()), Notice::Keys] {
+            assert_eq!(payloads(&one).iter().map(|p| parse_payload(p)).collect::<Vec<_>>(), [Some(one)]);
+        }
         let jtis: Vec<String> = (0..400).map(|i| format!("{i:0>43}")).collect();
-        let notices = payloads(&Revocation::Grant(jtis.clone()));
+        let notices = payloads(&Notice::Revoked(Revocation::Grant(jtis.clone())));
         assert_eq!(notices.len(), 3);
         assert!(notices.iter().all(|p| p.len() < 8000), "PostgreSQL's payload limit");
         let back: Vec<String> = notices
             .iter()
             .flat_map(|p| match parse_payload(p) {
-                Some(Revocation::Grant(j)) => j,
+                Some(Notice::Revoked(Revocation::Grant(j))) => j,
                 other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(back, jtis);
-        for junk in ["", "t:zz", "t:abc", "x:1", "t:\u{e9}\u{e9}"] {
+        for junk in ["", "t:zz", "t:abc", "x:1", "t:\u{e9}\u{e9}", "c:", "k"] {
             assert_eq!(parse_payload(junk), None, "{junk:?}");
         }
     }

@@ -38,7 +38,8 @@ macro_rules! impl_store {
 
             async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
                 let rows = sqlx::query(
-                    "SELECT kid, alg, private_der, public_key, created_at FROM signing_keys ORDER BY created_at DESC, kid",
+                    "SELECT kid, alg, private_der, public_key, created_at, activates_at FROM signing_keys
+                     ORDER BY activates_at DESC, created_at DESC, kid",
                 )
                 .fetch_all(&self.pool)
                 .await?;
@@ -50,8 +51,14 @@ macro_rules! impl_store {
                         private_der: r.get("private_der"),
                         public_key: r.get("public_key"),
                         created_at: r.get("created_at"),
+                        activates_at: r.get("activates_at"),
                     })
                     .collect())
+            }
+
+            async fn delete_signing_key(&self, kid: &str) -> Result<bool, StoreError> {
+                let n = sqlx::query("DELETE FROM signing_keys WHERE kid = $1").bind(kid).execute(&self.pool).await?;
+                Ok(n.rows_affected() == 1)
             }
 
             async fn save_access_token(&self, r: &AccessTokenRecord) -> Result<(), StoreError> {
@@ -373,7 +380,7 @@ macro_rules! impl_store {
                 // hear of it as of any other revocation (a store serving one
                 // process has no one to tell).
                 if !jtis.is_empty() {
-                    self.announce(&$crate::store::Revocation::Grant(jtis)).await?;
+                    self.announce(&$crate::store::Notice::Revoked($crate::store::Revocation::Grant(jtis))).await?;
                 }
                 Ok(deleted)
             }

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "authorization_code", include_str!("migrations/sqlite/0002_authorization_code.sql")),
     (3, "clients", include_str!("migrations/sqlite/0003_clients.sql")),
     (4, "failures", include_str!("migrations/sqlite/0004_failures.sql")),
+    (5, "key_rotation", include_str!("migrations/sqlite/0005_key_rotation.sql")),
 ];
 
 pub struct SqliteStore {
@@ -168,20 +169,26 @@ impl_store!(SqliteStore {
         Ok(())
     }
 
-    async fn insert_signing_key_if_none(&self, key: &StoredKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, private_der, public_key, created_at)
-             SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = ?)",
+    async fn add_signing_key(&self, key: &StoredKey, unless_created_since: Option<i64>) -> Result<bool, StoreError> {
+        // One statement, and SQLite has one writer: the check and the
+        // insert cannot interleave with another's.
+        let added = sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, private_der, public_key, created_at, activates_at)
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = $2 AND created_at >= $7)",
         )
         .bind(&key.kid)
         .bind(&key.alg)
         .bind(&key.private_der)
         .bind(&key.public_key)
         .bind(key.created_at)
-        .bind(&key.alg)
+        .bind(key.activates_at)
+        .bind(unless_created_since.unwrap_or(i64::MAX))
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected()
+            == 1;
+        Ok(added)
     }
 
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
@@ -262,9 +269,10 @@ mod tests {
             private_der: vec![1],
             public_key: vec![2],
             created_at: 1,
+            activates_at: 1,
         };
-        store.insert_signing_key_if_none(&key("a")).await.unwrap();
-        store.insert_signing_key_if_none(&key("b")).await.unwrap();
+        assert!(store.add_signing_key(&key("a"), Some(i64::MIN)).await.unwrap());
+        assert!(!store.add_signing_key(&key("b"), Some(i64::MIN)).await.unwrap());
         let keys = store.signing_keys().await.unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid, "a");

@@ -45,6 +45,11 @@ impl AuthzEndpoints {
         AuthzEndpoints { server, web, metrics, paths, metadata, form, realm }
     }
 
+    /// The authorization server behind the endpoints.
+    pub fn server(&self) -> &Arc<AuthorizationServer> {
+        &self.server
+    }
+
     /// The endpoint at `path` (normalised), if any.
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
         self.paths.iter().find(|(p, _)| p == path).map(|(_, e)| *e)

@@ -61,9 +61,6 @@ pub struct Web {
     /// The cookies' names (`__Host-` ones under https).
     session_cookie: &'static str,
     login_cookie: &'static str,
-    /// Signs the sign-in form's CSRF token (see `login_csrf`); the same
-    /// across reloads, so a reload voids no form on anyone's screen.
-    csrf_key: [u8; 32],
     /// `scheme://host[:port]` of the issuer, as browsers write `Origin`.
     issuer_origin: String,
     session_ttl: Duration,
@@ -141,6 +138,15 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     std::str::from_utf8(first).ok()
 }
 
+fn login_csrf(key: &[u8; 32], nonce: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"portcullis sign-in form\0");
+    mac.update(nonce.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+}
+
 fn ct_eq(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
@@ -149,7 +155,6 @@ impl Web {
     pub fn new(config: &Config, server: Arc<AuthorizationServer>, metrics: Arc<Metrics>) -> Web {
         let base = &config.authorization_server.issuer_path;
         let secure = config.authorization_server.secure_cookies;
-        let csrf_key = *server.tokens.form_key();
         // Counted across the replicas that share the store.
         let user_failures = server.share(
             Throttle::new(MAX_LOGIN_FAILURES_PER_USER, LOGIN_WINDOW, 100_000),
@@ -179,7 +184,6 @@ impl Web {
             secure_cookies: secure,
             session_cookie: if secure { HOST_SESSION_COOKIE } else { SESSION_COOKIE },
             login_cookie: if secure { HOST_LOGIN_COOKIE } else { LOGIN_COOKIE },
-            csrf_key,
             session_ttl: config.authorization_server.session_ttl,
             form: config.server.form_reader(),
             metrics,
@@ -282,14 +286,16 @@ impl Web {
     /// The sign-in form's CSRF token for the login cookie `nonce`: bound to
     /// it and to this server's key, so only a pair the server made passes,
     /// never one an attacker chose (the double-submit check it replaces took
-    /// any cookie and field that were equal).
+    /// any cookie and field that were equal). The key is derived from the
+    /// signing key, so it is the same across reloads and on every replica.
     fn login_csrf(&self, nonce: &str) -> String {
-        use base64::Engine as _;
-        use hmac::Mac as _;
-        let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(&self.csrf_key).expect("HMAC takes any key length");
-        mac.update(b"portcullis sign-in form\0");
-        mac.update(nonce.as_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        login_csrf(&self.server.tokens.form_keys()[0], nonce)
+    }
+
+    /// Whether `token` is the CSRF token for `nonce` under any form key
+    /// still published: a form shown before a key rotation posts after it.
+    fn login_csrf_matches(&self, token: &str, nonce: &str) -> bool {
+        self.server.tokens.form_keys().iter().any(|key| ct_eq(token, &login_csrf(key, nonce)))
     }
 
     async fn session(&self, headers: &HeaderMap) -> Option<SessionRecord> {
@@ -516,7 +522,7 @@ impl Web {
             Err(res) => return *res,
         };
         let csrf_ok = match (form.one("csrf").ok().flatten(), cookie(&headers, self.login_cookie)) {
-            (Some(token), Some(nonce)) => ct_eq(token, &self.login_csrf(nonce)),
+            (Some(token), Some(nonce)) => self.login_csrf_matches(token, nonce),
             _ => false,
         };
         if !csrf_ok {

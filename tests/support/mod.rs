@@ -249,6 +249,22 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs `portcullis <args> --config <config>`: its exit code, stdout and
+/// stderr.
+pub fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run portcullis");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The value of one sample (`series`: the name and its labels, exactly) in
 /// Prometheus text; 0 when there is none.
 pub fn counter(metrics: &str, series: &str) -> u64 {

@@ -154,9 +154,10 @@ pub struct Metrics {
     pub authorization_flow: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub config_reloads: IntCounterVec,
-    /// Revocations told to and heard from the other replicas, and the
-    /// feed's returns after a cut (each one empties the cache).
-    pub revocation_feed: IntCounterVec,
+    /// Notices (revocations, client and key changes) told to and heard
+    /// from the other replicas, and the feed's returns after a cut (each
+    /// one empties the cache).
+    pub replica_notices: IntCounterVec,
     pub tls_expiry: IntGauge,
 }
 
@@ -267,10 +268,10 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
-        let revocation_feed = IntCounterVec::new(
+        let replica_notices = IntCounterVec::new(
             Opts::new(
-                "portcullis_revocation_feed_total",
-                "Revocations shared with other replicas: announced, announce_failed, heard, and resumed (the feed came back after a cut and the cache was emptied).",
+                "portcullis_replica_notices_total",
+                "Revocations and client and key changes shared with other replicas: announced, announce_failed, heard, and resumed (the feed came back after a cut and the cache was emptied).",
             ),
             &["event"],
         )
@@ -298,7 +299,7 @@ impl Metrics {
             Box::new(authorization_flow.clone()),
             Box::new(tls_reloads.clone()),
             Box::new(config_reloads.clone()),
-            Box::new(revocation_feed.clone()),
+            Box::new(replica_notices.clone()),
             Box::new(tls_expiry.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -323,7 +324,7 @@ impl Metrics {
             authorization_flow,
             tls_reloads,
             config_reloads,
-            revocation_feed,
+            replica_notices,
             tls_expiry,
         }
     }
