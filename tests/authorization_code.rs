@@ -1246,7 +1246,7 @@ async fn tokens_won_in_a_race_with_replays_end_revoked() {
     for round in 0..ROUNDS {
         // A code redeemed by racers.
         let code = alice.code(&url, WEB_CB, "s").await;
-        let replies = race_n(&gw, REPLAY_RACERS, web_auth(), code_grant(&code)).await;
+        let replies = race_n(&[&gw], REPLAY_RACERS, web_auth(), code_grant(&code)).await;
         let (access, refresh_token) =
             issued(one_winner(&replies, &["The authorization code was already used"], round), RW, true);
         let refreshed = refresh(&gw, Some(&web_auth()), &refresh_token, &[]).await;
@@ -1260,7 +1260,7 @@ async fn tokens_won_in_a_race_with_replays_end_revoked() {
         let code = alice.code(&url, WEB_CB, "s").await;
         let (_, refresh_token) = issued(&redeem_web(&gw, &code).await, RW, true);
         let body = form(&[("grant_type", "refresh_token"), ("refresh_token", &refresh_token)]);
-        let replies = race_n(&gw, REPLAY_RACERS, web_auth(), body).await;
+        let replies = race_n(&[&gw], REPLAY_RACERS, web_auth(), body).await;
         // (Whether one of them must win is `parallel_refreshes_have_one_winner`'s
         // concern; here, what a winner got must not outlive its grant.)
         if let Some(winner) = at_most_one_winner(&replies, &DEAD_REFRESH, round) {
@@ -1279,17 +1279,18 @@ async fn tokens_won_in_a_race_with_replays_end_revoked() {
 
 /// `RACERS` copies of a token request at once.
 async fn race(gw: &Gateway, auth: String, body: String) -> Vec<Reply> {
-    race_n(gw, RACERS, auth, body).await
+    race_n(&[gw], RACERS, auth, body).await
 }
 
-/// Sends `n` copies of a token request at once: every task waits at a
-/// barrier, so none is sent before all are ready to send.
-async fn race_n(gw: &Gateway, n: usize, auth: String, body: String) -> Vec<Reply> {
+/// Sends `n` copies of a token request at once, to each of `gateways` in
+/// turn: every task waits at a barrier, so none is sent before all are
+/// ready to send.
+async fn race_n(gateways: &[&Gateway], n: usize, auth: String, body: String) -> Vec<Reply> {
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    let url = gw.url("/oauth/token");
     let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (barrier, url, auth, body) = (barrier.clone(), url.clone(), auth.clone(), body.clone());
+        .map(|i| {
+            let url = gateways[i % gateways.len()].url("/oauth/token");
+            let (barrier, auth, body) = (barrier.clone(), auth.clone(), body.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
                 send(Method::POST, &url, &[("content-type", FORM), ("authorization", &auth)], body).await
@@ -1458,6 +1459,90 @@ async fn parallel_refreshes_have_one_winner() {
         token = web_tokens(&gw, None).await.1;
     }
     gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 9b. Across replicas (PostgreSQL)
+
+/// Two gateways with this suite's configuration on one new database of the
+/// PostgreSQL test cluster; `None` when there is no cluster (outside CI).
+async fn replicas(upstream: &Upstream) -> Option<(Gateway, Gateway)> {
+    let url = support::postgres::database().await?;
+    let toml = toml(upstream).replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\""));
+    assert!(toml.contains(&url), "the store anchor moved");
+    Some((Gateway::start(&toml).await, Gateway::start(&toml).await))
+}
+
+/// Each step of the flow on another replica than the last: the sign-in
+/// page from A posted to B (its CSRF token holds), the session B made
+/// honoured by A, consent posted to B, the code redeemed on A and the token
+/// used on B. Replaying the code on B revokes the grant on both.
+#[tokio::test]
+async fn the_flow_works_whichever_replica_serves_each_step() {
+    let mut upstream = Upstream::start().await;
+    let Some((a, b)) = replicas(&upstream).await else { return };
+    let url = web_url(None, "s");
+    let mut alice = Browser::new(&a);
+    let page = alice.get(&url).await;
+    assert!(page.text().contains("<h1>Sign in</h1>"), "{}", page.text());
+    alice.gw = &b;
+    let reply = alice.submit_login(&page, "alice", ALICE_PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+    alice.gw = &a;
+    let consent = alice.get(&url).await;
+    alice.gw = &b;
+    let code = code_of(&alice.decide(&consent, "approve").await, WEB_CB, Some("s"));
+    let (access, _) = issued(&redeem_web(&a, &code).await, RW, true);
+    assert_works(&b, &mut upstream, &access, "alice").await;
+
+    assert_invalid_grant(&redeem_web(&b, &code).await, "The authorization code was already used");
+    assert_revoked(&b, &mut upstream, &access).await;
+    assert_revoked(&a, &mut upstream, &access).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// SECURITY #7 across replicas: a code raced on A and B at once is
+/// redeemed once (a conditional `UPDATE` in the shared database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_redemptions_across_replicas_have_one_winner() {
+    let upstream = Upstream::start().await;
+    let Some((a, b)) = replicas(&upstream).await else { return };
+    let mut alice = Browser::new(&a);
+    let url = web_url(None, "s");
+    let code = alice.first_code(&url, "alice", ALICE_PASSWORD, WEB_CB, "s").await;
+    // Allowed: one redemption on each (the client's secret proven on
+    // both, so argon2 does not space the racers out).
+    issued(&redeem_web(&a, &code).await, RW, true);
+    issued(&redeem_web(&b, &alice.code(&url, WEB_CB, "s").await).await, RW, true);
+    for round in 0..ROUNDS {
+        let code = alice.code(&url, WEB_CB, "s").await;
+        let replies = race_n(&[&a, &b], RACERS, web_auth(), code_grant(&code)).await;
+        issued(one_winner(&replies, &["The authorization code was already used"], round), RW, true);
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// SECURITY #10 across replicas: a refresh token raced on A and B at once
+/// rotates once; the others are reuses, which revoke the family, so the
+/// winner's new access token is refused on both replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_refreshes_across_replicas_have_one_winner_and_reuse_ends_the_family_on_both() {
+    let mut upstream = Upstream::start().await;
+    let Some((a, b)) = replicas(&upstream).await else { return };
+    let (_, mut token) = web_tokens(&a, None).await;
+    issued(&refresh(&b, Some(&web_auth()), &web_tokens(&b, None).await.1, &[]).await, RW, true);
+    for round in 0..ROUNDS / 4 {
+        let body = form(&[("grant_type", "refresh_token"), ("refresh_token", &token)]);
+        let replies = race_n(&[&a, &b], RACERS, web_auth(), body).await;
+        let (access, _) = issued(one_winner(&replies, &DEAD_REFRESH, round), RW, true);
+        assert_revoked(&a, &mut upstream, &access).await;
+        assert_revoked(&b, &mut upstream, &access).await;
+        token = web_tokens(if round % 2 == 0 { &b } else { &a }, None).await.1;
+    }
+    a.stop().await;
+    b.stop().await;
 }
 
 // ---------------------------------------------------------------------------
