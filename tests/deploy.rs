@@ -2,14 +2,27 @@
 //! `Dockerfile` (no Docker, Kubernetes or Prometheus runs here, so the files
 //! are checked by reading them):
 //!
-//! - every YAML document in `deploy/kubernetes/` and `deploy/prometheus/`
-//!   parses (multi-document aware), and the Kubernetes objects have their
-//!   required fields and agree with each other: the Deployment's probes hit
-//!   `/healthz` and `/readyz` on the admin port 9090, it runs as non-root
-//!   with resources set, the Service's ports reach the container's, the PDB
-//!   and the ServiceMonitor select what they should, the kustomization lists
-//!   every file, and the ConfigMap's config parses with
-//!   [`portcullis::config::Config::parse`] using the Secret's variables;
+//! - every YAML document in the Kubernetes variants (`deploy/kubernetes/`,
+//!   one replica on SQLite; `deploy/kubernetes-replicas/`, several on
+//!   PostgreSQL) and `deploy/prometheus/` parses (multi-document aware), and
+//!   the Kubernetes objects of each variant have their required fields and
+//!   agree with each other: the Deployment's probes hit `/healthz`
+//!   (liveness, startup) and `/readyz` (readiness) on the admin port 9090,
+//!   it runs as non-root with resources set, the Service's ports reach the
+//!   container's, the PDB and the ServiceMonitor select what they should,
+//!   the kustomization lists every file, and the ConfigMap's config parses
+//!   with [`portcullis::config::Config::parse`] using the environment the
+//!   Deployment gives the container from its Secrets;
+//! - the single replica is one pod, Recreate, its store on the claimed
+//!   volume; the replicas are at least two, RollingUpdate without losing
+//!   capacity, no volume claim, spread over nodes, an HPA on the Deployment
+//!   from at least its replicas, a budget that keeps two and still lets a
+//!   drain through, and a `postgres://` URL without a password, whose
+//!   `password_env` a Secret provides;
+//! - `compose.yaml`: replicas built from the Dockerfile share one config that
+//!   parses with their environment, on the PostgreSQL service (same user,
+//!   database and password) whose healthcheck they wait for, and an nginx
+//!   load balancer round-robins over all of them at the issuer's address;
 //! - every PromQL expression in the alerting rules and the Grafana dashboard
 //!   names only metrics that `src/telemetry/metrics/mod.rs` exports (histograms through
 //!   `_bucket`/`_sum`/`_count`), but for two alerts on metrics still to come;
@@ -69,7 +82,7 @@ impl Files {
                 }
             }
         }
-        for rel in ["Dockerfile", ".dockerignore", "src/telemetry/metrics/mod.rs"] {
+        for rel in ["Dockerfile", ".dockerignore", "compose.yaml", "src/telemetry/metrics/mod.rs"] {
             let content = std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
             text.insert(rel.to_string(), content);
         }
@@ -125,8 +138,12 @@ fn problems(files: &Files) -> Vec<String> {
     check_prometheus(files, &known, &mut p);
     check_dashboard(files, &known, &mut p);
     check_container_config(files, &mut p);
+    check_compose(files, &mut p);
     check_systemd(files, &mut p);
     check_dockerfile(files, &mut p);
+    // Replicas sharing a file report its problems once.
+    let mut seen = BTreeSet::new();
+    p.0.retain(|problem| seen.insert(problem.clone()));
     p.0
 }
 
@@ -181,7 +198,26 @@ fn is_subset(small: &BTreeMap<String, String>, big: &BTreeMap<String, String>) -
 // ---------------------------------------------------------------------------
 // Kubernetes.
 
-const K8S: &str = "deploy/kubernetes";
+/// Where a variant's pods keep their state, which decides how they may scale.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// Embedded SQLite on a volume: one writer, one replica.
+    Sqlite,
+    /// Shared PostgreSQL: stateless pods, several replicas.
+    Postgres,
+}
+
+/// A folder of complete manifests, and the store its config must use.
+#[derive(Clone, Copy)]
+struct Variant {
+    dir: &'static str,
+    store: Store,
+}
+
+const K8S_VARIANTS: [Variant; 2] = [
+    Variant { dir: "deploy/kubernetes", store: Store::Sqlite },
+    Variant { dir: "deploy/kubernetes-replicas", store: Store::Postgres },
+];
 
 /// An object of the manifests, with the file it came from.
 struct Object {
@@ -203,6 +239,11 @@ impl Object {
     }
 }
 
+/// The object of `kind` named `name`.
+fn find<'a>(objects: &'a [Object], kind: &str, name: &str) -> Option<&'a Object> {
+    objects.iter().find(|o| o.kind() == kind && o.name() == name)
+}
+
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -212,16 +253,24 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 fn check_kubernetes(files: &Files, p: &mut Problems) {
-    for stray in files.in_dir(K8S, ".yml") {
-        p.add(format!("{K8S}/{stray}: name it .yaml, so kustomize and this test see it"));
+    for v in K8S_VARIANTS {
+        check_variant(files, v, p);
+    }
+}
+
+fn check_variant(files: &Files, v: Variant, p: &mut Problems) {
+    let dir = v.dir;
+    for stray in files.in_dir(dir, ".yml") {
+        p.add(format!("{dir}/{stray}: name it .yaml, so kustomize and this test see it"));
     }
     let mut objects = Vec::new();
-    for name in files.in_dir(K8S, ".yaml") {
-        let rel = format!("{K8S}/{name}");
+    for name in files.in_dir(dir, ".yaml") {
+        let rel = format!("{dir}/{name}");
         for doc in yaml_docs(files, &rel, p) {
-            objects.push(Object { file: name.clone(), doc });
+            objects.push(Object { file: rel.clone(), doc });
         }
     }
+    p.check(!objects.is_empty(), || format!("{dir}: no manifests"));
     let mut seen = BTreeSet::new();
     for o in &objects {
         p.check(text_at(&o.doc, &["apiVersion"]).is_some_and(|v| !v.is_empty()), || {
@@ -237,48 +286,65 @@ fn check_kubernetes(files: &Files, p: &mut Problems) {
             format!("{}: metadata.labels must be a non-empty map of strings", o.at())
         });
     }
-    check_kustomization(files, &objects, p);
+    check_kustomization(files, dir, &objects, p);
 
     let of_kind = |kind: &str| objects.iter().filter(|o| o.kind() == kind).collect::<Vec<_>>();
     let deployments = of_kind("Deployment");
     let [deployment] = deployments.as_slice() else {
-        p.add(format!("{K8S}: expected exactly one Deployment, found {}", deployments.len()));
+        p.add(format!("{dir}: expected exactly one Deployment, found {}", deployments.len()));
         return;
     };
-    let config = check_configmap(&of_kind("ConfigMap"), &of_kind("Secret"), p);
+    check_secrets(dir, &of_kind("Secret"), p);
+    let container = list_at(&deployment.doc, &["spec", "template", "spec", "containers"]).first();
+    let env = container.map(|c| container_env(&deployment.at(), c, &objects, p)).unwrap_or_default();
+    let config = check_configmap(dir, &of_kind("ConfigMap"), &env, p);
     let pod_labels = check_deployment(deployment, &objects, config.as_ref(), p);
-    check_services(&of_kind("Service"), deployment, &pod_labels, p);
-    check_pdb(&of_kind("PodDisruptionBudget"), deployment, &pod_labels, p);
-    check_service_monitor(&of_kind("ServiceMonitor"), &of_kind("Service"), p);
+    check_services(dir, &of_kind("Service"), deployment, &pod_labels, p);
+    let pdbs = of_kind("PodDisruptionBudget");
+    let [pdb] = pdbs.as_slice() else {
+        p.add(format!("{dir}: expected one PodDisruptionBudget, found {}", pdbs.len()));
+        return;
+    };
+    check_pdb(pdb, &pod_labels, p);
+    check_service_monitor(dir, &of_kind("ServiceMonitor"), &of_kind("Service"), p);
+    match v.store {
+        Store::Sqlite => check_single_replica(deployment, &objects, pdb, config.as_ref(), p),
+        Store::Postgres => {
+            check_replicas(deployment, &objects, pdb, &pod_labels, p);
+            check_hpa(dir, &of_kind("HorizontalPodAutoscaler"), deployment, p);
+            if let Some(c) = &config {
+                let from_secret = |var: &str| env.get(var).is_some_and(|e| e.from_secret);
+                check_postgres_store(&c.at, &c.text, &from_secret, "a Secret the container loads", p);
+            }
+        }
+    }
 }
 
-fn check_kustomization(files: &Files, objects: &[Object], p: &mut Problems) {
+fn check_kustomization(files: &Files, dir: &str, objects: &[Object], p: &mut Problems) {
     let Some(k) = objects.iter().find(|o| o.kind() == "Kustomization") else {
-        p.add(format!("{K8S}/kustomization.yaml: no Kustomization"));
+        p.add(format!("{dir}/kustomization.yaml: no Kustomization"));
         return;
     };
-    p.check(k.file == "kustomization.yaml", || format!("{}: the Kustomization belongs in kustomization.yaml", k.file));
+    p.check(k.file == format!("{dir}/kustomization.yaml"), || {
+        format!("{}: the Kustomization belongs in kustomization.yaml", k.file)
+    });
     p.check(text_at(&k.doc, &["apiVersion"]) == Some("kustomize.config.k8s.io/v1beta1"), || {
         format!("{}: apiVersion must be kustomize.config.k8s.io/v1beta1", k.file)
     });
     let listed: BTreeSet<&str> = list_at(&k.doc, &["resources"]).iter().filter_map(Yaml::as_str).collect();
     let present: BTreeSet<String> =
-        files.in_dir(K8S, ".yaml").into_iter().filter(|f| f != "kustomization.yaml").collect();
+        files.in_dir(dir, ".yaml").into_iter().filter(|f| f != "kustomization.yaml").collect();
     for f in &present {
-        p.check(listed.contains(f.as_str()), || format!("{K8S}/kustomization.yaml: resources does not list {f}"));
+        p.check(listed.contains(f.as_str()), || format!("{dir}/kustomization.yaml: resources does not list {f}"));
     }
     for f in &listed {
-        p.check(present.contains(*f), || format!("{K8S}/kustomization.yaml: lists {f}, which is not in the folder"));
+        p.check(present.contains(*f), || format!("{dir}/kustomization.yaml: lists {f}, which is not in the folder"));
     }
 }
 
-/// The ConfigMap's config, parsed with the client secrets the Secret holds.
-fn check_configmap(configmaps: &[&Object], secrets: &[&Object], p: &mut Problems) -> Option<(Config, String)> {
-    let [cm] = configmaps else {
-        p.add(format!("{K8S}: expected one ConfigMap, found {}", configmaps.len()));
-        return None;
-    };
-    let mut env = BTreeMap::new();
+/// Committed Secrets hold visibly fake values only, and there is a TLS one
+/// (placeholder) for the gateway's certificate.
+fn check_secrets(dir: &str, secrets: &[&Object], p: &mut Problems) {
     for s in secrets {
         if text_at(&s.doc, &["type"]) == Some("kubernetes.io/tls") {
             for key in ["tls.crt", "tls.key"] {
@@ -293,14 +359,76 @@ fn check_configmap(configmaps: &[&Object], secrets: &[&Object], p: &mut Problems
             continue;
         };
         for (k, v) in data {
-            // Committed secrets must be visibly fake.
             p.check(v.contains("REPLACE"), || format!("{}: {k} does not look like a placeholder (REPLACE...)", s.at()));
-            env.insert(k, v);
         }
     }
     p.check(secrets.iter().any(|s| text_at(&s.doc, &["type"]) == Some("kubernetes.io/tls")), || {
-        format!("{K8S}: no kubernetes.io/tls Secret (placeholder) for the gateway's certificate")
+        format!("{dir}: no kubernetes.io/tls Secret (placeholder) for the gateway's certificate")
     });
+}
+
+/// A variable of a container's environment.
+struct EnvValue {
+    value: String,
+    /// Whether a Secret provides it (rather than a literal in the manifest).
+    from_secret: bool,
+}
+
+/// The environment a container gets from its `env` and `envFrom`, with the
+/// Secrets they name resolved from the manifests.
+fn container_env(w: &str, c: &Yaml, objects: &[Object], p: &mut Problems) -> BTreeMap<String, EnvValue> {
+    let mut env = BTreeMap::new();
+    let secret_data = |name: &str| find(objects, "Secret", name).and_then(|s| string_map(at(&s.doc, &["stringData"])));
+    let loaded: Vec<&str> =
+        list_at(c, &["envFrom"]).iter().filter_map(|e| text_at(e, &["secretRef", "name"])).collect();
+    p.check(!loaded.is_empty(), || format!("{w}: envFrom must load the client secrets from a Secret"));
+    for name in loaded {
+        match secret_data(name) {
+            Some(data) => {
+                env.extend(data.into_iter().map(|(k, value)| (k, EnvValue { value, from_secret: true })));
+            }
+            None => p.add(format!("{w}: envFrom names Secret {name:?}, which the manifests do not define")),
+        }
+    }
+    // `env` entries come after `envFrom` and win over it.
+    for e in list_at(c, &["env"]) {
+        let var = text_at(e, &["name"]).unwrap_or_default().to_string();
+        let key_ref = at(e, &["valueFrom", "secretKeyRef"]);
+        if let Some(value) = text_at(e, &["value"]) {
+            env.insert(var, EnvValue { value: value.to_string(), from_secret: false });
+        } else if let (Some(name), Some(key)) = (text_at(key_ref, &["name"]), text_at(key_ref, &["key"])) {
+            match secret_data(name).and_then(|d| d.get(key).cloned()) {
+                Some(value) => _ = env.insert(var, EnvValue { value, from_secret: true }),
+                None => p.add(format!(
+                    "{w}: env {var} names Secret {name:?} key {key:?}, which the manifests do not define"
+                )),
+            }
+        }
+    }
+    env
+}
+
+/// The config file of a ConfigMap, parsed.
+struct ConfigFile {
+    /// Where it is, for problems.
+    at: String,
+    /// Its key in the ConfigMap: the file name it is mounted as.
+    key: String,
+    text: String,
+    config: Config,
+}
+
+/// The ConfigMap's config, parsed with the environment the container gets.
+fn check_configmap(
+    dir: &str,
+    configmaps: &[&Object],
+    env: &BTreeMap<String, EnvValue>,
+    p: &mut Problems,
+) -> Option<ConfigFile> {
+    let [cm] = configmaps else {
+        p.add(format!("{dir}: expected one ConfigMap, found {}", configmaps.len()));
+        return None;
+    };
     let data = string_map(at(&cm.doc, &["data"])).unwrap_or_default();
     let [(key, toml)] = data.iter().collect::<Vec<_>>()[..] else {
         p.add(format!("{}: data must hold exactly one file, the config", cm.at()));
@@ -309,7 +437,7 @@ fn check_configmap(configmaps: &[&Object], secrets: &[&Object], p: &mut Problems
     let asked = RefCell::new(Vec::new());
     let lookup = |var: &str| {
         asked.borrow_mut().push(var.to_string());
-        env.get(var).cloned()
+        env.get(var).map(|e| e.value.clone())
     };
     match Config::parse(toml, &format!("{} {key}", cm.at()), &lookup) {
         Ok(config) => {
@@ -317,17 +445,17 @@ fn check_configmap(configmaps: &[&Object], secrets: &[&Object], p: &mut Problems
                 format!("{}: no client takes its secret from the environment (client_secret_env)", cm.at())
             });
             check_listeners(&cm.at(), &config, p);
-            Some((config, key.clone()))
+            Some(ConfigFile { at: cm.at(), key: key.clone(), text: toml.clone(), config })
         }
         Err(e) => {
-            p.add(format!("{}: the config does not parse with the Secret's variables: {e}", cm.at()));
+            p.add(format!("{}: the config does not parse with the Deployment's environment: {e}", cm.at()));
             None
         }
     }
 }
 
 /// A container config must listen on every interface, on the ports the
-/// manifests and the image expose, and keep its store in the volume.
+/// manifests and the image expose, and drain within the stop timeouts.
 fn check_listeners(at: &str, config: &Config, p: &mut Problems) {
     let want = |addr: SocketAddr, port: i64| addr.ip().is_unspecified() && i64::from(addr.port()) == port;
     p.check(want(config.server.listen, HTTP_PORT), || {
@@ -336,12 +464,61 @@ fn check_listeners(at: &str, config: &Config, p: &mut Problems) {
     p.check(want(config.admin.listen, ADMIN_PORT), || {
         format!("{at}: admin.listen is {}, want 0.0.0.0:{ADMIN_PORT}", config.admin.listen)
     });
-    p.check(config.storage.url.starts_with("sqlite:///var/lib/portcullis/"), || {
-        format!("{at}: storage.url {:?} is not in the volume /var/lib/portcullis", config.storage.url)
-    });
     p.check(config.server.drain_timeout <= DRAIN_TIMEOUT, || {
         format!("{at}: server.drain_timeout is longer than the {DRAIN_TIMEOUT:?} the stop timeouts allow for")
     });
+}
+
+/// An SQLite store in a container lives in the volume /var/lib/portcullis.
+fn check_sqlite_store(at: &str, config: &Config, p: &mut Problems) {
+    p.check(config.storage.url.starts_with("sqlite:///var/lib/portcullis/"), || {
+        format!("{at}: storage.url {:?} is not in the volume /var/lib/portcullis", config.storage.url)
+    });
+}
+
+/// The parts of a `postgres://user[:password]@host[:port]/db[?...]` URL:
+/// user information, host, database.
+fn postgres_url(url: &str) -> Option<(&str, &str, &str)> {
+    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
+    let (userinfo, rest) = rest.split_once('@')?;
+    let (authority, path) = rest.split_once('/')?;
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    Some((userinfo, host, path.split('?').next().unwrap_or_default()))
+}
+
+/// What a config on PostgreSQL names: the user, host and database of its
+/// URL, and the variable that holds the password.
+struct PostgresStore {
+    user: String,
+    host: String,
+    db: String,
+    password_env: String,
+}
+
+/// A config on PostgreSQL names the user in the URL and takes the password
+/// from a variable that `provided` (described by `source`) says is set.
+fn check_postgres_store(
+    at: &str,
+    text: &str,
+    provided: &dyn Fn(&str) -> bool,
+    source: &str,
+    p: &mut Problems,
+) -> Option<PostgresStore> {
+    let raw: toml::Table = toml::from_str(text).ok()?;
+    let storage = raw.get("storage").and_then(toml::Value::as_table);
+    let field = |key: &str| storage.and_then(|s| s.get(key)).and_then(toml::Value::as_str).unwrap_or_default();
+    let Some((userinfo, host, db)) = postgres_url(field("url")) else {
+        p.add(format!("{at}: storage.url must be postgres://USER@HOST[:PORT]/DATABASE, shared by the replicas"));
+        return None;
+    };
+    p.check(!userinfo.contains(':'), || {
+        format!("{at}: storage.url carries a password: name the user only and take the password from password_env")
+    });
+    let var = field("password_env");
+    p.check(!var.is_empty(), || format!("{at}: storage.password_env must name the variable with the password"));
+    p.check(var.is_empty() || provided(var), || format!("{at}: storage.password_env {var} must come from {source}"));
+    let user = userinfo.split(':').next().unwrap_or_default();
+    Some(PostgresStore { user: user.into(), host: host.into(), db: db.into(), password_env: var.into() })
 }
 
 /// The number a probe or Service port names: a number, or a container port's name.
@@ -364,18 +541,13 @@ fn quantity(y: &Yaml) -> bool {
 fn check_deployment(
     d: &Object,
     objects: &[Object],
-    config: Option<&(Config, String)>,
+    config: Option<&ConfigFile>,
     p: &mut Problems,
 ) -> BTreeMap<String, String> {
     let w = d.at();
     let spec = at(&d.doc, &["spec"]);
     let pod = at(spec, &["template", "spec"]);
     p.check(text_at(&d.doc, &["apiVersion"]) == Some("apps/v1"), || format!("{w}: apiVersion must be apps/v1"));
-    // One writer on the embedded SQLite store.
-    p.check(at(spec, &["replicas"]).as_i64() == Some(1), || format!("{w}: replicas must be 1 on the SQLite store"));
-    p.check(text_at(spec, &["strategy", "type"]) == Some("Recreate"), || {
-        format!("{w}: strategy.type must be Recreate (SQLite has one writer)")
-    });
     let pod_labels = string_map(at(spec, &["template", "metadata", "labels"])).unwrap_or_default();
     let selector = string_map(at(spec, &["selector", "matchLabels"])).unwrap_or_default();
     p.check(!selector.is_empty() && is_subset(&selector, &pod_labels), || {
@@ -392,7 +564,7 @@ fn check_deployment(
     }
     let grace = at(pod, &["terminationGracePeriodSeconds"]).as_i64().unwrap_or(0);
     // SIGTERM first keeps serving for the shutdown delay, then drains.
-    let stop = config.map_or(DRAIN_TIMEOUT, |(c, _)| c.server.shutdown_delay + c.server.drain_timeout);
+    let stop = config.map_or(DRAIN_TIMEOUT, |c| c.config.server.shutdown_delay + c.config.server.drain_timeout);
     p.check(u64::try_from(grace).is_ok_and(|g| g > stop.as_secs()), || {
         format!(
             "{w}: terminationGracePeriodSeconds {grace} must exceed the shutdown delay plus the drain timeout, {stop:?}"
@@ -430,20 +602,20 @@ fn check_deployment(
                 format!("{cw}: needs a container port named {name} = {port}")
             });
         }
-        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        // Liveness must not ask the store (an outage would restart every
+        // pod); readiness must (a replica cut off from it leaves the Service).
+        for (probe, path, required) in [
+            ("livenessProbe", "/healthz", true),
+            ("readinessProbe", "/readyz", true),
+            ("startupProbe", "/healthz", false),
+        ] {
             let get = at(c, &[probe, "httpGet"]);
+            if !required && at(c, &[probe]).is_badvalue() {
+                continue;
+            }
             p.check(text_at(get, &["path"]) == Some(path), || format!("{cw}: {probe} must GET {path}"));
             p.check(resolve_port(&get["port"], c) == Some(ADMIN_PORT), || {
                 format!("{cw}: {probe} must use the admin port {ADMIN_PORT}")
-            });
-        }
-        // Client secrets come from a Secret of the manifests.
-        let env_from: Vec<&str> =
-            list_at(c, &["envFrom"]).iter().filter_map(|e| text_at(e, &["secretRef", "name"])).collect();
-        p.check(!env_from.is_empty(), || format!("{cw}: envFrom must load the client secrets from a Secret"));
-        for name in env_from {
-            p.check(objects.iter().any(|o| o.kind() == "Secret" && o.name() == name), || {
-                format!("{cw}: envFrom names Secret {name:?}, which the manifests do not define")
             });
         }
         check_mounts(&cw, c, volumes, objects, config, p);
@@ -451,26 +623,32 @@ fn check_deployment(
     pod_labels
 }
 
-/// The config, the store and the TLS Secret are mounted where the config
-/// and the command line expect them.
+/// The directory where the pod mounts the volume whose `source` (such as
+/// `configMap.name`) is `object`.
+fn mount_of<'a>(c: &'a Yaml, volumes: &[Yaml], source: &[&str], object: &str) -> Option<&'a str> {
+    list_at(c, &["volumeMounts"]).iter().find_map(|m| {
+        let name = text_at(m, &["name"])?;
+        let v = volumes.iter().find(|v| text_at(v, &["name"]) == Some(name))?;
+        (text_at(v, source) == Some(object)).then_some(())?;
+        text_at(m, &["mountPath"])
+    })
+}
+
+/// The config and the Secrets are mounted where the config and the command
+/// line expect them.
 fn check_mounts(
     cw: &str,
     c: &Yaml,
     volumes: &[Yaml],
     objects: &[Object],
-    config: Option<&(Config, String)>,
+    config: Option<&ConfigFile>,
     p: &mut Problems,
 ) {
-    let mounts: Vec<(&str, &str)> = list_at(c, &["volumeMounts"])
-        .iter()
-        .filter_map(|m| Some((text_at(m, &["name"])?, text_at(m, &["mountPath"])?)))
-        .collect();
-    let volume = |name: &str| volumes.iter().find(|v| text_at(v, &["name"]) == Some(name));
-    let mount_of = |source: &[&str], object: &str| {
-        mounts.iter().find(|(name, _)| volume(name).is_some_and(|v| text_at(v, source) == Some(object))).map(|m| m.1)
-    };
-    for (name, _) in &mounts {
-        p.check(volume(name).is_some(), || format!("{cw}: mounts volume {name:?}, which the pod does not define"));
+    for m in list_at(c, &["volumeMounts"]) {
+        let name = text_at(m, &["name"]).unwrap_or_default();
+        p.check(volumes.iter().any(|v| text_at(v, &["name"]) == Some(name)), || {
+            format!("{cw}: mounts volume {name:?}, which the pod does not define")
+        });
     }
     for v in volumes {
         for (source, kind) in [
@@ -479,7 +657,7 @@ fn check_mounts(
             (["persistentVolumeClaim", "claimName"], "PersistentVolumeClaim"),
         ] {
             if let Some(name) = text_at(v, &source) {
-                p.check(objects.iter().any(|o| o.kind() == kind && o.name() == name), || {
+                p.check(find(objects, kind, name).is_some(), || {
                     format!("{cw}: volume uses {kind} {name:?}, which the manifests do not define")
                 });
             }
@@ -490,23 +668,23 @@ fn check_mounts(
     p.check(args.first() == Some(&"serve") && config_path.is_some(), || {
         format!("{cw}: args must be serve --config FILE")
     });
-    let Some((config, key)) = config else { return };
+    let Some(config) = config else { return };
     let cm = objects.iter().find(|o| o.kind() == "ConfigMap").map(Object::name).unwrap_or_default();
-    let config_dir = mount_of(&["configMap", "name"], cm);
-    p.check(config_dir.zip(config_path).is_some_and(|(dir, file)| file == format!("{dir}/{key}")), || {
-        format!("{cw}: --config {config_path:?} is not the ConfigMap's {key} as mounted ({config_dir:?})")
-    });
-    let pvc = objects.iter().find(|o| o.kind() == "PersistentVolumeClaim").map(Object::name).unwrap_or_default();
-    let data_dir = mount_of(&["persistentVolumeClaim", "claimName"], pvc);
-    let db = config.storage.url.trim_start_matches("sqlite://");
-    p.check(data_dir.is_some_and(|dir| db.starts_with(&format!("{dir}/"))), || {
-        format!("{cw}: the store {db:?} is not on the PersistentVolumeClaim's mount ({data_dir:?})")
+    let config_dir = mount_of(c, volumes, &["configMap", "name"], cm);
+    p.check(config_dir.zip(config_path).is_some_and(|(dir, file)| file == format!("{dir}/{}", config.key)), || {
+        format!("{cw}: --config {config_path:?} is not the ConfigMap's {} as mounted ({config_dir:?})", config.key)
     });
 }
 
-fn check_services(services: &[&Object], d: &Object, pod_labels: &BTreeMap<String, String>, p: &mut Problems) {
+fn check_services(
+    dir: &str,
+    services: &[&Object],
+    d: &Object,
+    pod_labels: &BTreeMap<String, String>,
+    p: &mut Problems,
+) {
     let [svc] = services else {
-        p.add(format!("{K8S}: expected one Service, found {}", services.len()));
+        p.add(format!("{dir}: expected one Service, found {}", services.len()));
         return;
     };
     let w = svc.at();
@@ -528,31 +706,18 @@ fn check_services(services: &[&Object], d: &Object, pod_labels: &BTreeMap<String
     }
 }
 
-fn check_pdb(pdbs: &[&Object], d: &Object, pod_labels: &BTreeMap<String, String>, p: &mut Problems) {
-    let [pdb] = pdbs else {
-        p.add(format!("{K8S}: expected one PodDisruptionBudget, found {}", pdbs.len()));
-        return;
-    };
+fn check_pdb(pdb: &Object, pod_labels: &BTreeMap<String, String>, p: &mut Problems) {
     let w = pdb.at();
     p.check(text_at(&pdb.doc, &["apiVersion"]) == Some("policy/v1"), || format!("{w}: apiVersion must be policy/v1"));
     let selector = string_map(at(&pdb.doc, &["spec", "selector", "matchLabels"])).unwrap_or_default();
     p.check(!selector.is_empty() && is_subset(&selector, pod_labels), || {
         format!("{w}: the PodDisruptionBudget's selector must match the Deployment's pod labels")
     });
-    // One replica: a budget that keeps one available would block every drain.
-    if at(&d.doc, &["spec", "replicas"]).as_i64() == Some(1) {
-        p.check(at(&pdb.doc, &["spec", "maxUnavailable"]).as_i64() == Some(1), || {
-            format!("{w}: with one replica use maxUnavailable: 1")
-        });
-        p.check(at(&pdb.doc, &["spec", "minAvailable"]).is_badvalue(), || {
-            format!("{w}: minAvailable with one replica blocks node drains")
-        });
-    }
 }
 
-fn check_service_monitor(monitors: &[&Object], services: &[&Object], p: &mut Problems) {
+fn check_service_monitor(dir: &str, monitors: &[&Object], services: &[&Object], p: &mut Problems) {
     let [sm] = monitors else {
-        p.add(format!("{K8S}: expected one ServiceMonitor, found {}", monitors.len()));
+        p.add(format!("{dir}: expected one ServiceMonitor, found {}", monitors.len()));
         return;
     };
     let w = sm.at();
@@ -583,6 +748,131 @@ fn check_service_monitor(monitors: &[&Object], services: &[&Object], p: &mut Pro
     }
 }
 
+/// SQLite: one writer, so one replica, replaced by Recreate, with its store
+/// on the claimed volume and a budget that lets the pod be evicted.
+fn check_single_replica(d: &Object, objects: &[Object], pdb: &Object, config: Option<&ConfigFile>, p: &mut Problems) {
+    let w = d.at();
+    let spec = at(&d.doc, &["spec"]);
+    p.check(at(spec, &["replicas"]).as_i64() == Some(1), || format!("{w}: replicas must be 1 on the SQLite store"));
+    p.check(text_at(spec, &["strategy", "type"]) == Some("Recreate"), || {
+        format!("{w}: strategy.type must be Recreate (SQLite has one writer)")
+    });
+    // A budget that keeps one available would block every drain.
+    let pw = pdb.at();
+    p.check(at(&pdb.doc, &["spec", "maxUnavailable"]).as_i64() == Some(1), || {
+        format!("{pw}: with one replica use maxUnavailable: 1")
+    });
+    p.check(at(&pdb.doc, &["spec", "minAvailable"]).is_badvalue(), || {
+        format!("{pw}: minAvailable with one replica blocks node drains")
+    });
+    let Some(config) = config else { return };
+    check_sqlite_store(&config.at, &config.config, p);
+    let pod = at(spec, &["template", "spec"]);
+    let pvc = objects.iter().find(|o| o.kind() == "PersistentVolumeClaim").map(Object::name).unwrap_or_default();
+    let db = config.config.storage.url.trim_start_matches("sqlite://");
+    for c in list_at(pod, &["containers"]) {
+        let data_dir = mount_of(c, list_at(pod, &["volumes"]), &["persistentVolumeClaim", "claimName"], pvc);
+        p.check(data_dir.is_some_and(|dir| db.starts_with(&format!("{dir}/"))), || {
+            format!("{w}: the store {db:?} is not on the PersistentVolumeClaim's mount ({data_dir:?})")
+        });
+    }
+}
+
+/// PostgreSQL: stateless replicas, rolled without losing capacity, spread
+/// over nodes, with a budget that keeps two of them through drains.
+fn check_replicas(
+    d: &Object,
+    objects: &[Object],
+    pdb: &Object,
+    pod_labels: &BTreeMap<String, String>,
+    p: &mut Problems,
+) {
+    let w = d.at();
+    let spec = at(&d.doc, &["spec"]);
+    let pod = at(spec, &["template", "spec"]);
+    let replicas = at(spec, &["replicas"]).as_i64().unwrap_or(1);
+    p.check(replicas >= 2, || format!("{w}: replicas must be at least 2 on the PostgreSQL store"));
+    p.check(
+        text_at(spec, &["strategy", "type"]) == Some("RollingUpdate")
+            && matches!(at(spec, &["strategy", "rollingUpdate", "maxUnavailable"]), Yaml::Integer(0)),
+        || format!("{w}: strategy must be RollingUpdate with rollingUpdate.maxUnavailable: 0"),
+    );
+    let claims = list_at(pod, &["volumes"]).iter().any(|v| !at(v, &["persistentVolumeClaim"]).is_badvalue());
+    p.check(!claims && !objects.iter().any(|o| o.kind() == "PersistentVolumeClaim"), || {
+        format!("{w}: no PersistentVolumeClaim: the store is PostgreSQL and the pods keep no state")
+    });
+    // Spread over nodes, by topology spread or by anti-affinity.
+    let selects_pods = |term: &Yaml| {
+        let selector = string_map(at(term, &["labelSelector", "matchLabels"])).unwrap_or_default();
+        text_at(term, &["topologyKey"]) == Some("kubernetes.io/hostname")
+            && !selector.is_empty()
+            && is_subset(&selector, pod_labels)
+    };
+    let anti = at(pod, &["affinity", "podAntiAffinity"]);
+    let spread = list_at(pod, &["topologySpreadConstraints"]).iter().any(selects_pods)
+        || list_at(anti, &["requiredDuringSchedulingIgnoredDuringExecution"]).iter().any(selects_pods)
+        || list_at(anti, &["preferredDuringSchedulingIgnoredDuringExecution"])
+            .iter()
+            .any(|t| selects_pods(at(t, &["podAffinityTerm"])));
+    p.check(spread, || {
+        format!(
+            "{w}: spread the pods across nodes (topologySpreadConstraints or podAntiAffinity on \
+             kubernetes.io/hostname, selecting the pod labels)"
+        )
+    });
+    // What a drain leaves running, counted at the starting replicas.
+    let pw = pdb.at();
+    let (min, max) = (at(&pdb.doc, &["spec", "minAvailable"]), at(&pdb.doc, &["spec", "maxUnavailable"]));
+    let kept = match (min, max) {
+        (Yaml::Integer(n), Yaml::BadValue) => Some(*n),
+        (Yaml::BadValue, Yaml::Integer(n)) => Some(replicas - n),
+        _ => None,
+    };
+    match kept {
+        None => p.add(format!("{pw}: set one of minAvailable or maxUnavailable, as a number")),
+        Some(kept) => {
+            p.check(kept >= 2, || {
+                format!("{pw}: keeps {kept} of {replicas} replicas through a drain; keep at least 2")
+            });
+            p.check(kept < replicas, || format!("{pw}: keeps all {replicas} replicas, so it blocks every node drain"));
+        }
+    }
+}
+
+/// The HPA scales the Deployment, from no fewer replicas than it starts with.
+fn check_hpa(dir: &str, hpas: &[&Object], d: &Object, p: &mut Problems) {
+    let [hpa] = hpas else {
+        p.add(format!("{dir}: expected one HorizontalPodAutoscaler, found {}", hpas.len()));
+        return;
+    };
+    let w = hpa.at();
+    let spec = at(&hpa.doc, &["spec"]);
+    p.check(text_at(&hpa.doc, &["apiVersion"]) == Some("autoscaling/v2"), || {
+        format!("{w}: apiVersion must be autoscaling/v2")
+    });
+    let target = at(spec, &["scaleTargetRef"]);
+    p.check(
+        text_at(target, &["apiVersion"]) == Some("apps/v1")
+            && text_at(target, &["kind"]) == Some("Deployment")
+            && text_at(target, &["name"]) == Some(d.name()),
+        || format!("{w}: scaleTargetRef must be the apps/v1 Deployment {:?}", d.name()),
+    );
+    let replicas = at(&d.doc, &["spec", "replicas"]).as_i64().unwrap_or(1);
+    let min = at(spec, &["minReplicas"]).as_i64().unwrap_or(1);
+    let max = at(spec, &["maxReplicas"]).as_i64().unwrap_or(0);
+    p.check(min >= replicas, || {
+        format!("{w}: minReplicas {min} must be at least the Deployment's replicas, {replicas}")
+    });
+    p.check(max > min, || format!("{w}: maxReplicas {max} must exceed minReplicas {min}"));
+    let cpu = list_at(spec, &["metrics"]).iter().any(|m| {
+        text_at(m, &["type"]) == Some("Resource")
+            && text_at(m, &["resource", "name"]) == Some("cpu")
+            && text_at(m, &["resource", "target", "type"]) == Some("Utilization")
+            && at(m, &["resource", "target", "averageUtilization"]).as_i64().is_some_and(|u| (1..=100).contains(&u))
+    });
+    p.check(cpu, || format!("{w}: needs a CPU Utilization target (averageUtilization 1 to 100)"));
+}
+
 // ---------------------------------------------------------------------------
 // The container config.
 
@@ -600,9 +890,295 @@ fn check_container_config(files: &Files, p: &mut Problems) {
     match Config::parse(text, rel, &env) {
         Ok(config) => {
             check_listeners(rel, &config, p);
+            check_sqlite_store(rel, &config, p);
             p.check(!asked.borrow().is_empty(), || format!("{rel}: client secrets must come from client_secret_env"));
         }
         Err(e) => p.add(format!("{rel}: does not parse: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Docker Compose.
+
+const COMPOSE: &str = "compose.yaml";
+
+/// The config the image runs when a service gives no command.
+const IMAGE_CONFIG: &str = "/etc/portcullis/portcullis.toml";
+
+/// A mapping with its merge keys (`<<: *anchor`) applied, as Compose reads
+/// it: yaml-rust2 resolves the alias but keeps `<<` as a key.
+fn merged(y: &Yaml) -> Yaml {
+    let Some(h) = y.as_hash() else { return y.clone() };
+    let merge_key = Yaml::String("<<".into());
+    let mut out = yaml_rust2::yaml::Hash::new();
+    let bases = match h.get(&merge_key) {
+        Some(Yaml::Array(list)) => list.clone(),
+        Some(base) => vec![base.clone()],
+        None => Vec::new(),
+    };
+    for base in bases.iter().rev() {
+        if let Yaml::Hash(b) = merged(base) {
+            out.extend(b);
+        }
+    }
+    out.extend(h.iter().filter(|(k, _)| **k != merge_key).map(|(k, v)| (k.clone(), v.clone())));
+    Yaml::Hash(out)
+}
+
+fn scalar(y: &Yaml) -> Option<String> {
+    match y {
+        Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
+        Yaml::Integer(n) => Some(n.to_string()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A service's `environment`, given as a map or as `NAME=value` lines.
+fn compose_env(service: &Yaml) -> BTreeMap<String, String> {
+    match at(service, &["environment"]) {
+        Yaml::Hash(h) => h.iter().filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v)?))).collect(),
+        Yaml::Array(lines) => lines
+            .iter()
+            .filter_map(|l| l.as_str()?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// A service's mounts as (source, target): a path relative to the compose
+/// file (without `./`), or a named volume.
+fn compose_mounts(service: &Yaml) -> Vec<(String, String)> {
+    list_at(service, &["volumes"])
+        .iter()
+        .filter_map(|v| {
+            let (source, target) = match v {
+                Yaml::String(short) => {
+                    let mut parts = short.split(':');
+                    (parts.next()?, parts.next()?)
+                }
+                long => (text_at(long, &["source"])?, text_at(long, &["target"])?),
+            };
+            Some((source.trim_start_matches("./").to_string(), target.to_string()))
+        })
+        .collect()
+}
+
+/// A service's published ports as (host port, container port).
+fn compose_ports(service: &Yaml) -> Vec<(String, String)> {
+    list_at(service, &["ports"])
+        .iter()
+        .filter_map(|port| match port {
+            Yaml::String(short) => {
+                let mut parts = short.rsplit(':');
+                let container = parts.next()?.split('/').next()?;
+                Some((parts.next()?.to_string(), container.to_string()))
+            }
+            long => Some((scalar(at(long, &["published"]))?, scalar(at(long, &["target"]))?)),
+        })
+        .collect()
+}
+
+/// The directives of an nginx config, each with the blocks it is in:
+/// `upstream u { server a:1; }` gives (["upstream u"], ["server", "a:1"]).
+fn nginx_directives(text: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut blocks: Vec<String> = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut quote = None;
+    for line in text.lines() {
+        for c in line.chars().chain(['\n']) {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => word.push(c),
+                (None, '#') => break,
+                (None, '"' | '\'') => quote = Some(c),
+                (None, c) if c.is_whitespace() || ";{}".contains(c) => {
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    match c {
+                        ';' => out.push((blocks.clone(), std::mem::take(&mut words))),
+                        '{' => blocks.push(std::mem::take(&mut words).join(" ")),
+                        '}' => _ = blocks.pop(),
+                        _ => {}
+                    }
+                }
+                (None, c) => word.push(c),
+            }
+        }
+        if quote.is_none() && !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
+    }
+    out
+}
+
+/// `compose.yaml`: PostgreSQL, replicas built from the Dockerfile sharing
+/// one config on it, and a load balancer in front at the issuer's address.
+fn check_compose(files: &Files, p: &mut Problems) {
+    let Some(doc) = yaml_docs(files, COMPOSE, p).into_iter().next() else { return };
+    let services: BTreeMap<String, Yaml> = at(&doc, &["services"])
+        .as_hash()
+        .map(|h| h.iter().filter_map(|(k, v)| Some((k.as_str()?.to_string(), merged(v)))).collect())
+        .unwrap_or_default();
+    // The replicas: the services built here.
+    let replicas: Vec<&str> =
+        services.iter().filter(|(_, s)| !at(s, &["build"]).is_badvalue()).map(|(n, _)| n.as_str()).collect();
+    p.check(replicas.len() >= 2, || format!("{COMPOSE}: needs at least two Portcullis replicas, found {replicas:?}"));
+    let mut config_files = BTreeSet::new();
+    let mut listen_ports = BTreeSet::new();
+    let mut issuers = BTreeSet::new();
+    let mut databases = BTreeSet::new();
+    for &name in &replicas {
+        let s = &services[name];
+        let w = format!("{COMPOSE}: service {name}");
+        let context = text_at(s, &["build"]).or_else(|| text_at(s, &["build", "context"]));
+        p.check(context == Some(".") && text_at(s, &["build", "dockerfile"]).is_none_or(|f| f == "Dockerfile"), || {
+            format!("{w}: must build the top-level Dockerfile (build: .)")
+        });
+        let command: Vec<String> = match at(s, &["command"]) {
+            Yaml::Array(words) => words.iter().filter_map(Yaml::as_str).map(String::from).collect(),
+            Yaml::String(line) => line.split_whitespace().map(String::from).collect(),
+            _ => ["serve", "--config", IMAGE_CONFIG].map(String::from).to_vec(),
+        };
+        let config_path = command.windows(2).find(|w| w[0] == "--config").map(|w| w[1].clone());
+        p.check(command.first().is_some_and(|c| c == "serve") && config_path.is_some(), || {
+            format!("{w}: command must be serve --config FILE")
+        });
+        let Some(config_path) = config_path else { continue };
+        let Some((source, _)) = compose_mounts(s).into_iter().find(|(_, target)| *target == config_path) else {
+            p.add(format!("{w}: mounts no config file at {config_path}"));
+            continue;
+        };
+        config_files.insert(source.clone());
+        let Some(text) = files.get(&source) else {
+            p.add(format!("{w}: mounts {source}, which is not a file of deploy/"));
+            continue;
+        };
+        let env = compose_env(s);
+        let config = match Config::parse(text, &source, &|var| env.get(var).cloned()) {
+            Ok(config) => config,
+            Err(e) => {
+                p.add(format!("{w}: {source} does not parse with the service's environment: {e}"));
+                continue;
+            }
+        };
+        check_listeners(&source, &config, p);
+        listen_ports.insert(config.server.listen.port());
+        issuers.insert(config.authorization_server.issuer.clone());
+        let provided = |var: &str| env.contains_key(var);
+        let Some(pg) = check_postgres_store(&source, text, &provided, &format!("the environment of {name}"), p) else {
+            continue;
+        };
+        let Some(db) = services.get(&pg.host) else {
+            p.add(format!("{w}: the storage.url host {:?} is not a service of {COMPOSE}", pg.host));
+            continue;
+        };
+        databases.insert(pg.host.clone());
+        p.check(text_at(s, &["depends_on", &pg.host, "condition"]) == Some("service_healthy"), || {
+            format!("{w}: must depend on {} with condition: service_healthy (it migrates the schema at start)", pg.host)
+        });
+        let db_env = compose_env(db);
+        p.check(pg.password_env.is_empty() || db_env.get("POSTGRES_PASSWORD") == env.get(&pg.password_env), || {
+            format!("{w}: {} must be the {} service's POSTGRES_PASSWORD", pg.password_env, pg.host)
+        });
+        let user = db_env.get("POSTGRES_USER").map_or("postgres", String::as_str);
+        let database = db_env.get("POSTGRES_DB").map_or(user, String::as_str);
+        p.check(pg.user == user && pg.db == database, || {
+            format!(
+                "{w}: storage.url names user {:?} and database {:?}, the {} service creates {user:?} and {database:?}",
+                pg.user, pg.db, pg.host
+            )
+        });
+    }
+    p.check(config_files.len() == 1, || {
+        format!("{COMPOSE}: the replicas must share one config file, not {config_files:?}")
+    });
+    let named_volumes: BTreeSet<&str> =
+        at(&doc, &["volumes"]).as_hash().map(|h| h.keys().filter_map(Yaml::as_str).collect()).unwrap_or_default();
+    for host in &databases {
+        let db = &services[host];
+        let w = format!("{COMPOSE}: service {host}");
+        p.check(text_at(db, &["image"]).is_some_and(|i| i.starts_with("postgres:")), || {
+            format!("{w}: must run a postgres image")
+        });
+        p.check(
+            !at(db, &["healthcheck", "test"]).is_badvalue() && at(db, &["healthcheck", "disable"]).is_badvalue(),
+            || format!("{w}: needs a healthcheck, which the replicas wait for"),
+        );
+        let data = compose_mounts(db).into_iter().find(|(_, target)| target == "/var/lib/postgresql/data");
+        p.check(data.is_some_and(|(source, _)| named_volumes.contains(source.as_str())), || {
+            format!("{w}: keep /var/lib/postgresql/data on a named volume (top-level volumes:)")
+        });
+    }
+    let port = listen_ports.into_iter().next().unwrap_or(0);
+    check_load_balancer(files, &services, &replicas, port, &issuers, p);
+}
+
+/// nginx round-robins over every replica, on the address the issuer names.
+fn check_load_balancer(
+    files: &Files,
+    services: &BTreeMap<String, Yaml>,
+    replicas: &[&str],
+    replica_port: u16,
+    issuers: &BTreeSet<String>,
+    p: &mut Problems,
+) {
+    let lbs: Vec<(&String, &Yaml)> =
+        services.iter().filter(|(_, s)| text_at(s, &["image"]).is_some_and(|i| i.starts_with("nginx"))).collect();
+    let [(lb, service)] = lbs[..] else {
+        p.add(format!("{COMPOSE}: needs one load balancer (an nginx service), found {}", lbs.len()));
+        return;
+    };
+    let w = format!("{COMPOSE}: service {lb}");
+    let conf = compose_mounts(service).into_iter().find(|(_, target)| target.starts_with("/etc/nginx/"));
+    let Some((conf, text)) = conf.and_then(|(source, _)| Some((source.clone(), files.get(&source)?))) else {
+        p.add(format!("{w}: mounts no nginx config of deploy/ under /etc/nginx/"));
+        return;
+    };
+    let directives = nginx_directives(text);
+    let mut upstreams: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (blocks, words) in &directives {
+        let upstream = blocks.last().and_then(|b| b.strip_prefix("upstream "));
+        if let (Some(upstream), [directive, address, ..]) = (upstream, words.as_slice())
+            && directive == "server"
+        {
+            upstreams.entry(upstream.to_string()).or_default().insert(address.clone());
+        }
+    }
+    let proxied: Vec<&str> = directives
+        .iter()
+        .filter(|(_, words)| words.first().is_some_and(|d| d == "proxy_pass"))
+        .filter_map(|(_, words)| words.get(1)?.strip_prefix("http://"))
+        .collect();
+    let want: BTreeSet<String> = replicas.iter().map(|r| format!("{r}:{replica_port}")).collect();
+    p.check(!proxied.is_empty(), || format!("{conf}: no proxy_pass to an upstream"));
+    for name in proxied {
+        let got = upstreams.get(name).cloned().unwrap_or_default();
+        p.check(got == want, || format!("{conf}: upstream {name} must name every replica, {want:?}, not {got:?}"));
+    }
+    let listen: Vec<String> = directives
+        .iter()
+        .filter(|(blocks, words)| blocks.last().is_some_and(|b| b == "server") && words[0] == "listen")
+        .filter_map(|(_, words)| Some(words.get(1)?.rsplit(':').next()?.to_string()))
+        .collect();
+    let published =
+        compose_ports(service).into_iter().find(|(_, container)| listen.contains(container)).map(|(host, _)| host);
+    let Some(published) = published else {
+        p.add(format!("{w}: publishes none of the ports nginx listens on, {listen:?}"));
+        return;
+    };
+    for issuer in issuers {
+        let uri = issuer.parse::<http::Uri>().ok();
+        let host = uri.as_ref().and_then(http::Uri::host).unwrap_or_default();
+        let port = uri.as_ref().and_then(http::Uri::port_u16).map(|p| p.to_string());
+        p.check(
+            ["localhost", "127.0.0.1", "[::1]"].contains(&host) && port.as_deref() == Some(published.as_str()),
+            || format!("{COMPOSE}: the issuer {issuer} is not the load balancer's address, localhost:{published}"),
+        );
     }
 }
 
@@ -1253,6 +1829,15 @@ fn mutations_are_caught() {
     let unit = "deploy/systemd/portcullis.service";
     let docker = "Dockerfile";
     let cm = "deploy/kubernetes/configmap.yaml";
+    let rdep = "deploy/kubernetes-replicas/deployment.yaml";
+    let rcm = "deploy/kubernetes-replicas/configmap.yaml";
+    let rpdb = "deploy/kubernetes-replicas/pdb.yaml";
+    let hpa = "deploy/kubernetes-replicas/hpa.yaml";
+    let compose = "compose.yaml";
+    let ctoml = "deploy/compose/portcullis.toml";
+    let nginx = "deploy/compose/nginx.conf";
+    let pg_url = "url = \"postgres://portcullis@postgres:5432/portcullis\"\n";
+    let pg_env = "password_env = \"PORTCULLIS_DATABASE_PASSWORD\"\n";
     // (file, text, replacement, a problem that must then be reported)
     let mutations = [
         (dep, "path: /healthz", "path: /health", "livenessProbe must GET /healthz"),
@@ -1336,6 +1921,59 @@ fn mutations_are_caught() {
         (docker, "EXPOSE 8080 9090", "EXPOSE 8080", "EXPOSE 9090"),
         (docker, "COPY config/ ", "COPY conf/ ", "conf/ does not exist"),
         (".dockerignore", "target/", "", "target/"),
+        // The replicas on PostgreSQL.
+        (rdep, "replicas: 3", "replicas: 1", "replicas must be at least 2"),
+        (rdep, "maxUnavailable: 0", "maxUnavailable: 1", "maxUnavailable: 0"),
+        (rdep, "type: RollingUpdate", "type: Recreate", "RollingUpdate"),
+        (rdep, "path: /healthz", "path: /readyz", "livenessProbe must GET /healthz"),
+        (rdep, "topologyKey: kubernetes.io/hostname", "topologyKey: kubernetes.io/os", "spread the pods"),
+        (
+            rdep,
+            "        - name: tmp\n          emptyDir:",
+            "        - name: tmp\n          persistentVolumeClaim:\n            claimName: x\n          emptyDir:",
+            "no PersistentVolumeClaim",
+        ),
+        (rdep, "name: portcullis-database", "name: database", "names Secret \"database\""),
+        (
+            rdep,
+            "valueFrom:\n                secretKeyRef:\n                  name: portcullis-database\n                  key: password",
+            "value: hunter2",
+            "must come from a Secret",
+        ),
+        (rpdb, "maxUnavailable: 1", "minAvailable: 3", "blocks every node drain"),
+        (rpdb, "maxUnavailable: 1", "maxUnavailable: 2", "keep at least 2"),
+        (hpa, "kind: Deployment\n    name: portcullis", "kind: Deployment\n    name: gateway", "scaleTargetRef"),
+        (hpa, "minReplicas: 3", "minReplicas: 2", "minReplicas 2 must be at least"),
+        (rcm, "portcullis@postgres", "portcullis:hunter2@postgres", "does not parse"),
+        (
+            rcm,
+            &format!("{pg_url}    {pg_env}"),
+            "url = \"postgres://portcullis:hunter2@postgres:5432/portcullis\"\n",
+            "carries a password",
+        ),
+        // The compose try.
+        (
+            ctoml,
+            &format!("{pg_url}{pg_env}"),
+            "url = \"postgres://portcullis:x@postgres:5432/portcullis\"\n",
+            "password",
+        ),
+        (ctoml, "@postgres:5432", "@db:5432", "not a service"),
+        (ctoml, "http://localhost:8080", "http://localhost:8081", "not the load balancer's address"),
+        (compose, "condition: service_healthy", "condition: service_started", "service_healthy"),
+        (compose, "    healthcheck:", "    x-healthcheck:", "needs a healthcheck"),
+        (compose, "POSTGRES_DB: portcullis", "POSTGRES_DB: gateway", "creates"),
+        (compose, "- postgres-data:/var/lib", "- ./pgdata:/var/lib", "named volume"),
+        (
+            compose,
+            "  portcullis-2:\n    <<: *portcullis\n",
+            "  portcullis-2:\n    <<: *portcullis\n    volumes:\n      - ./deploy/portcullis.container.toml:/etc/portcullis/portcullis.toml:ro\n",
+            "share one config file",
+        ),
+        (compose, "  portcullis-2:\n    <<: *portcullis\n", "  portcullis-2:\n", "at least two"),
+        (compose, "\"127.0.0.1:8080:8080\"", "\"127.0.0.1:8080:80\"", "publishes none of the ports"),
+        (nginx, "server portcullis-2:8080", "server portcullis-1:8081", "must name every replica"),
+        (nginx, "proxy_pass http://portcullis;", "proxy_pass http://gateway;", "must name every replica"),
     ];
     let mut mutations = mutations.to_vec();
     let mut p = Problems::default();
@@ -1367,7 +2005,7 @@ fn the_runtime_image_without_user_relies_on_a_nonroot_tag() {
 #[test]
 fn deploy_readme_names_existing_files() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for readme in ["deploy/README.md", "deploy/kubernetes/README.md"] {
+    for readme in ["deploy/README.md", "deploy/kubernetes/README.md", "deploy/kubernetes-replicas/README.md"] {
         let text = std::fs::read_to_string(root.join(readme)).unwrap_or_else(|e| panic!("{readme}: {e}"));
         let base = Path::new(readme).parent().expect("a folder");
         for word in text.split(|c: char| c.is_whitespace() || "`()[]|,".contains(c)) {

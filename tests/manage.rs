@@ -45,6 +45,8 @@ async fn a_client_registered_in_the_store_works_without_a_restart_and_its_secret
 
     assert_eq!(token_status(&gw, "svc", &first).await, StatusCode::OK);
     assert_eq!(token_status(&gw, "svc", "wrong").await, StatusCode::UNAUTHORIZED);
+    let reply = gw.client_credentials("svc", &first).await;
+    let minted_with_first = reply.json()["access_token"].as_str().expect("a token").to_owned();
 
     let (code, out, err) = cli(&path, &["clients", "list"]);
     assert_eq!(code, 0, "{err}");
@@ -55,6 +57,16 @@ async fn a_client_registered_in_the_store_works_without_a_restart_and_its_secret
     assert_eq!(code, 0, "{err}");
     let second = secret_of(&out);
     assert_ne!(first, second);
+    // Whoever held the old secret may have minted tokens with it: they are
+    // revoked (this one was never cached, so no notice is needed).
+    let reply =
+        support::get(&gw.url("/calendar/events"), &[("authorization", &format!("Bearer {minted_with_first}"))]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text());
+    assert!(
+        reply.header("www-authenticate").is_some_and(|h| h.contains("The access token was revoked")),
+        "{:?}",
+        reply.header("www-authenticate")
+    );
     gw.stop().await;
     // A gateway reading the store afresh takes the new secret only.
     let gw = Gateway::start(&toml).await;

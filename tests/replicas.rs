@@ -273,10 +273,12 @@ fn config_file(dir: &tempfile::TempDir, toml: &str) -> std::path::PathBuf {
 /// replica within a second (the replicas' notices), though each keeps what
 /// it read of a client for 5 s: a replica that has just found a client
 /// unknown takes it once registered, and one that has just used a secret
-/// refuses it once rotated.
+/// refuses it once rotated. A rotation revokes the tokens issued before it,
+/// a removal all of them, JWTs included: refused on every replica that had
+/// them cached, within a second.
 #[tokio::test]
 async fn clients_changed_with_the_cli_reach_every_replica_within_a_second() {
-    let upstream = Upstream::start().await;
+    let mut upstream = Upstream::start().await;
     let Some(url) = support::postgres::database().await else { return };
     let toml = config(&upstream, "jwt", &url);
     let (a, b) = (Gateway::start(&toml).await, Gateway::start(&toml).await);
@@ -284,6 +286,7 @@ async fn clients_changed_with_the_cli_reach_every_replica_within_a_second() {
     let path = config_file(&dir, &toml);
     let secret_of =
         |out: &str| out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("a secret").to_owned();
+    let second_of = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
 
     // Read as unknown by both first.
     for gw in [&a, &b] {
@@ -296,9 +299,12 @@ async fn clients_changed_with_the_cli_reach_every_replica_within_a_second() {
     for gw in [&a, &b] {
         within(Duration::from_secs(1), "registered", || async { svc_status(gw, &first).await == StatusCode::OK }).await;
     }
+    let before_rotation = svc_token(&a, &first).await;
+    cache_on_both(&a, &b, &mut upstream, &before_rotation).await;
 
     let (code, out, err) = cli(&path, &["clients", "rotate-secret", "svc"]);
     assert_eq!(code, 0, "{err}");
+    let rotated_in = second_of();
     let second = secret_of(&out);
     for gw in [&a, &b] {
         within(Duration::from_secs(1), "old secret refused", || async {
@@ -306,7 +312,13 @@ async fn clients_changed_with_the_cli_reach_every_replica_within_a_second() {
         })
         .await;
         assert_eq!(svc_status(gw, &second).await, StatusCode::OK);
+        until_refused(gw, &mut upstream, &before_rotation, Duration::from_secs(1)).await;
     }
+    // A token of the new secret, issued after the rotation's second (a
+    // client revocation is to the second), is honoured.
+    within(Duration::from_secs(2), "the next second", || async { second_of() > rotated_in }).await;
+    let after_rotation = svc_token(&b, &second).await;
+    cache_on_both(&a, &b, &mut upstream, &after_rotation).await;
 
     let (code, _, err) = cli(&path, &["clients", "remove", "svc"]);
     assert_eq!(code, 0, "{err}");
@@ -315,9 +327,26 @@ async fn clients_changed_with_the_cli_reach_every_replica_within_a_second() {
             svc_status(gw, &second).await == StatusCode::UNAUTHORIZED
         })
         .await;
+        until_refused(gw, &mut upstream, &after_rotation, Duration::from_secs(1)).await;
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// A `calendar.read` token of `svc` with `secret`, from `gw`.
+async fn svc_token(gw: &Gateway, secret: &str) -> String {
+    let reply = gw.client_credentials("svc", secret).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.json()["access_token"].as_str().expect("a token").to_owned()
+}
+
+/// `token` presented to both replicas, and cached as valid there.
+async fn cache_on_both(a: &Gateway, b: &Gateway, upstream: &mut Upstream, token: &str) {
+    for gw in [a, b] {
+        let reply = get(&gw.url("/calendar/events"), &[("authorization", &bearer(token))]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        upstream.next().await;
+    }
 }
 
 /// What `gw` answers a client-credentials request of `svc` with `secret`.

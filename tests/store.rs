@@ -187,6 +187,36 @@ async fn replicas_starting_together_settle_on_one_signing_key() {
     }
 }
 
+/// A client removed or re-keyed on one replica: its tokens issued up to
+/// then are revoked on the other, JWTs included (by client and issue time,
+/// since no JWT is recorded), later ones and other clients' are not; the
+/// time never moves back; with `grants`, its refresh tokens die too; and
+/// the row goes once its tokens have expired.
+#[tokio::test]
+async fn a_client_revoked_on_one_replica_is_revoked_on_the_other() {
+    for b in backends().await {
+        let (a, other) = (&b.replicas[0], &b.replicas[1]);
+        a.create_grant(&grant("g9")).await.unwrap();
+        a.save_refresh_token(&refresh(9, "g9")).await.unwrap();
+        assert!(!a.is_revoked("jwt-1", "web", 200).await.unwrap(), "{}", b.name);
+
+        other.revoke_client("web", 200, 1_100, false).await.unwrap();
+        assert!(a.is_revoked("jwt-1", "web", 200).await.unwrap(), "{}: issued in the second of the change", b.name);
+        assert!(a.is_revoked("jwt-2", "web", 150).await.unwrap(), "{}", b.name);
+        assert!(!a.is_revoked("jwt-3", "web", 201).await.unwrap(), "{}: issued after", b.name);
+        assert!(!a.is_revoked("jwt-4", "app", 150).await.unwrap(), "{}: another client", b.name);
+        assert!(!a.grant_is_revoked("g9").await.unwrap(), "{}: a new secret leaves the grants", b.name);
+
+        other.revoke_client("web", 100, 1_000, true).await.unwrap();
+        assert!(a.is_revoked("jwt-2", "web", 150).await.unwrap(), "{}: never moved back", b.name);
+        assert!(a.grant_is_revoked("g9").await.unwrap(), "{}: a removal ends the grants", b.name);
+        assert!(matches!(a.consume_refresh_token(&[9; 32], 300).await.unwrap(), Consumed::AlreadyUsed(_)));
+
+        a.purge_expired(1_101).await.unwrap();
+        assert!(!a.is_revoked("jwt-2", "web", 150).await.unwrap(), "{}: purged after its tokens' life", b.name);
+    }
+}
+
 #[tokio::test]
 async fn a_grant_revoked_on_one_replica_is_revoked_on_the_other() {
     for b in backends().await {
@@ -197,13 +227,17 @@ async fn a_grant_revoked_on_one_replica_is_revoked_on_the_other() {
         a.save_refresh_token(&refresh(3, "g2")).await.unwrap();
         assert!(!a.grant_is_revoked("g2").await.unwrap(), "{}", b.name);
         // Allowed before, refused after.
-        assert!(!a.is_revoked("jti-1").await.unwrap(), "{}", b.name);
+        assert!(!a.is_revoked("jti-1", "web", 100).await.unwrap(), "{}", b.name);
 
         let mut jtis = other.revoke_grant("g2", 400).await.unwrap();
         jtis.sort();
         assert_eq!(jtis, ["jti-1", "jti-2"], "{}: the jtis to forget", b.name);
         assert!(a.grant_is_revoked("g2").await.unwrap(), "{}", b.name);
-        assert!(a.is_revoked("jti-1").await.unwrap() && a.is_revoked("jti-2").await.unwrap(), "{}", b.name);
+        assert!(
+            a.is_revoked("jti-1", "web", 100).await.unwrap() && a.is_revoked("jti-2", "web", 100).await.unwrap(),
+            "{}",
+            b.name
+        );
         assert!(matches!(a.consume_refresh_token(&[3; 32], 500).await.unwrap(), Consumed::AlreadyUsed(_)));
         // A refresh token minted after the revocation starts out used.
         a.save_refresh_token(&refresh(4, "g2")).await.unwrap();
@@ -233,7 +267,7 @@ async fn records_read_back_as_written_and_expire_together() {
         assert_eq!(other.find_access_token(&[6; 32]).await.unwrap(), None, "{n}");
         a.revoke("jti-5", 200).await.unwrap();
         a.revoke("jti-5", 200).await.unwrap();
-        assert!(other.is_revoked("jti-5").await.unwrap(), "{n}: revocations are idempotent and shared");
+        assert!(other.is_revoked("jti-5", "web", 100).await.unwrap(), "{n}: revocations are idempotent and shared");
 
         let session = SessionRecord {
             session_hash: [7; 32],
@@ -320,8 +354,8 @@ async fn expired_rows_are_purged_once_whoever_purges() {
             purged += p.await.expect("purge");
         }
         assert_eq!(purged, EXPIRED, "{}: each expired row purged once", b.name);
-        assert!(!b.replicas[1].is_revoked("expired-0-0").await.unwrap(), "{}", b.name);
-        assert!(b.replicas[1].is_revoked("live").await.unwrap(), "{}: the live row stays", b.name);
+        assert!(!b.replicas[1].is_revoked("expired-0-0", "web", 100).await.unwrap(), "{}", b.name);
+        assert!(b.replicas[1].is_revoked("live", "web", 100).await.unwrap(), "{}: the live row stays", b.name);
     }
 }
 

@@ -253,18 +253,31 @@ impl TokenValidator {
     }
 
     /// Forgets the identities of the access tokens `jtis` (after their
-    /// grant was revoked on this instance). moka checks the predicate on
-    /// every read until the entries are gone, so no later request sees them.
+    /// grant was revoked on this instance).
     pub async fn forget_jtis(self: &Arc<Self>, jtis: Vec<String>) {
         if jtis.is_empty() {
             return;
         }
         let jtis: Arc<HashSet<String>> = Arc::new(jtis.into_iter().collect());
+        self.forget_where(move |id| jtis.contains(&id.jti));
+    }
+
+    /// Forgets the identities of every access token of `client_id` (the
+    /// client was removed or its secret rotated: its tokens are checked
+    /// against the store again).
+    pub fn forget_client(self: &Arc<Self>, client_id: &str) {
+        let client_id: Arc<str> = client_id.into();
+        self.forget_where(move |id| *id.client_id == *client_id);
+    }
+
+    /// Forgets the valid identities `which` picks. moka checks the
+    /// predicate on every read until the entries are gone, so no later
+    /// request sees them.
+    fn forget_where(self: &Arc<Self>, which: impl Fn(&Identity) -> bool + Clone + Send + Sync + 'static) {
         for validator in self.and_in_force() {
             validator.invalidated();
-            let jtis = jtis.clone();
-            let predicate =
-                move |_: &[u8; 32], e: &Entry| matches!(&e.verdict, Verdict::Valid(id) if jtis.contains(&id.jti));
+            let which = which.clone();
+            let predicate = move |_: &[u8; 32], e: &Entry| matches!(&e.verdict, Verdict::Valid(id) if which(id));
             if let Err(e) = validator.cache.invalidate_entries_if(predicate) {
                 // Only possible without `support_invalidation_closures`; fall
                 // back to forgetting everything rather than trusting stale entries.

@@ -188,6 +188,8 @@ struct JwtClaimsIn {
     exp: u64,
     #[serde(default)]
     nbf: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
     aud: Audience,
     jti: String,
 }
@@ -376,27 +378,29 @@ impl TokenService {
         if token.len() > MAX_TOKEN_LEN {
             return Ok(Err(Rejection::Malformed));
         }
-        let (jti, identity) = if let Some(rest) = token.strip_prefix(OPAQUE_PREFIX) {
+        let (identity, issued_at) = if let Some(rest) = token.strip_prefix(OPAQUE_PREFIX) {
             if rest.is_empty() {
                 return Ok(Err(Rejection::Malformed));
             }
             match self.verify_opaque(token).await? {
-                Ok(id) => (id.jti.clone(), id),
+                Ok(verified) => verified,
                 Err(r) => return Ok(Err(r)),
             }
         } else {
             match self.verify_jwt(token) {
-                Ok(id) => (id.jti.clone(), id),
+                Ok(verified) => verified,
                 Err(r) => return Ok(Err(r)),
             }
         };
-        if self.store.is_revoked(&jti).await? {
+        let issued_at = i64::try_from(issued_at).unwrap_or(i64::MAX);
+        if self.store.is_revoked(&identity.jti, &identity.client_id, issued_at).await? {
             return Ok(Err(Rejection::Revoked));
         }
         Ok(Ok(identity))
     }
 
-    async fn verify_opaque(&self, token: &str) -> Result<Result<Identity, Rejection>, StoreError> {
+    /// The identity of a valid opaque token, and when it was issued.
+    async fn verify_opaque(&self, token: &str) -> Result<Result<(Identity, u64), Rejection>, StoreError> {
         let Some(record) = self.store.find_access_token(&token_hash(token)).await? else {
             return Ok(Err(Rejection::Unknown));
         };
@@ -405,10 +409,14 @@ impl TokenService {
             return Ok(Err(Rejection::Expired));
         }
         let scopes = ScopeSet::parse(&record.scope).unwrap_or_default();
-        Ok(Identity::new(record.subject, record.client_id, scopes, exp, record.jti).ok_or(Rejection::Malformed))
+        let issued_at = u64::try_from(record.issued_at).unwrap_or(0);
+        let identity = Identity::new(record.subject, record.client_id, scopes, exp, record.jti);
+        Ok(identity.map(|id| (id, issued_at)).ok_or(Rejection::Malformed))
     }
 
-    fn verify_jwt(&self, token: &str) -> Result<Identity, Rejection> {
+    /// The identity of a valid JWT, and when it was issued (0 without
+    /// `iat`: before any client revocation).
+    fn verify_jwt(&self, token: &str) -> Result<(Identity, u64), Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         // RFC 9068 §4: reject anything not explicitly typed as an access
         // token (an ID token or a refresh JWT replayed here, say).
@@ -454,7 +462,8 @@ impl TokenService {
             return Err(Rejection::WrongAudience);
         }
         let scopes = ScopeSet::parse(&c.scope).ok_or(Rejection::Malformed)?;
-        Identity::new(c.sub, c.client_id, scopes, c.exp, c.jti).ok_or(Rejection::Malformed)
+        let identity = Identity::new(c.sub, c.client_id, scopes, c.exp, c.jti).ok_or(Rejection::Malformed)?;
+        Ok((identity, c.iat.unwrap_or(0)))
     }
 
     /// Identifies a token this server issued, whether or not it is still

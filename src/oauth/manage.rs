@@ -166,9 +166,10 @@ pub async fn remove_client(config: &Config, store: &dyn Store, client_id: &str) 
         return Err(invalid(format!("{client_id:?} is in the config file; remove it there")));
     }
     if store.delete_client(client_id).await? {
+        revoke_tokens(config, store, client_id, true).await?;
         audit::record(Event::ClientRemoved, audit::Fields { client_id: Some(client_id), ..Default::default() });
         tell_replicas(store, Notice::Client(client_id.to_string())).await;
-        Ok(format!("removed {client_id}\n"))
+        Ok(format!("removed {client_id}; its grants and the access tokens it was issued are revoked\n"))
     } else {
         Err(invalid(format!("no registered client {client_id:?}")))
     }
@@ -181,10 +182,13 @@ pub async fn rotate_secret(config: &Config, store: &dyn Store, client_id: &str) 
     let secret = random_token();
     let hash = hash_secret(&secret).map_err(|e| invalid(format!("hashing failed: {e}")))?;
     if store.set_client_secret(client_id, &hash).await? {
+        // Whoever held the old secret may have minted tokens with it; the
+        // client's grants stay (refreshing needs the new secret).
+        revoke_tokens(config, store, client_id, false).await?;
         audit::record(Event::ClientSecretRotated, audit::Fields { client_id: Some(client_id), ..Default::default() });
         tell_replicas(store, Notice::Client(client_id.to_string())).await;
         Ok(format!(
-            "client_id: {client_id}\nclient_secret: {secret}\n(the old secret stops working; this one is shown only now)\n"
+            "client_id: {client_id}\nclient_secret: {secret}\n(the old secret stops working, and the access tokens issued until now are revoked; this one is shown only now)\n"
         ))
     } else {
         Err(invalid(format!("no registered confidential client {client_id:?}")))
@@ -209,6 +213,17 @@ pub async fn revoke_consent(store: &dyn Store, user: &str, client_id: &str) -> R
     } else {
         Err(invalid(format!("{user} has no consent for {client_id}")))
     }
+}
+
+/// Revokes the access tokens `client_id` was issued until now (to the
+/// second: one issued later in the second of the change is refused too,
+/// one the old secret got from a replica that had not heard yet in the
+/// next second is not), and with `grants` its grants.
+async fn revoke_tokens(config: &Config, store: &dyn Store, client_id: &str, grants: bool) -> Result<(), ManageError> {
+    let now = SystemClock.unix();
+    let expires = now.saturating_add(outlives(config).as_secs());
+    let as_i64 = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
+    Ok(store.revoke_client(client_id, as_i64(now), as_i64(expires), grants).await?)
 }
 
 /// The signing keys and where each is in its life (`portcullis keys list`).

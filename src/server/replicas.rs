@@ -1,7 +1,7 @@
 //! What replicas that share a store tell each other, and what this one does
 //! about it: its own revocations are evicted from its cache and announced
-//! (`CacheEviction`); the others' notices evict, forget a client, or have
-//! the keys read again (`follow`); and the signing keys are kept: read
+//! (`CacheEviction`); the others' notices evict, forget a client and its
+//! tokens, or have the keys read again (`follow`); and the signing keys are kept: read
 //! again now and then, rotated on schedule, deleted once expired
 //! (`keep_keys`). With SQLite nobody else is told and nothing is heard;
 //! the rereads carry changes the CLI makes.
@@ -71,7 +71,9 @@ pub(super) async fn follow(mut feed: Box<dyn ReplicaFeed>, gateway: Arc<ArcSwap<
                 "heard"
             }
             Heard::Told(Notice::Client(client_id)) => {
+                // Removed or re-keyed: its tokens may be revoked with it.
                 server.clients.forget(&client_id).await;
+                gateway.validator.forget_client(&client_id);
                 "heard"
             }
             Heard::Told(Notice::Keys) => {

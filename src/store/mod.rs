@@ -129,7 +129,21 @@ pub trait Store: Send + Sync {
     /// Marks the token `jti` revoked until `expires_at`. Idempotent.
     async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;
 
-    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+    /// Revokes every access token of `client_id` issued up to
+    /// `issued_until` (unix seconds), JWTs included, until `expires_at`
+    /// (when the last of them has expired); with `grants`, ends its grants
+    /// too, so no refresh token of it works again. Idempotent.
+    async fn revoke_client(
+        &self,
+        client_id: &str,
+        issued_until: i64,
+        expires_at: i64,
+        grants: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Whether the access token `jti` of `client_id`, issued at
+    /// `issued_at`, is revoked: by itself, or with its client's.
+    async fn is_revoked(&self, jti: &str, client_id: &str, issued_at: i64) -> Result<bool, StoreError>;
 
     /// Deletes what expired before `now`; returns how many rows went.
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;

@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "clients", include_str!("migrations/postgres/0003_clients.sql")),
     (4, "failures", include_str!("migrations/postgres/0004_failures.sql")),
     (5, "key_rotation", include_str!("migrations/postgres/0005_key_rotation.sql")),
+    (6, "revoked_clients", include_str!("migrations/postgres/0006_revoked_clients.sql")),
 ];
 
 /// The advisory lock that makes "add a signing key unless one is new
@@ -258,6 +259,8 @@ impl_store!(PostgresStore {
                 "grant_access_tokens",
                 "sessions",
                 "grants",
+                "failures",
+                "revoked_clients",
             ] {
                 // Table names come from the list above, never from input.
                 // Bounded batches: no statement holds millions of row locks

@@ -105,10 +105,59 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-                let row =
-                    sqlx::query("SELECT 1 FROM revoked_tokens WHERE jti = $1").bind(jti).fetch_optional(&self.pool).await?;
+            async fn is_revoked(&self, jti: &str, client_id: &str, issued_at: i64) -> Result<bool, StoreError> {
+                // One round trip for both: this is every cache miss's query.
+                let row = sqlx::query(
+                    "SELECT 1 FROM revoked_tokens WHERE jti = $1
+                     UNION ALL
+                     SELECT 1 FROM revoked_clients WHERE client_id = $2 AND issued_until >= $3
+                     LIMIT 1",
+                )
+                .bind(jti)
+                .bind(client_id)
+                .bind(issued_at)
+                .fetch_optional(&self.pool)
+                .await?;
                 Ok(row.is_some())
+            }
+
+            async fn revoke_client(
+                &self,
+                client_id: &str,
+                issued_until: i64,
+                expires_at: i64,
+                grants: bool,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.write_transaction().await?;
+                // Never moved back by a second revocation with an earlier
+                // time (a CLI on a clock behind).
+                sqlx::query(
+                    "INSERT INTO revoked_clients (client_id, issued_until, expires_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (client_id) DO UPDATE SET
+                       issued_until = CASE WHEN excluded.issued_until > revoked_clients.issued_until
+                                      THEN excluded.issued_until ELSE revoked_clients.issued_until END,
+                       expires_at = CASE WHEN excluded.expires_at > revoked_clients.expires_at
+                                    THEN excluded.expires_at ELSE revoked_clients.expires_at END",
+                )
+                .bind(client_id)
+                .bind(issued_until)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+                if grants {
+                    sqlx::query("UPDATE grants SET revoked_at = COALESCE(revoked_at, $1) WHERE client_id = $2")
+                        .bind(issued_until)
+                        .bind(client_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("UPDATE refresh_tokens SET used_at = COALESCE(used_at, $1) WHERE client_id = $2")
+                        .bind(issued_until)
+                        .bind(client_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn record_failure(&self, kind: &str, key: &str, at: i64, until: i64) -> Result<(), StoreError> {

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "clients", include_str!("migrations/sqlite/0003_clients.sql")),
     (4, "failures", include_str!("migrations/sqlite/0004_failures.sql")),
     (5, "key_rotation", include_str!("migrations/sqlite/0005_key_rotation.sql")),
+    (6, "revoked_clients", include_str!("migrations/sqlite/0006_revoked_clients.sql")),
 ];
 
 pub struct SqliteStore {
@@ -202,6 +203,7 @@ impl_store!(SqliteStore {
             "sessions",
             "grants",
             "failures",
+            "revoked_clients",
         ] {
             // Table names come from the list above, never from input.
             let sql = format!("DELETE FROM {table} WHERE expires_at < ?");
@@ -277,11 +279,11 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid, "a");
 
-        assert!(!store.is_revoked("j").await.unwrap());
+        assert!(!store.is_revoked("j", "app", 5).await.unwrap());
         store.revoke("j", 10).await.unwrap();
         store.revoke("j", 10).await.unwrap();
-        assert!(store.is_revoked("j").await.unwrap());
+        assert!(store.is_revoked("j", "app", 5).await.unwrap());
         assert_eq!(store.purge_expired(11).await.unwrap(), 1);
-        assert!(!store.is_revoked("j").await.unwrap());
+        assert!(!store.is_revoked("j", "app", 5).await.unwrap());
     }
 }
