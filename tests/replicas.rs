@@ -461,3 +461,117 @@ async fn a_scheduled_rotation_adds_one_key_however_many_replicas_are_due() {
         gw.stop().await;
     }
 }
+
+/// The test configuration for replicas in namespaces: on the database at
+/// `url`, opaque tokens (every uncached one needs the store), a request
+/// waiting at most 1 s for it, and any host name (requests come to the
+/// replicas' addresses). Only the built-in demo route is used: the
+/// replicas reach nothing but the database.
+fn partition_config(url: &str) -> String {
+    let toml = config_toml("127.0.0.1:9".parse().expect("an address"), "")
+        .replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\"\nacquire_timeout = \"1s\""))
+        .replace("access_token_ttl = \"15m\"", "access_token_ttl = \"15m\"\ntoken_format = \"opaque\"");
+    let toml = toml.replacen("allowed_hosts = [", "allowed_hosts = [\"*\", ", 1);
+    assert!(toml.contains(url) && toml.contains("opaque") && toml.contains("\"*\""), "the config anchors moved");
+    toml
+}
+
+/// A `calendar.read` token of `other` from the replica at `url`.
+async fn token_from(url: &str) -> String {
+    let reply = send(
+        Method::POST,
+        url,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "grant_type=client_credentials&client_id=other&client_secret=other-secret&scope=calendar.read",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.json()["access_token"].as_str().expect("a token").to_owned()
+}
+
+/// Replicas and PostgreSQL each on a host of their own (network
+/// namespaces on this machine), and one replica's link to the database
+/// taken down, so its packets go nowhere and nothing is refused or reset:
+/// the partition a switch or a cloud network makes. That replica keeps
+/// serving what it has cached, answers `503` for what needs the database
+/// within its `acquire_timeout` (never hangs, never forwards), fails
+/// `/readyz`; a revocation made on the other replica meanwhile is refused
+/// there once the link is back, with no restart.
+#[tokio::test]
+async fn a_replica_partitioned_from_the_database_fails_closed_and_heals() {
+    let Some(mut net) = support::netns::Net::new() else { return };
+    let db = net.host("db", false);
+    let (host1, host2) = (net.host("r1", true), net.host("r2", true));
+    let pg = support::netns::Postgres::start(&db);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = partition_config(&pg.url);
+    let r1 = support::netns::Replica::start(&host1, &toml, dir.path()).await;
+    let r2 = support::netns::Replica::start(&host2, &toml, dir.path()).await;
+    let call = |r: &support::netns::Replica, token: &str| {
+        let (url, auth) = (r.url("/static/events"), bearer(token));
+        async move { get(&url, &[("authorization", &auth)]).await }
+    };
+    let cached = token_from(&r2.url("/oauth/token")).await;
+    let uncached = token_from(&r2.url("/oauth/token")).await;
+    assert_eq!(call(&r1, &cached).await.status, StatusCode::OK);
+
+    net.set_back_link(&host1, false);
+    let revoked = send(
+        Method::POST,
+        &r2.url("/oauth/revoke"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("token={cached}&client_id=other&client_secret=other-secret"),
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
+    // Allowed: what r1 has cached, for at most cache.ttl.
+    assert_eq!(call(&r1, &cached).await.status, StatusCode::OK);
+    // Refused, within the acquire timeout: what needs the database.
+    let started = Instant::now();
+    let reply = call(&r1, &uncached).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    let reply = token_request(&r1).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "temporarily_unavailable");
+    assert_eq!(get(&r1.admin_url("/readyz"), &[]).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    eprintln!("partitioned: an uncached token refused with 503 after {took:?}");
+    let store_metric = |series: &'static str| {
+        let url = r1.admin_url("/metrics");
+        async move { support::counter(&get(&url, &[]).await.text(), series) }
+    };
+    // Told once, and metered: checked every second, waited on for 1 s.
+    within(Duration::from_secs(3), "the store metered down", || async {
+        store_metric("portcullis_store_up").await == 0
+    })
+    .await;
+    assert_eq!(store_metric("portcullis_store_transitions_total{to=\"down\"}").await, 1);
+
+    net.set_back_link(&host1, true);
+    let healed = Instant::now();
+    within(Duration::from_secs(30), "the revoked token refused after healing", || async {
+        call(&r1, &cached).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    eprintln!("healed: the revocation made during the partition took effect after {:?}", healed.elapsed());
+    assert_eq!(call(&r1, &uncached).await.status, StatusCode::OK);
+    assert_eq!(token_request(&r1).await.status, StatusCode::OK);
+    assert_eq!(get(&r1.admin_url("/readyz"), &[]).await.status, StatusCode::OK);
+    within(Duration::from_secs(3), "the store metered up", || async { store_metric("portcullis_store_up").await == 1 })
+        .await;
+    assert_eq!(store_metric("portcullis_store_transitions_total{to=\"up\"}").await, 1);
+    assert_eq!(store_metric("portcullis_store_transitions_total{to=\"down\"}").await, 1);
+}
+
+/// A token request of `other` to the replica `r`, whatever it answers.
+async fn token_request(r: &support::netns::Replica) -> support::Reply {
+    send(
+        Method::POST,
+        &r.url("/oauth/token"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "grant_type=client_credentials&client_id=other&client_secret=other-secret",
+    )
+    .await
+}

@@ -102,6 +102,8 @@ pub struct Server {
     /// What the other replicas announce (a shared store only), listened
     /// to from `start`, so nothing announced while this one starts is missed.
     replica_feed: Option<Box<dyn ReplicaFeed>>,
+    /// How long a health check waits for the store (`storage.acquire_timeout`).
+    store_wait: Duration,
 }
 
 /// TLS on the public listener: the acceptor, the certificate it serves
@@ -179,6 +181,7 @@ impl Server {
             tls,
             _store_lock: store_lock,
             replica_feed,
+            store_wait: config.storage.acquire_timeout,
         })
     }
 
@@ -280,6 +283,7 @@ impl Server {
             .take()
             .map(|feed| tokio::spawn(replicas::follow(feed, self.gateway.clone(), metrics.clone())));
         let key_keeper = tokio::spawn(replicas::keep_keys(self.gateway.clone(), metrics.clone()));
+        let store_watch = tokio::spawn(watch_store(self.store.clone(), metrics.clone(), self.store_wait));
         let certs = self.tls.as_ref().map(|t| t.certs.clone());
         let cert_watch =
             certs.zip(cfg.tls.as_ref()).map(|(c, t)| tokio::spawn(watch_certificates(c, t.watch_interval)));
@@ -301,6 +305,7 @@ impl Server {
         let _ = stop_tx.send(true);
         janitor.abort();
         key_keeper.abort();
+        store_watch.abort();
         if let Some(f) = follower {
             f.abort();
         }
@@ -552,6 +557,39 @@ fn bind(what: &'static str, addr: SocketAddr, count: usize) -> Result<Vec<std::n
         listeners.push(socket.into());
     }
     Ok(listeners)
+}
+
+/// Asks the store every second whether it answers (within `wait`), and
+/// logs and meters each change: a store that goes away is told once, not
+/// by every request that fails on it, and so is its return.
+async fn watch_store(store: Arc<dyn Store>, metrics: Arc<Metrics>, wait: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut down_since: Option<std::time::Instant> = None;
+    metrics.store_up.set(1);
+    loop {
+        tick.tick().await;
+        let answered = match tokio::time::timeout(wait, store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {wait:?}")),
+        };
+        match (answered, down_since) {
+            (Err(error), None) => {
+                tracing::error!(%error, "the store is unreachable: tokens it must check are refused with 503");
+                metrics.store_up.set(0);
+                metrics.store_transitions.with_label_values(&["down"]).inc();
+                down_since = Some(std::time::Instant::now());
+            }
+            (Ok(()), Some(since)) => {
+                tracing::warn!(down_for = ?since.elapsed(), "the store answers again");
+                metrics.store_up.set(1);
+                metrics.store_transitions.with_label_values(&["up"]).inc();
+                down_since = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Removes expired tokens and revocations now and then (ory/hydra #1574:

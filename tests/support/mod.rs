@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod held;
 pub mod link;
+pub mod netns;
 pub mod postgres;
 pub mod upstreams;
 

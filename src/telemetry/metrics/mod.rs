@@ -159,6 +159,10 @@ pub struct Metrics {
     /// one empties the cache).
     pub replica_notices: IntCounterVec,
     pub tls_expiry: IntGauge,
+    /// Whether the store answered the last health check (1) or not (0),
+    /// and how often that changed.
+    pub store_up: IntGauge,
+    pub store_transitions: IntCounterVec,
 }
 
 /// The gateway's own share is tens of microseconds on a cache hit, so its
@@ -258,6 +262,19 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let store_up = IntGauge::new(
+            "portcullis_store_up",
+            "Whether the store (SQLite or PostgreSQL) answered the last health check, every second: 1 or 0.",
+        )
+        .expect("static metric definition");
+        let store_transitions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_store_transitions_total",
+                "Times the store became unreachable (to=down) or reachable again (to=up).",
+            ),
+            &["to"],
+        )
+        .expect("static metric definition");
         let tls_expiry = IntGauge::new(
             "portcullis_tls_certificate_expiry_timestamp_seconds",
             "When the serving TLS certificate expires (notAfter), in Unix seconds.",
@@ -301,6 +318,8 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(replica_notices.clone()),
             Box::new(tls_expiry.clone()),
+            Box::new(store_up.clone()),
+            Box::new(store_transitions.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -326,6 +345,8 @@ impl Metrics {
             config_reloads,
             replica_notices,
             tls_expiry,
+            store_up,
+            store_transitions,
         }
     }
 
