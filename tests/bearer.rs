@@ -13,7 +13,7 @@ mod support;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::{Method, StatusCode};
-use support::{Gateway, Reply, Upstream, config_toml, get, send};
+use support::{Gateway, Reply, Upstream, config_toml, get, issuing_jwts, send};
 
 const REALM_ONLY: &str = "Bearer realm=\"portcullis\"";
 const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
@@ -44,6 +44,13 @@ fn bearer(token: &str) -> String {
 async fn start() -> (Upstream, Gateway) {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+    (upstream, gw)
+}
+
+/// `start`, issuing JWTs whatever the token-format matrix says.
+async fn start_jwt() -> (Upstream, Gateway) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&issuing_jwts(&config_toml(upstream.addr, ""))).await;
     (upstream, gw)
 }
 
@@ -138,10 +145,8 @@ impl Signed {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("p.db").display());
         let upstream = Upstream::start().await;
-        let gw = Gateway::start(
-            &config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\"")),
-        )
-        .await;
+        let toml = config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\""));
+        let gw = Gateway::start(&issuing_jwts(&toml)).await;
         let token = gw.token("other", "calendar.read").await;
         let key = signing_key(&url).await;
         Signed { _dir: dir, upstream, gw, token, key }
@@ -515,7 +520,7 @@ async fn garbage_tokens_are_invalid_token() {
 
 #[tokio::test]
 async fn token_with_tampered_payload_is_invalid_token() {
-    let (mut upstream, gw) = start().await;
+    let (mut upstream, gw) = start_jwt().await;
     let token = gw.token("other", "calendar.read").await;
 
     // the genuine token works
@@ -538,7 +543,7 @@ async fn token_with_tampered_payload_is_invalid_token() {
 
 #[tokio::test]
 async fn jwt_with_alg_none_is_invalid_token() {
-    let (mut upstream, gw) = start().await;
+    let (mut upstream, gw) = start_jwt().await;
     let token = gw.token("other", "calendar.read").await;
 
     let none = with_header(&token, |h| h["alg"] = "none".into(), Some(""));
@@ -721,7 +726,7 @@ async fn token_of_another_gateway_is_invalid_token() {
 async fn token_for_another_issuer_or_audience_on_a_shared_key_is_invalid_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut upstream = Upstream::start().await;
-    let base = config_toml(upstream.addr, "");
+    let base = issuing_jwts(&config_toml(upstream.addr, ""));
     // Each gateway has a store of its own (a serving gateway holds its
     // SQLite file alone), all holding the first one's signing key.
     let store = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
@@ -1092,7 +1097,7 @@ async fn flood_of_one_bad_token_costs_one_validation() {
     // a negative TTL far longer than the flood, so timing cannot matter
     let toml =
         config_toml(upstream.addr, "").replace("max_entries = 1000", "max_entries = 1000\nnegative_ttl = \"60s\"");
-    let gw = Gateway::start(&toml).await;
+    let gw = Gateway::start(&issuing_jwts(&toml)).await;
     let good = gw.token("other", "calendar.read").await;
     let bad = with_header(&good, |h| h["kid"] = "someone-else".into(), None);
     let auth = bearer(&bad);

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::{Method, StatusCode};
 use portcullis::config::Config;
 use serde_json::Value;
-use support::{APP_SECRET_HASH, Gateway, Reply, Upstream, config_toml, get, send, with_server_line};
+use support::{APP_SECRET_HASH, Gateway, Reply, Upstream, config_toml, get, issuing_jwts, send, with_server_line};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const ISSUER: &str = "http://127.0.0.1:8080";
@@ -200,7 +200,7 @@ async fn client_secret_post_issues_a_bearer_token() {
 #[tokio::test]
 async fn access_token_is_an_rfc9068_jwt_signed_with_the_published_key() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+    let gw = Gateway::start(&issuing_jwts(&config_toml(upstream.addr, ""))).await;
     let keys = jwks(&gw, "/oauth/jwks").await;
     let jwk = &keys["keys"][0];
 
@@ -253,7 +253,7 @@ async fn configured_audience_is_the_aud_claim_and_tokens_still_work() {
     let mut upstream = Upstream::start().await;
     let toml =
         config_toml(upstream.addr, "").replace(TTL_LINE, &format!("{TTL_LINE}\naudience = \"https://api.example\""));
-    let gw = Gateway::start(&toml).await;
+    let gw = Gateway::start(&issuing_jwts(&toml)).await;
 
     let token = access_token(&post_auth(&gw, "other", "other-secret", None).await);
     let (_, claims, _) = decode_jwt(&token);
@@ -266,7 +266,7 @@ async fn configured_audience_is_the_aud_claim_and_tokens_still_work() {
 
     // A token minted for the default audience (the issuer) by another
     // gateway sharing nothing is not accepted here: refused case.
-    let plain = Gateway::start(&config_toml(upstream.addr, "")).await;
+    let plain = Gateway::start(&issuing_jwts(&config_toml(upstream.addr, ""))).await;
     let foreign = access_token(&post_auth(&plain, "other", "other-secret", None).await);
     let call = call_calendar(&gw, &foreign).await;
     assert_eq!(call.status, StatusCode::UNAUTHORIZED, "{}", call.text());
@@ -281,7 +281,7 @@ async fn configured_audience_is_the_aud_claim_and_tokens_still_work() {
 #[tokio::test]
 async fn scope_omitted_or_empty_grants_all_the_clients_scopes() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+    let gw = Gateway::start(&issuing_jwts(&config_toml(upstream.addr, ""))).await;
 
     let omitted = post_auth(&gw, "app", "app-secret", None).await;
     assert_token_response(&omitted, APP_SCOPES);
@@ -298,7 +298,7 @@ async fn scope_omitted_or_empty_grants_all_the_clients_scopes() {
 #[tokio::test]
 async fn scope_subset_is_granted_exactly() {
     let mut upstream = Upstream::start().await;
-    let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+    let gw = Gateway::start(&issuing_jwts(&config_toml(upstream.addr, ""))).await;
 
     let reply = post_auth(&gw, "app", "app-secret", Some("calendar.read")).await;
     assert_token_response(&reply, "calendar.read");
@@ -842,7 +842,7 @@ async fn issuer_with_a_path_moves_every_endpoint_under_it() {
     let issuer = format!("{ISSUER}/auth");
     let toml =
         config_toml(upstream.addr, "").replace(&format!("issuer = \"{ISSUER}\""), &format!("issuer = \"{issuer}\""));
-    let gw = Gateway::start(&toml).await;
+    let gw = Gateway::start(&issuing_jwts(&toml)).await;
 
     // RFC 8414 §3.1: the well-known segment goes between host and path.
     let reply = get(&gw.url("/.well-known/oauth-authorization-server/auth"), &[]).await;

@@ -135,17 +135,37 @@ upstream = "static://"
     )
 }
 
-/// The store matrix: with `PORTCULLIS_TEST_STORE=postgres`, a gateway the
-/// standard configuration puts on an in-memory SQLite database gets a new
-/// PostgreSQL database of the test cluster instead (`.ci/run` runs the
-/// protocol suites both ways). A test that names its own store keeps it.
+/// The store × token-format matrix: with `PORTCULLIS_TEST_STORE=postgres`,
+/// a gateway the standard configuration puts on an in-memory SQLite
+/// database gets a new PostgreSQL database of the test cluster instead;
+/// with `PORTCULLIS_TEST_TOKEN_FORMAT=opaque` (or `jwt`), one whose
+/// configuration names no token format issues that one. `.ci/run` runs the
+/// protocol suites every way. A test that names its own store or format
+/// keeps it.
 async fn on_the_store_under_test(toml: &str) -> String {
     const IN_MEMORY: &str = "url = \"sqlite::memory:\"";
+    let mut toml = toml.to_string();
+    if let Ok(format) = std::env::var("PORTCULLIS_TEST_TOKEN_FORMAT")
+        && !toml.contains("token_format")
+    {
+        let section = "[authorization_server]\n";
+        assert!(toml.contains(section), "no [authorization_server] section to set the token format in");
+        toml = toml.replacen(section, &format!("{section}token_format = \"{format}\"\n"), 1);
+    }
     if std::env::var("PORTCULLIS_TEST_STORE").as_deref() != Ok("postgres") || !toml.contains(IN_MEMORY) {
-        return toml.to_string();
+        return toml;
     }
     let url = postgres::database().await.expect("PORTCULLIS_TEST_STORE=postgres needs the test cluster");
     toml.replacen(IN_MEMORY, &format!("url = \"{url}\""), 1)
+}
+
+/// `toml` issuing JWTs whatever the matrix says: for a test of what only a
+/// JWT has (its header, its claims, its signature).
+pub fn issuing_jwts(toml: &str) -> String {
+    assert!(!toml.contains("token_format"), "the format is set already");
+    let section = "[authorization_server]\n";
+    assert!(toml.contains(section), "no [authorization_server] section");
+    toml.replacen(section, &format!("{section}token_format = \"jwt\"\n"), 1)
 }
 
 /// A running gateway; shut down (and awaited) on `stop`, aborted on drop.
