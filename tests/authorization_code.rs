@@ -1786,6 +1786,47 @@ async fn a_sign_in_form_on_screen_survives_a_reload() {
     gw.stop().await;
 }
 
+/// A user removed from the config by a reload is forgotten: their access
+/// token (cached as valid) is refused, their refresh token and session end,
+/// and they cannot sign in; another user's tokens go on working.
+#[tokio::test]
+async fn a_user_removed_by_a_reload_loses_their_tokens_and_session() {
+    let mut upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("portcullis.toml");
+    let file = toml(&upstream)
+        .replace("url = \"sqlite::memory:\"", &format!("url = \"sqlite://{}/p.db\"", dir.path().display()));
+    std::fs::write(&path, &file).expect("write config");
+    let gw = Gateway::start_file(&path).await;
+    let (alice_access, alice_refresh) = web_tokens(&gw, None).await;
+    let mut bob = Browser::new(&gw);
+    let consent = bob.sign_in(&web_url(None, "b"), "bob", BOB_PASSWORD).await;
+    let code = code_of(&bob.decide(&consent, "approve").await, WEB_CB, Some("b"));
+    let (bob_access, bob_refresh) = issued(&redeem_web(&gw, &code).await, RW, true);
+    let mut alice = Browser::new(&gw);
+    alice.sign_in(&web_url(None, "a"), "alice", ALICE_PASSWORD).await;
+    assert_works(&gw, &mut upstream, &alice_access, "alice").await;
+
+    let without_alice =
+        file.replacen(&format!("[[users]]\nusername = \"alice\"\npassword_hash = \"{ALICE_HASH}\"\n"), "", 1);
+    assert_ne!(without_alice, file, "the user anchor moved");
+    std::fs::write(&path, without_alice).expect("write config");
+    let reloaded = send(Method::POST, &gw.admin_url("/reload"), &[], "").await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
+
+    assert_revoked(&gw, &mut upstream, &alice_access).await;
+    assert_dead_refresh(&refresh(&gw, Some(&web_auth()), &alice_refresh, &[]).await);
+    let page = alice.get(&web_url(None, "a")).await;
+    assert!(page.text().contains("<h1>Sign in</h1>"), "signed out: {}", page.text());
+    let reply = alice.submit_login(&page, "alice", ALICE_PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.text().contains("Wrong username or password."), "{}", reply.text());
+    // Allowed: bob is untouched.
+    assert_works(&gw, &mut upstream, &bob_access, "bob").await;
+    issued(&refresh(&gw, Some(&web_auth()), &bob_refresh, &[]).await, RW, true);
+    gw.stop().await;
+}
+
 /// SECURITY.md 47: every sign-in makes a new session and ends the one the
 /// browser came with; a session cookie set twice (a same-site page can add
 /// one for a longer path, sent first) is neither one's.

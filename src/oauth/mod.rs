@@ -167,6 +167,9 @@ pub struct AuthorizationServer {
     pub tokens: Arc<TokenService>,
     revocations: Arc<dyn RevocationSink>,
     config: AuthorizationServerConfig,
+    /// The users of the config (`[[users]]`) by name: grants and sessions
+    /// of anyone else are refused.
+    users: std::collections::HashSet<String>,
 }
 
 fn invalid_client(basic_auth: bool) -> OAuthError {
@@ -180,11 +183,22 @@ fn invalid_grant(description: &'static str) -> OAuthError {
 impl AuthorizationServer {
     pub fn new(
         config: AuthorizationServerConfig,
+        users: impl IntoIterator<Item = String>,
         clients: Arc<ClientRegistry>,
         tokens: Arc<TokenService>,
         revocations: Arc<dyn RevocationSink>,
     ) -> Self {
-        AuthorizationServer { clients, tokens, revocations, config }
+        AuthorizationServer { clients, tokens, revocations, config, users: users.into_iter().collect() }
+    }
+
+    /// Whether `subject` is a user of the config.
+    pub fn is_user(&self, subject: &str) -> bool {
+        self.users.contains(subject)
+    }
+
+    /// The users of the config.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        self.users.iter().map(String::as_str)
     }
 
     fn store(&self) -> &Arc<dyn Store> {
@@ -413,6 +427,12 @@ impl AuthorizationServer {
         // revokes the family a moment later (its tokens then die with it).
         if self.store().grant_is_revoked(&found.grant_id).await? {
             return Err(invalid_grant("The grant behind this refresh token was revoked"));
+        }
+        // A user removed from the config: refused, not revoked, on a
+        // replica whose config may be older or newer than another's (the
+        // replica that reloads the removal revokes).
+        if !self.is_user(&found.subject) {
+            return Err(invalid_grant("The user of this grant is no longer known"));
         }
         let record = match self.store().consume_refresh_token(&hash, now).await? {
             Consumed::Unknown => return Err(invalid_grant("The refresh token is invalid")),

@@ -11,9 +11,24 @@ use crate::scope::ScopeSet;
 use crate::store::{SessionRecord, StoreError};
 
 impl AuthorizationServer {
-    /// The live session whose cookie value is `cookie`, if any.
+    /// The live session whose cookie value is `cookie`, if any, of a user
+    /// the config still has (one removed is signed out, here at once,
+    /// whether or not this replica was the one told to forget them).
     pub async fn session(&self, cookie: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.store().find_session(&token_hash(cookie), self.now()).await
+        let found = self.store().find_session(&token_hash(cookie), self.now()).await?;
+        Ok(found.filter(|s| self.is_user(&s.subject)))
+    }
+
+    /// Forgets a user removed from the config: their grants are revoked
+    /// (refresh tokens, and the access tokens issued under them, on every
+    /// replica) and their sessions ended. How many grants were revoked.
+    pub async fn forget_user(&self, subject: &str) -> Result<usize, StoreError> {
+        let grants = self.store().live_grants_of(subject).await?;
+        for grant in &grants {
+            self.revoke_grant(grant).await?;
+        }
+        self.store().delete_sessions_of(subject).await?;
+        Ok(grants.len())
     }
 
     /// Signs `subject` in for `ttl`, and returns the new session's cookie

@@ -499,7 +499,8 @@ async fn build_gateway(
         store: store.clone(),
         metrics: metrics.clone(),
     });
-    let server = AuthorizationServer::new(config.authorization_server.clone(), clients, tokens, revocations);
+    let users = config.users.iter().map(|u| u.username.clone());
+    let server = AuthorizationServer::new(config.authorization_server.clone(), users, clients, tokens, revocations);
     let authz = AuthzEndpoints::new(config, server, metrics.clone());
     let routes = RouteTable::new(config.routes.iter().map(|r| Route::new(r.clone(), metrics)).collect());
     let mut gateway = Gateway::new(

@@ -111,8 +111,22 @@ impl Reloader {
         log_notes(&config);
         let listener_tls = self.started.server.tls.is_some();
         let gateway = build_gateway(&config, listener_tls, &self.store, &self.metrics, &self.clock).await?;
-        self.current.load().validator.hand_over_to(&gateway.validator);
+        let previous = self.current.load_full();
+        previous.validator.hand_over_to(&gateway.validator);
         self.current.store(Arc::new(gateway));
+        // Users the new file no longer has: what they were granted ends on
+        // every replica (this one tells the others), not when it expires.
+        let server = self.current.load().authz.server().clone();
+        for removed in previous.authz.server().users().filter(|u| !server.is_user(u)) {
+            match server.forget_user(removed).await {
+                Ok(grants) => {
+                    tracing::info!(user = removed, grants, "user removed: their grants are revoked and sessions ended")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, user = removed, "user removed, but their grants could not be revoked; they are refused meanwhile")
+                }
+            }
+        }
         Ok(())
     }
 }

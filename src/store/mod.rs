@@ -197,6 +197,12 @@ pub trait Store: Send + Sync {
 
     async fn delete_session(&self, session_hash: &[u8; 32]) -> Result<(), StoreError>;
 
+    /// Ends every session of `subject` (a user removed from the config).
+    async fn delete_sessions_of(&self, subject: &str) -> Result<u64, StoreError>;
+
+    /// The grants of `subject` not yet revoked.
+    async fn live_grants_of(&self, subject: &str) -> Result<Vec<String>, StoreError>;
+
     /// The scopes `subject` has approved for `client_id`, if any.
     async fn find_consent(&self, subject: &str, client_id: &str) -> Result<Option<String>, StoreError>;
 

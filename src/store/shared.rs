@@ -323,6 +323,19 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn delete_sessions_of(&self, subject: &str) -> Result<u64, StoreError> {
+                let n = sqlx::query("DELETE FROM sessions WHERE subject = $1").bind(subject).execute(&self.pool).await?;
+                Ok(n.rows_affected())
+            }
+
+            async fn live_grants_of(&self, subject: &str) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query("SELECT grant_id FROM grants WHERE subject = $1 AND revoked_at IS NULL")
+                    .bind(subject)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.into_iter().map(|r| r.get("grant_id")).collect())
+            }
+
             async fn find_consent(&self, subject: &str, client_id: &str) -> Result<Option<String>, StoreError> {
                 let row = sqlx::query("SELECT scope FROM consents WHERE subject = $1 AND client_id = $2")
                     .bind(subject)
