@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
-use super::shared::{impl_store, migrator, stored_client};
+use super::shared::{add_signing_key_query, impl_store, migrator, stored_client};
 use super::{
     AccessTokenRecord, CodeRecord, ConsentRecord, Consumed, GrantRecord, Heard, Notice, PoolOptions, RefreshRecord,
     ReplicaFeed, Revocation, SessionRecord, Store, StoreError, StoredClient, StoredKey,
@@ -220,18 +220,7 @@ impl_store!(PostgresStore {
         // transaction.
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SIGNING_KEY_LOCK).execute(&mut *tx).await?;
-        let added = sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, private_der, public_key, created_at, activates_at)
-             SELECT $1, $2, $3, $4, $5, $6
-             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = $2 AND created_at >= $7)",
-        )
-        .bind(&key.kid)
-        .bind(&key.alg)
-        .bind(&key.private_der)
-        .bind(&key.public_key)
-        .bind(key.created_at)
-        .bind(key.activates_at)
-        .bind(unless_created_since.unwrap_or(i64::MAX))
+        let added = add_signing_key_query!(key, unless_created_since)
         .execute(&mut *tx)
         .await?
         .rows_affected()

@@ -508,6 +508,27 @@ macro_rules! impl_store {
 
 pub(super) use impl_store;
 
+/// The statement that adds a signing key (`$key`) unless one of its
+/// algorithm was created at or after `$since` (`None`: whatever there is),
+/// for each backend to run its own way (PostgreSQL under a lock).
+macro_rules! add_signing_key_query {
+    ($key:expr, $since:expr) => {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, private_der, public_key, created_at, activates_at)
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = $2 AND created_at >= $7)",
+        )
+        .bind(&$key.kid)
+        .bind(&$key.alg)
+        .bind(&$key.private_der)
+        .bind(&$key.public_key)
+        .bind($key.created_at)
+        .bind($key.activates_at)
+        .bind($since.unwrap_or(i64::MAX))
+    };
+}
+pub(super) use add_signing_key_query;
+
 /// A `clients` row, from either backend. Lists are stored newline-separated.
 pub(super) fn stored_client<R>(r: &R) -> StoredClient
 where

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::shared::{impl_store, migrator, stored_client};
+use super::shared::{add_signing_key_query, impl_store, migrator, stored_client};
 use super::{
     AccessTokenRecord, CodeRecord, ConsentRecord, Consumed, GrantRecord, RefreshRecord, SessionRecord, Store,
     StoreError, StoredClient, StoredKey,
@@ -173,18 +173,7 @@ impl_store!(SqliteStore {
     async fn add_signing_key(&self, key: &StoredKey, unless_created_since: Option<i64>) -> Result<bool, StoreError> {
         // One statement, and SQLite has one writer: the check and the
         // insert cannot interleave with another's.
-        let added = sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, private_der, public_key, created_at, activates_at)
-             SELECT $1, $2, $3, $4, $5, $6
-             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = $2 AND created_at >= $7)",
-        )
-        .bind(&key.kid)
-        .bind(&key.alg)
-        .bind(&key.private_der)
-        .bind(&key.public_key)
-        .bind(key.created_at)
-        .bind(key.activates_at)
-        .bind(unless_created_since.unwrap_or(i64::MAX))
+        let added = add_signing_key_query!(key, unless_created_since)
         .execute(&self.pool)
         .await?
         .rows_affected()
