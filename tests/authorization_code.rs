@@ -1552,6 +1552,48 @@ async fn parallel_refreshes_across_replicas_have_one_winner_and_reuse_ends_the_f
     b.stop().await;
 }
 
+/// While the database is out of reach (the link to it cut): the sign-in
+/// form still shows (it needs nothing stored), signing in answers a 503
+/// page that says to try again, a code redemption a 503
+/// `temporarily_unavailable`; both work again once it is back, with no
+/// restart.
+#[tokio::test]
+async fn the_pages_and_the_token_endpoint_answer_503_while_the_database_is_out_of_reach() {
+    let upstream = Upstream::start().await;
+    let Some(url) = support::postgres::database().await else { return };
+    let (user, rest) = url.split_once('@').expect("a user in the URL");
+    let (authority, db) = rest.split_once('/').expect("a database in the URL");
+    let link = support::link::Link::start(authority.parse().expect("an IP:port authority")).await;
+    let through_link = format!("url = \"{user}@{}/{db}\"\nacquire_timeout = \"1s\"", link.addr);
+    let gw = Gateway::start(&toml(&upstream).replace("url = \"sqlite::memory:\"", &through_link)).await;
+    let url = web_url(None, "s");
+    let mut alice = Browser::new(&gw);
+    let page = alice.get(&url).await;
+    assert!(page.text().contains("<h1>Sign in</h1>"), "{}", page.text());
+
+    link.cut();
+    let reply = alice.submit_login(&page, "alice", ALICE_PASSWORD).await;
+    assert_error_page(&reply, StatusCode::SERVICE_UNAVAILABLE, "The service is temporarily unavailable.");
+    assert_oauth_error(&redeem_web(&gw, "a-code").await, StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable");
+
+    link.restore();
+    let started = std::time::Instant::now();
+    loop {
+        let page = alice.get(&url).await;
+        let reply = alice.submit_login(&page, "alice", ALICE_PASSWORD).await;
+        if reply.status == StatusCode::SEE_OTHER {
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+        assert!(started.elapsed() < Duration::from_secs(10), "not back within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let consent = alice.get(&url).await;
+    let code = code_of(&alice.decide(&consent, "approve").await, WEB_CB, Some("s"));
+    issued(&redeem_web(&gw, &code).await, RW, true);
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // 10. Public clients
 
