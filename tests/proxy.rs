@@ -1685,3 +1685,119 @@ async fn a_closing_connection_whose_client_stopped_reading_is_dropped() {
     assert!(rest.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&rest[..rest.len().min(200)]));
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Host routing and prefix stripping
+
+/// Three upstreams behind one prefix, one per host class: the exact host's
+/// routes win, then the longest wildcard that matches, then the routes
+/// without a host; a host with routes of its own is routed among them only
+/// (a path none of them has is not found, though a host-less route has it).
+/// Port, case and a final dot do not change the host.
+#[tokio::test]
+async fn routes_are_chosen_by_host_then_longest_prefix() {
+    let (exact, wildcard, any) = (Upstream::start().await, Upstream::start().await, Upstream::start().await);
+    let extra = format!(
+        r#"
+[[routes]]
+name = "exact"
+host = "API.example.com"
+path_prefix = "/v1/"
+upstream = "http://{}"
+public = true
+
+[[routes]]
+name = "wildcard"
+host = "*.example.com"
+path_prefix = "/v1/"
+upstream = "http://{}"
+public = true
+
+[[routes]]
+name = "deeper-wildcard"
+host = "*.eu.example.com"
+path_prefix = "/v1/"
+upstream = "http://{}"
+public = true
+
+[[routes]]
+name = "any"
+path_prefix = "/v1/"
+upstream = "http://{}"
+public = true
+"#,
+        exact.addr, wildcard.addr, any.addr, any.addr
+    );
+    let gw = Gateway::start(&config_toml(any.addr, &extra)).await;
+    let to = |host: &'static str, path: &'static str| {
+        let url = gw.url(path);
+        async move { get(&url, &[("host", host)]).await }
+    };
+    let mut upstreams = [exact, wildcard, any];
+    // Indices into `upstreams`.
+    const EXACT: usize = 0;
+    const WILDCARD: usize = 1;
+    const ANY: usize = 2;
+    for (host, path, which) in [
+        ("api.example.com", "/v1/items", EXACT),
+        ("Api.Example.Com:8443", "/v1/items", EXACT),
+        ("api.example.com.", "/v1/items", EXACT),
+        ("www.example.com", "/v1/items", WILDCARD),
+        ("a.b.example.com", "/v1/items", WILDCARD),
+        // The longest wildcard's route (the host-less upstream serves it).
+        ("fr.eu.example.com", "/v1/items", ANY),
+        ("127.0.0.1", "/v1/items", ANY),
+        ("127.0.0.1", "/public/x", ANY),
+    ] {
+        let reply = to(host, path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{host}: {}", reply.text());
+        assert_eq!(upstreams[which].next().await.uri, path, "{host}");
+    }
+    // Refused: the bare domain is not a subdomain, and is not allowed.
+    assert_eq!(to("example.com", "/v1/items").await.status, StatusCode::MISDIRECTED_REQUEST);
+    // Refused: api.example.com has no /public/ route, though hosts without
+    // routes of their own have one.
+    assert_eq!(to("api.example.com", "/public/x").await.status, StatusCode::NOT_FOUND);
+    let [mut exact, mut wildcard, mut any] = upstreams;
+    assert!(exact.saw_nothing() && wildcard.saw_nothing() && any.saw_nothing());
+    gw.stop().await;
+}
+
+/// `strip_prefix`: the upstream is sent the path without the route's
+/// prefix, and the prefix as `X-Forwarded-Prefix` (a client's own is not
+/// passed on); the route and the path policy are decided on the whole path
+/// first, so a path that only reads as the route's after stripping is still
+/// refused.
+#[tokio::test]
+async fn strip_prefix_sends_the_rest_of_the_path_after_the_policy_saw_it_whole() {
+    let mut upstream = Upstream::start().await;
+    let extra = format!(
+        r#"
+[[routes]]
+name = "stripped"
+path_prefix = "/api/"
+upstream = "http://{}"
+strip_prefix = true
+public = true
+"#,
+        upstream.addr
+    );
+    let gw = Gateway::start(&config_toml(upstream.addr, &extra)).await;
+    for (path, sent) in [("/api/users?page=2", "/users?page=2"), ("/api/", "/"), ("/api", "/"), ("/api/a/b", "/a/b")] {
+        let reply = get(&gw.url(path), &[("x-forwarded-prefix", "/evil")]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+        let seen = upstream.next().await;
+        assert_eq!(seen.uri, sent, "{path}");
+        assert_eq!(seen.headers.get_all("x-forwarded-prefix").iter().collect::<Vec<_>>(), ["/api"], "{path}");
+    }
+    // Refused: an encoded slash, as on any route (the upstream would read
+    // a path of another shape).
+    assert_eq!(get(&gw.url("/api/..%2Fadmin"), &[]).await.status, StatusCode::BAD_REQUEST);
+    // Not stripped: another route's paths.
+    assert_eq!(get(&gw.url("/public/x"), &[]).await.status, StatusCode::OK);
+    let seen = upstream.next().await;
+    assert_eq!(seen.uri, "/public/x");
+    assert!(seen.headers.get("x-forwarded-prefix").is_none());
+    assert!(upstream.saw_nothing());
+    gw.stop().await;
+}

@@ -422,8 +422,13 @@ impl ScopeRule {
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub name: String,
+    /// The host the route answers for (a name, or `*.example.com`), or
+    /// `None` for requests whose host has no routes of its own.
+    pub host: Option<HostPattern>,
     /// Normalised, without a trailing slash ("" for the root).
     pub path_prefix: String,
+    /// Send the path without `path_prefix` (decided on the whole path).
+    pub strip_prefix: bool,
     pub upstream: Upstream,
     /// `None` for a public route.
     pub scopes: Option<ScopeRule>,
@@ -473,7 +478,7 @@ impl Config {
         let mut notes = Vec::new();
         let shown = |p: &str| if p.is_empty() { "/".to_string() } else { p.to_string() };
         for outer in &self.routes {
-            for inner in &self.routes {
+            for inner in self.routes.iter().filter(|r| r.host == outer.host) {
                 if inner.path_prefix != outer.path_prefix
                     && crate::http::path::under_prefix(&inner.path_prefix, &outer.path_prefix)
                 {
@@ -971,6 +976,37 @@ mod tests {
         let text = MINIMAL.replace("[authorization_server]", "[authorization_server]\nrefresh_token_ttl = \"3650d\"");
         assert_eq!(parse(&text).unwrap().authorization_server.refresh_token_ttl, Duration::from_secs(3650 * 86400));
         assert_eq!(fields(&with_server_line("keep_alive_timeout = \"100000000y\"")), ["server.keep_alive_timeout"]);
+    }
+
+    #[test]
+    fn a_prefix_is_unique_per_host_and_route_hosts_are_allowed() {
+        let route = |host: &str, prefix: &str| {
+            let host = if host.is_empty() { String::new() } else { format!("host = \"{host}\"\n") };
+            format!("\n[[routes]]\n{host}path_prefix = \"{prefix}\"\nupstream = \"static://\"\npublic = true\n")
+        };
+        let two = format!(
+            "{MINIMAL}{}{}{}",
+            route("", "/a/"),
+            route("api.example.com", "/a/"),
+            route("*.example.com", "/a/")
+        );
+        let c = parse(&two).unwrap();
+        assert_eq!(c.routes[1].host, Some(HostPattern::Exact("api.example.com".into())));
+        assert_eq!(c.routes[2].host, Some(HostPattern::Subdomains(".example.com".into())));
+        assert!(
+            c.server.allowed_hosts.contains(&HostPattern::Exact("api.example.com".into())),
+            "{:?}",
+            c.server.allowed_hosts
+        );
+        assert!(c.server.allowed_hosts.contains(&HostPattern::Subdomains(".example.com".into())));
+        // Nested prefixes are noted per host only.
+        let nested = format!("{two}{}", route("api.example.com", "/a/b/"));
+        assert_eq!(parse(&nested).unwrap().route_notes().len(), 1);
+
+        let clash = format!("{MINIMAL}{}{}", route("API.example.com", "/a/"), route("api.example.com", "/a/"));
+        assert_eq!(fields(&clash), ["routes[1].path_prefix", "routes[1].name"]);
+        assert_eq!(fields(&format!("{MINIMAL}{}", route("*", "/a/"))), ["routes[0].host"]);
+        assert_eq!(fields(&format!("{MINIMAL}{}", route("a b", "/a/"))), ["routes[0].host"]);
     }
 
     #[test]

@@ -177,4 +177,6 @@ pub(super) struct RawRoute {
     pub(super) timeout: Option<String>,
     pub(super) ca: Option<String>,
     pub(super) tls_skip_verify: Option<bool>,
+    pub(super) host: Option<String>,
+    pub(super) strip_prefix: Option<bool>,
 }

@@ -109,6 +109,19 @@ impl Validator {
         let clients = self.clients(raw.clients, env);
         let users = self.users(raw.users, &clients);
         let routes = self.routes(raw.routes, &authorization_server);
+        for r in &routes {
+            let Some(host) = &r.host else { continue };
+            if authorization_server.dedicated_host && host.matches(authorization_server.issuer_host.as_bytes()) {
+                self.err(
+                    format!("route {:?}", r.name),
+                    "its host is the issuer's, which authorization_server.dedicated_host keeps for the authorization server alone",
+                );
+            }
+            // A host a route names is one the operator means to serve.
+            if !server.allowed_hosts.contains(host) {
+                server.allowed_hosts.push(host.clone());
+            }
+        }
         let mut scope_descriptions = BTreeMap::new();
         for (name, scope) in raw.scopes {
             if !is_valid_scope_token(&name) {
@@ -543,12 +556,26 @@ impl Validator {
                     String::new()
                 }
             };
-            if let Some(other) = routes.iter().find(|o| o.path_prefix == path_prefix) {
+            let host = match r.host.as_deref().map(HostPattern::parse) {
+                None => None,
+                Some(Ok(HostPattern::Any)) => {
+                    self.err(format!("{at}.host"), "\"*\" is every host: leave host out instead");
+                    None
+                }
+                Some(Ok(pattern)) => Some(pattern),
+                Some(Err(reason)) => {
+                    self.err(format!("{at}.host"), reason);
+                    None
+                }
+            };
+            // Prefixes compete only among the routes of one host.
+            let same_host: Vec<&RouteConfig> = routes.iter().filter(|o| o.host == host).collect();
+            if let Some(other) = same_host.iter().find(|o| o.path_prefix == path_prefix) {
                 self.err(
                     format!("{at}.path_prefix"),
                     format!("{:?} is already the prefix of route {:?}", r.path_prefix, other.name),
                 );
-            } else if let Some(other) = routes.iter().find(|o| o.path_prefix.eq_ignore_ascii_case(&path_prefix)) {
+            } else if let Some(other) = same_host.iter().find(|o| o.path_prefix.eq_ignore_ascii_case(&path_prefix)) {
                 // Upstreams that route without regard to case (Express,
                 // ASP.NET) could not tell the two apart; the gateway refuses
                 // a path whose case-blind reading is another route's.
@@ -557,7 +584,11 @@ impl Validator {
                     format!("{:?} differs from route {:?}'s prefix only in letter case", r.path_prefix, other.name),
                 );
             }
-            let name = r.name.unwrap_or_else(|| r.path_prefix.clone());
+            // Unnamed, a route is named by where it answers.
+            let name = r.name.unwrap_or_else(|| match &r.host {
+                Some(host) => format!("{}{}", host.to_ascii_lowercase(), r.path_prefix),
+                None => r.path_prefix.clone(),
+            });
             if routes.iter().any(|o| o.name == name) {
                 self.err(format!("{at}.name"), format!("{name:?} names two routes"));
             }
@@ -596,7 +627,9 @@ impl Validator {
             let upstream_tls = self.upstream_tls(&at, &upstream, r.ca, r.tls_skip_verify, &mut clients);
             routes.push(RouteConfig {
                 name,
+                host,
                 path_prefix,
+                strip_prefix: r.strip_prefix.unwrap_or(false),
                 upstream,
                 upstream_tls,
                 scopes,

@@ -33,7 +33,7 @@ use crate::http::path::normalize;
 use crate::http::{Body, full};
 use crate::proxy::{
     Added, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_FOR, X_FORWARDED_HOST,
-    upstream_headers,
+    X_FORWARDED_PREFIX, upstream_headers,
 };
 use crate::telemetry::access::{AccessInfo, Principal};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
@@ -203,12 +203,13 @@ impl Gateway {
             let info = AccessInfo { route: Some("(authorization server)"), path: Some(path), ..AccessInfo::default() };
             return (res, info);
         }
-        let Some(route) = self.routes.find(&path) else {
+        let routes = self.routes.for_host(host.as_ref().map(HeaderValue::as_bytes));
+        let Some(route) = routes.find(&path) else {
             return unrouted(Refusal::NotFound, &path);
         };
         let mut info =
             AccessInfo { route: Some(&route.config.name), upstream: Some(&route.upstream), ..AccessInfo::default() };
-        let through = match self.routes.check_readings(route, &path, normal.ambiguities) {
+        let through = match routes.check_readings(route, &path, normal.ambiguities) {
             Ok(()) => self.through_route(route, req, &path, Arrival { peer, host, started }, worker).await,
             Err(refusal) => Err(refusal),
         };
@@ -253,9 +254,10 @@ impl Gateway {
         self.check_headers(&parts.headers, peer, host.as_ref())?;
         let Some(rule) = &cfg.scopes else {
             // A public route: nothing to enforce, nothing taken away.
-            let path_and_query = join_path_query(path, query);
+            let path_and_query = join_path_query(forwarded_path(cfg, path), query);
             let ctx = self.forward_context(cfg, peer, host, None, true);
             let added = upstream_headers(&mut parts.headers, ctx);
+            let added = with_prefix(cfg, &mut parts.headers, added);
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
             return self.send(&worker.forwarder, route, req, added, path_and_query, None).await;
         };
@@ -323,7 +325,8 @@ impl Gateway {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let added = upstream_headers(&mut parts.headers, ctx);
-        let path_and_query = join_path_query(path, query.as_deref());
+        let added = with_prefix(cfg, &mut parts.headers, added);
+        let path_and_query = join_path_query(forwarded_path(cfg, path), query.as_deref());
         let req = Request::from_parts(parts, body);
         let mut sent = self.send(&worker.forwarder, route, req, added, path_and_query, Some(identity)).await?;
         // RFC 6750 §2.3: a response to a request with the token in its URI
@@ -469,6 +472,32 @@ impl Gateway {
 /// word is, so most queries are not parsed for it.
 fn names_a_method_override(query: &str) -> bool {
     query.contains("method") && form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "_method")
+}
+
+/// The path the upstream is sent: under `strip_prefix`, without the
+/// route's prefix (`/` for the prefix itself). Decided on the whole path:
+/// the route and the path policy saw it before this.
+fn forwarded_path<'p>(cfg: &RouteConfig, path: &'p str) -> &'p str {
+    if !cfg.strip_prefix {
+        return path;
+    }
+    match path.get(cfg.path_prefix.len()..) {
+        Some("") | None => "/",
+        Some(rest) => rest,
+    }
+}
+
+/// `added`, and under `strip_prefix` the prefix taken off as
+/// `X-Forwarded-Prefix` (for the upstream's links), replacing any the
+/// request came with.
+fn with_prefix(cfg: &RouteConfig, headers: &mut http::HeaderMap, mut added: Added) -> Added {
+    if cfg.strip_prefix && !cfg.path_prefix.is_empty() {
+        headers.remove(&X_FORWARDED_PREFIX);
+        if let Ok(prefix) = HeaderValue::from_str(&cfg.path_prefix) {
+            added.fields.push((&X_FORWARDED_PREFIX, prefix));
+        }
+    }
+    added
 }
 
 fn join_path_query(path: &str, query: Option<&str>) -> String {

@@ -1,11 +1,13 @@
-//! Route matching: the longest path prefix wins, and a path an upstream
-//! could read as another route's (case folded, or its ambiguities read
+//! Route matching: the routes of the request's host (the exact name's,
+//! else the longest `*.` wildcard's that matches, else those without a
+//! host), then the longest path prefix among them; a path an upstream could
+//! read as another of those routes' (case folded, or its ambiguities read
 //! another way) is refused rather than guessed at (`check_readings`).
 
 use http::HeaderValue;
 
 use super::Refusal;
-use crate::config::{RouteConfig, ScopeRule};
+use crate::config::{HostPattern, RouteConfig, ScopeRule};
 use crate::http::path::{Ambiguities, case_folded, other_readings, under_prefix};
 use crate::proxy::Destination;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
@@ -48,8 +50,70 @@ impl Route {
     }
 }
 
-/// Routes, longest prefix first, so the first match is the best.
+/// The routes by host: a request is routed among its host's routes only,
+/// as nginx picks a `server` before a `location`, so a path no route of
+/// that host has is not found, whatever the other hosts' routes are.
 pub struct RouteTable {
+    exact: std::collections::HashMap<String, HostRoutes>,
+    /// By suffix (`.example.com`), longest first.
+    subdomains: Vec<(String, HostRoutes)>,
+    any: HostRoutes,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        let mut exact: std::collections::HashMap<String, Vec<Route>> = Default::default();
+        let mut subdomains: Vec<(String, Vec<Route>)> = Vec::new();
+        let mut any = Vec::new();
+        for route in routes {
+            match route.config.host.clone() {
+                Some(HostPattern::Exact(name)) => exact.entry(name).or_default().push(route),
+                Some(HostPattern::Subdomains(suffix)) => match subdomains.iter_mut().find(|(s, _)| *s == suffix) {
+                    Some((_, group)) => group.push(route),
+                    None => subdomains.push((suffix, vec![route])),
+                },
+                Some(HostPattern::Any) | None => any.push(route),
+            }
+        }
+        subdomains.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        RouteTable {
+            exact: exact.into_iter().map(|(name, group)| (name, HostRoutes::new(group))).collect(),
+            subdomains: subdomains.into_iter().map(|(suffix, group)| (suffix, HostRoutes::new(group))).collect(),
+            any: HostRoutes::new(any),
+        }
+    }
+
+    /// The routes a request for `host` (its `Host`, any port and final dot
+    /// ignored, case too) is routed among.
+    pub fn for_host(&self, host: Option<&[u8]>) -> &HostRoutes {
+        if self.exact.is_empty() && self.subdomains.is_empty() {
+            return &self.any;
+        }
+        let Some(host) = host else { return &self.any };
+        let name = host_name(host);
+        if let Some(group) = self.exact.get(&name) {
+            return group;
+        }
+        self.subdomains
+            .iter()
+            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+            .map_or(&self.any, |(_, group)| group)
+    }
+}
+
+/// A `Host` value's name: lower case, without its port or a final dot.
+fn host_name(host: &[u8]) -> String {
+    let name = match host.first() {
+        Some(b'[') => host.iter().position(|b| *b == b']').map_or(host, |end| &host[..=end]),
+        _ => host.iter().position(|b| *b == b':').map_or(host, |colon| &host[..colon]),
+    };
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    String::from_utf8_lossy(name).to_ascii_lowercase()
+}
+
+/// The routes of one host, longest prefix first, so the first match is the
+/// best.
+pub struct HostRoutes {
     routes: Vec<Route>,
     /// Each route's prefix as an upstream blind to case reads it
     /// (`path::case_folded`), in the same order.
@@ -59,12 +123,12 @@ pub struct RouteTable {
     prefix_folds: bool,
 }
 
-impl RouteTable {
-    pub fn new(mut routes: Vec<Route>) -> RouteTable {
+impl HostRoutes {
+    fn new(mut routes: Vec<Route>) -> HostRoutes {
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
         let folded_prefixes: Vec<String> = routes.iter().map(|r| case_folded(&r.config.path_prefix)).collect();
         let prefix_folds = routes.iter().any(|r| may_fold(&r.config.path_prefix));
-        RouteTable { routes, folded_prefixes, prefix_folds }
+        HostRoutes { routes, folded_prefixes, prefix_folds }
     }
 
     pub fn find(&self, path: &str) -> Option<&Route> {

@@ -19,7 +19,8 @@ mod headers;
 use demo::static_demo;
 pub use headers::{
     ForwardContext, METHOD_OVERRIDE_HEADERS, X_AUTH_CLIENT_ID, X_AUTH_SCOPE, X_AUTH_SUBJECT, X_FORWARDED_FOR,
-    X_FORWARDED_HOST, strip_gateway_cookies, strip_gateway_set_cookies, strip_hop_by_hop, upstream_headers,
+    X_FORWARDED_HOST, X_FORWARDED_PREFIX, strip_gateway_cookies, strip_gateway_set_cookies, strip_hop_by_hop,
+    upstream_headers,
 };
 
 use std::sync::Arc;
