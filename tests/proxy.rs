@@ -1801,3 +1801,125 @@ public = true
     assert!(upstream.saw_nothing());
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Streaming
+
+/// A body that is what a channel sends, one frame per message, ending when
+/// the sender is dropped.
+struct Channel(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+impl hyper::body::Body for Channel {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|piece| piece.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// Reads `body` until what it gave ends with `expected`, within 5 s.
+async fn until_received<B>(body: &mut B, expected: &[u8])
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut got = Vec::new();
+    while !got.ends_with(expected) {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("{:?} not relayed within 5 s", String::from_utf8_lossy(expected)))
+            .expect("the body goes on")
+            .expect("a frame");
+        got.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
+    }
+}
+
+/// Server-sent events and long uploads go through piece by piece, never
+/// buffered whole: each piece of an upload reaches the upstream before the
+/// client sends the next, and each event reaches the client before the
+/// upstream writes the next (the test sends the next only once the last
+/// has arrived, so a buffering gateway would stall it). The time each piece
+/// took is printed.
+#[tokio::test]
+async fn events_and_uploads_stream_through_piece_by_piece() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let (uploaded_tx, mut uploaded) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let events_rx = Arc::new(std::sync::Mutex::new(Some(events_rx)));
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+            let (events_rx, uploaded_tx) = (events_rx.clone(), uploaded_tx.clone());
+            async move {
+                let mut body = req.into_body();
+                tokio::spawn(async move {
+                    while let Some(Ok(frame)) = body.frame().await {
+                        if let Ok(data) = frame.into_data() {
+                            let _ = uploaded_tx.send(data);
+                        }
+                    }
+                });
+                let events = events_rx.lock().expect("lock").take().expect("one request");
+                let mut res = Response::new(Channel(events));
+                res.headers_mut().insert("content-type", "text/event-stream".parse().expect("value"));
+                Ok::<_, Infallible>(res)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+    });
+    let gw = Gateway::start(&config_toml(addr, "")).await;
+
+    let (upload_tx, upload_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let request = Request::post(gw.url("/public/stream"))
+        .header("content-type", "application/octet-stream")
+        .body(Channel(upload_rx))
+        .expect("request");
+    let client: Client<HttpConnector, Channel> = Client::builder(TokioExecutor::new()).build_http();
+    let response = tokio::spawn(client.request(request));
+
+    let mut took = Vec::new();
+    for i in 0..10 {
+        let piece = Bytes::from(format!("piece {i};"));
+        let sent = Instant::now();
+        upload_tx.send(piece.clone()).expect("send");
+        let mut got = Vec::new();
+        while !got.ends_with(&piece[..]) {
+            let data = tokio::time::timeout(Duration::from_secs(5), uploaded.recv())
+                .await
+                .unwrap_or_else(|_| panic!("upload piece {i} not relayed within 5 s"))
+                .expect("the upload goes on");
+            got.extend_from_slice(&data);
+        }
+        took.push(sent.elapsed());
+    }
+    drop(upload_tx);
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("the response head in time")
+        .expect("task")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    for i in 0..10 {
+        let event = Bytes::from(format!("data: event {i}\n\n"));
+        let sent = Instant::now();
+        events_tx.send(event.clone()).expect("send");
+        until_received(&mut body, &event).await;
+        took.push(sent.elapsed());
+    }
+    drop(events_tx);
+    assert!(body.frame().await.is_none_or(|f| f.is_ok_and(|f| f.data_ref().is_none_or(Bytes::is_empty))));
+    took.sort();
+    eprintln!(
+        "a piece through the gateway: median {:?}, max {:?} (20 pieces)",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    gw.stop().await;
+}
