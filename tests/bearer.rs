@@ -1158,3 +1158,75 @@ async fn concurrent_misses_for_one_token_collapse_into_one_validation() {
     assert_eq!(validations(&gw).await - before, 1);
     gw.stop().await;
 }
+
+/// A gRPC call through `gw` over HTTP/2 (h2c): `POST path` with
+/// `content-type: application/grpc` and one empty message; the status,
+/// headers and body that came back.
+async fn grpc_call(gw: &Gateway, path: &str, token: Option<&str>) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::BodyExt as _;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    let mut request =
+        http::Request::post(gw.url(path)).header("content-type", "application/grpc").header("te", "trailers");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request =
+        request.body(http_body_util::Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))).expect("request");
+    let response = client.request(request).await.expect("an answer");
+    let (parts, body) = response.into_parts();
+    (parts.status, parts.headers, body.collect().await.expect("body").to_bytes())
+}
+
+/// A gRPC client is refused in terms it reads: HTTP 200 with no body (the
+/// Trailers-Only form), `grpc-status` 16 (UNAUTHENTICATED) without a token
+/// or with a bad one, 7 (PERMISSION_DENIED) with too little scope, 12
+/// (UNIMPLEMENTED) where no route is, a `grpc-message`, and the RFC 6750
+/// challenge as for any client. Nothing reaches the upstream; a call with
+/// the scope it needs does, and an HTTP client is still refused in JSON.
+#[tokio::test]
+async fn grpc_calls_are_refused_in_grpc_terms() {
+    let (mut upstream, gw) = start().await;
+    let (reader, writer) = (gw.token("other", "calendar.read").await, gw.token("app", "calendar.write").await);
+    let method = "/calendar/calendar.Events/Create";
+    for (token, status, message, challenge) in [
+        (None, "16", "This route requires a bearer access token", "Bearer realm=\"portcullis\""),
+        (
+            Some("not-a-token"),
+            "16",
+            "The access token is invalid",
+            "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"The access token is invalid\"",
+        ),
+        (
+            Some(reader.as_str()),
+            "7",
+            "The access token does not grant the scope this request needs",
+            "Bearer realm=\"portcullis\", error=\"insufficient_scope\", error_description=\"The access token does not grant the scope this request needs\", scope=\"calendar.write\"",
+        ),
+    ] {
+        let (status_code, headers, body) = grpc_call(&gw, method, token).await;
+        assert_eq!(status_code, StatusCode::OK, "{token:?}");
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(
+            (headers["grpc-status"].to_str().unwrap(), headers["grpc-message"].to_str().unwrap()),
+            (status, message)
+        );
+        assert_eq!(headers["www-authenticate"], challenge);
+        assert!(body.is_empty(), "Trailers-Only: {body:?}");
+    }
+    let (_, headers, _) = grpc_call(&gw, "/nowhere.Service/Call", Some(&writer)).await;
+    assert_eq!(headers["grpc-status"], "12");
+    assert!(upstream.saw_nothing());
+
+    // Allowed: the scope the method needs.
+    let (status, _, _) = grpc_call(&gw, method, Some(&writer)).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = upstream.next().await;
+    assert_eq!(seen.uri, method);
+    assert_eq!(seen.headers["content-type"], "application/grpc");
+    // An HTTP client on the same route: the JSON refusal.
+    let reply = send(Method::POST, &gw.url(method), &[], "").await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.header("grpc-status"), None);
+    gw.stop().await;
+}

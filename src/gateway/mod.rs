@@ -145,9 +145,12 @@ impl Gateway {
     ) -> (Response<Body>, AccessInfo<'_>) {
         self.metrics.in_flight.inc();
         let _in_flight = InFlight(&self.metrics);
+        // Read before the request moves on: a refusal is then said in
+        // gRPC's terms, which a gRPC client reads.
+        let grpc = refusal::is_grpc(req.headers());
         let unrouted = |refusal, path: &str| {
             let info = AccessInfo { path: Some(path.to_owned()), ..AccessInfo::default() };
-            (self.refuse(&self.unrouted, refusal, started), info)
+            (self.refuse(&self.unrouted, refusal, started, grpc), info)
         };
 
         // Framing first: any refusal before it would leave the connection
@@ -190,7 +193,7 @@ impl Gateway {
             {
                 let info =
                     AccessInfo { route: Some("(authorization server)"), path: Some(path), ..AccessInfo::default() };
-                return (self.refuse(&self.unrouted, Refusal::MisdirectedRequest, started), info);
+                return (self.refuse(&self.unrouted, Refusal::MisdirectedRequest, started, grpc), info);
             }
             // Boxed, like every cold path here: the endpoints' futures are
             // large, and a proxied request's future would carry them too.
@@ -226,16 +229,16 @@ impl Gateway {
                 if let Some(reason) = refusal.denial_reason() {
                     self.metrics.denials.with_label_values(&[&route.config.name, reason]).inc();
                 }
-                self.refuse(&route.metrics, refusal, started)
+                self.refuse(&route.metrics, refusal, started, grpc)
             }
         };
         info.path = Some(path);
         (res, info)
     }
 
-    fn refuse(&self, metrics: &RouteMetrics, refusal: Refusal, started: Instant) -> Response<Body> {
+    fn refuse(&self, metrics: &RouteMetrics, refusal: Refusal, started: Instant, grpc: bool) -> Response<Body> {
         metrics.observe(refusal.outcome(), started.elapsed());
-        refusal.into_response(&self.realm)
+        if grpc { refusal.into_grpc_response(&self.realm) } else { refusal.into_response(&self.realm) }
     }
 
     async fn through_route(

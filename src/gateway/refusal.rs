@@ -71,38 +71,50 @@ impl Refusal {
         }
     }
 
+    /// What the refusal says: the JSON `error_description`, gRPC's
+    /// `grpc-message`.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Refusal::NotFound => "No route matches this path",
+            Refusal::MethodNotAllowed(_) => "This route does not allow the method",
+            Refusal::BadRequest(description) => description,
+            Refusal::MisdirectedRequest => "This gateway does not serve the host the request names",
+            Refusal::PayloadTooLarge => "The request body is larger than this gateway accepts",
+            Refusal::BodyTimeout => "The request body did not arrive in time",
+            Refusal::MissingToken => "This route requires a bearer access token",
+            Refusal::Bearer(e) => e.description(),
+            Refusal::InvalidToken(r) => r.description(),
+            Refusal::InsufficientScope(_) => "The access token does not grant the scope this request needs",
+            Refusal::UpstreamUnreachable => "The upstream service could not be reached",
+            Refusal::UpstreamTimeout => "The upstream service did not answer in time",
+            Refusal::Busy => {
+                "The gateway has as many requests in progress to its upstreams as it allows; try again shortly"
+            }
+            Refusal::Unavailable => "The gateway cannot validate tokens right now; try again shortly",
+        }
+    }
+
     /// The response. `realm` names the protection space in challenges.
     pub fn into_response(self, realm: &str) -> Response<Body> {
-        let bearer = |status, code: ChallengeError, description: &str, scope: Option<&ScopeSet>| {
+        let description = self.description();
+        let bearer = |status, code: ChallengeError, scope: Option<&ScopeSet>| {
             let mut res = error_json(status, code.code(), description);
             res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(realm, Some((code, description)), scope));
             res
         };
         match self {
-            Refusal::NotFound => error_json(StatusCode::NOT_FOUND, "not_found", "No route matches this path"),
+            Refusal::NotFound => error_json(StatusCode::NOT_FOUND, "not_found", description),
             Refusal::MethodNotAllowed(allow) => {
-                let mut res = error_json(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    "This route does not allow the method",
-                );
+                let mut res = error_json(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", description);
                 res.headers_mut().insert(header::ALLOW, allow);
                 res
             }
-            Refusal::BadRequest(description) => error_json(StatusCode::BAD_REQUEST, "invalid_request", description),
-            Refusal::MisdirectedRequest => error_json(
-                StatusCode::MISDIRECTED_REQUEST,
-                "misdirected_request",
-                "This gateway does not serve the host the request names",
-            ),
-            Refusal::PayloadTooLarge => error_json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request",
-                "The request body is larger than this gateway accepts",
-            ),
-            Refusal::BodyTimeout => {
-                error_json(StatusCode::REQUEST_TIMEOUT, "invalid_request", "The request body did not arrive in time")
+            Refusal::BadRequest(_) => error_json(StatusCode::BAD_REQUEST, "invalid_request", description),
+            Refusal::MisdirectedRequest => {
+                error_json(StatusCode::MISDIRECTED_REQUEST, "misdirected_request", description)
             }
+            Refusal::PayloadTooLarge => error_json(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", description),
+            Refusal::BodyTimeout => error_json(StatusCode::REQUEST_TIMEOUT, "invalid_request", description),
             Refusal::MissingToken => {
                 let mut res = json(
                     StatusCode::UNAUTHORIZED,
@@ -111,34 +123,73 @@ impl Refusal {
                 res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(realm, None, None));
                 res
             }
-            Refusal::Bearer(e) => {
-                bearer(StatusCode::BAD_REQUEST, ChallengeError::InvalidRequest, e.description(), None)
+            Refusal::Bearer(_) => bearer(StatusCode::BAD_REQUEST, ChallengeError::InvalidRequest, None),
+            Refusal::InvalidToken(_) => bearer(StatusCode::UNAUTHORIZED, ChallengeError::InvalidToken, None),
+            Refusal::InsufficientScope(scope) => {
+                bearer(StatusCode::FORBIDDEN, ChallengeError::InsufficientScope, Some(&scope))
             }
-            Refusal::InvalidToken(r) => {
-                bearer(StatusCode::UNAUTHORIZED, ChallengeError::InvalidToken, r.description(), None)
-            }
-            Refusal::InsufficientScope(scope) => bearer(
-                StatusCode::FORBIDDEN,
-                ChallengeError::InsufficientScope,
-                "The access token does not grant the scope this request needs",
-                Some(&scope),
-            ),
-            Refusal::UpstreamUnreachable => {
-                error_json(StatusCode::BAD_GATEWAY, "bad_gateway", "The upstream service could not be reached")
-            }
-            Refusal::UpstreamTimeout => error_json(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway_timeout",
-                "The upstream service did not answer in time",
-            ),
-            Refusal::Busy => try_again_shortly(
-                "The gateway has as many requests in progress to its upstreams as it allows; try again shortly",
-            ),
-            Refusal::Unavailable => {
-                try_again_shortly("The gateway cannot validate tokens right now; try again shortly")
-            }
+            Refusal::UpstreamUnreachable => error_json(StatusCode::BAD_GATEWAY, "bad_gateway", description),
+            Refusal::UpstreamTimeout => error_json(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", description),
+            Refusal::Busy | Refusal::Unavailable => try_again_shortly(description),
         }
     }
+
+    /// The response to a gRPC client (`content-type: application/grpc…`),
+    /// which reads a status from trailers, not from HTTP: `200` with
+    /// `grpc-status` and `grpc-message` in the headers and no body (the
+    /// protocol's Trailers-Only form), the status the gRPC mapping of the
+    /// HTTP one gives (401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404
+    /// UNIMPLEMENTED, 502/503/504 UNAVAILABLE…), and the same
+    /// `WWW-Authenticate`, `Allow` and `Retry-After`.
+    pub fn into_grpc_response(self, realm: &str) -> Response<Body> {
+        let description = self.description();
+        let http = self.into_response(realm);
+        let code: u16 = match http.status().as_u16() {
+            400 | 413 => 3,  // INVALID_ARGUMENT
+            401 => 16,       // UNAUTHENTICATED
+            403 => 7,        // PERMISSION_DENIED
+            404 | 405 => 12, // UNIMPLEMENTED
+            408 => 4,        // DEADLINE_EXCEEDED
+            421 => 9,        // FAILED_PRECONDITION
+            502..=504 => 14, // UNAVAILABLE
+            _ => 2,          // UNKNOWN
+        };
+        let mut res = Response::new(crate::http::empty());
+        for name in [header::WWW_AUTHENTICATE, header::ALLOW, header::RETRY_AFTER] {
+            if let Some(value) = http.headers().get(&name) {
+                res.headers_mut().insert(name, value.clone());
+            }
+        }
+        let headers = res.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(code));
+        if let Ok(message) = HeaderValue::from_str(&grpc_message(description)) {
+            headers.insert("grpc-message", message);
+        }
+        res
+    }
+}
+
+/// `text` as `grpc-message` carries it: percent-encoded outside printable
+/// ASCII, and `%` itself (the gRPC HTTP/2 protocol's rule).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (b' '..=b'~').contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether a request is a gRPC call, to be refused in gRPC's terms.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc")
+    })
 }
 
 impl From<ForwardError> for Refusal {
@@ -149,5 +200,23 @@ impl From<ForwardError> for Refusal {
             ForwardError::Timeout => Refusal::UpstreamTimeout,
             ForwardError::Unreachable => Refusal::UpstreamUnreachable,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_messages_are_percent_encoded_outside_printable_ascii() {
+        assert_eq!(grpc_message("100% sure, caf\u{e9}\n"), "100%25 sure, caf%C3%A9%0A");
+        let headers = |ct: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            h
+        };
+        assert!(is_grpc(&headers("application/grpc")) && is_grpc(&headers("Application/GRPC+proto")));
+        assert!(is_grpc(&headers("application/grpc-web")));
+        assert!(!is_grpc(&headers("application/json")) && !is_grpc(&http::HeaderMap::new()));
     }
 }
