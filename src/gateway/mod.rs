@@ -146,8 +146,9 @@ impl Gateway {
         self.metrics.in_flight.inc();
         let _in_flight = InFlight(&self.metrics);
         // Read before the request moves on: a refusal is then said in
-        // gRPC's terms, which a gRPC client reads.
-        let grpc = refusal::is_grpc(req.headers());
+        // gRPC's terms, which a gRPC client reads. gRPC is HTTP/2, so an
+        // HTTP/1.1 request (the hot path) costs no header lookup.
+        let grpc = req.version() == Version::HTTP_2 && refusal::is_grpc(req.headers());
         let unrouted = |refusal, path: &str| {
             let info = AccessInfo { path: Some(path.to_owned()), ..AccessInfo::default() };
             (self.refuse(&self.unrouted, refusal, started, grpc), info)

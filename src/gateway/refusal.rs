@@ -134,7 +134,7 @@ impl Refusal {
         }
     }
 
-    /// The response to a gRPC client (`content-type: application/grpc…`),
+    /// The response to a gRPC client (HTTP/2, `content-type: application/grpc…`),
     /// which reads a status from trailers, not from HTTP: `200` with
     /// `grpc-status` and `grpc-message` in the headers and no body (the
     /// protocol's Trailers-Only form), the status the gRPC mapping of the
