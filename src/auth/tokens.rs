@@ -247,7 +247,7 @@ impl TokenService {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<TokenService, KeyError> {
-        let outlives = config.access_token_ttl.saturating_add(config.leeway);
+        let outlives = config.token_outlives_signing();
         let mut stored = store.signing_keys().await?;
         if !stored.iter().any(|k| k.alg == ED25519_ALG) {
             // The first key signs at once: there is no token to outlive,

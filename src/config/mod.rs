@@ -208,6 +208,15 @@ pub struct AuthorizationServerConfig {
     pub key_rotation: Option<Duration>,
 }
 
+impl AuthorizationServerConfig {
+    /// How long an access token is honoured after it is signed: its
+    /// lifetime, and the leeway `exp` is checked with. A retired signing
+    /// key stays published this long.
+    pub fn token_outlives_signing(&self) -> Duration {
+        self.access_token_ttl.saturating_add(self.leeway)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub ttl: Duration,
@@ -226,6 +235,17 @@ pub enum HostPattern {
     Exact(String),
     /// Names ending in this (`.example.com`).
     Subdomains(String),
+}
+
+/// The name a `Host` header's value (`host[:port]`, `[v6][:port]`) names:
+/// without its port, and without a final dot (`api.example.com.` is
+/// `api.example.com` to DNS). Letter case is left as it is.
+pub fn host_name(host: &[u8]) -> &[u8] {
+    let name = match host.first() {
+        Some(b'[') => host.iter().position(|b| *b == b']').map_or(host, |end| &host[..=end]),
+        _ => host.iter().position(|b| *b == b':').map_or(host, |colon| &host[..colon]),
+    };
+    name.strip_suffix(b".").unwrap_or(name)
 }
 
 impl HostPattern {
@@ -249,12 +269,7 @@ impl HostPattern {
     /// Whether `host`, a `Host` header's value (port and all), is one this
     /// pattern allows.
     pub fn matches(&self, host: &[u8]) -> bool {
-        let name = match host.first() {
-            Some(b'[') => host.iter().position(|b| *b == b']').map_or(host, |end| &host[..=end]),
-            _ => host.iter().position(|b| *b == b':').map_or(host, |colon| &host[..colon]),
-        };
-        // `api.example.com.` is `api.example.com` to DNS.
-        let name = name.strip_suffix(b".").unwrap_or(name);
+        let name = host_name(host);
         match self {
             HostPattern::Any => true,
             HostPattern::Exact(n) => name.eq_ignore_ascii_case(n.as_bytes()),

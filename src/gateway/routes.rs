@@ -7,7 +7,7 @@
 use http::HeaderValue;
 
 use super::Refusal;
-use crate::config::{HostPattern, RouteConfig, ScopeRule};
+use crate::config::{HostPattern, RouteConfig, ScopeRule, host_name};
 use crate::http::path::{Ambiguities, case_folded, other_readings, under_prefix};
 use crate::proxy::Destination;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
@@ -54,31 +54,38 @@ impl Route {
 /// as nginx picks a `server` before a `location`, so a path no route of
 /// that host has is not found, whatever the other hosts' routes are.
 pub struct RouteTable {
+    /// By name, lower case.
     exact: std::collections::HashMap<String, HostRoutes>,
-    /// By suffix (`.example.com`), longest first.
-    subdomains: Vec<(String, HostRoutes)>,
+    /// `*.` patterns, the longest suffix first.
+    subdomains: Vec<(HostPattern, HostRoutes)>,
     any: HostRoutes,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> RouteTable {
         let mut exact: std::collections::HashMap<String, Vec<Route>> = Default::default();
-        let mut subdomains: Vec<(String, Vec<Route>)> = Vec::new();
+        let mut subdomains: Vec<(HostPattern, Vec<Route>)> = Vec::new();
         let mut any = Vec::new();
         for route in routes {
             match route.config.host.clone() {
                 Some(HostPattern::Exact(name)) => exact.entry(name).or_default().push(route),
-                Some(HostPattern::Subdomains(suffix)) => match subdomains.iter_mut().find(|(s, _)| *s == suffix) {
-                    Some((_, group)) => group.push(route),
-                    None => subdomains.push((suffix, vec![route])),
-                },
+                Some(pattern @ HostPattern::Subdomains(_)) => {
+                    match subdomains.iter_mut().find(|(p, _)| *p == pattern) {
+                        Some((_, group)) => group.push(route),
+                        None => subdomains.push((pattern, vec![route])),
+                    }
+                }
                 Some(HostPattern::Any) | None => any.push(route),
             }
         }
-        subdomains.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        let suffix_len = |p: &HostPattern| match p {
+            HostPattern::Subdomains(suffix) => suffix.len(),
+            _ => 0,
+        };
+        subdomains.sort_by_key(|(pattern, _)| std::cmp::Reverse(suffix_len(pattern)));
         RouteTable {
             exact: exact.into_iter().map(|(name, group)| (name, HostRoutes::new(group))).collect(),
-            subdomains: subdomains.into_iter().map(|(suffix, group)| (suffix, HostRoutes::new(group))).collect(),
+            subdomains: subdomains.into_iter().map(|(pattern, group)| (pattern, HostRoutes::new(group))).collect(),
             any: HostRoutes::new(any),
         }
     }
@@ -90,25 +97,12 @@ impl RouteTable {
             return &self.any;
         }
         let Some(host) = host else { return &self.any };
-        let name = host_name(host);
+        let name = String::from_utf8_lossy(host_name(host)).to_ascii_lowercase();
         if let Some(group) = self.exact.get(&name) {
             return group;
         }
-        self.subdomains
-            .iter()
-            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-            .map_or(&self.any, |(_, group)| group)
+        self.subdomains.iter().find(|(pattern, _)| pattern.matches(host)).map_or(&self.any, |(_, group)| group)
     }
-}
-
-/// A `Host` value's name: lower case, without its port or a final dot.
-fn host_name(host: &[u8]) -> String {
-    let name = match host.first() {
-        Some(b'[') => host.iter().position(|b| *b == b']').map_or(host, |end| &host[..=end]),
-        _ => host.iter().position(|b| *b == b':').map_or(host, |colon| &host[..colon]),
-    };
-    let name = name.strip_suffix(b".").unwrap_or(name);
-    String::from_utf8_lossy(name).to_ascii_lowercase()
 }
 
 /// The routes of one host, longest prefix first, so the first match is the

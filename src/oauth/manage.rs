@@ -221,7 +221,7 @@ pub async fn revoke_consent(store: &dyn Store, user: &str, client_id: &str) -> R
 /// next second is not), and with `grants` its grants.
 async fn revoke_tokens(config: &Config, store: &dyn Store, client_id: &str, grants: bool) -> Result<(), ManageError> {
     let now = SystemClock.unix();
-    let expires = now.saturating_add(outlives(config).as_secs());
+    let expires = now.saturating_add(config.authorization_server.token_outlives_signing().as_secs());
     let as_i64 = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
     Ok(store.revoke_client(client_id, as_i64(now), as_i64(expires), grants).await?)
 }
@@ -232,7 +232,7 @@ pub async fn list_keys(config: &Config, store: &dyn Store) -> Result<String, Man
     if stored.is_empty() {
         return Ok("no signing key yet: the gateway creates the first when it starts\n".into());
     }
-    let ring = KeyRing::new(&stored, outlives(config))?;
+    let ring = KeyRing::new(&stored, config.authorization_server.token_outlives_signing())?;
     let now = SystemClock.unix();
     let mut out = format!("{:<44} {:<21} {:<21} state\n", "kid", "created", "signs from");
     for k in ring.keys() {
@@ -265,7 +265,7 @@ pub async fn rotate_keys(
     // Read first, so a store whose keys cannot be used is not added to.
     let stored = store.signing_keys().await?;
     if !stored.is_empty() {
-        KeyRing::new(&stored, outlives(config))?;
+        KeyRing::new(&stored, config.authorization_server.token_outlives_signing())?;
     }
     let key = keys::rotate(store, now, activate_in, None).await?.ok_or_else(|| invalid("the key was not stored"))?;
     tell_replicas(store, Notice::Keys).await;
@@ -275,14 +275,8 @@ pub async fn rotate_keys(
         key.kid,
         utc(activates_at),
         humantime::format_duration(activate_in),
-        utc(activates_at.saturating_add(outlives(config).as_secs())),
+        utc(activates_at.saturating_add(config.authorization_server.token_outlives_signing().as_secs())),
     ))
-}
-
-/// How long a token outlives its signing: what a retired key must.
-fn outlives(config: &Config) -> Duration {
-    let a = &config.authorization_server;
-    a.access_token_ttl.saturating_add(a.leeway)
 }
 
 /// Unix seconds as `2026-12-07T18:51:56Z`.
