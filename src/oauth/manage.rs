@@ -279,7 +279,26 @@ pub async fn rotate_keys(
     ))
 }
 
-/// Unix seconds as `2026-12-07T18:51:56Z`.
+/// Unix seconds as `2026-12-07T18:51:56Z`; as the number itself past the
+/// year 9999, which RFC 3339 cannot write (a huge `--activate-in`, or a
+/// stored time no key should have, must not crash the listing).
 fn utc(unix: u64) -> String {
+    const YEAR_10000: u64 = 253_402_300_800;
+    if unix >= YEAR_10000 {
+        return format!("{unix} (unix seconds)");
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_written_whatever_their_size() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(utc(253_402_300_800), "253402300800 (unix seconds)");
+        assert_eq!(utc(u64::MAX), format!("{} (unix seconds)", u64::MAX));
+    }
 }
