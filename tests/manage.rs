@@ -7,7 +7,19 @@ mod support;
 
 use http::StatusCode;
 use portcullis::store::{SqliteStore, Store};
-use support::{Gateway, Upstream, cli, config_toml};
+use support::{Gateway, Upstream, access_token, cli, config_toml, kid_of};
+
+/// The test configuration on a SQLite file of its own, written where the
+/// CLI reads it: the directory (removed on drop), the store's URL, the
+/// configuration and its file.
+fn on_a_store_file(upstream: &Upstream) -> (tempfile::TempDir, String, String, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/p.db", dir.path().display());
+    let toml = config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\""));
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &toml).expect("write config");
+    (dir, url, toml, path)
+}
 
 fn secret_of(stdout: &str) -> String {
     stdout
@@ -24,12 +36,7 @@ async fn token_status(gw: &Gateway, client: &str, secret: &str) -> StatusCode {
 #[tokio::test]
 async fn a_client_registered_in_the_store_works_without_a_restart_and_its_secret_rotates() {
     let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("p.db");
-    let toml = config_toml(upstream.addr, "")
-        .replace("url = \"sqlite::memory:\"", &format!("url = \"sqlite://{}\"", db.display()));
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, &toml).expect("write config");
+    let (_dir, url, toml, path) = on_a_store_file(&upstream);
     let gw = Gateway::start(&toml).await;
 
     let (code, out, err) =
@@ -39,14 +46,14 @@ async fn a_client_registered_in_the_store_works_without_a_restart_and_its_secret
     let first = secret_of(&out);
     assert!(first.len() >= 43, "a secret of at least 256 bits: {first}");
     // Only the hash is stored.
-    let store = SqliteStore::open(&format!("sqlite://{}", db.display())).await.expect("open store");
+    let store = SqliteStore::open(&url).await.expect("open store");
     let stored = store.find_client("svc").await.expect("query").expect("client");
     assert!(stored.secret_hash.as_deref().is_some_and(|h| h.starts_with("$argon2id$") && !h.contains(&first)));
 
     assert_eq!(token_status(&gw, "svc", &first).await, StatusCode::OK);
     assert_eq!(token_status(&gw, "svc", "wrong").await, StatusCode::UNAUTHORIZED);
     let reply = gw.client_credentials("svc", &first).await;
-    let minted_with_first = reply.json()["access_token"].as_str().expect("a token").to_owned();
+    let minted_with_first = access_token(&reply);
 
     let (code, out, err) = cli(&path, &["clients", "list"]);
     assert_eq!(code, 0, "{err}");
@@ -148,11 +155,7 @@ async fn a_user_and_a_client_never_share_a_subject() {
 #[tokio::test]
 async fn consents_are_listed_and_withdrawn_with_their_grants() {
     let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}/p.db", dir.path().display());
-    let toml = config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\""));
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, &toml).expect("write config");
+    let (_dir, url, _, path) = on_a_store_file(&upstream);
     let store = SqliteStore::open(&url).await.expect("open store");
     store.save_consent("alice", "app", "calendar.read", 100).await.expect("save");
     store.save_consent("bob", "app", "admin", 100).await.expect("save");
@@ -186,11 +189,7 @@ async fn consents_are_listed_and_withdrawn_with_their_grants() {
 #[tokio::test]
 async fn keys_are_listed_and_rotated_with_the_cli() {
     let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}/p.db", dir.path().display());
-    let toml = config_toml(upstream.addr, "").replace("url = \"sqlite::memory:\"", &format!("url = \"{url}\""));
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, &toml).expect("write config");
+    let (_dir, _, toml, path) = on_a_store_file(&upstream);
 
     let (code, out, err) = cli(&path, &["keys", "list"]);
     assert_eq!(
@@ -223,11 +222,7 @@ async fn keys_are_listed_and_rotated_with_the_cli() {
     let kids: Vec<&str> = jwks["keys"].as_array().expect("keys").iter().filter_map(|k| k["kid"].as_str()).collect();
     assert_eq!(kids, [new.as_str(), old.as_str()]);
     let token = gw.token("app", "calendar.read").await;
-    assert!(token.split('.').next().is_some_and(|h| {
-        use base64::Engine as _;
-        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).expect("base64url");
-        serde_json::from_slice::<serde_json::Value>(&header).expect("JSON")["kid"] == old.as_str()
-    }));
+    assert_eq!(kid_of(&token), old);
     gw.stop().await;
 
     let (code, _, err) = cli(&path, &["keys", "rotate", "--activate-in", "soon"]);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use portcullis::auth::clock::{Clock as _, ManualClock};
 use support::link::Link;
-use support::{Gateway, Upstream, cli, config_toml, get, send};
+use support::{Gateway, Upstream, access_token, cli, client_credentials_at, config_toml, get, kid_of, send};
 
 /// Two replicas on one new database, issuing `format` tokens.
 async fn replicas(upstream: &Upstream, format: &str) -> Option<(Gateway, Gateway)> {
@@ -336,11 +336,9 @@ async fn clients_changed_with_the_cli_reach_every_replica_within_a_second() {
     b.stop().await;
 }
 
-/// A `calendar.read` token of `svc` with `secret`, from `gw`.
+/// A token of `svc` with `secret`, from `gw`.
 async fn svc_token(gw: &Gateway, secret: &str) -> String {
-    let reply = gw.client_credentials("svc", secret).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    reply.json()["access_token"].as_str().expect("a token").to_owned()
+    access_token(&gw.client_credentials("svc", secret).await)
 }
 
 /// `token` presented to both replicas, and cached as valid there.
@@ -361,14 +359,6 @@ async fn svc_status(gw: &Gateway, secret: &str) -> StatusCode {
 async fn published(gw: &Gateway) -> Vec<String> {
     let jwks = get(&gw.url("/oauth/jwks"), &[]).await.json();
     jwks["keys"].as_array().expect("keys").iter().map(|k| k["kid"].as_str().expect("kid").to_owned()).collect()
-}
-
-/// The `kid` a JWT's header names.
-fn kid_of(token: &str) -> String {
-    use base64::Engine as _;
-    let header = token.split('.').next().expect("a header");
-    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).expect("base64url");
-    serde_json::from_slice::<serde_json::Value>(&header).expect("JSON")["kid"].as_str().expect("kid").to_owned()
 }
 
 /// `portcullis keys rotate` on a store two replicas share: both publish the
@@ -479,19 +469,6 @@ fn partition_config(url: &str) -> String {
     toml
 }
 
-/// A `calendar.read` token of `other` from the replica at `url`.
-async fn token_from(url: &str) -> String {
-    let reply = send(
-        Method::POST,
-        url,
-        &[("content-type", "application/x-www-form-urlencoded")],
-        "grant_type=client_credentials&client_id=other&client_secret=other-secret&scope=calendar.read",
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    reply.json()["access_token"].as_str().expect("a token").to_owned()
-}
-
 /// Replicas and PostgreSQL each on a host of their own (network
 /// namespaces on this machine), and one replica's link to the database
 /// taken down, so its packets go nowhere and nothing is refused or reset:
@@ -514,8 +491,11 @@ async fn a_replica_partitioned_from_the_database_fails_closed_and_heals() {
         let (url, auth) = (r.url("/static/events"), bearer(token));
         async move { get(&url, &[("authorization", &auth)]).await }
     };
-    let cached = token_from(&r2.url("/oauth/token")).await;
-    let uncached = token_from(&r2.url("/oauth/token")).await;
+    let token_from = |r: &support::netns::Replica| {
+        let url = r.url("/oauth/token");
+        async move { access_token(&client_credentials_at(&url, "other", "other-secret", Some("calendar.read")).await) }
+    };
+    let (cached, uncached) = (token_from(&r2).await, token_from(&r2).await);
     assert_eq!(call(&r1, &cached).await.status, StatusCode::OK);
 
     net.set_back_link(&host1, false);
@@ -570,11 +550,5 @@ async fn a_replica_partitioned_from_the_database_fails_closed_and_heals() {
 
 /// A token request of `other` to the replica `r`, whatever it answers.
 async fn token_request(r: &support::netns::Replica) -> support::Reply {
-    send(
-        Method::POST,
-        &r.url("/oauth/token"),
-        &[("content-type", "application/x-www-form-urlencoded")],
-        "grant_type=client_credentials&client_id=other&client_secret=other-secret",
-    )
-    .await
+    client_credentials_at(&r.url("/oauth/token"), "other", "other-secret", None).await
 }

@@ -233,13 +233,7 @@ impl Gateway {
     /// A `client_credentials` token request for `client` with `secret`,
     /// as a form, whatever it answers.
     pub async fn client_credentials(&self, client: &str, secret: &str) -> Reply {
-        send(
-            Method::POST,
-            &self.url("/oauth/token"),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            format!("grant_type=client_credentials&client_id={client}&client_secret={secret}"),
-        )
-        .await
+        client_credentials_at(&self.url("/oauth/token"), client, secret, None).await
     }
 
     /// The value of `series` (name and labels) on the admin `/metrics`.
@@ -250,16 +244,37 @@ impl Gateway {
     /// A `client_credentials` token for `client` (its secret is
     /// `<client>-secret`) with `scope`.
     pub async fn token(&self, client: &str, scope: &str) -> String {
-        let reply = send(
-            Method::POST,
-            &self.url("/oauth/token"),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            format!("grant_type=client_credentials&client_id={client}&client_secret={client}-secret&scope={scope}"),
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::OK, "token request failed: {}", reply.text());
-        reply.json()["access_token"].as_str().expect("access_token").to_string()
+        let secret = format!("{client}-secret");
+        access_token(&client_credentials_at(&self.url("/oauth/token"), client, &secret, Some(scope)).await)
     }
+}
+
+/// A `client_credentials` token request to the token endpoint at
+/// `token_url` for `client` with `secret` (and `scope`), as a form,
+/// whatever it answers.
+pub async fn client_credentials_at(token_url: &str, client: &str, secret: &str, scope: Option<&str>) -> Reply {
+    let scope = scope.map(|s| format!("&scope={s}")).unwrap_or_default();
+    send(
+        Method::POST,
+        token_url,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("grant_type=client_credentials&client_id={client}&client_secret={secret}{scope}"),
+    )
+    .await
+}
+
+/// The access token of a successful token response.
+pub fn access_token(reply: &Reply) -> String {
+    assert_eq!(reply.status, StatusCode::OK, "token request failed: {}", reply.text());
+    reply.json()["access_token"].as_str().expect("access_token").to_string()
+}
+
+/// The `kid` a JWT's header names.
+pub fn kid_of(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().expect("a header");
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).expect("base64url");
+    serde_json::from_slice::<serde_json::Value>(&header).expect("JSON")["kid"].as_str().expect("kid").to_owned()
 }
 
 impl Drop for Gateway {
