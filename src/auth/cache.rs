@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use moka::Expiry;
 use moka::future::Cache;
+use tokio::sync::watch;
 
 use crate::auth::tokens::{Identity, Rejection, TokenService, token_hash};
 use crate::config::CacheConfig;
@@ -116,6 +117,10 @@ pub struct TokenValidator {
     /// The validator in force, once a reload has replaced one (see
     /// `hand_over_to`).
     in_force: Mutex<Option<InForce>>,
+    /// Told of every invalidation, by every validator of this line of
+    /// reloads (they share it): what holds a token longer than a request
+    /// (a WebSocket) asks about it again ([`TokenValidator::watch`]).
+    told: Mutex<Arc<watch::Sender<u64>>>,
 }
 
 impl TokenValidator {
@@ -143,7 +148,26 @@ impl TokenValidator {
             invalidations: AtomicU64::new(0),
             worker_capacity: usize::try_from(config.max_entries).unwrap_or(usize::MAX).min(WORKER_CAPACITY),
             in_force: Mutex::new(None),
+            told: Mutex::new(Arc::new(watch::Sender::new(0))),
         }
+    }
+
+    /// Changes after any invalidation by this validator or those that
+    /// replace it: a token seen valid before may no longer be. Ask the
+    /// validator [`in_force`](Self::in_force) again.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        lock(&self.told).subscribe()
+    }
+
+    /// Now, on the clock tokens are checked by.
+    pub fn now(&self) -> std::time::SystemTime {
+        self.tokens.now()
+    }
+
+    /// The validator in force: this one, or the newest that a reload put
+    /// in its place, whose caches every revocation reaches.
+    pub fn in_force(self: &Arc<Self>) -> Arc<TokenValidator> {
+        lock(&self.in_force).as_ref().and_then(|cell| lock(cell).upgrade()).unwrap_or_else(|| self.clone())
     }
 
     /// Validates `token` for a request that came at `now`, looking first
@@ -240,6 +264,7 @@ impl TokenValidator {
     /// the shared entry in between, is emptied before it answers.
     fn invalidated(&self) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
+        lock(&self.told).send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Forgets what is cached for the token whose hash is `key`, so the
@@ -314,6 +339,7 @@ impl TokenValidator {
         let cell = lock(&self.in_force).get_or_insert_with(Default::default).clone();
         *lock(&cell) = Arc::downgrade(next);
         *lock(&next.in_force) = Some(cell);
+        *lock(&next.told) = lock(&self.told).clone();
     }
 
     /// This validator, and the one in force if a reload replaced it.

@@ -462,6 +462,11 @@ pub struct RouteConfig {
     pub allow_path_parameters: bool,
     /// How long the upstream has to start its response.
     pub timeout: Duration,
+    /// Relay WebSocket handshakes (RFC 6455); refused with 403 when off.
+    pub websockets: bool,
+    /// How long a WebSocket may carry nothing either way before the
+    /// gateway closes it.
+    pub idle_timeout: Duration,
     /// How an `https://` upstream is verified; `None` for the others.
     pub upstream_tls: Option<crate::tls::upstream::UpstreamTls>,
 }

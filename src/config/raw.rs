@@ -179,4 +179,6 @@ pub(super) struct RawRoute {
     pub(super) tls_skip_verify: Option<bool>,
     pub(super) host: Option<String>,
     pub(super) strip_prefix: Option<bool>,
+    pub(super) websockets: Option<bool>,
+    pub(super) idle_timeout: Option<String>,
 }

@@ -640,6 +640,8 @@ impl Validator {
                 allow_encoded_slashes: r.allow_encoded_slashes.unwrap_or(false),
                 allow_path_parameters: r.allow_path_parameters.unwrap_or(false),
                 timeout: self.duration(&format!("{at}.timeout"), r.timeout.as_deref(), "30s"),
+                websockets: r.websockets.unwrap_or(true),
+                idle_timeout: self.duration(&format!("{at}.idle_timeout"), r.idle_timeout.as_deref(), "5m"),
             });
         }
         for r in &routes {

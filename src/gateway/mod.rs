@@ -3,16 +3,19 @@
 //! endpoint or match a route, enforce its bearer rule (RFC 6750) and
 //! forward. Nothing here knows about sockets; `crate::server` feeds it.
 //!
-//! The request pipeline (here), route matching (`routes`), and the one
-//! place its refusals become responses (`refusal`). It reaches upstreams only through `proxy`, the
+//! The request pipeline (here), route matching (`routes`), WebSockets
+//! (`websocket`), and the one place its refusals become responses
+//! (`refusal`). It reaches upstreams only through `proxy`, the
 //! authorization server only through `web`, and tokens only through
 //! `auth`; it holds no store and no socket.
 
 mod refusal;
 mod routes;
+mod websocket;
 
 pub use refusal::Refusal;
 pub use routes::{Route, RouteTable};
+pub use websocket::Tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,8 +35,8 @@ use crate::http::net::IpNet;
 use crate::http::path::normalize;
 use crate::http::{Body, full};
 use crate::proxy::{
-    Added, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, X_FORWARDED_FOR, X_FORWARDED_HOST,
-    X_FORWARDED_PREFIX, upstream_headers,
+    Added, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, Upgrade, X_FORWARDED_FOR,
+    X_FORWARDED_HOST, X_FORWARDED_PREFIX, upstream_headers,
 };
 use crate::telemetry::access::{AccessInfo, Principal};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
@@ -256,6 +259,9 @@ impl Gateway {
         let query = parts.uri.query();
 
         self.check_headers(&parts.headers, peer, host.as_ref())?;
+        // Refused (forbidden, malformed) only once the token is checked:
+        // a client without one learns nothing of the route.
+        let handshake = websocket::handshake(&mut parts.extensions, &parts.method, &parts.headers, &body, cfg);
         let Some(rule) = &cfg.scopes else {
             // A public route: nothing to enforce, nothing taken away.
             let path_and_query = join_path_query(forwarded_path(cfg, path), query);
@@ -263,7 +269,8 @@ impl Gateway {
             let added = upstream_headers(&mut parts.headers, ctx);
             let added = with_prefix(cfg, &mut parts.headers, added);
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-            return self.send(&worker.forwarder, route, req, added, path_and_query, None).await;
+            let opening = handshake?.map(|h| (h, None));
+            return self.send(&worker.forwarder, route, req, added, path_and_query, None, opening).await;
         };
         let required = rule.required(&parts.method).ok_or_else(|| Refusal::MethodNotAllowed(route.allow.clone()))?;
         // The scopes are the request line's method's: an upstream must not
@@ -321,6 +328,15 @@ impl Gateway {
         if !required.is_subset(&identity.scopes) {
             return Err(Refusal::InsufficientScope(required.clone()));
         }
+        // A WebSocket outlives its handshake: its token is watched.
+        let opening = handshake?.map(|h| {
+            let watched = websocket::Watched {
+                validator: self.validator.clone(),
+                token: token.to_owned(),
+                expires_at: identity.expires_at,
+            };
+            (h, Some(watched))
+        });
 
         let ctx =
             self.forward_context(cfg, peer, host, Some(&identity), cfg.forward_bearer && source == TokenSource::Header);
@@ -332,7 +348,7 @@ impl Gateway {
         let added = with_prefix(cfg, &mut parts.headers, added);
         let path_and_query = join_path_query(forwarded_path(cfg, path), query.as_deref());
         let req = Request::from_parts(parts, body);
-        let mut sent = self.send(&worker.forwarder, route, req, added, path_and_query, Some(identity)).await?;
+        let mut sent = self.send(&worker.forwarder, route, req, added, path_and_query, Some(identity), opening).await?;
         // RFC 6750 §2.3: a response to a request with the token in its URI
         // must not be stored by shared caches, whatever its status (404s and
         // redirects are cacheable too, under a URI holding the token).
@@ -428,6 +444,7 @@ impl Gateway {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         forwarder: &Forwarder,
@@ -436,7 +453,13 @@ impl Gateway {
         added: Added,
         path_and_query: String,
         identity: Option<Arc<crate::auth::tokens::Identity>>,
+        opening: Option<(websocket::Handshake, Option<websocket::Watched>)>,
     ) -> Result<Sent, Refusal> {
+        if let Some((handshake, watched)) = opening {
+            // Boxed, like every cold path here.
+            let opened = self.open(forwarder, route, req, added, path_and_query, identity, handshake, watched);
+            return Box::pin(opened).await;
+        }
         let cfg = &route.config;
         // Most requests have no body: nothing to count, no layer to add.
         let req = if req.body().is_end_stream() {
@@ -460,6 +483,41 @@ impl Gateway {
         route.metrics.upstream_duration.observe(forwarded.upstream_time);
         let response = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
         Ok(Sent { response, upstream_time: forwarded.upstream_time, identity })
+    }
+
+    /// Sends a WebSocket handshake, and answers the client's with a `101`
+    /// carrying the tunnel when the upstream switched (see `websocket`).
+    #[allow(clippy::too_many_arguments)]
+    async fn open(
+        &self,
+        forwarder: &Forwarder,
+        route: &Route,
+        req: Request<Body>,
+        mut added: Added,
+        path_and_query: String,
+        identity: Option<Arc<crate::auth::tokens::Identity>>,
+        handshake: websocket::Handshake,
+        watched: Option<websocket::Watched>,
+    ) -> Result<Sent, Refusal> {
+        // The client's were removed with the other hop-by-hop fields.
+        added.fields.push((&header::CONNECTION, HeaderValue::from_static("upgrade")));
+        added.fields.push((&header::UPGRADE, HeaderValue::from_static("websocket")));
+        let timeout = route.config.timeout;
+        let upgrade =
+            forwarder.upgrade(&route.destination, req, added, path_and_query, timeout, identity.as_deref()).await?;
+        match upgrade {
+            Upgrade::Answered(forwarded) => {
+                route.metrics.upstream_duration.observe(forwarded.upstream_time);
+                let response = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
+                Ok(Sent { response, upstream_time: forwarded.upstream_time, identity })
+            }
+            Upgrade::Switched(switched) => {
+                let upstream_time = switched.upstream_time;
+                route.metrics.upstream_duration.observe(upstream_time);
+                let response = Tunnel::respond(handshake, switched, route, watched, self.metrics.clone());
+                Ok(Sent { response, upstream_time, identity })
+            }
+        }
     }
 
     async fn read_form_body(&self, body: Incoming) -> Result<Bytes, Refusal> {

@@ -21,6 +21,8 @@ pub enum Refusal {
     /// The host the request names is not one this gateway serves
     /// (`server.allowed_hosts`).
     MisdirectedRequest,
+    /// A WebSocket handshake on a route with `websockets = false`.
+    UpgradeForbidden,
     PayloadTooLarge,
     /// A body the gateway reads itself did not come in time (`crate::http::form`).
     BodyTimeout,
@@ -45,6 +47,7 @@ impl Refusal {
             Refusal::MethodNotAllowed(_) => Outcome::MethodNotAllowed,
             Refusal::BadRequest(_)
             | Refusal::MisdirectedRequest
+            | Refusal::UpgradeForbidden
             | Refusal::PayloadTooLarge
             | Refusal::BodyTimeout
             | Refusal::Bearer(_) => Outcome::InvalidRequest,
@@ -79,6 +82,7 @@ impl Refusal {
             Refusal::MethodNotAllowed(_) => "This route does not allow the method",
             Refusal::BadRequest(description) => description,
             Refusal::MisdirectedRequest => "This gateway does not serve the host the request names",
+            Refusal::UpgradeForbidden => "This route does not accept WebSocket connections",
             Refusal::PayloadTooLarge => "The request body is larger than this gateway accepts",
             Refusal::BodyTimeout => "The request body did not arrive in time",
             Refusal::MissingToken => "This route requires a bearer access token",
@@ -113,6 +117,7 @@ impl Refusal {
             Refusal::MisdirectedRequest => {
                 error_json(StatusCode::MISDIRECTED_REQUEST, "misdirected_request", description)
             }
+            Refusal::UpgradeForbidden => error_json(StatusCode::FORBIDDEN, "forbidden", description),
             Refusal::PayloadTooLarge => error_json(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", description),
             Refusal::BodyTimeout => error_json(StatusCode::REQUEST_TIMEOUT, "invalid_request", description),
             Refusal::MissingToken => {

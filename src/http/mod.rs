@@ -2,8 +2,9 @@
 //! type of every response, the helpers that build the JSON answers the
 //! gateway makes itself, request-path normalisation (`path`), trusted
 //! proxies and the client's address (`net`), form bodies read under a
-//! deadline (`form`), and the timers that end connections and HTTP/2
-//! streams that stop moving (`stall`, `h2_streams`).
+//! deadline (`form`), the timers that end connections and HTTP/2
+//! streams that stop moving (`stall`, `h2_streams`), and the frames of
+//! the WebSockets the gateway relays (`websocket`).
 //!
 //! This room imports no other room of the crate. Which error becomes which
 //! response is decided by each adapter (`gateway::refusal`,
@@ -15,6 +16,7 @@ pub mod h2_streams;
 pub mod net;
 pub mod path;
 pub mod stall;
+pub mod websocket;
 
 use std::convert::Infallible;
 

@@ -15,6 +15,7 @@
 
 mod demo;
 mod headers;
+pub mod tunnel;
 
 use demo::static_demo;
 pub use headers::{
@@ -36,7 +37,7 @@ use crate::config::Upstream;
 use crate::http::Body;
 use crate::tls::upstream::UpstreamTls;
 pub use crate::upstream::http1::Added;
-use crate::upstream::pool::{Pool, ResponseBody, Target};
+use crate::upstream::pool::{Exchanged, Pool, ResponseBody, Target};
 
 /// Where a route's requests go, resolved once per configuration.
 pub enum Destination {
@@ -133,6 +134,23 @@ pub struct Forwarded {
     pub upstream_time: Duration,
 }
 
+/// What a WebSocket handshake came to.
+pub enum Upgrade {
+    /// The upstream switched.
+    Switched(Switched),
+    /// It answered otherwise (a refusal of its own, most often), which is
+    /// relayed as any answer is.
+    Answered(Forwarded),
+}
+
+/// An upstream's `101`: its head, hop-by-hop fields removed, and its side
+/// of the tunnel.
+pub struct Switched {
+    pub head: http::response::Parts,
+    pub upstream: tunnel::Upstream,
+    pub upstream_time: Duration,
+}
+
 /// A response body on its way back: the upstream's, not yet boxed, so the
 /// caller can wrap it (count it) and box it in one go.
 pub enum Relayed {
@@ -218,19 +236,56 @@ impl Forwarder {
     pub async fn forward(
         &self,
         destination: &Destination,
+        req: Request<Body>,
+        added: Added,
+        path_and_query: String,
+        timeout: Duration,
+        identity: Option<&Identity>,
+        connection: Option<&ExchangeLimit>,
+    ) -> Result<Forwarded, ForwardError> {
+        let exchanged =
+            self.exchange(destination, req, added, path_and_query, timeout, identity, connection, false).await?;
+        match exchanged {
+            Upgrade::Answered(forwarded) => Ok(forwarded),
+            // Only an upgrade lets a 101 through.
+            Upgrade::Switched(_) => Err(ForwardError::Unreachable),
+        }
+    }
+
+    /// Sends a WebSocket handshake as [`Forwarder::forward`] sends a
+    /// request (its `Connection` and `Upgrade` fields are the caller's to
+    /// add): the upstream either switches, and the connection is the
+    /// caller's to relay, or answers otherwise, and that is relayed.
+    pub async fn upgrade(
+        &self,
+        destination: &Destination,
+        req: Request<Body>,
+        added: Added,
+        path_and_query: String,
+        timeout: Duration,
+        identity: Option<&Identity>,
+    ) -> Result<Upgrade, ForwardError> {
+        self.exchange(destination, req, added, path_and_query, timeout, identity, None, true).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        destination: &Destination,
         mut req: Request<Body>,
         mut added: Added,
         path_and_query: String,
         timeout: Duration,
         identity: Option<&Identity>,
         connection: Option<&ExchangeLimit>,
-    ) -> Result<Forwarded, ForwardError> {
+        upgrade: bool,
+    ) -> Result<Upgrade, ForwardError> {
         let (target, base_path) = match destination {
             Destination::Static => {
-                return Ok(Forwarded {
+                return Ok(Upgrade::Answered(Forwarded {
                     response: static_demo(&req, &path_and_query, identity).map(Relayed::Demo),
                     upstream_time: Duration::ZERO,
-                });
+                }));
             }
             Destination::Upstream { target, base_path } => (target, base_path),
         };
@@ -260,9 +315,17 @@ impl Forwarder {
             tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "no upstream exchange was free in time");
             return Err(ForwardError::Busy);
         };
+        // What the upstream's 101 must answer.
+        let key = upgrade.then(|| req.headers().get(header::SEC_WEBSOCKET_KEY).cloned()).flatten();
         let started = Instant::now();
-        let response = match tokio::time::timeout(timeout, self.pool.send(target, req, &added, started, timeout)).await
-        {
+        let exchanged = async {
+            if upgrade {
+                self.pool.upgrade(target, req, &added, started, timeout).await
+            } else {
+                self.pool.send(target, req, &added, started, timeout).await.map(|res| Exchanged::Answered(res, None))
+            }
+        };
+        let response = match tokio::time::timeout(timeout, exchanged).await {
             Err(_) => {
                 tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
                 return Err(ForwardError::Timeout);
@@ -280,10 +343,34 @@ impl Forwarder {
         };
         let upstream_time = started.elapsed();
         drop(waiting);
+        let response = match response {
+            Exchanged::Answered(response, _) => response,
+            Exchanged::Switched(mut head, conn) => {
+                // Only a 101 that proves the upstream read the handshake:
+                // one that answers anything with a 101 would read what the
+                // client sends next as whatever it likes.
+                if !key.is_some_and(|key| crate::http::websocket::upstream_switched(&head.headers, &key)) {
+                    tracing::warn!(
+                        upstream = %target.authority(),
+                        "the upstream answered a WebSocket handshake with a 101 that does not complete it (Upgrade, Sec-WebSocket-Accept)"
+                    );
+                    return Err(ForwardError::Unreachable);
+                }
+                strip_hop_by_hop(&mut head.headers);
+                strip_gateway_set_cookies(&mut head.headers);
+                let (io, early) = conn.into_parts();
+                return Ok(Upgrade::Switched(Switched {
+                    head,
+                    upstream: tunnel::Upstream::new(io, early),
+                    upstream_time,
+                }));
+            }
+        };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         strip_gateway_set_cookies(&mut parts.headers);
         let body = Held { body, _permits: permits, waiting: None };
-        Ok(Forwarded { response: Response::from_parts(parts, Relayed::Upstream(body)), upstream_time })
+        let response = Response::from_parts(parts, Relayed::Upstream(body));
+        Ok(Upgrade::Answered(Forwarded { response, upstream_time }))
     }
 }

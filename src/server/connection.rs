@@ -94,8 +94,9 @@ pub(super) async fn accept_loop<F, Fut>(
             exchanges: cfg.max_upstream_exchanges_per_connection,
             tls: tls.clone(),
             stop: stop.clone(),
+            permit: Arc::new(permit),
         };
-        serve_connection(stream, conn, &builder, handler.clone(), permit);
+        serve_connection(stream, conn, &builder, handler.clone());
     }
     drop(listener);
     // Every connection holds a permit until it is done, so holding them
@@ -179,6 +180,23 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Writes<I> {
     }
 }
 
+/// What a WebSocket handshake request carries from its connection: the
+/// connection's place under `server.max_connections`, which the tunnel
+/// keeps after hyper has let the connection go, and the drain signal,
+/// which ends the tunnel.
+#[derive(Clone)]
+pub(super) struct Hold {
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Hold {
+    /// Resolves when the listener drains.
+    pub(super) async fn stopped(mut self) {
+        let _ = self.stop.wait_for(|stop| *stop).await;
+    }
+}
+
 /// What a connection task needs to know besides its socket.
 struct Conn {
     peer: SocketAddr,
@@ -189,15 +207,12 @@ struct Conn {
     tls: Option<TlsAcceptor>,
     /// Turns `true` when the listener drains.
     stop: watch::Receiver<bool>,
+    /// Its place under `server.max_connections`.
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
-fn serve_connection<F, Fut>(
-    stream: TcpStream,
-    conn: Conn,
-    builder: &Arc<auto::Builder<StreamExecutor>>,
-    handler: F,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) where
+fn serve_connection<F, Fut>(stream: TcpStream, conn: Conn, builder: &Arc<auto::Builder<StreamExecutor>>, handler: F)
+where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::http::Body>, Infallible>> + Send + 'static,
 {
@@ -216,7 +231,6 @@ fn serve_connection<F, Fut>(
                 }
             }
         }
-        drop(permit);
     });
 }
 
@@ -231,7 +245,8 @@ where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::http::Body>, Infallible>> + Send + 'static,
 {
-    let Conn { peer, first_request_timeout, keep_alive_timeout, exchanges, mut stop, .. } = conn;
+    let Conn { peer, first_request_timeout, keep_alive_timeout, exchanges, mut stop, permit, .. } = conn;
+    let hold = Hold { _permit: permit, stop: stop.clone() };
     let opened = tokio::time::Instant::now();
     let last_request = Arc::new(AtomicU64::new(0));
     let seen = last_request.clone();
@@ -244,6 +259,9 @@ where
         if req.version() == http::Version::HTTP_2 {
             let limit = limit.get_or_init(|| ExchangeLimit::new(exchanges));
             req.extensions_mut().insert(limit.clone());
+        } else if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some() {
+            // hyper marks only requests that ask to upgrade.
+            req.extensions_mut().insert(hold.clone());
         }
         handler(req, peer)
     });

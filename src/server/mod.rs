@@ -54,7 +54,7 @@ use crate::auth::cache::TokenValidator;
 use crate::auth::clock::{Clock, SystemClock};
 use crate::auth::tokens::TokenService;
 use crate::config::{Config, HostPattern, ServerConfig};
-use crate::gateway::{Gateway, Route, RouteTable, Worker};
+use crate::gateway::{Gateway, Route, RouteTable, Tunnel, Worker};
 use crate::oauth::AuthorizationServer;
 use crate::oauth::clients::ClientRegistry;
 use crate::server::admin::Admin;
@@ -378,11 +378,15 @@ async fn serve_public(
             let id = access::request_id(req.headers());
             req.headers_mut().insert(access::X_REQUEST_ID.clone(), id.clone());
             let logged = (gateway.access_log && access::enabled()).then(|| req.method().clone());
+            // Only a request that asks to upgrade has extensions here.
+            let hold = req.extensions_mut().remove::<connection::Hold>();
             let (mut res, info) = gateway.handle(req, peer, &worker, started).await;
             if let Some(hsts) = hsts {
                 res.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
             }
-            if let Some(method) = logged {
+            if let (Some(tunnel), Some(hold)) = (Tunnel::take(&mut res), hold) {
+                run_tunnel(tunnel, hold, logged.map(|method| (id.clone(), method, started)), &info);
+            } else if let Some(method) = logged {
                 access::log(&id, &method, res.status(), started.elapsed(), &info);
             }
             res.headers_mut().insert(access::X_REQUEST_ID.clone(), id);
@@ -394,6 +398,41 @@ async fn serve_public(
         flusher.abort();
     }
     access::flush();
+}
+
+/// Relays a WebSocket the gateway opened, on this worker, for as long as
+/// it lasts: it keeps its connection's place under
+/// `server.max_connections` (`hold`), and is closed when the listener
+/// drains. Its access line, when there is one to write, is written as it
+/// ends, with what it carried.
+fn run_tunnel(
+    tunnel: Tunnel,
+    hold: connection::Hold,
+    line: Option<(HeaderValue, http::Method, std::time::Instant)>,
+    info: &access::AccessInfo<'_>,
+) {
+    // The line's fields, owned: the tunnel outlives the request.
+    let (route, upstream) = (info.route.map(str::to_owned), info.upstream.map(str::to_owned));
+    let (path, identity, upstream_time) = (info.path.clone(), info.identity.clone(), info.upstream_time);
+    tokio::spawn(async move {
+        let summary = tunnel.run(hold.stopped()).await;
+        if let Some((id, method, started)) = line {
+            let tunnel = access::TunnelRecord {
+                bytes_from_client: summary.bytes_from_client,
+                bytes_to_client: summary.bytes_to_client,
+                ended: summary.ended.as_str(),
+            };
+            let info = access::AccessInfo {
+                route: route.as_deref(),
+                path,
+                upstream: upstream.as_deref(),
+                upstream_time,
+                identity,
+                tunnel: Some(tunnel),
+            };
+            access::log(&id, &method, http::StatusCode::SWITCHING_PROTOCOLS, started.elapsed(), &info);
+        }
+    });
 }
 
 /// The gateway in force, as one worker holds it. A request clones the

@@ -41,6 +41,18 @@ pub struct AccessInfo<'a> {
     pub upstream_time: Option<Duration>,
     /// Whom the token named (the worker's copy, not a new one).
     pub identity: Option<Arc<dyn Principal>>,
+    /// For a WebSocket, logged when it ends: what went each way, and why
+    /// it ended.
+    pub tunnel: Option<TunnelRecord>,
+}
+
+/// What an upgraded connection carried, for its access line.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelRecord {
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    /// `client`, `upstream`, `revoked`, `expired`, `idle`, …
+    pub ended: &'static str,
 }
 
 /// A client's id is kept if it is 1 to 128 characters of a conservative
@@ -157,6 +169,7 @@ pub fn log(
         upstream_time: info.upstream_time.unwrap_or(Duration::ZERO),
         client_id: info.identity.as_deref().map_or("", |i| i.client_id()),
         subject: info.identity.as_deref().map_or("", |i| i.subject()),
+        tunnel: info.tunnel,
     };
     let Some(sink) = SINK.get() else {
         // Someone else's subscriber (the library embedded): a plain event.
@@ -183,6 +196,7 @@ struct Record<'a> {
     upstream_time: Duration,
     client_id: &'a str,
     subject: &'a str,
+    tunnel: Option<TunnelRecord>,
 }
 
 impl Record<'_> {
@@ -199,6 +213,9 @@ impl Record<'_> {
             upstream_ms = self.upstream_time.as_secs_f64() * 1000.0,
             client_id = self.client_id,
             subject = self.subject,
+            bytes_from_client = self.tunnel.map(|t| t.bytes_from_client),
+            bytes_to_client = self.tunnel.map(|t| t.bytes_to_client),
+            ended = self.tunnel.map(|t| t.ended),
         );
     }
 
@@ -230,7 +247,14 @@ impl Record<'_> {
                 (" ", "=")
             }
         };
-        for (name, value) in fields {
+        let tunnel = self.tunnel.map(|t| {
+            [
+                ("bytes_from_client", Value::Number(t.bytes_from_client)),
+                ("bytes_to_client", Value::Number(t.bytes_to_client)),
+                ("ended", Value::Text(t.ended)),
+            ]
+        });
+        for (name, value) in fields.into_iter().chain(tunnel.into_iter().flatten()) {
             out.push_str(before);
             out.push_str(name);
             out.push_str(between);
@@ -356,7 +380,23 @@ mod tests {
             upstream_time: Duration::from_micros(1_000_005),
             client_id: "app",
             subject,
+            tunnel: None,
         }
+    }
+
+    #[test]
+    fn a_websocket_line_says_what_went_each_way_and_why_it_ended() {
+        let mut line = String::new();
+        let mut ws = record("/chat", "alice");
+        ws.status = 101;
+        ws.tunnel = Some(TunnelRecord { bytes_from_client: 12, bytes_to_client: 3_400, ended: "revoked" });
+        ws.write(&mut line, LogFormat::Json, &mut Stamp::default(), moment());
+        let parsed: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(parsed["status"], 101);
+        assert_eq!(parsed["bytes_from_client"], 12);
+        assert_eq!(parsed["bytes_to_client"], 3_400);
+        assert_eq!(parsed["ended"], "revoked");
+        assert!(line.ends_with(",\"ended\":\"revoked\",\"target\":\"access\"}\n"), "{line}");
     }
 
     /// 2026-12-03T19:27:14.677576Z

@@ -162,6 +162,12 @@ impl Connection {
         self.buf.is_empty() && self.poll_fill(&mut Context::from_waker(Waker::noop())).is_pending()
     }
 
+    /// The transport, and what was read from it and not yet used: after a
+    /// `101`, the first bytes of the new protocol.
+    pub fn into_parts(self) -> (Io, BytesMut) {
+        (self.io, self.buf)
+    }
+
     #[cfg(test)]
     pub fn io_for_tests(&self) -> &Io {
         &self.io
@@ -210,6 +216,11 @@ pub struct Failure {
 /// Otherwise the response body reads the rest, and hands the connection
 /// to `home` once the exchange has ended cleanly; it fails if nothing moves
 /// either way for `stall_after` (see `Stall`).
+///
+/// With `upgrade` (a WebSocket handshake, which has no body), a `101`
+/// ends the exchange with the connection handed over whole
+/// ([`Exchanged::Switched`]); any other answer is relayed, and its
+/// connection carries nothing more.
 pub async fn exchange(
     mut conn: Box<Connection>,
     head: &Parts,
@@ -217,7 +228,8 @@ pub async fn exchange(
     body: Body,
     stall_after: Duration,
     home: impl FnOnce() -> Home,
-) -> Result<(Response<ResponseBody>, Option<Box<Connection>>), Failure> {
+    upgrade: bool,
+) -> Result<Exchanged, Failure> {
     let framing = request_framing(&body);
     let mut encoded = BytesMut::with_capacity(256 + 32 * (head.headers.len() + added.fields.len()));
     encode_head(head, added, framing, &mut encoded);
@@ -246,7 +258,7 @@ pub async fn exchange(
         }
         loop {
             if !conn.buf.is_empty()
-                && let Some(parsed) = parse_head(&mut conn.buf, &head.method)?
+                && let Some(parsed) = parse_head(&mut conn.buf, &head.method, upgrade)?
             {
                 return Poll::Ready(Ok(parsed));
             }
@@ -277,8 +289,18 @@ pub async fn exchange(
     // An upstream that answered before it had the whole request may take
     // the rest of the body for a request of its own, whose answer would
     // answer the next exchange: the connection ends with this one.
-    let keep_alive = parsed.keep_alive && write_error.is_none() && outgoing.is_none();
+    let keep_alive = parsed.keep_alive && write_error.is_none() && outgoing.is_none() && !upgrade;
     let (parts, framing) = (parsed.parts, parsed.framing);
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Only an upgrade's `parse_head` lets a 101 through, and the
+        // upgrade had no body: what is on the connection from here on is
+        // the new protocol's, the bytes already read included.
+        if outgoing.is_some() || write_error.is_some() {
+            let error = Error::Malformed("101 Switching Protocols before the request was sent");
+            return Err(Failure { error, may_retry: false, written: true });
+        }
+        return Ok(Exchanged::Switched(parts, conn));
+    }
 
     // The fast path: the whole response is here and the request is out.
     if outgoing.is_none() {
@@ -290,7 +312,7 @@ pub async fn exchange(
         if let Some(body) = complete {
             let reusable = (keep_alive && conn.buf.is_empty()).then_some(conn);
             let body = ResponseBody { state: State::Complete(body.filter(|b| !b.is_empty())) };
-            return Ok((Response::from_parts(parts, body), reusable));
+            return Ok(Exchanged::Answered(Response::from_parts(parts, body), reusable));
         }
     }
     let decoder = match framing {
@@ -301,7 +323,18 @@ pub async fn exchange(
     };
     let stall = Stall::new(stall_after);
     let streaming = Streaming { conn: Some(conn), decoder, outgoing, keep_alive, home: Some(home()), stall };
-    Ok((Response::from_parts(parts, ResponseBody { state: State::Streaming(Box::new(streaming)) }), None))
+    let body = ResponseBody { state: State::Streaming(Box::new(streaming)) };
+    Ok(Exchanged::Answered(Response::from_parts(parts, body), None))
+}
+
+/// How an exchange ended.
+pub enum Exchanged {
+    /// The response, and its connection when the exchange is already over
+    /// and the connection may carry another.
+    Answered(Response<ResponseBody>, Option<Box<Connection>>),
+    /// The upstream switched protocols (`upgrade` only): its `101`'s head,
+    /// and the connection, which now speaks the new protocol.
+    Switched(http::response::Parts, Box<Connection>),
 }
 
 /// RFC 9110 §9.2.2.
@@ -523,8 +556,10 @@ struct Parsed {
 }
 
 /// Parses a response head off the front of `buf`: `None` until it is
-/// whole. Interim (1xx) responses are consumed and skipped.
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Error> {
+/// whole. Interim (1xx) responses are consumed and skipped, but for a
+/// `101` to a request that asked to `upgrade`, which is the last head the
+/// connection carries.
+fn parse_head(buf: &mut BytesMut, method: &Method, upgrade: bool) -> Result<Option<Parsed>, Error> {
     loop {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut []);
@@ -541,7 +576,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Err
         }
         let status = res.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(Error::Malformed("bad status code"))?;
         match status.as_u16() {
-            // Nothing here asks to switch protocols (`Upgrade` is removed).
+            101 if upgrade => {}
+            // Only a WebSocket handshake asks to switch (any other
+            // `Upgrade` is removed).
             101 => return Err(Error::Malformed("101 Switching Protocols, though no upgrade was asked for")),
             100..=199 => {
                 buf.advance(len);
@@ -575,7 +612,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Err
                 .map_err(|_| Error::Malformed("bad header value"))?;
             headers.append(name, value);
         }
-        let (framing, keep_alive) = response_framing(status, version, method, &mut headers)?;
+        let (framing, keep_alive) = if status == StatusCode::SWITCHING_PROTOCOLS {
+            (Framing::Empty, false)
+        } else {
+            response_framing(status, version, method, &mut headers)?
+        };
         let (mut parts, ()) = Response::new(()).into_parts();
         parts.status = status;
         parts.version = version;
@@ -1036,7 +1077,7 @@ pub(crate) mod tests {
     use http_body_util::BodyExt as _;
 
     fn parse(text: &str) -> Result<Option<Parsed>, Error> {
-        parse_head(&mut BytesMut::from(text), &Method::GET)
+        parse_head(&mut BytesMut::from(text), &Method::GET, false)
     }
 
     fn parsed(text: &str) -> Parsed {
@@ -1053,7 +1094,7 @@ pub(crate) mod tests {
     #[test]
     fn a_response_is_framed_by_its_content_length_and_kept_alive() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello");
-        let head = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+        let head = parse_head(&mut buf, &Method::GET, false).unwrap().unwrap();
         assert_eq!(head.parts.status, StatusCode::OK);
         assert_eq!(head.parts.version, Version::HTTP_11);
         assert_eq!((head.framing, head.keep_alive), (Framing::Length(5), true));
@@ -1080,12 +1121,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_101_to_an_upgrade_is_the_last_head_and_leaves_what_follows() {
+        let text = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nContent-Length: 9\r\n\r\n\x81\x02hi";
+        let mut buf = BytesMut::from(&text[..]);
+        let head = parse_head(&mut buf, &Method::GET, true).unwrap().unwrap();
+        assert_eq!(head.parts.status, StatusCode::SWITCHING_PROTOCOLS);
+        // No length applies after a switch: the bytes are the new protocol's.
+        assert_eq!((head.framing, head.keep_alive), (Framing::Empty, false));
+        assert_eq!(&buf[..], b"\x81\x02hi");
+        let mut interim = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n");
+        let head = parse_head(&mut interim, &Method::GET, true).unwrap().unwrap();
+        assert_eq!(head.parts.status, StatusCode::SWITCHING_PROTOCOLS);
+    }
+
+    #[test]
     fn interim_responses_are_skipped_and_101_is_refused() {
         let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
-        assert!(parse_head(&mut buf, &Method::POST).unwrap().is_none(), "only interim heads so far");
+        assert!(parse_head(&mut buf, &Method::POST, false).unwrap().is_none(), "only interim heads so far");
         assert!(buf.is_empty(), "both consumed");
         buf.extend_from_slice(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(parse_head(&mut buf, &Method::POST).unwrap().unwrap().parts.status, StatusCode::CREATED);
+        assert_eq!(parse_head(&mut buf, &Method::POST, false).unwrap().unwrap().parts.status, StatusCode::CREATED);
 
         assert!(malformed("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n").contains("101"));
     }
@@ -1094,7 +1149,7 @@ pub(crate) mod tests {
     fn a_204_or_304_that_declares_a_body_ends_its_connection() {
         let keeps = |head: &str, method: &Method| {
             let mut buf = BytesMut::from(head);
-            parse_head(&mut buf, method).expect("parses").expect("whole").keep_alive
+            parse_head(&mut buf, method, false).expect("parses").expect("whole").keep_alive
         };
         for declared in ["Content-Length: 5\r\n", "Content-Length: 0, 5\r\n", "Transfer-Encoding: chunked\r\n"] {
             for status in ["204 No Content", "304 Not Modified"] {
@@ -1112,7 +1167,8 @@ pub(crate) mod tests {
 
     #[test]
     fn head_204_and_304_have_no_body_whatever_they_declare() {
-        let head = parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"), &Method::HEAD);
+        let head =
+            parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"), &Method::HEAD, false);
         assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
         for status in ["204 No Content", "304 Not Modified"] {
             // (And its connection goes: `a_204_or_304_that_declares_a_body_ends_its_connection`.)

@@ -30,8 +30,8 @@ use http::{HeaderValue, Request, Response};
 use tokio::net::TcpStream;
 
 use crate::http::Body;
-pub use crate::upstream::http1::ResponseBody;
 use crate::upstream::http1::{self as http1, Connection, Io};
+pub use crate::upstream::http1::{Exchanged, ResponseBody};
 
 /// How long an idle connection is kept: under the usual upstream keep-alive
 /// timeouts is better (nginx's is 75 s), so the gateway closes first.
@@ -211,6 +211,37 @@ impl Pool {
         now: Instant,
         stall_after: std::time::Duration,
     ) -> Result<Response<ResponseBody>, Error> {
+        match self.exchange(target, req, added, now, stall_after, false).await? {
+            Exchanged::Answered(res, _) => Ok(res),
+            // `http1` lets a 101 through only to an upgrade.
+            Exchanged::Switched(..) => Err(Error::Exchange(http1::Error::Malformed("an unasked-for 101"))),
+        }
+    }
+
+    /// Sends a WebSocket handshake (`req`, with its `Upgrade` fields in
+    /// `added`) as [`Pool::send`] sends a request. On a `101` the
+    /// connection is the caller's for good; on any other answer it is
+    /// closed once the answer is read.
+    pub async fn upgrade(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+        added: &http1::Added,
+        now: Instant,
+        stall_after: std::time::Duration,
+    ) -> Result<Exchanged, Error> {
+        self.exchange(target, req, added, now, stall_after, true).await
+    }
+
+    async fn exchange(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+        added: &http1::Added,
+        now: Instant,
+        stall_after: std::time::Duration,
+        upgrade: bool,
+    ) -> Result<Exchanged, Error> {
         let (head, mut body) = req.into_parts();
         // After a retry of a request the upstream may have read, the next
         // try is the last, on a new connection: a request that kills its
@@ -228,13 +259,12 @@ impl Pool {
                 None => Box::pin(connect(target)).await?,
             };
             let home = || Home { pool: Arc::downgrade(&self.idle), target: target.clone() };
-            match http1::exchange(conn, &head, added, body, stall_after, home).await {
-                Ok((res, done)) => {
-                    if let Some(conn) = done {
-                        self.idles().put(target, conn, now);
-                    }
-                    return Ok(res);
+            match http1::exchange(conn, &head, added, body, stall_after, home, upgrade).await {
+                Ok(Exchanged::Answered(res, Some(conn))) => {
+                    self.idles().put(target, conn, now);
+                    return Ok(Exchanged::Answered(res, None));
                 }
+                Ok(exchanged) => return Ok(exchanged),
                 // The body was empty, so an empty one is the same.
                 Err(failure) if reused && failure.may_retry => {
                     fresh_only |= failure.written;

@@ -6,7 +6,9 @@
 //! path touches only atomics.
 
 use http_body_util::BodyExt as _;
-use prometheus::{Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::http::Body;
 
@@ -163,6 +165,11 @@ pub struct Metrics {
     /// and how often that changed.
     pub store_up: IntGauge,
     pub store_transitions: IntCounterVec,
+    /// WebSockets: open now and opened, by route; closed, by route and
+    /// what ended them.
+    pub websockets_open: IntGaugeVec,
+    pub websockets: IntCounterVec,
+    pub websockets_closed: IntCounterVec,
 }
 
 /// The gateway's own share is tens of microseconds on a cache hit, so its
@@ -293,6 +300,24 @@ impl Metrics {
             &["event"],
         )
         .expect("static metric definition");
+        let websockets_open = IntGaugeVec::new(
+            Opts::new("portcullis_websockets_open", "WebSocket connections being relayed, by route."),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let websockets = IntCounterVec::new(
+            Opts::new("portcullis_websockets_total", "WebSocket connections upgraded, by route."),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let websockets_closed = IntCounterVec::new(
+            Opts::new(
+                "portcullis_websockets_closed_total",
+                "WebSocket connections ended, by route and reason: client, upstream, revoked, expired, idle, shutdown, protocol_error, error.",
+            ),
+            &["route", "reason"],
+        )
+        .expect("static metric definition");
         let in_flight = Family::gauge(
             Opts::new("portcullis_requests_in_flight", "Requests being handled on the public listener."),
             &[],
@@ -320,6 +345,9 @@ impl Metrics {
             Box::new(tls_expiry.clone()),
             Box::new(store_up.clone()),
             Box::new(store_transitions.clone()),
+            Box::new(websockets_open.clone()),
+            Box::new(websockets.clone()),
+            Box::new(websockets_closed.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -347,6 +375,9 @@ impl Metrics {
             tls_expiry,
             store_up,
             store_transitions,
+            websockets_open,
+            websockets,
+            websockets_closed,
         }
     }
 
