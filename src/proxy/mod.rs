@@ -236,72 +236,25 @@ impl Forwarder {
     pub async fn forward(
         &self,
         destination: &Destination,
-        req: Request<Body>,
-        added: Added,
-        path_and_query: String,
-        timeout: Duration,
-        identity: Option<&Identity>,
-        connection: Option<&ExchangeLimit>,
-    ) -> Result<Forwarded, ForwardError> {
-        let exchanged =
-            self.exchange(destination, req, added, path_and_query, timeout, identity, connection, false).await?;
-        match exchanged {
-            Upgrade::Answered(forwarded) => Ok(forwarded),
-            // Only an upgrade lets a 101 through.
-            Upgrade::Switched(_) => Err(ForwardError::Unreachable),
-        }
-    }
-
-    /// Sends a WebSocket handshake as [`Forwarder::forward`] sends a
-    /// request (its `Connection` and `Upgrade` fields are the caller's to
-    /// add): the upstream either switches, and the connection is the
-    /// caller's to relay, or answers otherwise, and that is relayed.
-    pub async fn upgrade(
-        &self,
-        destination: &Destination,
-        req: Request<Body>,
-        added: Added,
-        path_and_query: String,
-        timeout: Duration,
-        identity: Option<&Identity>,
-    ) -> Result<Upgrade, ForwardError> {
-        self.exchange(destination, req, added, path_and_query, timeout, identity, None, true).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn exchange(
-        &self,
-        destination: &Destination,
         mut req: Request<Body>,
         mut added: Added,
         path_and_query: String,
         timeout: Duration,
         identity: Option<&Identity>,
         connection: Option<&ExchangeLimit>,
-        upgrade: bool,
-    ) -> Result<Upgrade, ForwardError> {
-        let (target, base_path) = match destination {
+    ) -> Result<Forwarded, ForwardError> {
+        let target = match destination {
             Destination::Static => {
-                return Ok(Upgrade::Answered(Forwarded {
+                return Ok(Forwarded {
                     response: static_demo(&req, &path_and_query, identity).map(Relayed::Demo),
                     upstream_time: Duration::ZERO,
-                }));
+                });
             }
-            Destination::Upstream { target, base_path } => (target, base_path),
+            Destination::Upstream { target, base_path } => {
+                to_origin_form(&mut req, &mut added, target, base_path, path_and_query)?;
+                target
+            }
         };
-        // Origin form (RFC 9112 §3.2.1): the path and query, with the
-        // authority in `Host`.
-        // Parsed (checked) in place: the string becomes the URI's buffer.
-        let target_uri = Uri::from_maybe_shared(Bytes::from(if base_path.is_empty() {
-            path_and_query
-        } else {
-            format!("{base_path}{path_and_query}")
-        }));
-        *req.uri_mut() = target_uri.map_err(|_| ForwardError::BadTarget)?;
-        *req.version_mut() = Version::HTTP_11;
-        if added.host.is_none() && !req.headers().contains_key(header::HOST) {
-            added.host = Some(target.host.clone());
-        }
         // From here until the response head, an HTTP/2 stream waits on
         // its upstream (or for a turn at one), which `timeout` bounds.
         let waiting = crate::http::h2_streams::waiting_on_upstream();
@@ -315,62 +268,121 @@ impl Forwarder {
             tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "no upstream exchange was free in time");
             return Err(ForwardError::Busy);
         };
-        // What the upstream's 101 must answer.
-        let key = upgrade.then(|| req.headers().get(header::SEC_WEBSOCKET_KEY).cloned()).flatten();
         let started = Instant::now();
-        let exchanged = async {
-            if upgrade {
-                self.pool.upgrade(target, req, &added, started, timeout).await
-            } else {
-                self.pool.send(target, req, &added, started, timeout).await.map(|res| Exchanged::Answered(res, None))
-            }
-        };
-        let response = match tokio::time::timeout(timeout, exchanged).await {
-            Err(_) => {
-                tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
-                return Err(ForwardError::Timeout);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    upstream = %target.authority(),
-                    error = %causes(&e),
-                    connect = e.is_connect(),
-                    "upstream request failed"
-                );
-                return Err(ForwardError::Unreachable);
-            }
-            Ok(Ok(res)) => res,
-        };
+        let sent = tokio::time::timeout(timeout, self.pool.send(target, req, &added, started, timeout)).await;
+        let response = answered(target, timeout, sent)?;
         let upstream_time = started.elapsed();
         drop(waiting);
-        let response = match response {
-            Exchanged::Answered(response, _) => response,
-            Exchanged::Switched(mut head, conn) => {
-                // Only a 101 that proves the upstream read the handshake:
-                // one that answers anything with a 101 would read what the
-                // client sends next as whatever it likes.
-                if !key.is_some_and(|key| crate::http::websocket::upstream_switched(&head.headers, &key)) {
-                    tracing::warn!(
-                        upstream = %target.authority(),
-                        "the upstream answered a WebSocket handshake with a 101 that does not complete it (Upgrade, Sec-WebSocket-Accept)"
-                    );
-                    return Err(ForwardError::Unreachable);
-                }
-                strip_hop_by_hop(&mut head.headers);
-                strip_gateway_set_cookies(&mut head.headers);
-                let (io, early) = conn.into_parts();
-                return Ok(Upgrade::Switched(Switched {
-                    head,
-                    upstream: tunnel::Upstream::new(io, early),
-                    upstream_time,
-                }));
-            }
-        };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         strip_gateway_set_cookies(&mut parts.headers);
         let body = Held { body, _permits: permits, waiting: None };
-        let response = Response::from_parts(parts, Relayed::Upstream(body));
-        Ok(Upgrade::Answered(Forwarded { response, upstream_time }))
+        Ok(Forwarded { response: Response::from_parts(parts, Relayed::Upstream(body)), upstream_time })
+    }
+
+    /// Sends a WebSocket handshake as [`Forwarder::forward`] sends a
+    /// request (its `Connection` and `Upgrade` fields are the caller's to
+    /// add; it is HTTP/1.1, one exchange per connection): the upstream
+    /// either switches, and the connection is the caller's to relay, or
+    /// answers otherwise, and that is relayed.
+    pub async fn upgrade(
+        &self,
+        destination: &Destination,
+        mut req: Request<Body>,
+        mut added: Added,
+        path_and_query: String,
+        timeout: Duration,
+        identity: Option<&Identity>,
+    ) -> Result<Upgrade, ForwardError> {
+        let target = match destination {
+            Destination::Static => {
+                let response = static_demo(&req, &path_and_query, identity).map(Relayed::Demo);
+                return Ok(Upgrade::Answered(Forwarded { response, upstream_time: Duration::ZERO }));
+            }
+            Destination::Upstream { target, base_path } => {
+                to_origin_form(&mut req, &mut added, target, base_path, path_and_query)?;
+                target
+            }
+        };
+        // What the upstream's 101 must answer.
+        let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+        let started = Instant::now();
+        let sent = tokio::time::timeout(timeout, self.pool.upgrade(target, req, &added, started, timeout)).await;
+        let upstream_time = started.elapsed();
+        let (mut head, conn) = match answered(target, timeout, sent)? {
+            Exchanged::Answered(response, _) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                strip_gateway_set_cookies(&mut parts.headers);
+                let permits = Permits { _connection: None, _shared: None };
+                let body = Held { body, _permits: permits, waiting: None };
+                let response = Response::from_parts(parts, Relayed::Upstream(body));
+                return Ok(Upgrade::Answered(Forwarded { response, upstream_time }));
+            }
+            Exchanged::Switched(head, conn) => (head, conn),
+        };
+        // Only a 101 that proves the upstream read the handshake: one that
+        // answers anything with a 101 would read what the client sends
+        // next as whatever it likes.
+        if !key.is_some_and(|key| crate::http::websocket::upstream_switched(&head.headers, &key)) {
+            tracing::warn!(
+                upstream = %target.authority(),
+                "the upstream answered a WebSocket handshake with a 101 that does not complete it (Upgrade, Sec-WebSocket-Accept)"
+            );
+            return Err(ForwardError::Unreachable);
+        }
+        strip_hop_by_hop(&mut head.headers);
+        strip_gateway_set_cookies(&mut head.headers);
+        let (io, early) = conn.into_parts();
+        Ok(Upgrade::Switched(Switched { head, upstream: tunnel::Upstream::new(io, early), upstream_time }))
+    }
+}
+
+/// Makes `req` the request `target` is sent: in origin form (RFC 9112
+/// §3.2.1), the path and query under the upstream's base path, with the
+/// authority in `Host`.
+fn to_origin_form(
+    req: &mut Request<Body>,
+    added: &mut Added,
+    target: &Target,
+    base_path: &str,
+    path_and_query: String,
+) -> Result<(), ForwardError> {
+    // Parsed (checked) in place: the string becomes the URI's buffer.
+    let target_uri = Uri::from_maybe_shared(Bytes::from(if base_path.is_empty() {
+        path_and_query
+    } else {
+        format!("{base_path}{path_and_query}")
+    }));
+    *req.uri_mut() = target_uri.map_err(|_| ForwardError::BadTarget)?;
+    *req.version_mut() = Version::HTTP_11;
+    if added.host.is_none() && !req.headers().contains_key(header::HOST) {
+        added.host = Some(target.host.clone());
+    }
+    Ok(())
+}
+
+/// What an exchange with `target` came to within `timeout`: its answer,
+/// or the failure, logged with its cause.
+fn answered<T>(
+    target: &Target,
+    timeout: Duration,
+    sent: Result<Result<T, crate::upstream::pool::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, ForwardError> {
+    match sent {
+        Err(_) => {
+            tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
+            Err(ForwardError::Timeout)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(
+                upstream = %target.authority(),
+                error = %causes(&e),
+                connect = e.is_connect(),
+                "upstream request failed"
+            );
+            Err(ForwardError::Unreachable)
+        }
+        Ok(Ok(answer)) => Ok(answer),
     }
 }

@@ -217,18 +217,17 @@ pub struct Failure {
 /// to `home` once the exchange has ended cleanly; it fails if nothing moves
 /// either way for `stall_after` (see `Stall`).
 ///
-/// With `upgrade` (a WebSocket handshake, which has no body), a `101`
+/// With `UPGRADE` (a WebSocket handshake, which has no body), a `101`
 /// ends the exchange with the connection handed over whole
 /// ([`Exchanged::Switched`]); any other answer is relayed, and its
 /// connection carries nothing more.
-pub async fn exchange(
+pub async fn exchange<const UPGRADE: bool>(
     mut conn: Box<Connection>,
     head: &Parts,
     added: &Added,
     body: Body,
     stall_after: Duration,
     home: impl FnOnce() -> Home,
-    upgrade: bool,
 ) -> Result<Exchanged, Failure> {
     let framing = request_framing(&body);
     let mut encoded = BytesMut::with_capacity(256 + 32 * (head.headers.len() + added.fields.len()));
@@ -258,7 +257,7 @@ pub async fn exchange(
         }
         loop {
             if !conn.buf.is_empty()
-                && let Some(parsed) = parse_head(&mut conn.buf, &head.method, upgrade)?
+                && let Some(parsed) = parse_head(&mut conn.buf, &head.method, UPGRADE)?
             {
                 return Poll::Ready(Ok(parsed));
             }
@@ -289,9 +288,9 @@ pub async fn exchange(
     // An upstream that answered before it had the whole request may take
     // the rest of the body for a request of its own, whose answer would
     // answer the next exchange: the connection ends with this one.
-    let keep_alive = parsed.keep_alive && write_error.is_none() && outgoing.is_none() && !upgrade;
+    let keep_alive = parsed.keep_alive && write_error.is_none() && outgoing.is_none() && !UPGRADE;
     let (parts, framing) = (parsed.parts, parsed.framing);
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+    if UPGRADE && parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // Only an upgrade's `parse_head` lets a 101 through, and the
         // upgrade had no body: what is on the connection from here on is
         // the new protocol's, the bytes already read included.

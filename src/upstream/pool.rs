@@ -211,7 +211,7 @@ impl Pool {
         now: Instant,
         stall_after: std::time::Duration,
     ) -> Result<Response<ResponseBody>, Error> {
-        match self.exchange(target, req, added, now, stall_after, false).await? {
+        match self.exchange::<false>(target, req, added, now, stall_after).await? {
             Exchanged::Answered(res, _) => Ok(res),
             // `http1` lets a 101 through only to an upgrade.
             Exchanged::Switched(..) => Err(Error::Exchange(http1::Error::Malformed("an unasked-for 101"))),
@@ -230,17 +230,16 @@ impl Pool {
         now: Instant,
         stall_after: std::time::Duration,
     ) -> Result<Exchanged, Error> {
-        self.exchange(target, req, added, now, stall_after, true).await
+        self.exchange::<true>(target, req, added, now, stall_after).await
     }
 
-    async fn exchange(
+    async fn exchange<const UPGRADE: bool>(
         &self,
         target: &Target,
         req: Request<Body>,
         added: &http1::Added,
         now: Instant,
         stall_after: std::time::Duration,
-        upgrade: bool,
     ) -> Result<Exchanged, Error> {
         let (head, mut body) = req.into_parts();
         // After a retry of a request the upstream may have read, the next
@@ -259,7 +258,7 @@ impl Pool {
                 None => Box::pin(connect(target)).await?,
             };
             let home = || Home { pool: Arc::downgrade(&self.idle), target: target.clone() };
-            match http1::exchange(conn, &head, added, body, stall_after, home, upgrade).await {
+            match http1::exchange::<UPGRADE>(conn, &head, added, body, stall_after, home).await {
                 Ok(Exchanged::Answered(res, Some(conn))) => {
                     self.idles().put(target, conn, now);
                     return Ok(Exchanged::Answered(res, None));
