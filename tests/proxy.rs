@@ -1923,3 +1923,89 @@ async fn events_and_uploads_stream_through_piece_by_piece() {
     );
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// HTTP/2 upstreams (`h2c://`)
+// ---------------------------------------------------------------------------
+
+/// An HTTP/2-only upstream (prior knowledge): it answers with what it saw,
+/// `VERSION METHOD URI authority=… client_id=… body=…`, and counts its
+/// connections.
+async fn h2c_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let text = format!(
+                    "{:?} {} {} authority={} client_id={} host={} body={}",
+                    parts.version,
+                    parts.method,
+                    parts.uri.path_and_query().map_or("", |p| p.as_str()),
+                    parts.uri.authority().map_or("", |a| a.as_str()),
+                    parts.headers.get("x-auth-client-id").map_or("", |v| v.to_str().unwrap_or("")),
+                    parts.headers.get("host").map_or("", |v| v.to_str().unwrap_or("")),
+                    String::from_utf8_lossy(&body),
+                );
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn an_http_1_1_client_reaches_an_h2c_upstream_over_one_multiplexed_connection() {
+    let (h2c, accepted) = h2c_upstream().await;
+    let extra = format!(
+        "[[routes]]\nname = \"h2\"\npath_prefix = \"/h2/\"\nupstream = \"h2c://{h2c}/base\"\n[routes.scopes]\n\"*\" = [\"calendar.read\"]\n"
+    );
+    let upstream = Upstream::start().await;
+    // One worker: each has connections of its own.
+    let gw = Gateway::start(&with_server_line(upstream.addr, "workers = 1", &extra)).await;
+    let token = gw.token("app", "calendar.read calendar.write").await;
+    let auth = format!("Bearer {token}");
+
+    let reply = get(&gw.url("/h2/items?x=1&access_token=ignored"), &[]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "the token is checked first: {}", reply.text());
+    let reply = get(&gw.url("/h2/items?x=1"), &[("authorization", &auth)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.text(),
+        format!("HTTP/2.0 GET /base/h2/items?x=1 authority={h2c} client_id=app host= body="),
+        "HTTP/2 upstream-side, the authority in :authority and not in Host"
+    );
+    let reply = send(Method::POST, &gw.url("/h2/items"), &[("authorization", &auth)], "a body").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.text(), format!("HTTP/2.0 POST /base/h2/items authority={h2c} client_id=app host= body=a body"));
+    // Concurrent requests share one connection.
+    let (url, headers) = (gw.url("/h2/x"), [("authorization", auth.as_str())]);
+    let requests = (0..8).map(|_| get(&url, &headers));
+    for reply in futures_util::future::join_all(requests).await {
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, multiplexed");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_h2c_upstream_that_is_down_is_a_502() {
+    let dead = dead_addr().await;
+    let extra =
+        format!("[[routes]]\nname = \"h2\"\npath_prefix = \"/h2/\"\nupstream = \"h2c://{dead}\"\npublic = true\n");
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_toml(upstream.addr, &extra)).await;
+    let reply = get(&gw.url("/h2/x"), &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "bad_gateway");
+    gw.stop().await;
+}

@@ -408,8 +408,9 @@ impl fmt::Debug for UserConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
     /// An HTTP server: `scheme://authority`, and a base path prepended to
-    /// the request's path ("" for none).
-    Http { scheme: http::uri::Scheme, authority: http::uri::Authority, base_path: String },
+    /// the request's path ("" for none); `http2` for `h2c://`, HTTP/2 with
+    /// prior knowledge (its scheme is `http`).
+    Http { scheme: http::uri::Scheme, authority: http::uri::Authority, base_path: String, http2: bool },
     /// The built-in demo API (`static://`): answers every request itself
     /// with a JSON echo of what the gateway established.
     Static,
@@ -801,10 +802,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match parse_upstream("https://api.internal:8443").unwrap() {
-            Upstream::Http { scheme, authority, base_path } => {
+            Upstream::Http { scheme, authority, base_path, http2 } => {
                 assert_eq!(scheme, http::uri::Scheme::HTTPS);
                 assert_eq!(authority.as_str(), "api.internal:8443");
                 assert_eq!(base_path, "");
+                assert!(!http2);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_upstream("h2c://grpc.internal:50051").unwrap() {
+            Upstream::Http { scheme, authority, http2, .. } => {
+                assert_eq!(scheme, http::uri::Scheme::HTTP);
+                assert_eq!(authority.as_str(), "grpc.internal:50051");
+                assert!(http2);
             }
             other => panic!("{other:?}"),
         }

@@ -751,7 +751,9 @@ fn default_allowed_hosts(issuer: &str) -> Vec<HostPattern> {
 pub(super) enum UpstreamUrlError {
     #[error("{0:?} is not a URL like \"http://127.0.0.1:9001\"")]
     NotAUrl(String),
-    #[error("{0:?} must start with http:// or https:// (or be static:// for the built-in demo API)")]
+    #[error(
+        "{0:?} must start with http://, https:// or h2c:// (HTTP/2 without TLS), or be static:// for the built-in demo API"
+    )]
     Scheme(String),
     #[error("{0:?} has no host")]
     NoHost(String),
@@ -766,9 +768,11 @@ pub(super) fn parse_upstream(s: &str) -> Result<Upstream, UpstreamUrlError> {
         return Ok(Upstream::Static);
     }
     let uri: http::Uri = s.parse().map_err(|_| UpstreamUrlError::NotAUrl(s.to_string()))?;
-    let scheme = match uri.scheme_str() {
-        Some("http") => http::uri::Scheme::HTTP,
-        Some("https") => http::uri::Scheme::HTTPS,
+    let (scheme, http2) = match uri.scheme_str() {
+        Some("http") => (http::uri::Scheme::HTTP, false),
+        Some("https") => (http::uri::Scheme::HTTPS, false),
+        // Traefik's name for HTTP/2 with prior knowledge.
+        Some("h2c") => (http::uri::Scheme::HTTP, true),
         _ => return Err(UpstreamUrlError::Scheme(s.to_string())),
     };
     let authority = uri.authority().cloned().ok_or_else(|| UpstreamUrlError::NoHost(s.to_string()))?;
@@ -779,7 +783,7 @@ pub(super) fn parse_upstream(s: &str) -> Result<Upstream, UpstreamUrlError> {
         return Err(UpstreamUrlError::Query(s.to_string()));
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
-    Ok(Upstream::Http { scheme, authority, base_path })
+    Ok(Upstream::Http { scheme, authority, base_path, http2 })
 }
 
 /// `postgres://user@host/db` with `password` put in (percent-encoded), for

@@ -35,7 +35,7 @@ use crate::http::net::IpNet;
 use crate::http::path::normalize;
 use crate::http::{Body, full};
 use crate::proxy::{
-    Added, ExchangeLimit, ForwardContext, Forwarder, METHOD_OVERRIDE_HEADERS, Upgrade, X_FORWARDED_FOR,
+    Added, ExchangeLimit, ForwardContext, ForwardError, Forwarder, METHOD_OVERRIDE_HEADERS, Upgrade, X_FORWARDED_FOR,
     X_FORWARDED_HOST, X_FORWARDED_PREFIX, upstream_headers,
 };
 use crate::telemetry::access::{AccessInfo, Principal};
@@ -469,17 +469,30 @@ impl Gateway {
         };
         // The client connection's bound, which `server` gives HTTP/2 requests.
         let connection = req.extensions().get::<ExchangeLimit>().cloned();
+        // A gRPC call's deadline is the client's (`grpc-timeout`), as
+        // Envoy's `max_grpc_timeout` makes it: a long call the client
+        // allowed is not cut at the route's timeout, nor a short one
+        // waited on past its deadline.
+        let deadline = if req.version() == Version::HTTP_2 && refusal::is_grpc(req.headers()) {
+            req.headers().get("grpc-timeout").and_then(|v| refusal::grpc_timeout(v.as_bytes()))
+        } else {
+            None
+        };
         let forwarded = forwarder
             .forward(
                 &route.destination,
                 req,
                 added,
                 path_and_query,
-                cfg.timeout,
+                deadline.unwrap_or(cfg.timeout),
                 identity.as_deref(),
                 connection.as_ref(),
             )
-            .await?;
+            .await
+            .map_err(|e| match (e, deadline) {
+                (ForwardError::Timeout | ForwardError::Busy, Some(_)) => Refusal::DeadlineExceeded,
+                (e, _) => e.into(),
+            })?;
         route.metrics.upstream_duration.observe(forwarded.upstream_time);
         let response = forwarded.response.map(|body| body.into_body(&route.metrics.response_bytes));
         Ok(Sent { response, upstream_time: forwarded.upstream_time, identity })

@@ -33,6 +33,9 @@ pub enum Refusal {
     InsufficientScope(ScopeSet),
     UpstreamUnreachable,
     UpstreamTimeout,
+    /// A gRPC call's deadline (`grpc-timeout`) passed before the upstream
+    /// answered.
+    DeadlineExceeded,
     /// No upstream exchange came free within the route's timeout
     /// (`server.max_upstream_exchanges`, and per connection).
     Busy,
@@ -55,7 +58,7 @@ impl Refusal {
             Refusal::InvalidToken(_) => Outcome::InvalidToken,
             Refusal::InsufficientScope(_) => Outcome::InsufficientScope,
             Refusal::UpstreamUnreachable => Outcome::UpstreamError,
-            Refusal::UpstreamTimeout => Outcome::UpstreamTimeout,
+            Refusal::UpstreamTimeout | Refusal::DeadlineExceeded => Outcome::UpstreamTimeout,
             Refusal::Unavailable | Refusal::Busy => Outcome::Unavailable,
         }
     }
@@ -91,6 +94,7 @@ impl Refusal {
             Refusal::InsufficientScope(_) => "The access token does not grant the scope this request needs",
             Refusal::UpstreamUnreachable => "The upstream service could not be reached",
             Refusal::UpstreamTimeout => "The upstream service did not answer in time",
+            Refusal::DeadlineExceeded => "The upstream service did not answer before the call's deadline",
             Refusal::Busy => {
                 "The gateway has as many requests in progress to its upstreams as it allows; try again shortly"
             }
@@ -134,7 +138,9 @@ impl Refusal {
                 bearer(StatusCode::FORBIDDEN, ChallengeError::InsufficientScope, Some(&scope))
             }
             Refusal::UpstreamUnreachable => error_json(StatusCode::BAD_GATEWAY, "bad_gateway", description),
-            Refusal::UpstreamTimeout => error_json(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", description),
+            Refusal::UpstreamTimeout | Refusal::DeadlineExceeded => {
+                error_json(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", description)
+            }
             Refusal::Busy | Refusal::Unavailable => try_again_shortly(description),
         }
     }
@@ -148,16 +154,18 @@ impl Refusal {
     /// `WWW-Authenticate`, `Allow` and `Retry-After`.
     pub fn into_grpc_response(self, realm: &str) -> Response<Body> {
         let description = self.description();
+        let deadline = self == Refusal::DeadlineExceeded;
         let http = self.into_response(realm);
         let code: u16 = match http.status().as_u16() {
-            400 | 413 => 3,  // INVALID_ARGUMENT
-            401 => 16,       // UNAUTHENTICATED
-            403 => 7,        // PERMISSION_DENIED
-            404 | 405 => 12, // UNIMPLEMENTED
-            408 => 4,        // DEADLINE_EXCEEDED
-            421 => 9,        // FAILED_PRECONDITION
-            502..=504 => 14, // UNAVAILABLE
-            _ => 2,          // UNKNOWN
+            _ if deadline => 4, // DEADLINE_EXCEEDED
+            400 | 413 => 3,     // INVALID_ARGUMENT
+            401 => 16,          // UNAUTHENTICATED
+            403 => 7,           // PERMISSION_DENIED
+            404 | 405 => 12,    // UNIMPLEMENTED
+            408 => 4,           // DEADLINE_EXCEEDED
+            421 => 9,           // FAILED_PRECONDITION
+            502..=504 => 14,    // UNAVAILABLE
+            _ => 2,             // UNKNOWN
         };
         let mut res = Response::new(crate::http::empty());
         for name in [header::WWW_AUTHENTICATE, header::ALLOW, header::RETRY_AFTER] {
@@ -197,6 +205,26 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     })
 }
 
+/// A `grpc-timeout` value (`TimeoutValue TimeoutUnit`: at most 8
+/// digits, then `H`, `M`, `S`, `m`, `u` or `n`), if it is one.
+pub fn grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 impl From<ForwardError> for Refusal {
     fn from(e: ForwardError) -> Refusal {
         match e {
@@ -223,5 +251,26 @@ mod tests {
         assert!(is_grpc(&headers("application/grpc")) && is_grpc(&headers("Application/GRPC+proto")));
         assert!(is_grpc(&headers("application/grpc-web")));
         assert!(!is_grpc(&headers("application/json")) && !is_grpc(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_protocol_writes_them() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout(b"99999999S"), Some(Duration::from_secs(99_999_999)));
+        assert_eq!(grpc_timeout(b"500m"), Some(Duration::from_millis(500)));
+        assert_eq!(grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
+        assert_eq!(grpc_timeout(b"5n"), Some(Duration::from_nanos(5)));
+        for bad in [&b""[..], b"S", b"123456789S", b"10s", b"-1S", b"1.5S", b"10"] {
+            assert_eq!(grpc_timeout(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_deadline_is_deadline_exceeded_to_grpc_and_504_to_http() {
+        let res = Refusal::DeadlineExceeded.into_grpc_response("r");
+        assert_eq!(res.headers()["grpc-status"], "4");
+        assert_eq!(Refusal::DeadlineExceeded.into_response("r").status(), StatusCode::GATEWAY_TIMEOUT);
     }
 }

@@ -38,6 +38,7 @@ impl Route {
         };
         let upstream = match &config.upstream {
             crate::config::Upstream::Static => "static://".to_string(),
+            crate::config::Upstream::Http { authority, http2: true, .. } => format!("h2c://{authority}"),
             crate::config::Upstream::Http { scheme, authority, .. } => format!("{scheme}://{authority}"),
         };
         Route {

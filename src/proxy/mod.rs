@@ -37,6 +37,7 @@ use crate::config::Upstream;
 use crate::http::Body;
 use crate::tls::upstream::UpstreamTls;
 pub use crate::upstream::http1::Added;
+use crate::upstream::http2::Http2Pool;
 use crate::upstream::pool::{Exchanged, Pool, ResponseBody, Target};
 
 /// Where a route's requests go, resolved once per configuration.
@@ -45,14 +46,20 @@ pub enum Destination {
     Static,
     /// An upstream server, and the path its routes live under there.
     Upstream { target: Target, base_path: String },
+    /// The same, spoken to in HTTP/2 (`h2c://`).
+    Http2 { target: Target, base_path: String },
 }
 
 impl Destination {
     pub fn new(upstream: &Upstream, tls: Option<&UpstreamTls>) -> Destination {
         match upstream {
             Upstream::Static => Destination::Static,
-            Upstream::Http { scheme, authority, base_path } => Destination::Upstream {
+            Upstream::Http { scheme, authority, base_path, http2: false } => Destination::Upstream {
                 target: Target::new(scheme.clone(), authority.clone(), tls.map(|t| t.client.clone())),
+                base_path: base_path.clone(),
+            },
+            Upstream::Http { scheme, authority, base_path, http2: true } => Destination::Http2 {
+                target: Target::new(scheme.clone(), authority.clone(), None),
                 base_path: base_path.clone(),
             },
         }
@@ -120,10 +127,12 @@ pub enum ForwardError {
     Unreachable,
 }
 
-/// A worker's upstream connections (see `crate::upstream::pool`), and its
-/// share of the process's shared upstream exchanges.
+/// A worker's upstream connections (see `crate::upstream::pool`, and
+/// `crate::upstream::http2` for HTTP/2 upstreams), and its share of the
+/// process's shared upstream exchanges.
 pub struct Forwarder {
     pool: Pool,
+    http2: Http2Pool,
     exchanges: ExchangeLimit,
 }
 
@@ -154,7 +163,9 @@ pub struct Switched {
 /// A response body on its way back: the upstream's, not yet boxed, so the
 /// caller can wrap it (count it) and box it in one go.
 pub enum Relayed {
-    Upstream(Held),
+    Upstream(Held<ResponseBody>),
+    /// An HTTP/2 upstream's.
+    Http2(Held<hyper::body::Incoming>),
     /// The built-in demo API's answer.
     Demo(Body),
 }
@@ -164,6 +175,7 @@ impl Relayed {
     pub fn into_body(self, counter: &crate::telemetry::metrics::Counter) -> Body {
         match self {
             Relayed::Upstream(body) => crate::telemetry::metrics::counted(body, counter),
+            Relayed::Http2(body) => crate::telemetry::metrics::counted(body, counter),
             Relayed::Demo(body) => crate::telemetry::metrics::counted(body, counter),
         }
     }
@@ -174,15 +186,15 @@ impl Relayed {
 /// upstream for more (`crate::http::h2_streams`): a stream whose client does not
 /// read is the client's stall, one whose upstream does not send is the
 /// route timeout's.
-pub struct Held {
-    body: ResponseBody,
+pub struct Held<B> {
+    body: B,
     _permits: Permits,
     waiting: Option<crate::http::h2_streams::UpstreamWait>,
 }
 
-impl http_body::Body for Held {
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Held<B> {
     type Data = Bytes;
-    type Error = <ResponseBody as http_body::Body>::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -225,7 +237,7 @@ impl Forwarder {
     /// Must be called inside the worker's runtime (see `Pool::new`).
     /// `exchanges` is the worker's share of `server.max_upstream_exchanges`.
     pub fn new(exchanges: usize) -> Forwarder {
-        Forwarder { pool: Pool::new(), exchanges: ExchangeLimit::new(exchanges) }
+        Forwarder { pool: Pool::new(), http2: Http2Pool::default(), exchanges: ExchangeLimit::new(exchanges) }
     }
 
     /// Sends `req` (already rewritten) to `destination` and relays the
@@ -254,20 +266,15 @@ impl Forwarder {
                 to_origin_form(&mut req, &mut added, target, base_path, path_and_query)?;
                 target
             }
+            Destination::Http2 { target, base_path } => {
+                let forwarded = self.forward_http2(target, base_path, req, added, path_and_query, timeout, connection);
+                return Box::pin(forwarded).await;
+            }
         };
         // From here until the response head, an HTTP/2 stream waits on
         // its upstream (or for a turn at one), which `timeout` bounds.
         let waiting = crate::http::h2_streams::waiting_on_upstream();
-        let permits = async {
-            let Some(limit) = connection else { return Some(Permits { _connection: None, _shared: None }) };
-            let own = limit.acquire().await?;
-            let shared = if limit.in_use() > 1 { Some(self.exchanges.acquire().await?) } else { None };
-            Some(Permits { _connection: Some(own), _shared: shared })
-        };
-        let Ok(Some(permits)) = tokio::time::timeout(timeout, permits).await else {
-            tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "no upstream exchange was free in time");
-            return Err(ForwardError::Busy);
-        };
+        let permits = self.permits(connection, target, timeout).await?;
         let started = Instant::now();
         let sent = tokio::time::timeout(timeout, self.pool.send(target, req, &added, started, timeout)).await;
         let response = answered(target, timeout, sent)?;
@@ -278,6 +285,27 @@ impl Forwarder {
         strip_gateway_set_cookies(&mut parts.headers);
         let body = Held { body, _permits: permits, waiting: None };
         Ok(Forwarded { response: Response::from_parts(parts, Relayed::Upstream(body)), upstream_time })
+    }
+
+    /// The permits of an exchange on `connection` (see [`ExchangeLimit`]),
+    /// taken within `timeout`.
+    async fn permits(
+        &self,
+        connection: Option<&ExchangeLimit>,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<Permits, ForwardError> {
+        let permits = async {
+            let Some(limit) = connection else { return Some(Permits { _connection: None, _shared: None }) };
+            let own = limit.acquire().await?;
+            let shared = if limit.in_use() > 1 { Some(self.exchanges.acquire().await?) } else { None };
+            Some(Permits { _connection: Some(own), _shared: shared })
+        };
+        let Ok(Some(permits)) = tokio::time::timeout(timeout, permits).await else {
+            tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "no upstream exchange was free in time");
+            return Err(ForwardError::Busy);
+        };
+        Ok(permits)
     }
 
     /// Sends a WebSocket handshake as [`Forwarder::forward`] sends a
@@ -295,9 +323,11 @@ impl Forwarder {
         identity: Option<&Identity>,
     ) -> Result<Upgrade, ForwardError> {
         let target = match destination {
-            Destination::Static => {
-                let response = static_demo(&req, &path_and_query, identity).map(Relayed::Demo);
-                return Ok(Upgrade::Answered(Forwarded { response, upstream_time: Duration::ZERO }));
+            // The demo has no WebSockets, and HTTP/2 upstreams none over
+            // HTTP/1.1's upgrade: the handshake is answered as a request.
+            Destination::Static | Destination::Http2 { .. } => {
+                let forwarded = self.forward(destination, req, added, path_and_query, timeout, identity, None);
+                return Ok(Upgrade::Answered(Box::pin(forwarded).await?));
             }
             Destination::Upstream { target, base_path } => {
                 to_origin_form(&mut req, &mut added, target, base_path, path_and_query)?;
@@ -336,6 +366,70 @@ impl Forwarder {
         let (io, early) = conn.into_parts();
         Ok(Upgrade::Switched(Switched { head, upstream: tunnel::Upstream::new(io, early), upstream_time }))
     }
+
+    /// [`Forwarder::forward`] to an HTTP/2 upstream: the same request,
+    /// with the authority and the gateway's fields in HTTP/2's places.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_http2(
+        &self,
+        target: &Target,
+        base_path: &str,
+        req: Request<Body>,
+        added: Added,
+        path_and_query: String,
+        timeout: Duration,
+        connection: Option<&ExchangeLimit>,
+    ) -> Result<Forwarded, ForwardError> {
+        let req = to_http2(req, added, target, base_path, &path_and_query)?;
+        let waiting = crate::http::h2_streams::waiting_on_upstream();
+        let permits = self.permits(connection, target, timeout).await?;
+        let started = Instant::now();
+        let sent = tokio::time::timeout(timeout, self.http2.send(target, req)).await;
+        let response = answered(target, timeout, sent)?;
+        let upstream_time = started.elapsed();
+        drop(waiting);
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        strip_gateway_set_cookies(&mut parts.headers);
+        let body = Held { body, _permits: permits, waiting: None };
+        Ok(Forwarded { response: Response::from_parts(parts, Relayed::Http2(body)), upstream_time })
+    }
+}
+
+/// `req` as an HTTP/2 upstream is sent it: the URI in absolute form (hyper
+/// takes `:scheme` and `:authority` from it, the authority being the `Host`
+/// it would have had), the gateway's fields in the map, and no framing
+/// fields (HTTP/2 frames the body itself). gRPC servers insist on
+/// `te: trailers`, which was removed with the other hop-by-hop fields:
+/// a gRPC request gets it back.
+fn to_http2(
+    mut req: Request<Body>,
+    added: Added,
+    target: &Target,
+    base_path: &str,
+    path_and_query: &str,
+) -> Result<Request<Body>, ForwardError> {
+    let headers = req.headers_mut();
+    let authority = match added.host {
+        Some(host) => Some(host),
+        None => headers.remove(header::HOST),
+    };
+    let authority = authority.unwrap_or_else(|| target.host.clone());
+    let authority = authority.to_str().map_err(|_| ForwardError::BadTarget)?;
+    let uri = format!("{}://{authority}{base_path}{path_and_query}", target.scheme());
+    let grpc = headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    for (name, value) in added.fields {
+        headers.append(name, value);
+    }
+    if grpc {
+        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    *req.uri_mut() = Uri::try_from(uri).map_err(|_| ForwardError::BadTarget)?;
+    *req.version_mut() = Version::HTTP_2;
+    Ok(req)
 }
 
 /// Makes `req` the request `target` is sent: in origin form (RFC 9112

@@ -73,7 +73,11 @@ impl Target {
         &self.authority
     }
 
-    fn same_pool(&self, other: &Target) -> bool {
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    pub(super) fn same_pool(&self, other: &Target) -> bool {
         self.authority == other.authority
             && self.scheme == other.scheme
             && match (&self.tls, &other.tls) {
@@ -106,6 +110,8 @@ pub enum Error {
     Tls(std::io::Error),
     #[error(transparent)]
     Exchange(#[from] http1::Error),
+    #[error("HTTP/2: {0}")]
+    Http2(hyper::Error),
 }
 
 impl Error {
@@ -294,7 +300,7 @@ async fn reap(idle: Weak<Mutex<Idles>>) {
 
 /// A new connection: TCP (no delay, keep-alive probes), then TLS when the
 /// target has a client configuration.
-async fn connect(target: &Target) -> Result<Box<Connection>, Error> {
+pub(super) async fn connect(target: &Target) -> Result<Box<Connection>, Error> {
     let (host, port) = target.host_port();
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
         Ok(Ok(tcp)) => tcp,
