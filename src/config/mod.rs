@@ -445,7 +445,15 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Send the path without `path_prefix` (decided on the whole path).
     pub strip_prefix: bool,
+    /// The first of its upstream instances; the others (`instances`)
+    /// differ from it only in their authority.
     pub upstream: Upstream,
+    /// Every instance's authority, the first's included: one for most
+    /// routes, which are not balanced.
+    pub instances: Vec<http::uri::Authority>,
+    /// How long an instance that keeps failing is left out, the first time
+    /// (twice as long each time after, up to 16 times as long).
+    pub ejection_time: Duration,
     /// `None` for a public route.
     pub scopes: Option<ScopeRule>,
     pub allow_query_token: bool,

@@ -164,7 +164,7 @@ pub(super) struct RawUser {
 pub(super) struct RawRoute {
     pub(super) name: Option<String>,
     pub(super) path_prefix: String,
-    pub(super) upstream: String,
+    pub(super) upstream: Upstreams,
     #[serde(default)]
     pub(super) public: bool,
     pub(super) scopes: Option<BTreeMap<String, Vec<String>>>,
@@ -181,4 +181,13 @@ pub(super) struct RawRoute {
     pub(super) strip_prefix: Option<bool>,
     pub(super) websockets: Option<bool>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) ejection_time: Option<String>,
+}
+
+/// A route's `upstream`: one URL, or a list of instances.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Upstreams {
+    One(String),
+    Many(Vec<String>),
 }

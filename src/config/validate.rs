@@ -592,13 +592,7 @@ impl Validator {
             if routes.iter().any(|o| o.name == name) {
                 self.err(format!("{at}.name"), format!("{name:?} names two routes"));
             }
-            let upstream = match parse_upstream(&r.upstream) {
-                Ok(u) => u,
-                Err(reason) => {
-                    self.err(format!("{at}.upstream"), reason);
-                    Upstream::Static
-                }
-            };
+            let (upstream, instances) = self.upstreams(&at, &r.upstream);
             let scopes = match (r.public, r.scopes) {
                 (true, None) => None,
                 (true, Some(_)) => {
@@ -640,6 +634,8 @@ impl Validator {
                 allow_encoded_slashes: r.allow_encoded_slashes.unwrap_or(false),
                 allow_path_parameters: r.allow_path_parameters.unwrap_or(false),
                 timeout: self.duration(&format!("{at}.timeout"), r.timeout.as_deref(), "30s"),
+                instances,
+                ejection_time: self.duration(&format!("{at}.ejection_time"), r.ejection_time.as_deref(), "5s"),
                 websockets: r.websockets.unwrap_or(true),
                 idle_timeout: self.duration(&format!("{at}.idle_timeout"), r.idle_timeout.as_deref(), "5m"),
             });
@@ -659,6 +655,53 @@ impl Validator {
             }
         }
         routes
+    }
+
+    /// A route's upstream, and the authorities of its instances: a list
+    /// must name servers that differ only in their authority (one scheme,
+    /// one base path), each once.
+    fn upstreams(&mut self, at: &str, raw: &super::raw::Upstreams) -> (Upstream, Vec<http::uri::Authority>) {
+        let field = format!("{at}.upstream");
+        let urls: Vec<&str> = match raw {
+            super::raw::Upstreams::One(url) => vec![url.as_str()],
+            super::raw::Upstreams::Many(urls) => urls.iter().map(String::as_str).collect(),
+        };
+        let mut parsed = Vec::new();
+        for url in &urls {
+            match parse_upstream(url) {
+                Ok(u) => parsed.push(u),
+                Err(reason) => self.err(&field, reason),
+            }
+        }
+        let Some(first) = parsed.first().cloned() else {
+            if urls.is_empty() {
+                self.err(&field, "an empty list: name at least one upstream");
+            }
+            return (Upstream::Static, Vec::new());
+        };
+        let mut instances = Vec::new();
+        for u in &parsed {
+            match (u, &first) {
+                (
+                    Upstream::Http { scheme, authority, base_path, http2 },
+                    Upstream::Http { scheme: s0, base_path: b0, http2: h0, .. },
+                ) if scheme == s0 && base_path == b0 && http2 == h0 => {
+                    if instances.contains(authority) {
+                        self.err(&field, format!("{:?} is listed twice", authority.as_str()));
+                    }
+                    instances.push(authority.clone());
+                }
+                (Upstream::Static, Upstream::Static) if parsed.len() == 1 => {}
+                _ => {
+                    self.err(
+                        &field,
+                        "the instances of a route differ only in host and port: one scheme, one base path",
+                    );
+                    break;
+                }
+            }
+        }
+        (first, instances)
     }
 
     /// The trust setting of a route's upstream: `ca` and `tls_skip_verify`

@@ -44,7 +44,7 @@ impl Route {
         Route {
             upstream,
             metrics: metrics.route(&config.name),
-            destination: Destination::new(&config.upstream, config.upstream_tls.as_ref()),
+            destination: Destination::new(&config, metrics),
             allow: HeaderValue::try_from(allow).unwrap_or_else(|_| HeaderValue::from_static("")),
             config,
         }

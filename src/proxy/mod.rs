@@ -33,12 +33,14 @@ use http::{Request, Response, Uri, Version};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::tokens::Identity;
-use crate::config::Upstream;
+use crate::config::{RouteConfig, Upstream};
 use crate::http::Body;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::upstream::UpstreamTls;
+use crate::upstream::balance::Balancer;
 pub use crate::upstream::http1::Added;
 use crate::upstream::http2::Http2Pool;
-use crate::upstream::pool::{Exchanged, Pool, ResponseBody, Target};
+use crate::upstream::pool::{Exchanged, Failed, Pool, ResponseBody, Target};
 
 /// Where a route's requests go, resolved once per configuration.
 pub enum Destination {
@@ -48,10 +50,33 @@ pub enum Destination {
     Upstream { target: Target, base_path: String },
     /// The same, spoken to in HTTP/2 (`h2c://`).
     Http2 { target: Target, base_path: String },
+    /// Several instances of one upstream, balanced (`crate::upstream::balance`).
+    Balanced { balancer: Arc<Balancer>, base_path: String, http2: bool },
 }
 
 impl Destination {
-    pub fn new(upstream: &Upstream, tls: Option<&UpstreamTls>) -> Destination {
+    pub fn new(route: &RouteConfig, metrics: &Metrics) -> Destination {
+        let tls = route.upstream_tls.as_ref();
+        match &route.upstream {
+            Upstream::Http { scheme, base_path, http2, .. } if route.instances.len() > 1 => {
+                let instances = route
+                    .instances
+                    .iter()
+                    .map(|authority| {
+                        let metrics = metrics.instance(&route.name, authority.as_str());
+                        let target = Target::new(scheme.clone(), authority.clone(), tls.map(|t| t.client.clone()))
+                            .timing_connections(metrics.connect.clone());
+                        (target, metrics)
+                    })
+                    .collect();
+                let balancer = Arc::new(Balancer::new(instances, route.ejection_time));
+                Destination::Balanced { balancer, base_path: base_path.clone(), http2: *http2 }
+            }
+            _ => Destination::single(&route.upstream, tls),
+        }
+    }
+
+    fn single(upstream: &Upstream, tls: Option<&UpstreamTls>) -> Destination {
         match upstream {
             Upstream::Static => Destination::Static,
             Upstream::Http { scheme, authority, base_path, http2: false } => Destination::Upstream {
@@ -103,10 +128,12 @@ impl ExchangeLimit {
     }
 }
 
-/// What an exchange holds while it lasts (see [`ExchangeLimit`]).
+/// What an exchange holds while it lasts (see [`ExchangeLimit`]), and its
+/// place among its instance's outstanding requests.
 struct Permits {
     _connection: Option<OwnedSemaphorePermit>,
     _shared: Option<OwnedSemaphorePermit>,
+    _instance: Option<crate::upstream::balance::Outstanding>,
 }
 
 /// Why a request was not relayed; `gateway::refusal` says what the client
@@ -270,6 +297,11 @@ impl Forwarder {
                 let forwarded = self.forward_http2(target, base_path, req, added, path_and_query, timeout, connection);
                 return Box::pin(forwarded).await;
             }
+            Destination::Balanced { balancer, base_path, http2 } => {
+                let forwarded =
+                    self.forward_balanced(balancer, base_path, *http2, req, added, path_and_query, timeout, connection);
+                return Box::pin(forwarded).await;
+            }
         };
         // From here until the response head, an HTTP/2 stream waits on
         // its upstream (or for a turn at one), which `timeout` bounds.
@@ -280,11 +312,7 @@ impl Forwarder {
         let response = answered(target, timeout, sent)?;
         let upstream_time = started.elapsed();
         drop(waiting);
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        strip_gateway_set_cookies(&mut parts.headers);
-        let body = Held { body, _permits: permits, waiting: None };
-        Ok(Forwarded { response: Response::from_parts(parts, Relayed::Upstream(body)), upstream_time })
+        Ok(relayed(response, permits, upstream_time, Relayed::Upstream))
     }
 
     /// The permits of an exchange on `connection` (see [`ExchangeLimit`]),
@@ -296,10 +324,12 @@ impl Forwarder {
         timeout: Duration,
     ) -> Result<Permits, ForwardError> {
         let permits = async {
-            let Some(limit) = connection else { return Some(Permits { _connection: None, _shared: None }) };
+            let Some(limit) = connection else {
+                return Some(Permits { _connection: None, _shared: None, _instance: None });
+            };
             let own = limit.acquire().await?;
             let shared = if limit.in_use() > 1 { Some(self.exchanges.acquire().await?) } else { None };
-            Some(Permits { _connection: Some(own), _shared: shared })
+            Some(Permits { _connection: Some(own), _shared: shared, _instance: None })
         };
         let Ok(Some(permits)) = tokio::time::timeout(timeout, permits).await else {
             tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "no upstream exchange was free in time");
@@ -325,7 +355,13 @@ impl Forwarder {
         let target = match destination {
             // The demo has no WebSockets, and HTTP/2 upstreams none over
             // HTTP/1.1's upgrade: the handshake is answered as a request.
-            Destination::Static | Destination::Http2 { .. } => {
+            // A balanced route's handshake goes to one of its instances.
+            Destination::Balanced { balancer, base_path, http2: false } => {
+                let instance = balancer.instance(balancer.pick(None));
+                to_origin_form(&mut req, &mut added, &instance.target, base_path, path_and_query)?;
+                &instance.target
+            }
+            Destination::Static | Destination::Http2 { .. } | Destination::Balanced { .. } => {
                 let forwarded = self.forward(destination, req, added, path_and_query, timeout, identity, None);
                 return Ok(Upgrade::Answered(Box::pin(forwarded).await?));
             }
@@ -341,13 +377,8 @@ impl Forwarder {
         let upstream_time = started.elapsed();
         let (mut head, conn) = match answered(target, timeout, sent)? {
             Exchanged::Answered(response, _) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                strip_gateway_set_cookies(&mut parts.headers);
-                let permits = Permits { _connection: None, _shared: None };
-                let body = Held { body, _permits: permits, waiting: None };
-                let response = Response::from_parts(parts, Relayed::Upstream(body));
-                return Ok(Upgrade::Answered(Forwarded { response, upstream_time }));
+                let permits = Permits { _connection: None, _shared: None, _instance: None };
+                return Ok(Upgrade::Answered(relayed(response, permits, upstream_time, Relayed::Upstream)));
             }
             Exchanged::Switched(head, conn) => (head, conn),
         };
@@ -388,12 +419,116 @@ impl Forwarder {
         let response = answered(target, timeout, sent)?;
         let upstream_time = started.elapsed();
         drop(waiting);
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        strip_gateway_set_cookies(&mut parts.headers);
-        let body = Held { body, _permits: permits, waiting: None };
-        Ok(Forwarded { response: Response::from_parts(parts, Relayed::Http2(body)), upstream_time })
+        Ok(relayed(response, permits, upstream_time, Relayed::Http2))
     }
+
+    /// [`Forwarder::forward`] to one of a route's instances. A request that
+    /// never left (no connection could be made) goes once more, to
+    /// another instance; so does one that may have reached the first but
+    /// can safely be sent twice (an idempotent method, no body, RFC 9110
+    /// §9.2.2). Nothing else is sent twice.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_balanced(
+        &self,
+        balancer: &Arc<Balancer>,
+        base_path: &str,
+        http2: bool,
+        mut req: Request<Body>,
+        mut added: Added,
+        path_and_query: String,
+        timeout: Duration,
+        connection: Option<&ExchangeLimit>,
+    ) -> Result<Forwarded, ForwardError> {
+        let mut index = balancer.pick(None);
+        if http2 {
+            // One try: hyper's client already sends a request it hands back
+            // once more on a new connection.
+            let target = &balancer.instance(index).target;
+            let outstanding = balancer.start(index);
+            let forwarded = self.forward_http2(target, base_path, req, added, path_and_query, timeout, connection);
+            let forwarded = Box::pin(forwarded).await;
+            return balanced(balancer, index, Some(outstanding), forwarded);
+        }
+        let own_host = added.host.is_none() && !req.headers().contains_key(header::HOST);
+        to_origin_form(&mut req, &mut added, &balancer.instance(index).target, base_path, path_and_query)?;
+        let body_less = http_body::Body::is_end_stream(req.body());
+        let replay = (body_less && crate::upstream::http1::is_idempotent(req.method()))
+            .then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()));
+        let mut permits = self.permits(connection, &balancer.instance(index).target, timeout).await?;
+        let mut retried = false;
+        loop {
+            let target = &balancer.instance(index).target;
+            if own_host {
+                added.host = Some(target.host.clone());
+            }
+            let outstanding = balancer.start(index);
+            let started = Instant::now();
+            let sent =
+                tokio::time::timeout(timeout, self.pool.send_or_give_back(target, req, &added, started, timeout));
+            let again = match sent.await {
+                Ok(Ok(response)) => {
+                    let upstream_time = started.elapsed();
+                    permits._instance = Some(outstanding);
+                    let forwarded = relayed(response, permits, upstream_time, Relayed::Upstream);
+                    return balanced(balancer, index, None, Ok(forwarded));
+                }
+                Ok(Err(failed)) => {
+                    balancer.failed(index);
+                    let (error, unsent) = match failed {
+                        Failed::Unsent(e, req) => (e, Some(*req)),
+                        Failed::Sent(e) => (e, None),
+                    };
+                    tracing::warn!(upstream = %target.authority(), error = %causes(&error), "upstream instance failed");
+                    match unsent {
+                        Some(req) => Some(req),
+                        None => replay.as_ref().map(|(method, uri, headers)| {
+                            let mut req = Request::new(crate::http::empty());
+                            *req.method_mut() = method.clone();
+                            *req.uri_mut() = uri.clone();
+                            *req.headers_mut() = headers.clone();
+                            req
+                        }),
+                    }
+                }
+                Err(_) => {
+                    balancer.failed(index);
+                    tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
+                    return Err(ForwardError::Timeout);
+                }
+            };
+            match again {
+                Some(next) if !retried => {
+                    retried = true;
+                    req = next;
+                    index = balancer.pick(Some(index));
+                }
+                _ => return Err(ForwardError::Unreachable),
+            }
+        }
+    }
+}
+
+/// A balanced exchange's outcome, told to the balancer: an instance that
+/// answered 502, 503 or 504, or not at all, failed. The instance's request
+/// stays outstanding until its body is done with (`outstanding`, unless
+/// the body holds it already).
+fn balanced(
+    balancer: &Balancer,
+    index: usize,
+    outstanding: Option<crate::upstream::balance::Outstanding>,
+    forwarded: Result<Forwarded, ForwardError>,
+) -> Result<Forwarded, ForwardError> {
+    match &forwarded {
+        Ok(f) if matches!(f.response.status().as_u16(), 502..=504) => balancer.failed(index),
+        Ok(_) => balancer.succeeded(index),
+        Err(_) => balancer.failed(index),
+    }
+    forwarded.map(|mut f| {
+        if let (Some(outstanding), Relayed::Http2(held)) = (outstanding, f.response.body_mut()) {
+            held._permits._instance = Some(outstanding);
+        }
+        f
+    })
 }
 
 /// `req` as an HTTP/2 upstream is sent it: the URI in absolute form (hyper
@@ -430,6 +565,22 @@ fn to_http2(
     *req.uri_mut() = Uri::try_from(uri).map_err(|_| ForwardError::BadTarget)?;
     *req.version_mut() = Version::HTTP_2;
     Ok(req)
+}
+
+/// An upstream's answer on its way back: hop-by-hop fields and the
+/// gateway's own cookies removed, the body holding the exchange's permits
+/// until it is done with.
+fn relayed<B>(
+    response: Response<B>,
+    permits: Permits,
+    upstream_time: Duration,
+    relay: fn(Held<B>) -> Relayed,
+) -> Forwarded {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    strip_gateway_set_cookies(&mut parts.headers);
+    let body = Held { body, _permits: permits, waiting: None };
+    Forwarded { response: Response::from_parts(parts, relay(body)), upstream_time }
 }
 
 /// Makes `req` the request `target` is sent: in origin form (RFC 9112

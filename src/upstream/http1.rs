@@ -337,7 +337,7 @@ pub enum Exchanged {
 }
 
 /// RFC 9110 §9.2.2.
-fn is_idempotent(method: &Method) -> bool {
+pub fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 

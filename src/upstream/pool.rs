@@ -55,6 +55,9 @@ pub struct Target {
     /// The `Host` a request to it carries: the authority, less a port that
     /// is the scheme's default.
     pub host: HeaderValue,
+    /// Where the time each new connection took goes (a balanced route's
+    /// instances).
+    connect_time: Option<prometheus::Histogram>,
 }
 
 impl Target {
@@ -66,7 +69,13 @@ impl Target {
         };
         // An `Authority` holds only characters a header value may.
         let host = HeaderValue::try_from(host).unwrap_or_else(|_| HeaderValue::from_static(""));
-        Target { scheme, authority, tls, host }
+        Target { scheme, authority, tls, host, connect_time: None }
+    }
+
+    /// This target, its connections' set-up times observed in `histogram`.
+    pub fn timing_connections(mut self, histogram: prometheus::Histogram) -> Target {
+        self.connect_time = Some(histogram);
+        self
     }
 
     pub fn authority(&self) -> &Authority {
@@ -112,6 +121,26 @@ pub enum Error {
     Exchange(#[from] http1::Error),
     #[error("HTTP/2: {0}")]
     Http2(hyper::Error),
+}
+
+/// What `http1` never lets through but to an upgrade.
+const UNASKED_101: http1::Error = http1::Error::Malformed("an unasked-for 101");
+
+/// A failed exchange, and the request when it never left.
+#[derive(Debug)]
+pub enum Failed {
+    /// Some of it may have reached the upstream.
+    Sent(Error),
+    /// No connection could be made for it: here it is, whole.
+    Unsent(Error, Box<Request<Body>>),
+}
+
+impl Failed {
+    pub fn into_error(self) -> Error {
+        match self {
+            Failed::Sent(e) | Failed::Unsent(e, _) => e,
+        }
+    }
 }
 
 impl Error {
@@ -217,10 +246,27 @@ impl Pool {
         now: Instant,
         stall_after: std::time::Duration,
     ) -> Result<Response<ResponseBody>, Error> {
+        match self.exchange::<false>(target, req, added, now, stall_after).await.map_err(Failed::into_error)? {
+            Exchanged::Answered(res, _) => Ok(res),
+            // `http1` lets a 101 through only to an upgrade.
+            Exchanged::Switched(..) => Err(Error::Exchange(UNASKED_101)),
+        }
+    }
+
+    /// [`Pool::send`], which gives the request back when no connection
+    /// could be made for it: it never left, and may go to another upstream.
+    pub async fn send_or_give_back(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+        added: &http1::Added,
+        now: Instant,
+        stall_after: std::time::Duration,
+    ) -> Result<Response<ResponseBody>, Failed> {
         match self.exchange::<false>(target, req, added, now, stall_after).await? {
             Exchanged::Answered(res, _) => Ok(res),
             // `http1` lets a 101 through only to an upgrade.
-            Exchanged::Switched(..) => Err(Error::Exchange(http1::Error::Malformed("an unasked-for 101"))),
+            Exchanged::Switched(..) => Err(Failed::Sent(Error::Exchange(UNASKED_101))),
         }
     }
 
@@ -236,7 +282,7 @@ impl Pool {
         now: Instant,
         stall_after: std::time::Duration,
     ) -> Result<Exchanged, Error> {
-        self.exchange::<true>(target, req, added, now, stall_after).await
+        self.exchange::<true>(target, req, added, now, stall_after).await.map_err(Failed::into_error)
     }
 
     async fn exchange<const UPGRADE: bool>(
@@ -246,7 +292,7 @@ impl Pool {
         added: &http1::Added,
         now: Instant,
         stall_after: std::time::Duration,
-    ) -> Result<Exchanged, Error> {
+    ) -> Result<Exchanged, Failed> {
         let (head, mut body) = req.into_parts();
         // After a retry of a request the upstream may have read, the next
         // try is the last, on a new connection: a request that kills its
@@ -261,7 +307,10 @@ impl Pool {
                 Some(conn) => conn,
                 // Boxed: a TLS handshake's state is kilobytes, carried
                 // (and copied on every move) by each request's future.
-                None => Box::pin(connect(target)).await?,
+                None => match Box::pin(connect(target)).await {
+                    Ok(conn) => conn,
+                    Err(e) => return Err(Failed::Unsent(e, Box::new(Request::from_parts(head, body)))),
+                },
             };
             let home = || Home { pool: Arc::downgrade(&self.idle), target: target.clone() };
             match http1::exchange::<UPGRADE>(conn, &head, added, body, stall_after, home).await {
@@ -275,7 +324,7 @@ impl Pool {
                     fresh_only |= failure.written;
                     body = crate::http::empty();
                 }
-                Err(failure) => return Err(failure.error.into()),
+                Err(failure) => return Err(Failed::Sent(failure.error.into())),
             }
         }
     }
@@ -301,6 +350,15 @@ async fn reap(idle: Weak<Mutex<Idles>>) {
 /// A new connection: TCP (no delay, keep-alive probes), then TLS when the
 /// target has a client configuration.
 pub(super) async fn connect(target: &Target) -> Result<Box<Connection>, Error> {
+    let started = Instant::now();
+    let connection = open(target).await;
+    if let (Some(histogram), Ok(_)) = (&target.connect_time, &connection) {
+        histogram.observe(started.elapsed().as_secs_f64());
+    }
+    connection
+}
+
+async fn open(target: &Target) -> Result<Box<Connection>, Error> {
     let (host, port) = target.host_port();
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
         Ok(Ok(tcp)) => tcp,

@@ -170,6 +170,20 @@ pub struct Metrics {
     pub websockets_open: IntGaugeVec,
     pub websockets: IntCounterVec,
     pub websockets_closed: IntCounterVec,
+    upstream_requests: IntCounterVec,
+    upstream_failures: IntCounterVec,
+    upstream_ejections: IntCounterVec,
+    upstream_connect: prometheus::HistogramVec,
+}
+
+/// The series of one upstream instance of a balanced route.
+#[derive(Clone)]
+pub struct InstanceMetrics {
+    pub requests: IntCounter,
+    /// Failed to connect, failed mid-exchange, or answered 502, 503 or 504.
+    pub failures: IntCounter,
+    pub ejections: IntCounter,
+    pub connect: prometheus::Histogram,
 }
 
 /// The gateway's own share is tens of microseconds on a cache hit, so its
@@ -318,6 +332,39 @@ impl Metrics {
             &["route", "reason"],
         )
         .expect("static metric definition");
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_requests_total",
+                "Requests sent to each instance of a route with several, by route and instance.",
+            ),
+            &["route", "instance"],
+        )
+        .expect("static metric definition");
+        let upstream_failures = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_failures_total",
+                "Requests to an instance that failed to connect, failed in the exchange, or got 502, 503 or 504.",
+            ),
+            &["route", "instance"],
+        )
+        .expect("static metric definition");
+        let upstream_ejections = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_ejections_total",
+                "Times an instance was left out of its route's balancing after failing repeatedly.",
+            ),
+            &["route", "instance"],
+        )
+        .expect("static metric definition");
+        let upstream_connect = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_upstream_connect_seconds",
+                "Time to open a connection to an instance (TCP, and TLS for https), by route and instance.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "instance"],
+        )
+        .expect("static metric definition");
         let in_flight = Family::gauge(
             Opts::new("portcullis_requests_in_flight", "Requests being handled on the public listener."),
             &[],
@@ -348,6 +395,10 @@ impl Metrics {
             Box::new(websockets_open.clone()),
             Box::new(websockets.clone()),
             Box::new(websockets_closed.clone()),
+            Box::new(upstream_requests.clone()),
+            Box::new(upstream_failures.clone()),
+            Box::new(upstream_ejections.clone()),
+            Box::new(upstream_connect.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -378,6 +429,21 @@ impl Metrics {
             websockets_open,
             websockets,
             websockets_closed,
+            upstream_requests,
+            upstream_failures,
+            upstream_ejections,
+            upstream_connect,
+        }
+    }
+
+    /// Resolves every series of one instance of a balanced route.
+    pub fn instance(&self, route: &str, instance: &str) -> InstanceMetrics {
+        let labels = [route, instance];
+        InstanceMetrics {
+            requests: self.upstream_requests.with_label_values(&labels),
+            failures: self.upstream_failures.with_label_values(&labels),
+            ejections: self.upstream_ejections.with_label_values(&labels),
+            connect: self.upstream_connect.with_label_values(&labels),
         }
     }
 

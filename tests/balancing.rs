@@ -1,0 +1,189 @@
+//! A route over several upstream instances: requests are spread over
+//! them, an instance that goes away is left out with no request lost, and
+//! it is used again once it is back.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use support::{Gateway, Upstream, config_toml, get, send};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// An upstream instance that can be killed (its listener and every
+/// connection closed at once, as a crashed process's are) and started
+/// again on the same port. It answers `instance N`.
+struct Instance {
+    n: usize,
+    addr: SocketAddr,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl Instance {
+    async fn start(n: usize) -> Instance {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut instance = Instance { n, addr, tasks: None };
+        instance.serve(listener);
+        instance
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let n = self.n;
+        let mut tasks = JoinSet::new();
+        let connections = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let held = connections.clone();
+        tasks.spawn(async move {
+            let _held = held;
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let text = format!("instance {n} body={}", String::from_utf8_lossy(&body));
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                });
+                let connection =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                connections.lock().unwrap().spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    /// Closes the listener and every connection.
+    async fn kill(&mut self) {
+        if let Some(mut tasks) = self.tasks.take() {
+            tasks.shutdown().await;
+        }
+    }
+
+    /// Listens again on the same port.
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("the port is free again");
+        self.serve(listener);
+    }
+}
+
+fn config(instances: &[&Instance], spare: SocketAddr) -> String {
+    let list: Vec<String> = instances.iter().map(|i| format!("\"http://{}\"", i.addr)).collect();
+    let extra = format!(
+        "[[routes]]\nname = \"lb\"\npath_prefix = \"/lb/\"\nupstream = [{}]\nejection_time = \"1s\"\n[routes.scopes]\n\"*\" = [\"calendar.read\"]\n",
+        list.join(", ")
+    );
+    config_toml(spare, &extra)
+}
+
+/// Polls `done` (counts the load tasks move) until it holds, failing the
+/// test after `deadline`.
+async fn wait_until(what: &str, deadline: Duration, done: &dyn Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < deadline, "{what} within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Which instance answered.
+fn instance_of(body: &str) -> usize {
+    body.strip_prefix("instance ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(99)
+}
+
+#[tokio::test]
+async fn a_route_over_three_instances_serves_with_no_error_while_one_is_killed_and_restarted() {
+    let mut instances = [Instance::start(0).await, Instance::start(1).await, Instance::start(2).await];
+    let spare = Upstream::start().await;
+    let gw = Gateway::start(&config(&instances.iter().collect::<Vec<_>>(), spare.addr)).await;
+    let token = gw.token("app", "calendar.read").await;
+    let auth = format!("Bearer {token}");
+    let url = gw.url("/lb/items");
+
+    // Load, from four clients, all through the kill and the restart.
+    let running = Arc::new(AtomicBool::new(true));
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let seen = Arc::new(std::sync::Mutex::new([0u64; 3]));
+    let mut load = JoinSet::new();
+    for _ in 0..4 {
+        let (running, ok, errors, seen, url, auth) =
+            (running.clone(), ok.clone(), errors.clone(), seen.clone(), url.clone(), auth.clone());
+        load.spawn(async move {
+            while running.load(Ordering::SeqCst) {
+                let reply = get(&url, &[("authorization", &auth)]).await;
+                if reply.status == StatusCode::OK {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                    seen.lock().unwrap()[instance_of(&reply.text()).min(2)] += 1;
+                } else {
+                    errors.lock().unwrap().push(format!("{} {}", reply.status, reply.text()));
+                }
+            }
+        });
+    }
+    let served = |i: usize| seen.lock().unwrap()[i];
+    wait_until("every instance serves", Duration::from_secs(10), &|| (0..3).all(|i| served(i) > 10)).await;
+
+    instances[2].kill().await;
+    let before = served(2);
+    let killed_at = ok.load(Ordering::SeqCst);
+    wait_until("requests go on without instance 2", Duration::from_secs(10), &|| {
+        ok.load(Ordering::SeqCst) > killed_at + 200
+    })
+    .await;
+    assert!(served(2) <= before + 4, "the dead instance answered nothing");
+
+    // A request with a body to the dead instance never left: it goes to
+    // another one, whole.
+    for _ in 0..6 {
+        let reply = send(Method::POST, &url, &[("authorization", &auth)], "payload").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert!(reply.text().ends_with("body=payload"), "{}", reply.text());
+    }
+
+    instances[2].restart().await;
+    let back = served(2);
+    wait_until("instance 2 serves again", Duration::from_secs(15), &|| served(2) > back + 10).await;
+    running.store(false, Ordering::SeqCst);
+    while load.join_next().await.is_some() {}
+
+    let errors = errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "{} errors, first: {:?}", errors.len(), errors.first());
+    let metrics = get(&gw.admin_url("/metrics"), &[]).await.text();
+    let series = |name: &str, instance: &Instance| {
+        support::counter(&metrics, &format!("{name}{{instance=\"{}\",route=\"lb\"}}", instance.addr))
+    };
+    assert!(series("portcullis_upstream_ejections_total", &instances[2]) >= 1, "{metrics}");
+    assert!(series("portcullis_upstream_failures_total", &instances[2]) >= 3);
+    assert_eq!(series("portcullis_upstream_ejections_total", &instances[0]), 0);
+    assert!(series("portcullis_upstream_requests_total", &instances[0]) > 10);
+    assert!(metrics.contains(&format!(
+        "portcullis_upstream_connect_seconds_count{{instance=\"{}\",route=\"lb\"}}",
+        instances[1].addr
+    )));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_list_of_upstreams_must_differ_only_in_their_authority() {
+    for (list, error) in [
+        ("[]", "an empty list"),
+        ("[\"http://a:1\", \"https://b:1\"]", "one scheme, one base path"),
+        ("[\"http://a:1/x\", \"http://b:1/y\"]", "one scheme, one base path"),
+        ("[\"http://a:1\", \"http://a:1\"]", "listed twice"),
+        ("[\"http://a:1\", \"static://\"]", "one scheme, one base path"),
+    ] {
+        let toml = config_toml(
+            "127.0.0.1:1".parse().unwrap(),
+            &format!("[[routes]]\nname = \"lb\"\npath_prefix = \"/lb/\"\nupstream = {list}\npublic = true\n"),
+        );
+        let err = portcullis::config::Config::parse(&toml, "t.toml", &|_| None).expect_err(list).to_string();
+        assert!(err.contains("upstream") && err.contains(error), "{list}: {err}");
+    }
+}
