@@ -136,6 +136,10 @@ struct Permits {
     _instance: Option<crate::upstream::balance::Outstanding>,
 }
 
+impl Permits {
+    const NONE: Permits = Permits { _connection: None, _shared: None, _instance: None };
+}
+
 /// Why a request was not relayed; `gateway::refusal` says what the client
 /// is told. Details (which upstream, which I/O error) go to the log here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -306,7 +310,12 @@ impl Forwarder {
         // From here until the response head, an HTTP/2 stream waits on
         // its upstream (or for a turn at one), which `timeout` bounds.
         let waiting = crate::http::h2_streams::waiting_on_upstream();
-        let permits = self.permits(connection, target, timeout).await?;
+        // Asked for only by HTTP/2 requests: an HTTP/1.1 request's future
+        // then carries no state of the wait.
+        let permits = match connection {
+            None => Permits::NONE,
+            Some(_) => self.permits(connection, target, timeout).await?,
+        };
         let started = Instant::now();
         let sent = tokio::time::timeout(timeout, self.pool.send(target, req, &added, started, timeout)).await;
         let response = answered(target, timeout, sent)?;
@@ -316,17 +325,16 @@ impl Forwarder {
     }
 
     /// The permits of an exchange on `connection` (see [`ExchangeLimit`]),
-    /// taken within `timeout`.
+    /// taken within `timeout`. An HTTP/1.1 request, which has no
+    /// connection bound, takes none, and does not wait.
     async fn permits(
         &self,
         connection: Option<&ExchangeLimit>,
         target: &Target,
         timeout: Duration,
     ) -> Result<Permits, ForwardError> {
+        let Some(limit) = connection else { return Ok(Permits::NONE) };
         let permits = async {
-            let Some(limit) = connection else {
-                return Some(Permits { _connection: None, _shared: None, _instance: None });
-            };
             let own = limit.acquire().await?;
             let shared = if limit.in_use() > 1 { Some(self.exchanges.acquire().await?) } else { None };
             Some(Permits { _connection: Some(own), _shared: shared, _instance: None })
@@ -377,8 +385,7 @@ impl Forwarder {
         let upstream_time = started.elapsed();
         let (mut head, conn) = match answered(target, timeout, sent)? {
             Exchanged::Answered(response, _) => {
-                let permits = Permits { _connection: None, _shared: None, _instance: None };
-                return Ok(Upgrade::Answered(relayed(response, permits, upstream_time, Relayed::Upstream)));
+                return Ok(Upgrade::Answered(relayed(response, Permits::NONE, upstream_time, Relayed::Upstream)));
             }
             Exchanged::Switched(head, conn) => (head, conn),
         };
