@@ -26,29 +26,42 @@ struct Instance {
     n: usize,
     addr: SocketAddr,
     tasks: Option<JoinSet<()>>,
+    /// What it answers on `/healthz`: 200 or 503.
+    healthy: Arc<AtomicBool>,
 }
 
 impl Instance {
     async fn start(n: usize) -> Instance {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut instance = Instance { n, addr, tasks: None };
+        let mut instance = Instance { n, addr, tasks: None, healthy: Arc::new(AtomicBool::new(true)) };
         instance.serve(listener);
         instance
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let n = self.n;
+        let (n, healthy) = (self.n, self.healthy.clone());
         let mut tasks = JoinSet::new();
         let connections = Arc::new(std::sync::Mutex::new(JoinSet::new()));
         let held = connections.clone();
         tasks.spawn(async move {
             let _held = held;
             while let Ok((stream, _)) = listener.accept().await {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let text = format!("instance {n} body={}", String::from_utf8_lossy(&body));
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                let healthy = healthy.clone();
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let healthy = healthy.clone();
+                    async move {
+                        if req.uri().path() == "/healthz" {
+                            let mut res = Response::new(Full::new(Bytes::new()));
+                            if !healthy.load(Ordering::SeqCst) {
+                                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            return Ok::<_, Infallible>(res);
+                        }
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let text = format!("instance {n} body={}", String::from_utf8_lossy(&body));
+                        Ok(Response::new(Full::new(Bytes::from(text))))
+                    }
                 });
                 let connection =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -186,4 +199,62 @@ async fn a_list_of_upstreams_must_differ_only_in_their_authority() {
         let err = portcullis::config::Config::parse(&toml, "t.toml", &|_| None).expect_err(list).to_string();
         assert!(err.contains("upstream") && err.contains(error), "{list}: {err}");
     }
+    for (route, error) in [
+        ("upstream = \"http://a:1\"\nhealth_path = \"/healthz\"", "several upstream instances"),
+        ("upstream = [\"http://a:1\", \"http://b:1\"]\nhealth_path = \"healthz\"", "not a path"),
+        ("upstream = [\"http://a:1\", \"http://b:1\"]\nhealth_interval = \"1s\"", "needs health_path"),
+    ] {
+        let toml = config_toml(
+            "127.0.0.1:1".parse().unwrap(),
+            &format!("[[routes]]\nname = \"lb\"\npath_prefix = \"/lb/\"\n{route}\npublic = true\n"),
+        );
+        let err = portcullis::config::Config::parse(&toml, "t.toml", &|_| None).expect_err(route).to_string();
+        assert!(err.contains("health_") && err.contains(error), "{route}: {err}");
+    }
+}
+
+/// With `health_path`, an instance whose probe fails gets no requests,
+/// though it would still answer them, until its probe passes again.
+#[tokio::test]
+async fn an_instance_failing_its_health_check_is_left_out_until_it_passes() {
+    let instances = [Instance::start(0).await, Instance::start(1).await, Instance::start(2).await];
+    let spare = Upstream::start().await;
+    let toml = config(&instances.iter().collect::<Vec<_>>(), spare.addr)
+        .replace("ejection_time = \"1s\"\n", "health_path = \"/healthz\"\nhealth_interval = \"100ms\"\n");
+    let gw = Gateway::start(&toml).await;
+    let token = gw.token("app", "calendar.read").await;
+    let auth = format!("Bearer {token}");
+    let url = gw.url("/lb/items");
+    // Answers, by instance, of `count` requests.
+    let spread = |count: usize| {
+        let (url, auth) = (url.clone(), auth.clone());
+        async move {
+            let mut by = [0usize; 3];
+            for _ in 0..count {
+                let reply = get(&url, &[("authorization", &auth)]).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                by[instance_of(&reply.text()).min(2)] += 1;
+            }
+            by
+        }
+    };
+    assert!(spread(60).await.iter().all(|&n| n > 0));
+
+    instances[1].healthy.store(false, Ordering::SeqCst);
+    let metrics_url = gw.admin_url("/metrics");
+    let ejections = format!("portcullis_upstream_ejections_total{{instance=\"{}\",route=\"lb\"}}", instances[1].addr);
+    let probed_out = || async { support::counter(&get(&metrics_url, &[]).await.text(), &ejections) == 1 };
+    let start = Instant::now();
+    while !probed_out().await {
+        assert!(start.elapsed() < Duration::from_secs(10), "the failing probe was seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(spread(60).await[1], 0, "the unhealthy instance got requests");
+
+    instances[1].healthy.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    while spread(10).await[1] == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the instance came back");
+    }
+    gw.stop().await;
 }

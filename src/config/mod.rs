@@ -454,6 +454,8 @@ pub struct RouteConfig {
     /// How long an instance that keeps failing is left out, the first time
     /// (twice as long each time after, up to 16 times as long).
     pub ejection_time: Duration,
+    /// Active health: the path each instance is asked for, and how often.
+    pub health_check: Option<(http::uri::PathAndQuery, Duration)>,
     /// `None` for a public route.
     pub scopes: Option<ScopeRule>,
     pub allow_query_token: bool,

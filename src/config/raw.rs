@@ -182,6 +182,8 @@ pub(super) struct RawRoute {
     pub(super) websockets: Option<bool>,
     pub(super) idle_timeout: Option<String>,
     pub(super) ejection_time: Option<String>,
+    pub(super) health_path: Option<String>,
+    pub(super) health_interval: Option<String>,
 }
 
 /// A route's `upstream`: one URL, or a list of instances.

@@ -593,6 +593,7 @@ impl Validator {
                 self.err(format!("{at}.name"), format!("{name:?} names two routes"));
             }
             let (upstream, instances) = self.upstreams(&at, &r.upstream);
+            let balanced = instances.len() > 1;
             let scopes = match (r.public, r.scopes) {
                 (true, None) => None,
                 (true, Some(_)) => {
@@ -636,6 +637,7 @@ impl Validator {
                 timeout: self.duration(&format!("{at}.timeout"), r.timeout.as_deref(), "30s"),
                 instances,
                 ejection_time: self.duration(&format!("{at}.ejection_time"), r.ejection_time.as_deref(), "5s"),
+                health_check: self.health_check(&at, r.health_path, r.health_interval, balanced),
                 websockets: r.websockets.unwrap_or(true),
                 idle_timeout: self.duration(&format!("{at}.idle_timeout"), r.idle_timeout.as_deref(), "5m"),
             });
@@ -702,6 +704,36 @@ impl Validator {
             }
         }
         (first, instances)
+    }
+
+    /// A balanced route's health probe: a path of the upstream's, asked
+    /// for every `interval` (5 s by default).
+    fn health_check(
+        &mut self,
+        at: &str,
+        path: Option<String>,
+        interval: Option<String>,
+        balanced: bool,
+    ) -> Option<(http::uri::PathAndQuery, Duration)> {
+        let field = format!("{at}.health_path");
+        let Some(path) = path else {
+            if interval.is_some() {
+                self.err(format!("{at}.health_interval"), "needs health_path");
+            }
+            return None;
+        };
+        if !balanced {
+            self.err(&field, "applies to a route with several upstream instances (upstream = [...])");
+            return None;
+        }
+        let interval = self.duration(&format!("{at}.health_interval"), interval.as_deref(), "5s");
+        match http::uri::PathAndQuery::try_from(path.as_str()) {
+            Ok(p) if path.starts_with('/') => Some((p, interval)),
+            _ => {
+                self.err(&field, format!("{path:?} is not a path like \"/healthz\""));
+                None
+            }
+        }
     }
 
     /// The trust setting of a route's upstream: `ca` and `tls_skip_verify`

@@ -70,6 +70,13 @@ impl Destination {
                     })
                     .collect();
                 let balancer = Arc::new(Balancer::new(instances, route.ejection_time));
+                if let (Some((path, interval)), Ok(runtime)) =
+                    (&route.health_check, tokio::runtime::Handle::try_current())
+                {
+                    let watch =
+                        crate::upstream::balance::watch_health(Arc::downgrade(&balancer), path.clone(), *interval);
+                    runtime.spawn(watch);
+                }
                 Destination::Balanced { balancer, base_path: base_path.clone(), http2: *http2 }
             }
             _ => Destination::single(&route.upstream, tls),

@@ -16,9 +16,13 @@
 //! ends the series, and a failure on its return ejects it again at once.
 //! When every instance is ejected, all are tried (Envoy's panic mode):
 //! refusing every request would be worse than trying.
+//!
+//! **Active health**, where the route names a `health_path`: each instance
+//! is asked for it every `health_interval` ([`watch_health`]); one that
+//! does not answer `2xx` in time is left out until it does.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -43,6 +47,8 @@ pub struct Instance {
     /// Until when it is left out, in ms since the balancer's `epoch`; 0:
     /// it is not.
     ejected_until: AtomicU64,
+    /// Its last health probe failed (active health).
+    down: AtomicBool,
 }
 
 /// A route's instances.
@@ -75,6 +81,7 @@ impl Balancer {
                 failures: AtomicU32::new(0),
                 ejections: AtomicU32::new(0),
                 ejected_until: AtomicU64::new(0),
+                down: AtomicBool::new(false),
             })
             .collect();
         Balancer { instances, ejection_time, epoch: Instant::now() }
@@ -89,7 +96,33 @@ impl Balancer {
     }
 
     fn available(&self, index: usize, now: u64) -> bool {
-        self.instances[index].ejected_until.load(Ordering::Relaxed) <= now
+        let instance = &self.instances[index];
+        instance.ejected_until.load(Ordering::Relaxed) <= now && !instance.down.load(Ordering::Relaxed)
+    }
+
+    /// How many instances there are.
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// Records a health probe's outcome: an instance whose probe failed is
+    /// left out until one succeeds.
+    pub fn probed(&self, index: usize, healthy: bool) {
+        let instance = &self.instances[index];
+        // It changes when it was down and is healthy, or the other way.
+        let was_down = instance.down.swap(!healthy, Ordering::Relaxed);
+        if was_down == healthy {
+            if healthy {
+                tracing::info!(upstream = %instance.target.authority(), "an upstream instance passes its health check again");
+            } else {
+                instance.metrics.ejections.inc();
+                tracing::warn!(upstream = %instance.target.authority(), "an upstream instance fails its health check; left out");
+            }
+        }
     }
 
     /// The instance for the next request, other than `not` (one that just
@@ -157,6 +190,37 @@ impl Balancer {
             ejected_for = ?time,
             "an upstream instance keeps failing; left out of balancing for a while"
         );
+    }
+}
+
+/// Asks each instance for `path` every `interval` (a `GET`, answered
+/// `2xx` within the interval), for as long as the balancer is in use: it
+/// ends once a reload has dropped the route.
+pub async fn watch_health(balancer: std::sync::Weak<Balancer>, path: http::uri::PathAndQuery, interval: Duration) {
+    let pool = crate::upstream::pool::Pool::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(balancer) = balancer.upgrade() else { return };
+        for index in 0..balancer.len() {
+            let target = &balancer.instances[index].target;
+            let mut req = http::Request::new(crate::http::empty());
+            *req.uri_mut() = http::Uri::from(path.clone());
+            let added = crate::upstream::http1::Added { host: Some(target.host.clone()), fields: Vec::new() };
+            let now = std::time::Instant::now();
+            let answer = tokio::time::timeout(interval, pool.send(target, req, &added, now, interval)).await;
+            let healthy = match answer {
+                Ok(Ok(res)) => {
+                    let ok = res.status().is_success();
+                    // Read to its end, so that the connection is kept.
+                    let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+                    ok
+                }
+                _ => false,
+            };
+            balancer.probed(index, healthy);
+        }
     }
 }
 
