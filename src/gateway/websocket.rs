@@ -161,19 +161,11 @@ async fn watch(watched: Option<Watched>) -> Ending {
     // request, and the shared cache is what revocations reach.
     let cache = WorkerCache::default();
     loop {
-        tokio::select! {
-            () = &mut expiry => return Ending::Expired,
-            changed = told.changed() => {
-                if changed.is_err() {
-                    // The sender went with its validators: nothing more
-                    // will be told, and expiry still applies.
-                    (&mut expiry).await;
-                    return Ending::Expired;
-                }
-            }
-        }
         // Asked of the validator in force, whose caches the revocation
         // reached; a store that cannot answer is asked again in a second.
+        // Asked first before any change is told, too: a revocation that
+        // landed between the handshake's check and the subscription above
+        // would otherwise go unseen until `exp`.
         loop {
             match validator.in_force().validate(&token, &cache, Instant::now()).await {
                 Ok(Verdict::Valid(_)) => break,
@@ -185,6 +177,17 @@ async fn watch(watched: Option<Watched>) -> Ending {
                         () = &mut expiry => return Ending::Expired,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut expiry => return Ending::Expired,
+            changed = told.changed() => {
+                if changed.is_err() {
+                    // The sender went with its validators: nothing more
+                    // will be told, and expiry still applies.
+                    (&mut expiry).await;
+                    return Ending::Expired;
                 }
             }
         }
