@@ -151,7 +151,7 @@ impl Gateway {
         // Read before the request moves on: a refusal is then said in
         // gRPC's terms, which a gRPC client reads. gRPC is HTTP/2, so an
         // HTTP/1.1 request (the hot path) costs no header lookup.
-        let grpc = req.version() == Version::HTTP_2 && refusal::is_grpc(req.headers());
+        let grpc = req.version() == Version::HTTP_2 && crate::http::grpc::is_grpc(req.headers());
         let unrouted = |refusal, path: &str| {
             let info = AccessInfo { path: Some(path.to_owned()), ..AccessInfo::default() };
             (self.refuse(&self.unrouted, refusal, started, grpc), info)
@@ -473,8 +473,8 @@ impl Gateway {
         // Envoy's `max_grpc_timeout` makes it: a long call the client
         // allowed is not cut at the route's timeout, nor a short one
         // waited on past its deadline.
-        let deadline = if req.version() == Version::HTTP_2 && refusal::is_grpc(req.headers()) {
-            req.headers().get("grpc-timeout").and_then(|v| refusal::grpc_timeout(v.as_bytes()))
+        let deadline = if req.version() == Version::HTTP_2 && crate::http::grpc::is_grpc(req.headers()) {
+            req.headers().get("grpc-timeout").and_then(|v| crate::http::grpc::timeout(v.as_bytes()))
         } else {
             None
         };

@@ -197,34 +197,6 @@ fn grpc_message(text: &str) -> String {
     out
 }
 
-/// Whether a request is a gRPC call, to be refused in gRPC's terms.
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc")
-    })
-}
-
-/// A `grpc-timeout` value (`TimeoutValue TimeoutUnit`: at most 8
-/// digits, then `H`, `M`, `S`, `m`, `u` or `n`), if it is one.
-pub fn grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    let (unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    Some(match unit {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 impl From<ForwardError> for Refusal {
     fn from(e: ForwardError) -> Refusal {
         match e {
@@ -243,28 +215,6 @@ mod tests {
     #[test]
     fn grpc_messages_are_percent_encoded_outside_printable_ascii() {
         assert_eq!(grpc_message("100% sure, caf\u{e9}\n"), "100%25 sure, caf%C3%A9%0A");
-        let headers = |ct: &'static str| {
-            let mut h = http::HeaderMap::new();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-            h
-        };
-        assert!(is_grpc(&headers("application/grpc")) && is_grpc(&headers("Application/GRPC+proto")));
-        assert!(is_grpc(&headers("application/grpc-web")));
-        assert!(!is_grpc(&headers("application/json")) && !is_grpc(&http::HeaderMap::new()));
-    }
-
-    #[test]
-    fn grpc_timeouts_are_read_as_the_protocol_writes_them() {
-        use std::time::Duration;
-        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
-        assert_eq!(grpc_timeout(b"99999999S"), Some(Duration::from_secs(99_999_999)));
-        assert_eq!(grpc_timeout(b"500m"), Some(Duration::from_millis(500)));
-        assert_eq!(grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
-        assert_eq!(grpc_timeout(b"5n"), Some(Duration::from_nanos(5)));
-        for bad in [&b""[..], b"S", b"123456789S", b"10s", b"-1S", b"1.5S", b"10"] {
-            assert_eq!(grpc_timeout(bad), None, "{}", String::from_utf8_lossy(bad));
-        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! proxies and the client's address (`net`), form bodies read under a
 //! deadline (`form`), the timers that end connections and HTTP/2
 //! streams that stop moving (`stall`, `h2_streams`), and the frames of
-//! the WebSockets the gateway relays (`websocket`).
+//! the WebSockets the gateway relays (`websocket`), and what it reads of
+//! gRPC calls (`grpc`).
 //!
 //! This room imports no other room of the crate. Which error becomes which
 //! response is decided by each adapter (`gateway::refusal`,
@@ -12,6 +13,7 @@
 //! helpers.
 
 pub mod form;
+pub mod grpc;
 pub mod h2_streams;
 pub mod net;
 pub mod path;
@@ -26,6 +28,15 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether a comma-separated field (`Connection`, `Upgrade`) names
+/// `token`, in any letter case.
+pub fn has_token(headers: &http::HeaderMap, name: &http::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+}
 
 /// The body type of every response the public listener sends.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;

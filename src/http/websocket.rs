@@ -18,22 +18,16 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header};
 use sha1::{Digest as _, Sha1};
 
+use super::has_token;
+
 /// RFC 6455 §1.3: the GUID the accept key is derived with.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// Whether a comma-separated field names `token` (case-insensitively).
-fn names(headers: &HeaderMap, name: &header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
-}
 
 /// Whether an HTTP/1.1 request asks to become a WebSocket (RFC 6455
 /// §4.2.1): `Connection: upgrade` and `Upgrade: websocket`. The rest of the
 /// handshake (method, key, version) is [`handshake_problem`]'s.
 pub fn asks_for_websocket(headers: &HeaderMap) -> bool {
-    names(headers, &header::UPGRADE, "websocket") && names(headers, &header::CONNECTION, "upgrade")
+    has_token(headers, &header::UPGRADE, "websocket") && has_token(headers, &header::CONNECTION, "upgrade")
 }
 
 /// What is wrong with a WebSocket handshake request, if anything: the
@@ -74,7 +68,7 @@ pub fn accept_key(key: &[u8]) -> HeaderValue {
 /// Whether an upstream's `101` completes the handshake of a request whose
 /// key was `key`: it switched to `websocket`, and proved it read the key.
 pub fn upstream_switched(headers: &HeaderMap, key: &HeaderValue) -> bool {
-    names(headers, &header::UPGRADE, "websocket")
+    has_token(headers, &header::UPGRADE, "websocket")
         && headers.get(header::SEC_WEBSOCKET_ACCEPT).is_some_and(|a| a == accept_key(key.as_bytes()))
 }
 

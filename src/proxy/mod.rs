@@ -566,7 +566,7 @@ fn to_http2(
     let authority = authority.unwrap_or_else(|| target.host.clone());
     let authority = authority.to_str().map_err(|_| ForwardError::BadTarget)?;
     let uri = format!("{}://{authority}{base_path}{path_and_query}", target.scheme());
-    let grpc = headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc = crate::http::grpc::is_grpc(headers);
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);

@@ -50,7 +50,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::http::stall::Stall;
-use crate::http::{Body, BoxError};
+use crate::http::{Body, BoxError, has_token};
 use crate::upstream::pool::Home;
 
 /// The most a response head (status line and header fields) may take.
@@ -727,14 +727,6 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
         return None;
     }
     Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// Whether a comma-separated field names `token` (case-insensitively).
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
 }
 
 /// A response body from an upstream.
