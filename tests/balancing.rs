@@ -183,6 +183,13 @@ async fn a_route_over_three_instances_serves_with_no_error_while_one_is_killed_a
     gw.stop().await;
 }
 
+/// What the configuration check says of a route `lb` with `lines`.
+fn refusal_of(lines: &str) -> String {
+    let route = format!("[[routes]]\nname = \"lb\"\npath_prefix = \"/lb/\"\n{lines}\npublic = true\n");
+    let toml = config_toml("127.0.0.1:1".parse().unwrap(), &route);
+    portcullis::config::Config::parse(&toml, "t.toml", &|_| None).expect_err(lines).to_string()
+}
+
 #[tokio::test]
 async fn a_list_of_upstreams_must_differ_only_in_their_authority() {
     for (list, error) in [
@@ -192,11 +199,7 @@ async fn a_list_of_upstreams_must_differ_only_in_their_authority() {
         ("[\"http://a:1\", \"http://a:1\"]", "listed twice"),
         ("[\"http://a:1\", \"static://\"]", "one scheme, one base path"),
     ] {
-        let toml = config_toml(
-            "127.0.0.1:1".parse().unwrap(),
-            &format!("[[routes]]\nname = \"lb\"\npath_prefix = \"/lb/\"\nupstream = {list}\npublic = true\n"),
-        );
-        let err = portcullis::config::Config::parse(&toml, "t.toml", &|_| None).expect_err(list).to_string();
+        let err = refusal_of(&format!("upstream = {list}"));
         assert!(err.contains("upstream") && err.contains(error), "{list}: {err}");
     }
     for (route, error) in [
@@ -204,11 +207,7 @@ async fn a_list_of_upstreams_must_differ_only_in_their_authority() {
         ("upstream = [\"http://a:1\", \"http://b:1\"]\nhealth_path = \"healthz\"", "not a path"),
         ("upstream = [\"http://a:1\", \"http://b:1\"]\nhealth_interval = \"1s\"", "needs health_path"),
     ] {
-        let toml = config_toml(
-            "127.0.0.1:1".parse().unwrap(),
-            &format!("[[routes]]\nname = \"lb\"\npath_prefix = \"/lb/\"\n{route}\npublic = true\n"),
-        );
-        let err = portcullis::config::Config::parse(&toml, "t.toml", &|_| None).expect_err(route).to_string();
+        let err = refusal_of(route);
         assert!(err.contains("health_") && err.contains(error), "{route}: {err}");
     }
 }
@@ -256,5 +255,55 @@ async fn an_instance_failing_its_health_check_is_left_out_until_it_passes() {
     while spread(10).await[1] == 0 {
         assert!(start.elapsed() < Duration::from_secs(10), "the instance came back");
     }
+    gw.stop().await;
+}
+
+/// An instance that reads each request and hangs up without answering:
+/// the request may have reached it. A `GET` (idempotent, no body) goes
+/// again to the other instance; a `POST` with a body is not sent twice.
+#[tokio::test]
+async fn a_request_that_may_have_arrived_is_sent_again_only_when_that_is_safe() {
+    use tokio::io::AsyncReadExt as _;
+    let hangup = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hangup_addr = hangup.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = hangup.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Dropped: closed with no answer.
+            });
+        }
+    });
+    let good = Instance::start(0).await;
+    let spare = Upstream::start().await;
+    let list = format!("[\"http://{hangup_addr}\", \"http://{}\"]", good.addr);
+    // Ejection takes 3 failures; a long ejection time would hide the
+    // hanging-up instance after them, so each request meets it afresh.
+    let extra = format!(
+        "[[routes]]\nname = \"lb\"\npath_prefix = \"/lb/\"\nupstream = {list}\nejection_time = \"1ms\"\npublic = true\n"
+    );
+    let gw = Gateway::start(&config_toml(spare.addr, &extra)).await;
+    let url = gw.url("/lb/items");
+    for _ in 0..20 {
+        let reply = get(&url, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "a GET was not sent again: {}", reply.text());
+    }
+    let mut refused = 0;
+    for _ in 0..20 {
+        let reply = send(Method::POST, &url, &[], "once").await;
+        match reply.status {
+            StatusCode::OK => assert_eq!(reply.text(), "instance 0 body=once"),
+            StatusCode::BAD_GATEWAY => refused += 1,
+            other => panic!("{other}: {}", reply.text()),
+        }
+    }
+    assert!(refused > 0, "a POST that may have arrived was sent again");
     gw.stop().await;
 }

@@ -465,9 +465,8 @@ impl Forwarder {
         }
         let own_host = added.host.is_none() && !req.headers().contains_key(header::HOST);
         to_origin_form(&mut req, &mut added, &balancer.instance(index).target, base_path, path_and_query)?;
-        let body_less = http_body::Body::is_end_stream(req.body());
-        let replay = (body_less && crate::upstream::http1::is_idempotent(req.method()))
-            .then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()));
+        let replayable =
+            http_body::Body::is_end_stream(req.body()) && crate::upstream::http1::is_idempotent(req.method());
         let mut permits = self.permits(connection, &balancer.instance(index).target, timeout).await?;
         let mut retried = false;
         loop {
@@ -488,21 +487,17 @@ impl Forwarder {
                 }
                 Ok(Err(failed)) => {
                     balancer.failed(index);
-                    let (error, unsent) = match failed {
+                    // The same request again, when it never left or is
+                    // body-less and idempotent (the pool gives its head back).
+                    let (error, again) = match failed {
                         Failed::Unsent(e, req) => (e, Some(*req)),
-                        Failed::Sent(e) => (e, None),
+                        Failed::Sent(e, head) => {
+                            let head = head.filter(|_| replayable);
+                            (e, head.map(|head| Request::from_parts(*head, crate::http::empty())))
+                        }
                     };
                     tracing::warn!(upstream = %target.authority(), error = %causes(&error), "upstream instance failed");
-                    match unsent {
-                        Some(req) => Some(req),
-                        None => replay.as_ref().map(|(method, uri, headers)| {
-                            let mut req = Request::new(crate::http::empty());
-                            *req.method_mut() = method.clone();
-                            *req.uri_mut() = uri.clone();
-                            *req.headers_mut() = headers.clone();
-                            req
-                        }),
-                    }
+                    again
                 }
                 Err(_) => {
                     balancer.failed(index);

@@ -130,19 +130,21 @@ impl Balancer {
     pub fn pick(&self, not: Option<usize>) -> usize {
         let now = self.now_ms();
         let count = self.instances.len();
-        let mut candidates: Vec<usize> = (0..count).filter(|&i| Some(i) != not && self.available(i, now)).collect();
-        if candidates.is_empty() {
-            // Every other instance is ejected: try them anyway.
-            candidates = (0..count).filter(|&i| Some(i) != not).collect();
-        }
-        match candidates.len() {
+        // Counted and then walked, not collected: a pick per request
+        // allocates nothing.
+        let healthy_only = (0..count).any(|i| Some(i) != not && self.available(i, now));
+        // When every other instance is ejected, they are tried anyway.
+        let eligible = |i: usize| Some(i) != not && (!healthy_only || self.available(i, now));
+        let n = (0..count).filter(|&i| eligible(i)).count();
+        let nth = |k: usize| (0..count).filter(|&i| eligible(i)).nth(k).unwrap_or(0);
+        match n {
             0 => not.unwrap_or(0),
-            1 => candidates[0],
+            1 => nth(0),
             n => {
                 let mut rng = rand::thread_rng();
                 let a = rng.gen_range(0..n);
                 let b = (a + 1 + rng.gen_range(0..n - 1)) % n;
-                let (a, b) = (candidates[a], candidates[b]);
+                let (a, b) = (nth(a), nth(b));
                 let load = |i: usize| self.instances[i].outstanding.load(Ordering::Relaxed);
                 if load(b) < load(a) { b } else { a }
             }

@@ -126,11 +126,13 @@ pub enum Error {
 /// What `http1` never lets through but to an upgrade.
 const UNASKED_101: http1::Error = http1::Error::Malformed("an unasked-for 101");
 
-/// A failed exchange, and the request when it never left.
+/// A failed exchange, and what is left of the request.
 #[derive(Debug)]
 pub enum Failed {
-    /// Some of it may have reached the upstream.
-    Sent(Error),
+    /// Some of it may have reached the upstream; its head, when there is
+    /// one to give back (its body is gone), for a caller that may safely
+    /// send a body-less request again.
+    Sent(Error, Option<Box<http::request::Parts>>),
     /// No connection could be made for it: here it is, whole.
     Unsent(Error, Box<Request<Body>>),
 }
@@ -138,7 +140,7 @@ pub enum Failed {
 impl Failed {
     pub fn into_error(self) -> Error {
         match self {
-            Failed::Sent(e) | Failed::Unsent(e, _) => e,
+            Failed::Sent(e, _) | Failed::Unsent(e, _) => e,
         }
     }
 }
@@ -266,7 +268,7 @@ impl Pool {
         match self.exchange::<false>(target, req, added, now, stall_after).await? {
             Exchanged::Answered(res, _) => Ok(res),
             // `http1` lets a 101 through only to an upgrade.
-            Exchanged::Switched(..) => Err(Failed::Sent(Error::Exchange(UNASKED_101))),
+            Exchanged::Switched(..) => Err(Failed::Sent(Error::Exchange(UNASKED_101), None)),
         }
     }
 
@@ -324,7 +326,7 @@ impl Pool {
                     fresh_only |= failure.written;
                     body = crate::http::empty();
                 }
-                Err(failure) => return Err(Failed::Sent(failure.error.into())),
+                Err(failure) => return Err(Failed::Sent(failure.error.into(), Some(Box::new(head)))),
             }
         }
     }
