@@ -191,7 +191,7 @@ fn refusal_of(lines: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_list_of_upstreams_must_differ_only_in_their_authority() {
+async fn a_list_of_upstreams_must_differ_only_in_their_authority_and_probes_and_resolution_fit() {
     for (list, error) in [
         ("[]", "an empty list"),
         ("[\"http://a:1\", \"https://b:1\"]", "one scheme, one base path"),
@@ -210,6 +210,21 @@ async fn a_list_of_upstreams_must_differ_only_in_their_authority() {
         let err = refusal_of(route);
         assert!(err.contains("health_") && err.contains(error), "{route}: {err}");
     }
+    for (route, error) in [
+        ("upstream = \"static://\"\nresolve_interval = \"5s\"", "not static://"),
+        ("upstream = [\"http://10.0.0.1:1\", \"http://[::1]:1\"]\nresolve_interval = \"5s\"", "nothing to resolve"),
+        ("upstream = \"http://api.internal:1\"\nresolve_interval = \"0s\"", "longer than zero"),
+    ] {
+        let err = refusal_of(route);
+        assert!(err.contains("resolve_interval") && err.contains(error), "{route}: {err}");
+    }
+    // One name resolved into instances is a balanced route: it may be
+    // probed.
+    let route = "[[routes]]\nname = \"lb\"\npath_prefix = \"/lb/\"\npublic = true\nupstream = \"http://api.internal:1\"\nresolve_interval = \"5s\"\nhealth_path = \"/healthz\"\n";
+    let toml = config_toml("127.0.0.1:1".parse().unwrap(), route);
+    let config = portcullis::config::Config::parse(&toml, "t.toml", &|_| None).expect("valid");
+    let lb = config.routes.iter().find(|r| r.name == "lb").expect("the route");
+    assert_eq!(lb.resolve_interval, Some(std::time::Duration::from_secs(5)));
 }
 
 /// With `health_path`, an instance whose probe fails gets no requests,

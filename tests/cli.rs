@@ -2,7 +2,9 @@
 //! codes and messages, `serve` refusing a bad configuration before it
 //! touches anything, failing loudly on a taken port, serving the README's
 //! example configuration, draining in-flight requests on SIGTERM and exiting
-//! 0, never writing a token or secret to its logs, and `hash-password`.
+//! 0, never writing a token or secret to its logs, `hash-password`, and
+//! `resolve_interval` following what a host name resolves to (the process
+//! in a mount namespace of its own, with an `/etc/hosts` the test writes).
 //!
 //! Every test runs the real binary as a child process on `127.0.0.1:0` and
 //! learns its ports from the "portcullis is serving" log line.
@@ -185,6 +187,26 @@ impl Served {
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c").arg(format!("ulimit -n {fds} && exec \"$0\" serve --config \"$1\"")).arg(BIN).arg(config);
         Served::start_command(cmd, &[]).await
+    }
+
+    /// [`Served::start`] in a mount namespace of its own, where
+    /// `/etc/hosts` is `hosts` (bind-mounted: the test rewrites it in
+    /// place). `None` where namespaces cannot be made, outside CI.
+    async fn start_with_hosts(config: &Path, hosts: &Path) -> Option<Served> {
+        let probe = std::process::Command::new("unshare").args(["--mount", "true"]).output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            let note = "resolution tests need `unshare --mount` (root, util-linux)";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {note}");
+            eprintln!("SKIPPED: {note}");
+            return None;
+        }
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$1\" /etc/hosts && exec \"$0\" serve --config \"$2\"")
+            .arg(BIN)
+            .arg(hosts)
+            .arg(config);
+        Some(Served::start_command(cmd, &[]).await)
     }
 
     async fn start_command(mut cmd: std::process::Command, envs: &[(&str, &str)]) -> Served {
@@ -1566,4 +1588,104 @@ async fn clients_holding_http2_streams_open_cannot_starve_others_under_a_low_fd_
     drop(attackers);
     served.sigterm();
     served.wait_exit().await;
+}
+
+// ---------------------------------------------------------------------------
+// resolve_interval: a host name's addresses as instances.
+
+/// An upstream on `addr` that answers every request with `name` and the
+/// `Host` it was sent.
+async fn named_upstream(listener: TcpListener, name: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+                let body = format!("{name} {host}");
+                async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(body),
+                    )))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    })
+}
+
+/// Two listeners on one port, at 127.0.0.2 and 127.0.0.3: what a name
+/// with two addresses leads to.
+async fn one_port_on_two_addresses() -> (TcpListener, TcpListener, u16) {
+    for _ in 0..20 {
+        let a = TcpListener::bind("127.0.0.2:0").await.expect("bind 127.0.0.2");
+        let port = a.local_addr().expect("addr").port();
+        if let Ok(b) = TcpListener::bind(("127.0.0.3", port)).await {
+            return (a, b, port);
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.3");
+}
+
+/// Asks `url` until `done` holds for what the answers say (each "NAME
+/// HOST"), or panics after [`BOUND`].
+async fn ask_until(url: &str, what: &str, mut done: impl FnMut(&str) -> bool) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let reply = get(url, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        if done(&reply.text()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {BOUND:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_route_resolving_its_upstreams_name_follows_the_addresses_it_has() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, port) = one_port_on_two_addresses().await;
+    let (_a, _b) = (named_upstream(a, "a").await, named_upstream(b, "b").await);
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.2 api.portcullis.test\n").expect("write hosts");
+    let routes = format!(
+        "[[routes]]\nname = \"api\"\npath_prefix = \"/\"\npublic = true\nupstream = \"http://api.portcullis.test:{port}\"\nresolve_interval = \"100ms\"\n"
+    );
+    let path = write_config(dir.path(), "resolve.toml", &minimal_config(dir.path(), "", &routes));
+    let Some(mut gw) = Served::start_with_hosts(&path, &hosts).await else { return };
+    let url = format!("http://{}/who", gw.public);
+
+    let host = format!("api.portcullis.test:{port}");
+    let reply = get(&url, &[]).await;
+    assert_eq!(reply.text(), format!("a {host}"), "the one address it has; the name in Host");
+
+    // A second address: both get requests.
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.2 api.portcullis.test\n127.0.0.3 api.portcullis.test\n")
+        .expect("rewrite hosts");
+    let mut seen = std::collections::BTreeSet::new();
+    ask_until(&url, "both addresses answering", |answer| {
+        assert!(answer.ends_with(&host), "{answer}");
+        seen.insert(answer.to_owned());
+        seen.len() == 2
+    })
+    .await;
+
+    // The first goes: after the next resolution, nothing more reaches it.
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.3 api.portcullis.test\n").expect("rewrite hosts");
+    let mut in_a_row = 0;
+    ask_until(&url, "only 127.0.0.3 answering", |answer| {
+        in_a_row = if answer.starts_with("b ") { in_a_row + 1 } else { 0 };
+        in_a_row == 20
+    })
+    .await;
+    let metrics = get(&format!("http://{}/metrics", gw.admin), &[]).await.text();
+    let series = |addr: &str| format!("portcullis_upstream_requests_total{{instance=\"{addr}:{port}\",route=\"api\"}}");
+    assert!(metrics.contains(&series("127.0.0.3")), "{metrics}");
+    assert!(!metrics.contains(&series("127.0.0.2")), "a gone instance's series are dropped");
+
+    // A name that stops resolving keeps the addresses it had.
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").expect("rewrite hosts");
+    gw.wait_for_line("did not resolve").await;
+    assert_eq!(get(&url, &[]).await.text(), format!("b {host}"));
 }

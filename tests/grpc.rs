@@ -1,6 +1,6 @@
 //! gRPC through the gateway, with a real gRPC client and server (grpcio,
 //! Debian's `python3-grpcio`, `tests/upstreams/grpc_echo.py`) and the
-//! server behind an `h2c://` route: unary and bidirectional streaming
+//! server behind an `h2c://` route (or an `https://` one, over TLS): unary and bidirectional streaming
 //! calls, trailers and statuses relayed, a deadline the client set,
 //! and refusals the client reads as gRPC statuses.
 //!
@@ -48,8 +48,14 @@ impl Drop for Server {
 }
 
 async fn server() -> Server {
+    server_with(&[]).await
+}
+
+/// The gRPC server, started with `args` after `serve`.
+async fn server_with(args: &[&str]) -> Server {
     let mut child = Command::new(PYTHON)
         .args([script().as_str(), "serve"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -102,16 +108,10 @@ POST = ["calendar.read"]
     )
 }
 
-#[tokio::test]
-async fn unary_and_streaming_calls_go_through_with_trailers_statuses_and_deadlines() {
-    if !grpcio() {
-        return;
-    }
-    let upstream = server().await;
-    let gw = Gateway::start(&config(upstream.addr)).await;
-    let token = gw.token("app", "calendar.read").await;
-    let calls = call(&gw, &token).await;
-
+/// Checks what [`call`] came to when every call went through: answers,
+/// the gateway's identity in and the token out, trailers, streams,
+/// statuses and deadlines.
+fn went_through(calls: &std::collections::BTreeMap<String, serde_json::Value>) {
     let unary = &calls["unary"];
     assert_eq!(unary["code"], "OK", "{unary}");
     let answer: serde_json::Value = serde_json::from_str(unary["responses"][0].as_str().unwrap()).unwrap();
@@ -126,6 +126,40 @@ async fn unary_and_streaming_calls_go_through_with_trailers_statuses_and_deadlin
     assert_eq!(calls["slow"]["code"], "DEADLINE_EXCEEDED", "{}", calls["slow"]);
     assert_eq!(calls["fail"]["code"], "NOT_FOUND", "{}", calls["fail"]);
     assert_eq!(calls["fail"]["details"], "no such thing");
+}
+
+#[tokio::test]
+async fn unary_and_streaming_calls_go_through_with_trailers_statuses_and_deadlines() {
+    if !grpcio() {
+        return;
+    }
+    let upstream = server().await;
+    let gw = Gateway::start(&config(upstream.addr)).await;
+    let token = gw.token("app", "calendar.read").await;
+    went_through(&call(&gw, &token).await);
+    drop(upstream);
+    gw.stop().await;
+}
+
+/// A gRPC service over TLS, behind an `https://` route: the gateway learns
+/// in ALPN that it speaks HTTP/2, and verifies it against the route's CA.
+#[tokio::test]
+async fn calls_go_through_to_a_service_over_tls_that_agreed_to_h2() {
+    if !grpcio() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = support::ca::Ca::new("gRPC Test CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"], (2040, 1, 1));
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert).expect("write");
+    std::fs::write(&key_path, key).expect("write");
+    let upstream = server_with(&[cert_path.to_str().expect("path"), key_path.to_str().expect("path")]).await;
+    let tls = format!("ca = \"{}\"\nupstream = \"https://", ca.write(dir.path()).display());
+    let toml = config(upstream.addr).replace("upstream = \"h2c://", &tls);
+    let gw = Gateway::start(&toml).await;
+    let token = gw.token("app", "calendar.read").await;
+    went_through(&call(&gw, &token).await);
     drop(upstream);
     gw.stop().await;
 }

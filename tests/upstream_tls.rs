@@ -8,7 +8,7 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -17,10 +17,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::Config;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::ca::Ca;
 use support::{Gateway, config_toml, get};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -56,41 +57,6 @@ fn log_lines_about(addr: SocketAddr) -> Vec<String> {
         .collect()
 }
 
-/// A test certificate authority.
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        Ca { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
-    }
-
-    /// A server certificate for `names`, valid until `not_after`.
-    fn issue(&self, names: &[&str], not_after: (i32, u8, u8)) -> (String, String) {
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("server certificate");
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn write(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("upstream-ca.pem");
-        std::fs::write(&path, &self.pem).expect("write CA");
-        path
-    }
-}
-
 /// An HTTPS upstream that answers every request with what it saw, and
 /// counts the TCP connections and the requests it got.
 struct TlsUpstream {
@@ -104,21 +70,24 @@ struct TlsUpstream {
 
 impl TlsUpstream {
     async fn start(cert: (String, String)) -> TlsUpstream {
-        TlsUpstream::serve(cert, false).await
+        TlsUpstream::serve(cert, false, &[]).await
     }
 
     /// With `close`, every response carries `Connection: close`, so each
-    /// request needs a new connection (and handshake).
-    async fn serve((cert_pem, key_pem): (String, String), close: bool) -> TlsUpstream {
+    /// request needs a new connection (and handshake). `alpn` is what the
+    /// upstream agrees to in ALPN, in its order of preference; it speaks
+    /// HTTP/1.1 and HTTP/2 (recognised by its preface) whatever it agreed.
+    async fn serve((cert_pem, key_pem): (String, String), close: bool, alpn: &[&str]) -> TlsUpstream {
         let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert PEM")];
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .expect("server config");
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -142,8 +111,8 @@ impl TlsUpstream {
                         }
                         async move { Ok::<_, Infallible>(res) }
                     });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = server.serve_connection(TokioIo::new(tls), service).await;
                 });
             }
         });
@@ -171,9 +140,12 @@ impl Drop for TlsUpstream {
 
 fn answer(req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    // HTTP/2 carries the authority in the URI, HTTP/1.1 in `Host`.
+    let host = req.uri().authority().map(|a| a.to_string()).unwrap_or_else(|| header("host"));
     let body = serde_json::json!({
-        "uri": req.uri().to_string(),
-        "host": header("host"),
+        "uri": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+        "version": format!("{:?}", req.version()),
+        "host": host,
         "subject": header("x-auth-subject"),
         "authorization": header("authorization"),
     });
@@ -200,16 +172,18 @@ fn ca_line(path: &Path) -> String {
     format!("ca = \"{}\"", path.display())
 }
 
-#[tokio::test]
-async fn an_upstream_signed_by_the_route_ca_is_reached_over_one_pooled_connection() {
+/// Sends three requests from an HTTP/1.1 client through a gateway to an
+/// upstream signed by the route's CA and agreeing to `alpn`; each arrives
+/// with the gateway's identity and without the token. Returns the HTTP version each arrived
+/// in, and how many connections the upstream took.
+async fn versions_seen_by(alpn: &[&str]) -> (Vec<String>, usize) {
     log();
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("Upstream Test CA");
-    let upstream = TlsUpstream::start(ca.issue(&["localhost", "127.0.0.1"], (2040, 1, 1))).await;
+    let upstream = TlsUpstream::serve(ca.issue(&["localhost", "127.0.0.1"], (2040, 1, 1)), false, alpn).await;
     let gw = Gateway::start(&config(upstream.addr, &ca_line(&ca.write(dir.path())))).await;
-    let token = gw.token("app", "calendar.read").await;
-    let bearer = format!("Bearer {token}");
-
+    let bearer = format!("Bearer {}", gw.token("app", "calendar.read").await);
+    let mut versions = Vec::new();
     for n in 1..=3 {
         let reply = get(&gw.url(&format!("/secure/events/{n}?x=1")), &[("authorization", &bearer)]).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -218,12 +192,29 @@ async fn an_upstream_signed_by_the_route_ca_is_reached_over_one_pooled_connectio
         assert_eq!(seen["host"], upstream.addr.to_string());
         assert_eq!(seen["subject"], "app");
         assert_eq!(seen["authorization"], "", "the token does not go upstream");
+        versions.push(seen["version"].as_str().expect("version").to_string());
     }
-    // Sequential requests on a keep-alive pool: one TLS connection, one
-    // handshake, whichever worker took them (each worker pools its own).
-    assert_eq!(upstream.requests(), 3);
-    assert!(upstream.connections() <= 2, "{} connections for 3 requests", upstream.connections());
     gw.stop().await;
+    (versions, upstream.connections())
+}
+
+#[tokio::test]
+async fn an_upstream_that_agrees_to_h2_in_alpn_is_spoken_to_in_http2() {
+    let (versions, connections) = versions_seen_by(&["h2", "http/1.1"]).await;
+    assert_eq!(versions, ["HTTP/2.0"; 3]);
+    // The connection that asked is the one the requests then share (one
+    // per worker at most).
+    assert!(connections <= 2, "{connections} connections for 3 requests");
+}
+
+#[tokio::test]
+async fn an_upstream_that_agrees_only_to_http1_or_to_nothing_is_spoken_to_in_http1() {
+    for alpn in [&["http/1.1"][..], &[]] {
+        let (versions, connections) = versions_seen_by(alpn).await;
+        assert_eq!(versions, ["HTTP/1.1"; 3], "ALPN {alpn:?}");
+        // The connection that asked went to the HTTP/1.1 pool, and served.
+        assert!(connections <= 2, "ALPN {alpn:?}: {connections} connections for 3 requests");
+    }
 }
 
 #[tokio::test]
@@ -232,7 +223,7 @@ async fn a_new_connection_to_an_upstream_resumes_the_tls_session() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("Upstream Test CA");
     // The upstream closes every connection: each request reconnects.
-    let upstream = TlsUpstream::serve(ca.issue(&["localhost", "127.0.0.1"], (2040, 1, 1)), true).await;
+    let upstream = TlsUpstream::serve(ca.issue(&["localhost", "127.0.0.1"], (2040, 1, 1)), true, &[]).await;
     let toml = config(upstream.addr, &ca_line(&ca.write(dir.path()))).replace("[server]", "[server]\nworkers = 1");
     let gw = Gateway::start(&toml).await;
     let bearer = format!("Bearer {}", gw.token("app", "calendar.read").await);

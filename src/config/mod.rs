@@ -456,6 +456,10 @@ pub struct RouteConfig {
     pub ejection_time: Duration,
     /// Active health: the path each instance is asked for, and how often.
     pub health_check: Option<(http::uri::PathAndQuery, Duration)>,
+    /// How often the upstreams' host names are resolved, each address an
+    /// instance (`crate::upstream::balance`); `None`: each new connection
+    /// resolves its name.
+    pub resolve_interval: Option<Duration>,
     /// `None` for a public route.
     pub scopes: Option<ScopeRule>,
     pub allow_query_token: bool,

@@ -184,6 +184,7 @@ pub(super) struct RawRoute {
     pub(super) ejection_time: Option<String>,
     pub(super) health_path: Option<String>,
     pub(super) health_interval: Option<String>,
+    pub(super) resolve_interval: Option<String>,
 }
 
 /// A route's `upstream`: one URL, or a list of instances.

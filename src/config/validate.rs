@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::*;
@@ -532,7 +531,7 @@ impl Validator {
         let mut routes: Vec<RouteConfig> = Vec::new();
         // One client configuration per trust setting, shared by the routes
         // that have it (and so their TLS session cache).
-        let mut clients: std::collections::HashMap<Trust, Arc<rustls::ClientConfig>> = Default::default();
+        let mut clients: std::collections::HashMap<Trust, UpstreamTls> = Default::default();
         for (i, r) in raw.into_iter().enumerate() {
             let at = format!("routes[{i}]");
             let path_prefix = match crate::http::path::normalize(&r.path_prefix) {
@@ -593,7 +592,8 @@ impl Validator {
                 self.err(format!("{at}.name"), format!("{name:?} names two routes"));
             }
             let (upstream, instances) = self.upstreams(&at, &r.upstream);
-            let balanced = instances.len() > 1;
+            let resolve_interval = self.resolve_interval(&at, r.resolve_interval, &upstream, &instances);
+            let balanced = instances.len() > 1 || resolve_interval.is_some();
             let scopes = match (r.public, r.scopes) {
                 (true, None) => None,
                 (true, Some(_)) => {
@@ -638,6 +638,7 @@ impl Validator {
                 instances,
                 ejection_time: self.duration(&format!("{at}.ejection_time"), r.ejection_time.as_deref(), "5s"),
                 health_check: self.health_check(&at, r.health_path, r.health_interval, balanced),
+                resolve_interval,
                 websockets: r.websockets.unwrap_or(true),
                 idle_timeout: self.duration(&format!("{at}.idle_timeout"), r.idle_timeout.as_deref(), "5m"),
             });
@@ -706,6 +707,33 @@ impl Validator {
         (first, instances)
     }
 
+    /// How often a route resolves its upstreams' host names itself: only
+    /// for upstream servers, and only where one is named by a host name.
+    fn resolve_interval(
+        &mut self,
+        at: &str,
+        value: Option<String>,
+        upstream: &Upstream,
+        instances: &[http::uri::Authority],
+    ) -> Option<Duration> {
+        let field = format!("{at}.resolve_interval");
+        let value = value?;
+        let interval = self.duration(&field, Some(&value), "5s");
+        if !matches!(upstream, Upstream::Http { .. }) {
+            self.err(&field, "applies to an upstream server, not static://");
+            return None;
+        }
+        let named = |a: &http::uri::Authority| {
+            let host = a.host().trim_start_matches('[').trim_end_matches(']');
+            host.parse::<std::net::IpAddr>().is_err()
+        };
+        if !instances.iter().any(named) {
+            self.err(&field, "no upstream of this route is named by a host name: there is nothing to resolve");
+            return None;
+        }
+        Some(interval)
+    }
+
     /// A balanced route's health probe: a path of the upstream's, asked
     /// for every `interval` (5 s by default).
     fn health_check(
@@ -723,7 +751,10 @@ impl Validator {
             return None;
         };
         if !balanced {
-            self.err(&field, "applies to a route with several upstream instances (upstream = [...])");
+            self.err(
+                &field,
+                "applies to a route with several upstream instances (upstream = [...], or resolve_interval)",
+            );
             return None;
         }
         let interval = self.duration(&format!("{at}.health_interval"), interval.as_deref(), "5s");
@@ -744,7 +775,7 @@ impl Validator {
         upstream: &Upstream,
         ca: Option<String>,
         skip_verify: Option<bool>,
-        clients: &mut std::collections::HashMap<Trust, Arc<rustls::ClientConfig>>,
+        clients: &mut std::collections::HashMap<Trust, UpstreamTls>,
     ) -> Option<UpstreamTls> {
         let https = matches!(upstream, Upstream::Http { scheme, .. } if *scheme == http::uri::Scheme::HTTPS);
         if !https {
@@ -768,21 +799,20 @@ impl Validator {
             (None, true) => Trust::SkipVerify,
             (None, false) => Trust::System,
         };
-        let client = match clients.get(&trust) {
-            Some(c) => c.clone(),
-            None => match crate::tls::upstream::client_config(&trust) {
-                Ok(c) => {
-                    clients.insert(trust.clone(), c.clone());
-                    c
-                }
-                Err(e) => {
-                    let field = if matches!(trust, Trust::Ca(_)) { "ca" } else { "upstream" };
-                    self.err(format!("{at}.{field}"), e.to_string());
-                    return None;
-                }
-            },
-        };
-        Some(UpstreamTls { trust, client })
+        if let Some(tls) = clients.get(&trust) {
+            return Some(tls.clone());
+        }
+        match UpstreamTls::new(trust.clone()) {
+            Ok(tls) => {
+                clients.insert(trust, tls.clone());
+                Some(tls)
+            }
+            Err(e) => {
+                let field = if matches!(trust, Trust::Ca(_)) { "ca" } else { "upstream" };
+                self.err(format!("{at}.{field}"), e.to_string());
+                None
+            }
+        }
     }
 
     fn scope_rule(&mut self, at: &str, table: BTreeMap<String, Vec<String>>) -> ScopeRule {

@@ -37,10 +37,10 @@ use crate::config::{RouteConfig, Upstream};
 use crate::http::Body;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::upstream::UpstreamTls;
-use crate::upstream::balance::Balancer;
+use crate::upstream::balance::{self, Balancer, Instance};
 pub use crate::upstream::http1::Added;
 use crate::upstream::http2::Http2Pool;
-use crate::upstream::pool::{Exchanged, Failed, Pool, ResponseBody, Target};
+use crate::upstream::pool::{Exchanged, Failed, Pool, ResponseBody, Spoken, Target};
 
 /// Where a route's requests go, resolved once per configuration.
 pub enum Destination {
@@ -58,24 +58,18 @@ impl Destination {
     pub fn new(route: &RouteConfig, metrics: &Metrics) -> Destination {
         let tls = route.upstream_tls.as_ref();
         match &route.upstream {
-            Upstream::Http { scheme, base_path, http2, .. } if route.instances.len() > 1 => {
-                let instances = route
-                    .instances
-                    .iter()
-                    .map(|authority| {
-                        let metrics = metrics.instance(&route.name, authority.as_str());
-                        let target = Target::new(scheme.clone(), authority.clone(), tls.map(|t| t.client.clone()))
-                            .timing_connections(metrics.connect.clone());
-                        (target, metrics)
-                    })
-                    .collect();
-                let balancer = Arc::new(Balancer::new(instances, route.ejection_time));
-                if let (Some((path, interval)), Ok(runtime)) =
-                    (&route.health_check, tokio::runtime::Handle::try_current())
-                {
-                    let watch =
-                        crate::upstream::balance::watch_health(Arc::downgrade(&balancer), path.clone(), *interval);
-                    runtime.spawn(watch);
+            Upstream::Http { scheme, base_path, http2, .. }
+                if route.instances.len() > 1 || route.resolve_interval.is_some() =>
+            {
+                let configured = route.instances.iter().map(|authority| target(scheme, authority, tls)).collect();
+                let balancer = Arc::new(Balancer::new(configured, metrics.instances(&route.name), route.ejection_time));
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    if let Some((path, interval)) = &route.health_check {
+                        runtime.spawn(balance::watch_health(Arc::downgrade(&balancer), path.clone(), *interval));
+                    }
+                    if let Some(interval) = route.resolve_interval {
+                        runtime.spawn(balance::watch_dns(Arc::downgrade(&balancer), interval));
+                    }
                 }
                 Destination::Balanced { balancer, base_path: base_path.clone(), http2: *http2 }
             }
@@ -86,15 +80,24 @@ impl Destination {
     fn single(upstream: &Upstream, tls: Option<&UpstreamTls>) -> Destination {
         match upstream {
             Upstream::Static => Destination::Static,
-            Upstream::Http { scheme, authority, base_path, http2: false } => Destination::Upstream {
-                target: Target::new(scheme.clone(), authority.clone(), tls.map(|t| t.client.clone())),
-                base_path: base_path.clone(),
-            },
+            Upstream::Http { scheme, authority, base_path, http2: false } => {
+                Destination::Upstream { target: target(scheme, authority, tls), base_path: base_path.clone() }
+            }
             Upstream::Http { scheme, authority, base_path, http2: true } => Destination::Http2 {
                 target: Target::new(scheme.clone(), authority.clone(), None),
                 base_path: base_path.clone(),
             },
         }
+    }
+}
+
+/// Where an `http://` or `https://` upstream's connections go; an
+/// `https://` one is asked in ALPN whether it speaks HTTP/2.
+fn target(scheme: &http::uri::Scheme, authority: &http::uri::Authority, tls: Option<&UpstreamTls>) -> Target {
+    let target = Target::new(scheme.clone(), authority.clone(), tls.map(|t| t.client.clone()));
+    match tls {
+        Some(tls) => target.offering_h2(tls.client_h2.clone()),
+        None => target,
     }
 }
 
@@ -140,7 +143,7 @@ impl ExchangeLimit {
 struct Permits {
     _connection: Option<OwnedSemaphorePermit>,
     _shared: Option<OwnedSemaphorePermit>,
-    _instance: Option<crate::upstream::balance::Outstanding>,
+    _instance: Option<balance::Outstanding>,
 }
 
 impl Permits {
@@ -301,6 +304,11 @@ impl Forwarder {
                 });
             }
             Destination::Upstream { target, base_path } => {
+                if target.spoken() != Spoken::Http1 && self.speaks_h2(target, timeout).await? {
+                    let forwarded =
+                        self.forward_http2(target, base_path, req, added, path_and_query, timeout, connection);
+                    return Box::pin(forwarded).await;
+                }
                 to_origin_form(&mut req, &mut added, target, base_path, path_and_query)?;
                 target
             }
@@ -329,6 +337,13 @@ impl Forwarder {
         let upstream_time = started.elapsed();
         drop(waiting);
         Ok(relayed(response, permits, upstream_time, Relayed::Upstream))
+    }
+
+    /// Whether `target` (an `https://` upstream) speaks HTTP/2, asked
+    /// within `timeout` if it has not been yet.
+    async fn speaks_h2(&self, target: &Target, timeout: Duration) -> Result<bool, ForwardError> {
+        let asked = tokio::time::timeout(timeout, self.http2.speaks_h2(target, &self.pool)).await;
+        answered(target, timeout, asked)
     }
 
     /// The permits of an exchange on `connection` (see [`ExchangeLimit`]),
@@ -367,14 +382,15 @@ impl Forwarder {
         timeout: Duration,
         identity: Option<&Identity>,
     ) -> Result<Upgrade, ForwardError> {
+        let picked: Arc<Instance>;
         let target = match destination {
             // The demo has no WebSockets, and HTTP/2 upstreams none over
             // HTTP/1.1's upgrade: the handshake is answered as a request.
             // A balanced route's handshake goes to one of its instances.
             Destination::Balanced { balancer, base_path, http2: false } => {
-                let instance = balancer.instance(balancer.pick(None));
-                to_origin_form(&mut req, &mut added, &instance.target, base_path, path_and_query)?;
-                &instance.target
+                picked = balancer.pick(None);
+                to_origin_form(&mut req, &mut added, &picked.target, base_path, path_and_query)?;
+                &picked.target
             }
             Destination::Static | Destination::Http2 { .. } | Destination::Balanced { .. } => {
                 let forwarded = self.forward(destination, req, added, path_and_query, timeout, identity, None);
@@ -453,28 +469,33 @@ impl Forwarder {
         timeout: Duration,
         connection: Option<&ExchangeLimit>,
     ) -> Result<Forwarded, ForwardError> {
-        let mut index = balancer.pick(None);
+        let mut instance = balancer.pick(None);
+        // An instance that cannot be asked is tried (and retried) in
+        // HTTP/1.1 below, which is where its failure is counted.
+        let http2 = http2
+            || (instance.target.spoken() != Spoken::Http1
+                && self.speaks_h2(&instance.target, timeout).await.unwrap_or(false));
         if http2 {
             // One try: hyper's client already sends a request it hands back
             // once more on a new connection.
-            let target = &balancer.instance(index).target;
-            let outstanding = balancer.start(index);
-            let forwarded = self.forward_http2(target, base_path, req, added, path_and_query, timeout, connection);
+            let outstanding = balancer.start(&instance);
+            let forwarded =
+                self.forward_http2(&instance.target, base_path, req, added, path_and_query, timeout, connection);
             let forwarded = Box::pin(forwarded).await;
-            return balanced(balancer, index, Some(outstanding), forwarded);
+            return balanced(balancer, &instance, Some(outstanding), forwarded);
         }
         let own_host = added.host.is_none() && !req.headers().contains_key(header::HOST);
-        to_origin_form(&mut req, &mut added, &balancer.instance(index).target, base_path, path_and_query)?;
+        to_origin_form(&mut req, &mut added, &instance.target, base_path, path_and_query)?;
         let replayable =
             http_body::Body::is_end_stream(req.body()) && crate::upstream::http1::is_idempotent(req.method());
-        let mut permits = self.permits(connection, &balancer.instance(index).target, timeout).await?;
+        let mut permits = self.permits(connection, &instance.target, timeout).await?;
         let mut retried = false;
         loop {
-            let target = &balancer.instance(index).target;
+            let target = &instance.target;
             if own_host {
                 added.host = Some(target.host.clone());
             }
-            let outstanding = balancer.start(index);
+            let outstanding = balancer.start(&instance);
             let started = Instant::now();
             let sent =
                 tokio::time::timeout(timeout, self.pool.send_or_give_back(target, req, &added, started, timeout));
@@ -483,10 +504,10 @@ impl Forwarder {
                     let upstream_time = started.elapsed();
                     permits._instance = Some(outstanding);
                     let forwarded = relayed(response, permits, upstream_time, Relayed::Upstream);
-                    return balanced(balancer, index, None, Ok(forwarded));
+                    return balanced(balancer, &instance, None, Ok(forwarded));
                 }
                 Ok(Err(failed)) => {
-                    balancer.failed(index);
+                    balancer.failed(&instance);
                     // The same request again, when it never left or is
                     // body-less and idempotent (the pool gives its head back).
                     let (error, again) = match failed {
@@ -496,12 +517,12 @@ impl Forwarder {
                             (e, head.map(|head| Request::from_parts(*head, crate::http::empty())))
                         }
                     };
-                    tracing::warn!(upstream = %target.authority(), error = %causes(&error), "upstream instance failed");
+                    tracing::warn!(upstream = %instance.name, error = %causes(&error), "upstream instance failed");
                     again
                 }
                 Err(_) => {
-                    balancer.failed(index);
-                    tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
+                    balancer.failed(&instance);
+                    tracing::warn!(upstream = %instance.name, timeout = ?timeout, "upstream did not answer in time");
                     return Err(ForwardError::Timeout);
                 }
             };
@@ -509,7 +530,7 @@ impl Forwarder {
                 Some(next) if !retried => {
                     retried = true;
                     req = next;
-                    index = balancer.pick(Some(index));
+                    instance = balancer.pick(Some(&instance));
                 }
                 _ => return Err(ForwardError::Unreachable),
             }
@@ -523,14 +544,14 @@ impl Forwarder {
 /// the body holds it already).
 fn balanced(
     balancer: &Balancer,
-    index: usize,
-    outstanding: Option<crate::upstream::balance::Outstanding>,
+    instance: &Instance,
+    outstanding: Option<balance::Outstanding>,
     forwarded: Result<Forwarded, ForwardError>,
 ) -> Result<Forwarded, ForwardError> {
     match &forwarded {
-        Ok(f) if matches!(f.response.status().as_u16(), 502..=504) => balancer.failed(index),
-        Ok(_) => balancer.succeeded(index),
-        Err(_) => balancer.failed(index),
+        Ok(f) if matches!(f.response.status().as_u16(), 502..=504) => balancer.failed(instance),
+        Ok(_) => balancer.succeeded(instance),
+        Err(_) => balancer.failed(instance),
     }
     forwarded.map(|mut f| {
         if let (Some(outstanding), Relayed::Http2(held)) = (outstanding, f.response.body_mut()) {

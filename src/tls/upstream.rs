@@ -39,8 +39,25 @@ pub enum Trust {
 #[derive(Debug, Clone)]
 pub struct UpstreamTls {
     pub trust: Trust,
-    /// Shared by every route with the same `trust`.
+    /// Shared by every route with the same `trust`. It offers no ALPN
+    /// protocol, so the upstream speaks HTTP/1.1: what a WebSocket
+    /// handshake needs, and what an upstream known not to speak HTTP/2 is
+    /// reached with.
     pub client: Arc<ClientConfig>,
+    /// The same trust, offering `h2` and `http/1.1` in ALPN: how the
+    /// gateway learns whether an upstream speaks HTTP/2 (RFC 9113 §3.2),
+    /// and how it reaches one that does. It shares `client`'s session
+    /// cache.
+    pub client_h2: Arc<ClientConfig>,
+}
+
+impl UpstreamTls {
+    pub fn new(trust: Trust) -> Result<UpstreamTls, TlsError> {
+        let client = client_config(&trust)?;
+        let mut h2 = (*client).clone();
+        h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(UpstreamTls { trust, client, client_h2: Arc::new(h2) })
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -168,8 +168,9 @@ impl Connection {
         (self.io, self.buf)
     }
 
-    #[cfg(test)]
-    pub fn io_for_tests(&self) -> &Io {
+    /// The socket under the connection (which ALPN protocol its TLS
+    /// agreed, which address it has).
+    pub fn io(&self) -> &Io {
         &self.io
     }
 

@@ -1,6 +1,7 @@
-//! HTTP/2 to upstreams (`h2c://`, prior knowledge), for gRPC services
-//! and others that speak only HTTP/2: hyper's client, one multiplexed
-//! connection per upstream and worker, driven by a task of its own.
+//! HTTP/2 to upstreams (`h2c://`, prior knowledge; or `https://` ones
+//! that agreed to `h2` in ALPN), for gRPC services and others that speak
+//! HTTP/2: hyper's client, one multiplexed connection per upstream and
+//! worker, driven by a task of its own.
 //!
 //! HTTP/1.1 goes through the gateway's own client (`http1`), where one
 //! request's task does the whole exchange. HTTP/2 multiplexes many
@@ -16,13 +17,15 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use http::uri::Scheme;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::http::Body;
-use crate::upstream::pool::{Error, Target};
+use crate::upstream::http1::Connection;
+use crate::upstream::pool::{Error, Pool, Spoken, Target, connect_offering_h2};
 
 /// HTTP/2 PINGs on an idle connection, so that a dead upstream is noticed
 /// before a request waits on it.
@@ -83,8 +86,46 @@ impl Http2Pool {
         }
     }
 
+    /// Whether `target` is spoken to in HTTP/2: always for `h2c://`,
+    /// never for `http://`, and for `https://` when the upstream agreed to
+    /// `h2` in ALPN. The first request to one not asked yet makes the
+    /// connection that asks, and leaves it where it belongs: with this
+    /// pool, or idle in `http1`'s.
+    pub async fn speaks_h2(&self, target: &Target, http1: &Pool) -> Result<bool, Error> {
+        match target.spoken() {
+            Spoken::Http1 => Ok(false),
+            Spoken::Http2 => Ok(true),
+            Spoken::Unknown => {
+                let (conn, agreed) = Box::pin(connect_offering_h2(target)).await?;
+                if agreed {
+                    self.adopt(target, conn).await?;
+                    target.learnt(Spoken::Http2);
+                } else {
+                    http1.adopt(target, conn);
+                    target.learnt(Spoken::Http1);
+                }
+                tracing::debug!(upstream = %target.authority(), http2 = agreed, "ALPN told what the upstream speaks");
+                Ok(agreed)
+            }
+        }
+    }
+
+    /// A new connection to `target`: prior knowledge for `h2c://`, ALPN's
+    /// agreement for `https://`. An upstream that agreed before but no
+    /// longer does is an error, and the next request asks it afresh.
     async fn connect(&self, target: &Target) -> Result<SendRequest<Body>, Error> {
-        let (io, _) = Box::pin(crate::upstream::pool::connect(target)).await?.into_parts();
+        let (conn, agreed) = Box::pin(connect_offering_h2(target)).await?;
+        if *target.scheme() == Scheme::HTTPS && !agreed {
+            target.learnt(Spoken::Unknown);
+            return Err(Error::NoLongerHttp2);
+        }
+        self.adopt(target, conn).await
+    }
+
+    /// Speaks HTTP/2 on `conn`, new and unused, and keeps it as the
+    /// connection to `target`.
+    pub async fn adopt(&self, target: &Target, conn: Box<Connection>) -> Result<SendRequest<Body>, Error> {
+        let (io, _) = conn.into_parts();
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new()).keep_alive_interval(KEEP_ALIVE).adaptive_window(true);
         let (sender, connection) = builder.handshake(TokioIo::new(io)).await.map_err(Error::Http2)?;

@@ -22,6 +22,7 @@
 //! Each worker is one thread with its own pool: no key hashing, no shared
 //! lock to contend, no task per connection.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,30 @@ pub struct Target {
     /// Where the time each new connection took goes (a balanced route's
     /// instances).
     connect_time: Option<prometheus::Histogram>,
+    /// For an `https://` upstream, what it speaks, learnt from ALPN.
+    alpn: Option<Arc<Alpn>>,
+    /// The address its host name resolved to, when the route resolves it
+    /// itself (`crate::upstream::balance`); otherwise each connection
+    /// resolves the name afresh. `Host` and TLS's server name stay the
+    /// name's.
+    address: Option<std::net::SocketAddr>,
+}
+
+/// What an upstream speaks, as far as the gateway knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spoken {
+    /// Not yet known: the next connection offers `h2` and finds out.
+    Unknown = 0,
+    Http1 = 1,
+    Http2 = 2,
+}
+
+/// What an `https://` upstream agreed to in ALPN, shared by the workers:
+/// one connection's answer tells them all.
+struct Alpn {
+    /// Offers `h2` and `http/1.1`.
+    config: Arc<rustls::ClientConfig>,
+    spoken: AtomicU8,
 }
 
 impl Target {
@@ -69,7 +94,42 @@ impl Target {
         };
         // An `Authority` holds only characters a header value may.
         let host = HeaderValue::try_from(host).unwrap_or_else(|_| HeaderValue::from_static(""));
-        Target { scheme, authority, tls, host, connect_time: None }
+        Target { scheme, authority, tls, host, connect_time: None, alpn: None, address: None }
+    }
+
+    /// This target, its connections made to `address` (what its host name
+    /// resolved to).
+    pub fn at(mut self, address: std::net::SocketAddr) -> Target {
+        self.address = Some(address);
+        self
+    }
+
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.address
+    }
+
+    /// This target, learning from its TLS connections made with `config`
+    /// (which offers `h2` in ALPN) whether it speaks HTTP/2.
+    pub fn offering_h2(mut self, config: Arc<rustls::ClientConfig>) -> Target {
+        self.alpn = Some(Arc::new(Alpn { config, spoken: AtomicU8::new(Spoken::Unknown as u8) }));
+        self
+    }
+
+    /// What the upstream speaks: HTTP/1.1 unless it is an `https://` one
+    /// that agreed to HTTP/2, or one not asked yet.
+    pub fn spoken(&self) -> Spoken {
+        match self.alpn.as_ref().map(|a| a.spoken.load(Ordering::Relaxed)) {
+            None => Spoken::Http1,
+            Some(0) => Spoken::Unknown,
+            Some(1) => Spoken::Http1,
+            Some(_) => Spoken::Http2,
+        }
+    }
+
+    pub(super) fn learnt(&self, spoken: Spoken) {
+        if let Some(alpn) = &self.alpn {
+            alpn.spoken.store(spoken as u8, Ordering::Relaxed);
+        }
     }
 
     /// This target, its connections' set-up times observed in `histogram`.
@@ -86,8 +146,14 @@ impl Target {
         &self.scheme
     }
 
+    /// Whether `other` is the same upstream, wherever it connects.
+    pub(super) fn same_upstream(&self, other: &Target) -> bool {
+        self.authority == other.authority && self.scheme == other.scheme
+    }
+
     pub(super) fn same_pool(&self, other: &Target) -> bool {
         self.authority == other.authority
+            && self.address == other.address
             && self.scheme == other.scheme
             && match (&self.tls, &other.tls) {
                 (None, None) => true,
@@ -98,7 +164,7 @@ impl Target {
 
     /// Host and port to connect to: the authority without IPv6 brackets,
     /// and the scheme's port when none is given.
-    fn host_port(&self) -> (&str, u16) {
+    pub(super) fn host_port(&self) -> (&str, u16) {
         let host = self.authority.host();
         let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         let default = if self.scheme == Scheme::HTTPS { 443 } else { 80 };
@@ -121,6 +187,10 @@ pub enum Error {
     Exchange(#[from] http1::Error),
     #[error("HTTP/2: {0}")]
     Http2(hyper::Error),
+    /// An upstream that had agreed to HTTP/2 no longer does; the next
+    /// request asks it again.
+    #[error("the upstream no longer agrees to HTTP/2 in ALPN")]
+    NoLongerHttp2,
 }
 
 /// What `http1` never lets through but to an upgrade.
@@ -148,7 +218,7 @@ impl Failed {
 impl Error {
     /// Whether no connection was made at all.
     pub fn is_connect(&self) -> bool {
-        matches!(self, Error::Connect(_) | Error::ConnectTimeout | Error::Tls(_))
+        matches!(self, Error::Connect(_) | Error::ConnectTimeout | Error::Tls(_) | Error::NoLongerHttp2)
     }
 }
 
@@ -224,6 +294,11 @@ impl Pool {
             runtime.spawn(reap(Arc::downgrade(&idle)));
         }
         Pool { idle }
+    }
+
+    /// Keeps `conn`, new and unused, for `target`'s next request.
+    pub fn adopt(&self, target: &Target, conn: Box<Connection>) {
+        self.idles().put(target, conn, Instant::now());
     }
 
     fn idles(&self) -> std::sync::MutexGuard<'_, Idles> {
@@ -352,17 +427,39 @@ async fn reap(idle: Weak<Mutex<Idles>>) {
 /// A new connection: TCP (no delay, keep-alive probes), then TLS when the
 /// target has a client configuration.
 pub(super) async fn connect(target: &Target) -> Result<Box<Connection>, Error> {
+    connect_with(target, target.tls.as_ref()).await
+}
+
+/// A new connection to `target`, offering `h2` in ALPN if it is an
+/// `https://` upstream that may speak it, and whether it agreed.
+pub(super) async fn connect_offering_h2(target: &Target) -> Result<(Box<Connection>, bool), Error> {
+    let tls = target.alpn.as_ref().map(|a| &a.config).or(target.tls.as_ref());
+    let conn = connect_with(target, tls).await?;
+    let h2 = match conn.io() {
+        Io::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        Io::Tcp(_) => false,
+    };
+    Ok((conn, h2))
+}
+
+async fn connect_with(target: &Target, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Box<Connection>, Error> {
     let started = Instant::now();
-    let connection = open(target).await;
+    let connection = open(target, tls).await;
     if let (Some(histogram), Ok(_)) = (&target.connect_time, &connection) {
         histogram.observe(started.elapsed().as_secs_f64());
     }
     connection
 }
 
-async fn open(target: &Target) -> Result<Box<Connection>, Error> {
+async fn open(target: &Target, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Box<Connection>, Error> {
     let (host, port) = target.host_port();
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
+    let connecting = async {
+        match target.address {
+            Some(address) => TcpStream::connect(address).await,
+            None => TcpStream::connect((host, port)).await,
+        }
+    };
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(Error::Connect(e)),
         Err(_) => return Err(Error::ConnectTimeout),
@@ -370,7 +467,7 @@ async fn open(target: &Target) -> Result<Box<Connection>, Error> {
     let _ = tcp.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
     let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-    match &target.tls {
+    match tls {
         None => Ok(Connection::new(Io::Tcp(tcp))),
         Some(config) => {
             let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
@@ -433,7 +530,7 @@ mod tests {
     async fn idle_connections_are_reused_newest_first_until_they_expire() {
         let (older, _far1) = connection().await;
         let (newer, _far2) = connection().await;
-        let newer_addr = match &newer.io_for_tests() {
+        let newer_addr = match &newer.io() {
             Io::Tcp(s) => s.local_addr().expect("addr"),
             Io::Tls(_) => unreachable!(),
         };
@@ -445,7 +542,7 @@ mod tests {
         assert_eq!(idles.len(), 2);
 
         let taken = idles.take(&api, t0 + Duration::from_secs(2)).expect("a connection");
-        match taken.io_for_tests() {
+        match taken.io() {
             Io::Tcp(s) => assert_eq!(s.local_addr().expect("addr"), newer_addr, "the newest first"),
             Io::Tls(_) => unreachable!(),
         }

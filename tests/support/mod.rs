@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod ca;
 pub mod held;
 pub mod link;
 pub mod netns;

@@ -2,6 +2,7 @@
 with no generated code: messages are raw bytes.
 
     python3 grpc_echo.py serve             # prints "grpc PORT" once it listens
+    python3 grpc_echo.py serve CERT KEY    # the same over TLS (PEM files)
     python3 grpc_echo.py call HOST:PORT TOKEN [CALL...]
 
 `serve` answers, under /test.Echo/:
@@ -49,7 +50,7 @@ def fail(request, context):
     context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
 
 
-def serve():
+def serve(tls):
     handler = grpc.method_handlers_generic_handler("test.Echo", {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Chat": grpc.stream_stream_rpc_method_handler(chat),
@@ -58,7 +59,11 @@ def serve():
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls:
+        cert, key = (open(path, "rb").read() for path in tls)
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"grpc {port}", flush=True)
     server.wait_for_termination()
@@ -103,6 +108,6 @@ def call(target, token, names):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve()
+        serve(sys.argv[2:])
     else:
         call(sys.argv[2], sys.argv[3], sys.argv[4:])

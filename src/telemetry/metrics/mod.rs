@@ -170,10 +170,49 @@ pub struct Metrics {
     pub websockets_open: IntGaugeVec,
     pub websockets: IntCounterVec,
     pub websockets_closed: IntCounterVec,
-    upstream_requests: IntCounterVec,
-    upstream_failures: IntCounterVec,
-    upstream_ejections: IntCounterVec,
-    upstream_connect: prometheus::HistogramVec,
+    upstream_instances: InstanceFamilies,
+}
+
+/// The families of upstream instances' series.
+#[derive(Clone)]
+struct InstanceFamilies {
+    requests: IntCounterVec,
+    failures: IntCounterVec,
+    ejections: IntCounterVec,
+    connect: prometheus::HistogramVec,
+}
+
+/// One balanced route's instance series: made for each instance as it
+/// comes (a host name may resolve to new addresses), and forgotten as it
+/// goes, so that a Service's churning pods do not pile up series.
+#[derive(Clone)]
+pub struct RouteInstances {
+    route: String,
+    families: InstanceFamilies,
+}
+
+impl RouteInstances {
+    /// Resolves every series of `instance`.
+    pub fn series(&self, instance: &str) -> InstanceMetrics {
+        let labels = [self.route.as_str(), instance];
+        let f = &self.families;
+        InstanceMetrics {
+            requests: f.requests.with_label_values(&labels),
+            failures: f.failures.with_label_values(&labels),
+            ejections: f.ejections.with_label_values(&labels),
+            connect: f.connect.with_label_values(&labels),
+        }
+    }
+
+    /// Drops every series of `instance`.
+    pub fn forget(&self, instance: &str) {
+        let labels = [self.route.as_str(), instance];
+        let f = &self.families;
+        let _ = f.requests.remove_label_values(&labels);
+        let _ = f.failures.remove_label_values(&labels);
+        let _ = f.ejections.remove_label_values(&labels);
+        let _ = f.connect.remove_label_values(&labels);
+    }
 }
 
 /// The series of one upstream instance of a balanced route.
@@ -429,22 +468,18 @@ impl Metrics {
             websockets_open,
             websockets,
             websockets_closed,
-            upstream_requests,
-            upstream_failures,
-            upstream_ejections,
-            upstream_connect,
+            upstream_instances: InstanceFamilies {
+                requests: upstream_requests,
+                failures: upstream_failures,
+                ejections: upstream_ejections,
+                connect: upstream_connect,
+            },
         }
     }
 
-    /// Resolves every series of one instance of a balanced route.
-    pub fn instance(&self, route: &str, instance: &str) -> InstanceMetrics {
-        let labels = [route, instance];
-        InstanceMetrics {
-            requests: self.upstream_requests.with_label_values(&labels),
-            failures: self.upstream_failures.with_label_values(&labels),
-            ejections: self.upstream_ejections.with_label_values(&labels),
-            connect: self.upstream_connect.with_label_values(&labels),
-        }
+    /// The series of a balanced route's instances.
+    pub fn instances(&self, route: &str) -> RouteInstances {
+        RouteInstances { route: route.to_owned(), families: self.upstream_instances.clone() }
     }
 
     /// Resolves (and so pre-creates, at zero) every series of one route.
