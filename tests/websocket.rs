@@ -3,7 +3,8 @@
 //! authorised like any request, the frames are relayed both ways, and the
 //! gateway closes the connection itself (1008) when its token is revoked
 //! or expires, (1001) when it idles or the gateway stops, and (1002) when
-//! what comes is not WebSocket frames.
+//! what comes is not WebSocket frames. Over HTTP/2 (RFC 8441) the client
+//! is the same library on an `h2` stream.
 
 mod support;
 
@@ -16,7 +17,7 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{HeaderMap, Method};
 use support::{Gateway, config_toml, issuing_jwts, send};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -177,7 +178,7 @@ async fn connect(gw: &Gateway, path: &str, token: Option<&str>) -> Result<Client
 }
 
 /// The next message the client gets (pings and pongs skipped).
-async fn receive(ws: &mut Client) -> Message {
+async fn receive<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Message {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -191,11 +192,71 @@ async fn receive(ws: &mut Client) -> Message {
 }
 
 /// The close frame the client gets next, and when.
-async fn closed(ws: &mut Client) -> (CloseFrame, Instant) {
+async fn closed<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> (CloseFrame, Instant) {
     match receive(ws).await {
         Message::Close(Some(frame)) => (frame, Instant::now()),
         other => panic!("expected a close frame, got {other:?}"),
     }
+}
+
+/// A WebSocket to `path` on `gw` over HTTP/2 (RFC 8441's extended
+/// `CONNECT`, on an h2c connection), with `token` in `Authorization`, or
+/// the status it was refused with. The stream's bytes are pumped to and
+/// from a pipe whose other end is tungstenite's client.
+async fn connect_h2(
+    gw: &Gateway,
+    path: &str,
+    token: Option<&str>,
+) -> Result<WebSocketStream<DuplexStream>, http::StatusCode> {
+    let tcp = TcpStream::connect(gw.public).await.expect("connect");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    // The server's SETTINGS come before its first answer.
+    let mut h2 = h2.ready().await.expect("ready");
+    let (first, _) = h2.send_request(http::Request::get(gw.url("/")).body(()).expect("request"), true).expect("send");
+    first.await.expect("an answer");
+    assert!(h2.is_extended_connect_protocol_enabled(), "SETTINGS_ENABLE_CONNECT_PROTOCOL");
+
+    let mut req =
+        http::Request::builder().method(Method::CONNECT).uri(gw.url(path)).header("sec-websocket-version", "13");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let mut req = req.body(()).expect("request");
+    req.extensions_mut().insert(h2::ext::Protocol::from("websocket"));
+    let (response, mut to_gateway) = h2.send_request(req, false).expect("send");
+    let response = tokio::time::timeout(Duration::from_secs(10), response).await.expect("in time").expect("an answer");
+    if response.status() != http::StatusCode::OK {
+        return Err(response.status());
+    }
+    assert!(response.headers().get("sec-websocket-accept").is_none(), "no key to answer over HTTP/2");
+    let mut from_gateway = response.into_body();
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let (mut far_read, mut far_write) = tokio::io::split(far);
+    tokio::spawn(async move {
+        let _h2 = h2;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match far_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return drop(to_gateway.send_data(bytes::Bytes::new(), true)),
+                Ok(n) => {
+                    if to_gateway.send_data(bytes::Bytes::copy_from_slice(&buf[..n]), false).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(data)) = from_gateway.data().await {
+            let _ = from_gateway.flow_control().release_capacity(data.len());
+            if far_write.write_all(&data).await.is_err() {
+                return;
+            }
+        }
+        let _ = far_write.shutdown().await;
+    });
+    Ok(WebSocketStream::from_raw_socket(near, tungstenite::protocol::Role::Client, None).await)
 }
 
 /// A raw handshake for `path`: the fields, without the blank line.
@@ -317,6 +378,41 @@ async fn a_route_can_forbid_websockets_and_a_bad_handshake_is_refused() {
     let reply = support::raw_request(&gw, &post, "").await;
     assert_eq!(reply.status, 405, "{reply:?}");
     assert!(upstream.saw_nothing());
+    gw.stop().await;
+}
+
+/// RFC 8441: a WebSocket over HTTP/2 is a `CONNECT` stream, authorised as
+/// a handshake is, relayed to the upstream as HTTP/1.1's, and closed by
+/// the gateway as any WebSocket is.
+#[tokio::test]
+async fn a_websocket_over_http2_is_authorised_relayed_and_closed_on_revocation() {
+    let mut upstream = WsUpstream::start().await;
+    let gw = Gateway::start(&config(upstream.addr, "15m")).await;
+    assert_eq!(connect_h2(&gw, "/ws/chat", None).await.err(), Some(http::StatusCode::UNAUTHORIZED));
+    let weak = gw.token("app", "admin").await;
+    assert_eq!(connect_h2(&gw, "/ws/chat", Some(&weak)).await.err(), Some(http::StatusCode::FORBIDDEN));
+    let token = gw.token("app", "calendar.read").await;
+    assert_eq!(connect_h2(&gw, "/no-ws/chat", Some(&token)).await.err(), Some(http::StatusCode::FORBIDDEN));
+    assert!(upstream.saw_nothing(), "nothing refused reached the upstream");
+
+    let mut ws = connect_h2(&gw, "/ws/chat?room=2", Some(&token)).await.expect("opened");
+    let (uri, headers) = upstream.opened().await;
+    assert_eq!(uri, "/ws/chat?room=2");
+    assert_eq!(headers.get("x-auth-client-id").map(|v| v.to_str().unwrap()), Some("app"));
+    assert!(headers.get("authorization").is_none());
+    assert_eq!(headers.get("upgrade").map(|v| v.to_str().unwrap()), Some("websocket"));
+    ws.send(Message::text("over h2")).await.expect("send");
+    assert_eq!(receive(&mut ws).await, Message::text("over h2"));
+
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("app:app-secret"));
+    let form = format!("token={token}");
+    let headers = [("content-type", "application/x-www-form-urlencoded"), ("authorization", basic.as_str())];
+    let reply = send(Method::POST, &gw.url("/oauth/revoke"), &headers, form).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let (frame, _) = closed(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Policy);
+    assert_eq!(frame.reason, "token revoked");
+    wait_for_series(&gw, "portcullis_websockets_closed_total{reason=\"revoked\",route=\"ws\"}", 1).await;
     gw.stop().await;
 }
 

@@ -261,7 +261,13 @@ impl Gateway {
         self.check_headers(&parts.headers, peer, host.as_ref())?;
         // Refused (forbidden, malformed) only once the token is checked:
         // a client without one learns nothing of the route.
-        let handshake = websocket::handshake(&mut parts.extensions, &parts.method, &parts.headers, &body, cfg);
+        let head = websocket::Head {
+            version: parts.version,
+            method: &mut parts.method,
+            headers: &mut parts.headers,
+            extensions: &mut parts.extensions,
+        };
+        let handshake = websocket::handshake(head, &body, cfg);
         let Some(rule) = &cfg.scopes else {
             // A public route: nothing to enforce, nothing taken away.
             let path_and_query = join_path_query(forwarded_path(cfg, path), query);
@@ -512,6 +518,9 @@ impl Gateway {
         handshake: websocket::Handshake,
         watched: Option<websocket::Watched>,
     ) -> Result<Sent, Refusal> {
+        // A handshake has no body (an HTTP/1.1 one was refused with one;
+        // an HTTP/2 one's stream is the tunnel-to-be).
+        let req = req.map(|_| crate::http::empty());
         // The client's were removed with the other hop-by-hop fields.
         added.fields.push((&header::CONNECTION, HeaderValue::from_static("upgrade")));
         added.fields.push((&header::UPGRADE, HeaderValue::from_static("websocket")));

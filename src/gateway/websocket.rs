@@ -1,4 +1,5 @@
-//! WebSockets through a route (RFC 6455): the handshake is authorised as
+//! WebSockets through a route (RFC 6455; over HTTP/2, RFC 8441's extended
+//! `CONNECT`, relayed to the upstream as HTTP/1.1): the handshake is authorised as
 //! any request is (a browser cannot set headers on one, so the
 //! `access_token` query parameter is what its page sends, where the route
 //! allows it), sent upstream, and on the upstream's `101` answered with a
@@ -35,6 +36,9 @@ use crate::telemetry::metrics::Metrics;
 /// switch to come.
 pub(super) struct Handshake {
     client: OnUpgrade,
+    /// It came as HTTP/2's extended `CONNECT` (RFC 8441), answered `200`
+    /// rather than `101`.
+    over_h2: bool,
 }
 
 /// The handshake `parts` asks for, if any. hyper marks every HTTP/1.1
@@ -42,23 +46,59 @@ pub(super) struct Handshake {
 /// so a plain request costs one look at its empty extensions. An upgrade
 /// to anything but `websocket` is not one: its `Upgrade` is removed like
 /// any hop-by-hop field, and the request goes as a plain one.
-pub(super) fn handshake(
-    extensions: &mut http::Extensions,
-    method: &http::Method,
-    headers: &http::HeaderMap,
-    body: &Incoming,
-    route: &RouteConfig,
-) -> Result<Option<Handshake>, Refusal> {
-    if extensions.get::<OnUpgrade>().is_none() || !asks_for_websocket(headers) {
+///
+/// Over HTTP/2 a WebSocket is a `CONNECT` with `:protocol` `websocket`
+/// (RFC 8441), which the upstream is sent as HTTP/1.1's handshake: the
+/// request becomes a `GET` (the route's scopes for `GET` apply, as to any
+/// handshake), with a `Sec-WebSocket-Key` of the gateway's, which the
+/// upstream's `101` must answer.
+pub(super) fn handshake(head: Head<'_>, body: &Incoming, route: &RouteConfig) -> Result<Option<Handshake>, Refusal> {
+    if head.extensions.get::<OnUpgrade>().is_none() {
+        return Ok(None);
+    }
+    if head.version == http::Version::HTTP_2 {
+        return extended_connect(head, route);
+    }
+    if !asks_for_websocket(head.headers) {
         return Ok(None);
     }
     if !route.websockets {
         return Err(Refusal::UpgradeForbidden);
     }
-    if let Some(problem) = handshake_problem(method, headers, http_body::Body::is_end_stream(body)) {
+    if let Some(problem) = handshake_problem(head.method, head.headers, http_body::Body::is_end_stream(body)) {
         return Err(Refusal::BadRequest(problem));
     }
-    Ok(extensions.remove::<OnUpgrade>().map(|client| Handshake { client }))
+    Ok(head.extensions.remove::<OnUpgrade>().map(|client| Handshake { client, over_h2: false }))
+}
+
+/// The parts of a request's head a handshake reads, and may change (the
+/// rest, its URI, stays borrowed by the caller).
+pub(super) struct Head<'a> {
+    pub(super) version: http::Version,
+    pub(super) method: &'a mut http::Method,
+    pub(super) headers: &'a mut http::HeaderMap,
+    pub(super) extensions: &'a mut http::Extensions,
+}
+
+/// An HTTP/2 `CONNECT` (hyper marks each with an `OnUpgrade`) that opens a
+/// WebSocket (RFC 8441 §4), made the `GET` the upstream is sent. Any other
+/// `CONNECT` is left as it is, to be refused as a method.
+fn extended_connect(head: Head<'_>, route: &RouteConfig) -> Result<Option<Handshake>, Refusal> {
+    let websocket = head.extensions.get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str() == "websocket");
+    if *head.method != http::Method::CONNECT || !websocket {
+        return Ok(None);
+    }
+    *head.method = http::Method::GET;
+    if !route.websockets {
+        return Err(Refusal::UpgradeForbidden);
+    }
+    if head.headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err(Refusal::BadRequest("A WebSocket handshake needs Sec-WebSocket-Version: 13"));
+    }
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 16]>());
+    let key = HeaderValue::from_str(&key).map_err(|_| Refusal::BadRequest("The WebSocket key could not be made"))?;
+    head.headers.insert(header::SEC_WEBSOCKET_KEY, key);
+    Ok(head.extensions.remove::<OnUpgrade>().map(|client| Handshake { client, over_h2: true }))
 }
 
 /// A token a tunnel was opened with, watched while it lasts.
@@ -105,8 +145,14 @@ impl Tunnel {
         let tunnel =
             Tunnel { client: handshake.client, upstream, relay, watched, route: route.config.name.clone(), metrics };
         let mut res = Response::from_parts(head, crate::http::empty());
-        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if handshake.over_h2 {
+            // RFC 8441 §5: a 2xx, and no key to answer.
+            *res.status_mut() = http::StatusCode::OK;
+            res.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+        } else {
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
         res.extensions_mut().insert(Slot(Arc::new(Mutex::new(Some(tunnel)))));
         res
     }

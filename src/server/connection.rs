@@ -55,6 +55,8 @@ pub(super) async fn accept_loop<F, Fut>(
         .writev(false);
     builder
         .http2()
+        // WebSockets over HTTP/2 (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL.
+        .enable_connect_protocol()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(cfg.http2_max_concurrent_streams);
@@ -259,6 +261,10 @@ where
         if req.version() == http::Version::HTTP_2 {
             let limit = limit.get_or_init(|| ExchangeLimit::new(exchanges));
             req.extensions_mut().insert(limit.clone());
+            // A WebSocket over HTTP/2 is a CONNECT's stream (RFC 8441).
+            if req.method() == http::Method::CONNECT {
+                req.extensions_mut().insert(hold.clone());
+            }
         } else if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some() {
             // hyper marks only requests that ask to upgrade.
             req.extensions_mut().insert(hold.clone());

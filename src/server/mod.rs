@@ -385,7 +385,8 @@ async fn serve_public(
                 res.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
             }
             if let (Some(tunnel), Some(hold)) = (Tunnel::take(&mut res), hold) {
-                run_tunnel(tunnel, hold, logged.map(|method| (id.clone(), method, started)), &info);
+                let line = logged.map(|method| (id.clone(), method, res.status(), started));
+                run_tunnel(tunnel, hold, line, &info);
             } else if let Some(method) = logged {
                 access::log(&id, &method, res.status(), started.elapsed(), &info);
             }
@@ -408,7 +409,7 @@ async fn serve_public(
 fn run_tunnel(
     tunnel: Tunnel,
     hold: connection::Hold,
-    line: Option<(HeaderValue, http::Method, std::time::Instant)>,
+    line: Option<(HeaderValue, http::Method, http::StatusCode, std::time::Instant)>,
     info: &access::AccessInfo<'_>,
 ) {
     // The line's fields, owned: the tunnel outlives the request.
@@ -416,7 +417,7 @@ fn run_tunnel(
     let (path, identity, upstream_time) = (info.path.clone(), info.identity.clone(), info.upstream_time);
     tokio::spawn(async move {
         let summary = tunnel.run(hold.stopped()).await;
-        if let Some((id, method, started)) = line {
+        if let Some((id, method, status, started)) = line {
             let tunnel = access::TunnelRecord {
                 bytes_from_client: summary.bytes_from_client,
                 bytes_to_client: summary.bytes_to_client,
@@ -430,7 +431,7 @@ fn run_tunnel(
                 identity,
                 tunnel: Some(tunnel),
             };
-            access::log(&id, &method, http::StatusCode::SWITCHING_PROTOCOLS, started.elapsed(), &info);
+            access::log(&id, &method, status, started.elapsed(), &info);
         }
     });
 }
