@@ -765,6 +765,69 @@ enum Decoder {
     Done,
 }
 
+/// How the response parser framed a response (see [`frame_for_fuzzing`]).
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct FramedForFuzzing {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<(String, Vec<u8>)>,
+    /// The framing said where the body ends, and it ended there (not
+    /// merely where the input did).
+    pub ended: bool,
+    /// Bytes after that end, which a connection must not be reused with.
+    pub left_over: usize,
+}
+
+/// The response parser and body decoders as the fuzz targets (`fuzz/`)
+/// and their corpora's replay in the suite (`tests/fuzz_corpora.rs`) drive
+/// them: `wire` read as the answer to `method`, `step` bytes at a time, as
+/// a connection would deliver it. `Ok(None)`: the head never completed.
+/// Not an API: what it returns is whatever the properties need.
+#[doc(hidden)]
+pub fn frame_for_fuzzing(wire: &[u8], method: &Method, step: usize) -> Result<Option<FramedForFuzzing>, Error> {
+    let fields = |map: &HeaderMap| map.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+    let mut pieces = wire.chunks(step.max(1));
+    let mut buf = BytesMut::new();
+    let head = loop {
+        if let Some(head) = parse_head(&mut buf, method, false)? {
+            break head;
+        }
+        match pieces.next() {
+            Some(piece) => buf.extend_from_slice(piece),
+            None => return Ok(None),
+        }
+    };
+    let mut decoder = match head.framing {
+        Framing::Empty => Decoder::Done,
+        Framing::Length(n) => Decoder::Length(n),
+        Framing::Chunked => Decoder::Chunked(Chunked::Size),
+        Framing::UntilClose => Decoder::UntilClose,
+    };
+    let (mut body, mut trailers) = (Vec::new(), Vec::new());
+    let ended = loop {
+        match decoder.decode(&mut buf)? {
+            Decoded::Data(d) => body.extend_from_slice(&d),
+            Decoded::Trailers(t) => trailers = fields(&t),
+            Decoded::End => break true,
+            Decoded::Short => match pieces.next() {
+                Some(piece) => buf.extend_from_slice(piece),
+                None => break false,
+            },
+        }
+    };
+    let left_over = buf.len() + pieces.map(<[u8]>::len).sum::<usize>();
+    Ok(Some(FramedForFuzzing {
+        status: head.parts.status.as_u16(),
+        headers: fields(&head.parts.headers),
+        body,
+        trailers,
+        ended,
+        left_over,
+    }))
+}
+
 /// Where a chunked decoder is (RFC 9112 §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunked {
