@@ -323,11 +323,7 @@ impl Pool {
         now: Instant,
         stall_after: std::time::Duration,
     ) -> Result<Response<ResponseBody>, Error> {
-        match self.exchange::<false>(target, req, added, now, stall_after).await.map_err(Failed::into_error)? {
-            Exchanged::Answered(res, _) => Ok(res),
-            // `http1` lets a 101 through only to an upgrade.
-            Exchanged::Switched(..) => Err(Error::Exchange(UNASKED_101)),
-        }
+        self.send_or_give_back(target, req, added, now, stall_after).await.map_err(Failed::into_error)
     }
 
     /// [`Pool::send`], which gives the request back when no connection
