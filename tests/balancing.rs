@@ -278,24 +278,11 @@ async fn an_instance_failing_its_health_check_is_left_out_until_it_passes() {
 /// again to the other instance; a `POST` with a body is not sent twice.
 #[tokio::test]
 async fn a_request_that_may_have_arrived_is_sent_again_only_when_that_is_safe() {
-    use tokio::io::AsyncReadExt as _;
-    let hangup = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let hangup_addr = hangup.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = hangup.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                // Dropped: closed with no answer.
-            });
-        }
-    });
+    let (hangup_addr, _) = support::tcp::serve(|mut stream, _| async move {
+        // Read, then dropped: closed with no answer.
+        support::tcp::read_head(&mut stream, &mut Vec::new()).await;
+    })
+    .await;
     let good = Instance::start(0).await;
     let spare = Upstream::start().await;
     let list = format!("[\"http://{hangup_addr}\", \"http://{}\"]", good.addr);

@@ -1173,23 +1173,12 @@ async fn http2_clients_are_served_and_forwarded_as_http11() {
 
 /// An upstream that counts the connections it accepts and answers `ok`.
 async fn counting_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = service_fn(|_req| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    (addr, accepted)
+    support::tcp::serve(|stream, _| async move {
+        let service =
+            service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) });
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+    })
+    .await
 }
 
 /// Sends `requests` GETs to `/public/{i}` one after another on one raw
@@ -1297,29 +1286,15 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_and_the_request_sti
 /// A raw upstream that writes `answer` for every request head it reads,
 /// on every connection; it counts the connections it accepts.
 async fn answering_upstream(answer: &'static [u8]) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+    support::tcp::serve(move |mut stream, _| async move {
+        let mut buf = Vec::new();
+        while support::tcp::read_head(&mut stream, &mut buf).await {
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
         }
-    });
-    (addr, accepted)
+    })
+    .await
 }
 
 /// A buggy upstream that declares a body on a 204 or 304 and then sends
@@ -1932,35 +1907,27 @@ async fn events_and_uploads_stream_through_piece_by_piece() {
 /// `VERSION METHOD URI authority=… client_id=… body=…`, and counts its
 /// connections.
 async fn h2c_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let text = format!(
-                    "{:?} {} {} authority={} client_id={} host={} body={}",
-                    parts.version,
-                    parts.method,
-                    parts.uri.path_and_query().map_or("", |p| p.as_str()),
-                    parts.uri.authority().map_or("", |a| a.as_str()),
-                    parts.headers.get("x-auth-client-id").map_or("", |v| v.to_str().unwrap_or("")),
-                    parts.headers.get("host").map_or("", |v| v.to_str().unwrap_or("")),
-                    String::from_utf8_lossy(&body),
-                );
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
-            });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service),
+    support::tcp::serve(|stream, _| async move {
+        let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let text = format!(
+                "{:?} {} {} authority={} client_id={} host={} body={}",
+                parts.version,
+                parts.method,
+                parts.uri.path_and_query().map_or("", |p| p.as_str()),
+                parts.uri.authority().map_or("", |a| a.as_str()),
+                parts.headers.get("x-auth-client-id").map_or("", |v| v.to_str().unwrap_or("")),
+                parts.headers.get("host").map_or("", |v| v.to_str().unwrap_or("")),
+                String::from_utf8_lossy(&body),
             );
-        }
-    });
-    (addr, accepted)
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 #[tokio::test]

@@ -22,9 +22,9 @@
 //! closes the connection), a `204` or `304` has no body whatever it
 //! declares, and bytes past an answer's end are not its body.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,9 +34,9 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use portcullis::upstream::http1::Added;
 use portcullis::upstream::pool::{Pool, Target};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use support::tcp;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
 
 /// The answer to every request after the first.
 const NEXT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext";
@@ -159,44 +159,28 @@ fn framed(status: u16, body: Bytes, trailers: Option<&HeaderMap>) -> Outcome {
 
 /// An upstream that answers its first request with `answer` (closing
 /// after it if `close`) and every later one with [`NEXT`].
-async fn scripted(answer: &'static [u8], close: bool) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let first = Arc::new(AtomicBool::new(true));
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let first = first.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // One request head (the clients send no bodies).
-                    let end = loop {
-                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    buf.drain(..end);
-                    if first.swap(false, Ordering::SeqCst) {
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        if close {
-                            let _ = stream.shutdown().await;
-                            return;
-                        }
-                    } else if stream.write_all(NEXT).await.is_err() {
-                        return;
-                    }
+async fn scripted(answer: &'static [u8], close: bool) -> SocketAddr {
+    // The first request is the first connection's: each client opens one
+    // and sends the case's request on it.
+    let (addr, _) = tcp::serve(move |mut stream, n| async move {
+        let mut buf = Vec::new();
+        let mut first = n == 0;
+        while tcp::read_head(&mut stream, &mut buf).await {
+            if std::mem::take(&mut first) {
+                if stream.write_all(answer).await.is_err() {
+                    return;
                 }
-            });
+                if close {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            } else if stream.write_all(NEXT).await.is_err() {
+                return;
+            }
         }
-    });
-    (addr, task)
+    })
+    .await;
+    addr
 }
 
 fn request(method: Method) -> Request<portcullis::http::Body> {
@@ -208,7 +192,7 @@ fn request(method: Method) -> Request<portcullis::http::Body> {
 
 /// The case's exchange and the next one, through the gateway's client.
 async fn through_ours(case: &Case) -> (Outcome, Outcome) {
-    let (addr, server) = scripted(case.answer, case.close).await;
+    let addr = scripted(case.answer, case.close).await;
     let pool = Pool::new();
     let target = Target::new(Scheme::HTTP, addr.to_string().parse().expect("authority"), None);
     let exchange = |method: Method| {
@@ -227,13 +211,12 @@ async fn through_ours(case: &Case) -> (Outcome, Outcome) {
     };
     let first = exchange(case.method.clone()).await;
     let next = exchange(Method::GET).await;
-    server.abort();
     (first, next)
 }
 
 /// The case's exchange through hyper's client (on a connection of its own).
 async fn through_hyper(case: &Case) -> Outcome {
-    let (addr, server) = scripted(case.answer, case.close).await;
+    let addr = scripted(case.answer, case.close).await;
     let outcome = async {
         let tcp = TcpStream::connect(addr).await.ok()?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.ok()?;
@@ -250,9 +233,7 @@ async fn through_hyper(case: &Case) -> Outcome {
         let trailers = collected.trailers().cloned();
         Some(framed(status, collected.to_bytes(), trailers.as_ref()))
     };
-    let outcome = tokio::time::timeout(BOUND, outcome).await.ok().flatten().unwrap_or(Outcome::Refused);
-    server.abort();
-    outcome
+    tokio::time::timeout(BOUND, outcome).await.ok().flatten().unwrap_or(Outcome::Refused)
 }
 
 #[tokio::test]

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::{Gateway, Upstream, config_toml, get};
+use support::{Gateway, Upstream, config_toml, get, tcp};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What the upstream does to its first connection.
 #[derive(Clone, Copy, Debug)]
@@ -42,39 +42,19 @@ const GOOD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ngood";
 /// An upstream that gives its first connection `fault` and answers every
 /// request on the others with [`GOOD`]; and how many connections it took.
 async fn faulty(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let connections = Arc::new(AtomicUsize::new(0));
-    let count = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let first = count.fetch_add(1, Ordering::SeqCst) == 0;
-            tokio::spawn(async move {
-                if first {
-                    misbehave(stream, fault).await;
-                } else {
-                    answer_well(stream).await;
-                }
-            });
+    tcp::serve(move |stream, n| async move {
+        if n == 0 {
+            misbehave(stream, fault).await;
+        } else {
+            answer_well(stream).await;
         }
-    });
-    (addr, connections)
-}
-
-async fn read_head(stream: &mut TcpStream) -> bool {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-    true
+    })
+    .await
 }
 
 async fn answer_well(mut stream: TcpStream) {
-    while read_head(&mut stream).await {
+    let mut buf = Vec::new();
+    while tcp::read_head(&mut stream, &mut buf).await {
         if stream.write_all(GOOD).await.is_err() {
             return;
         }
@@ -82,7 +62,7 @@ async fn answer_well(mut stream: TcpStream) {
 }
 
 async fn misbehave(mut stream: TcpStream, fault: Fault) {
-    if !read_head(&mut stream).await {
+    if !tcp::read_head(&mut stream, &mut Vec::new()).await {
         return;
     }
     match fault {

@@ -605,25 +605,16 @@ async fn what_is_not_websocket_frames_ends_the_tunnel_with_1002() {
 
 /// An upstream answer to a handshake that is not a `101` completing it.
 async fn answering(answer: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = stream.write_all(answer).await;
-                // Whatever comes next is not read as a request.
-                let _ = stream.read_to_end(&mut got).await;
-            });
+    let (addr, _) = support::tcp::serve(move |mut stream, _| async move {
+        let mut got = Vec::new();
+        if !support::tcp::read_head(&mut stream, &mut got).await {
+            return;
         }
-    });
+        let _ = stream.write_all(answer).await;
+        // Whatever comes next is not read as a request.
+        let _ = stream.read_to_end(&mut got).await;
+    })
+    .await;
     addr
 }
 

@@ -11,6 +11,7 @@ pub mod held;
 pub mod link;
 pub mod netns;
 pub mod postgres;
+pub mod tcp;
 pub mod upstreams;
 
 use std::convert::Infallible;
