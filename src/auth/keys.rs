@@ -211,6 +211,12 @@ impl KeyRing {
 pub fn generate(now: u64, activates_at: u64) -> StoredKey {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
+    from_seed(seed, now, activates_at)
+}
+
+/// The Ed25519 key pair of `seed`, as the store keeps it: for `generate`,
+/// and for a fixed key where one is wanted (the `jwt` fuzz target).
+pub fn from_seed(seed: [u8; 32], now: u64, activates_at: u64) -> StoredKey {
     let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     let mut der = ED25519_PKCS8_PREFIX.to_vec();
     der.extend_from_slice(&seed);

@@ -233,10 +233,19 @@ pub struct TokenService {
     /// Every claim checked by jsonwebtoken, on the system clock: for
     /// `inspect`, which turns the time checks off.
     validation: Validation,
-    /// The signature and the presence of `exp`, `iss` and `aud` only: for
-    /// `verify_jwt`, which checks the rest against `clock` (with its leeway).
-    signature_only: Validation,
+    jwt: JwtVerifier,
     clock: Arc<dyn Clock>,
+}
+
+/// The checks a presented JWT must pass (RFC 9068 §4), apart from
+/// revocation: with no store and no clock of its own, so that they can be
+/// run on any moment and any key ring (the `jwt` fuzz target does).
+pub struct JwtVerifier {
+    issuer: String,
+    audience: String,
+    /// The signature and the presence of `exp`, `iss` and `aud` only: the
+    /// rest is checked against the moment given (with `leeway`).
+    signature_only: Validation,
 }
 
 impl TokenService {
@@ -259,24 +268,6 @@ impl TokenService {
         }
         let ring = KeyRing::new(&stored, outlives)?;
 
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[&config.issuer]);
-        validation.set_audience(&[&config.audience]);
-        // CVE-2026-25537: only claims listed here are guaranteed present.
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.leeway = config.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        // What `verify_jwt` asks of the library: the signature and that
-        // the claims are there. The times are checked against `clock`,
-        // and so, to keep jsonwebtoken's order (times, then issuer, then
-        // audience), are the issuer and the audience.
-        let mut signature_only = validation.clone();
-        signature_only.validate_exp = false;
-        signature_only.validate_nbf = false;
-        signature_only.validate_aud = false;
-        signature_only.iss = None;
-
         Ok(TokenService {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -285,8 +276,8 @@ impl TokenService {
             store,
             keys: ArcSwap::from_pointee(ring),
             outlives,
-            validation,
-            signature_only,
+            validation: full_validation(&config.issuer, &config.audience, config.leeway),
+            jwt: JwtVerifier::new(&config.issuer, &config.audience, config.leeway),
             clock,
         })
     }
@@ -387,7 +378,7 @@ impl TokenService {
                 Err(r) => return Ok(Err(r)),
             }
         } else {
-            match self.verify_jwt(token) {
+            match self.jwt.verify(token, &self.keys.load(), self.clock.unix()) {
                 Ok(verified) => verified,
                 Err(r) => return Ok(Err(r)),
             }
@@ -414,58 +405,6 @@ impl TokenService {
         Ok(identity.map(|id| (id, issued_at)).ok_or(Rejection::Malformed))
     }
 
-    /// The identity of a valid JWT, and when it was issued (0 without
-    /// `iat`: before any client revocation).
-    fn verify_jwt(&self, token: &str) -> Result<(Identity, u64), Rejection> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
-        // RFC 9068 §4: reject anything not explicitly typed as an access
-        // token (an ID token or a refresh JWT replayed here, say).
-        match header.typ.as_deref() {
-            Some(t) if t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") => {}
-            _ => return Err(Rejection::WrongType),
-        }
-        // RFC 7515 §4.1.11: a `crit` header names extensions the recipient
-        // must understand or refuse the token; this server issues none and
-        // understands none.
-        if header.crit.is_some() {
-            return Err(Rejection::Malformed);
-        }
-        let ring = self.keys.load();
-        let key = header.kid.as_deref().and_then(|kid| ring.verifying(kid, self.clock.unix()));
-        let key = key.ok_or(Rejection::UnknownKey)?;
-        // The algorithm is the key's, not the token's to choose.
-        if header.alg != Algorithm::EdDSA {
-            return Err(Rejection::BadSignature);
-        }
-        let data = jsonwebtoken::decode::<JwtClaimsIn>(token, &key.verifying, &self.signature_only).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => Rejection::BadSignature,
-                _ => Rejection::Malformed,
-            }
-        })?;
-        let c = data.claims;
-        // jsonwebtoken's rules, on this service's clock: expired when `exp`
-        // is more than the leeway behind now, not yet valid when `nbf` is
-        // more than the leeway ahead.
-        let (now, leeway) = (self.clock.unix(), self.signature_only.leeway);
-        if c.exp < now.saturating_sub(leeway) {
-            return Err(Rejection::Expired);
-        }
-        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
-            return Err(Rejection::NotYetValid);
-        }
-        if c.iss != self.issuer {
-            return Err(Rejection::WrongIssuer);
-        }
-        if !c.aud.names(&self.audience) {
-            return Err(Rejection::WrongAudience);
-        }
-        let scopes = ScopeSet::parse(&c.scope).ok_or(Rejection::Malformed)?;
-        let identity = Identity::new(c.sub, c.client_id, scopes, c.exp, c.jti).ok_or(Rejection::Malformed)?;
-        Ok((identity, c.iat.unwrap_or(0)))
-    }
-
     /// Identifies a token this server issued, whether or not it is still
     /// valid: for revocation, where an expired token may still be named.
     /// `None` for anything that is not verifiably ours.
@@ -490,6 +429,103 @@ impl TokenService {
             .and_then(|h| h.kid.and_then(|kid| ring.verifying(&kid, self.clock.unix())))
             .and_then(|k| jsonwebtoken::decode::<JwtClaimsIn>(token, &k.verifying, &validation).ok())
             .map(|d| TokenOwner { jti: d.claims.jti, client_id: d.claims.client_id, expires_at: d.claims.exp }))
+    }
+}
+
+/// Whether a token's segment is base64url of JSON that a strict reader
+/// takes whole.
+fn is_json_text(segment: &str) -> bool {
+    B64.decode(segment).is_ok_and(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).is_ok())
+}
+
+/// Every claim checked by jsonwebtoken, times on the system clock.
+fn full_validation(issuer: &str, audience: &str, leeway: Duration) -> Validation {
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    // CVE-2026-25537: only claims listed here are guaranteed present.
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.leeway = leeway.as_secs();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation
+}
+
+impl JwtVerifier {
+    /// Tokens from `issuer` for `audience`, their times checked with
+    /// `leeway`.
+    pub fn new(issuer: &str, audience: &str, leeway: Duration) -> JwtVerifier {
+        // What is asked of the library: the signature and that the claims
+        // are there. The times are checked against the moment given, and
+        // so, to keep jsonwebtoken's order (times, then issuer, then
+        // audience), are the issuer and the audience.
+        let mut signature_only = full_validation(issuer, audience, leeway);
+        signature_only.validate_exp = false;
+        signature_only.validate_nbf = false;
+        signature_only.validate_aud = false;
+        signature_only.iss = None;
+        JwtVerifier { issuer: issuer.into(), audience: audience.into(), signature_only }
+    }
+
+    /// The identity a JWT proves at `now` (unix seconds) with `ring`'s
+    /// keys, and when it was issued (0 without `iat`: before any client
+    /// revocation).
+    pub fn verify(&self, token: &str, ring: &KeyRing, now: u64) -> Result<(Identity, u64), Rejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        // RFC 9068 §4: reject anything not explicitly typed as an access
+        // token (an ID token or a refresh JWT replayed here, say).
+        match header.typ.as_deref() {
+            Some(t) if t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") => {}
+            _ => return Err(Rejection::WrongType),
+        }
+        // RFC 7515 §4.1.11: a `crit` header names extensions the recipient
+        // must understand or refuse the token; this server issues none and
+        // understands none.
+        if header.crit.is_some() {
+            return Err(Rejection::Malformed);
+        }
+        let key = header.kid.as_deref().and_then(|kid| ring.verifying(kid, now));
+        let key = key.ok_or(Rejection::UnknownKey)?;
+        // The algorithm is the key's, not the token's to choose.
+        if header.alg != Algorithm::EdDSA {
+            return Err(Rejection::BadSignature);
+        }
+        let data = jsonwebtoken::decode::<JwtClaimsIn>(token, &key.verifying, &self.signature_only).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => Rejection::BadSignature,
+                _ => Rejection::Malformed,
+            }
+        })?;
+        // RFC 8259 §8.1, RFC 7519 §7.2: the header and claims are UTF-8
+        // JSON. serde skips a member it does not know without reading it
+        // through (its bytes need not be UTF-8, its escapes need not name
+        // characters), which a stricter reader (a relying party reading
+        // the token again, a log pipeline) would refuse: refused here too.
+        // After the signature, so only a token this server signed costs it.
+        if !token.split('.').take(2).all(is_json_text) {
+            return Err(Rejection::Malformed);
+        }
+        let c = data.claims;
+        // jsonwebtoken's rules, at `now`: expired when `exp` is more than
+        // the leeway behind, not yet valid when `nbf` is more than the
+        // leeway ahead.
+        let leeway = self.signature_only.leeway;
+        if c.exp < now.saturating_sub(leeway) {
+            return Err(Rejection::Expired);
+        }
+        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Err(Rejection::NotYetValid);
+        }
+        if c.iss != self.issuer {
+            return Err(Rejection::WrongIssuer);
+        }
+        if !c.aud.names(&self.audience) {
+            return Err(Rejection::WrongAudience);
+        }
+        let scopes = ScopeSet::parse(&c.scope).ok_or(Rejection::Malformed)?;
+        let identity = Identity::new(c.sub, c.client_id, scopes, c.exp, c.jti).ok_or(Rejection::Malformed)?;
+        Ok((identity, c.iat.unwrap_or(0)))
     }
 }
 

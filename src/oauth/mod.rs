@@ -25,6 +25,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde::Serialize;
 
 use crate::auth::tokens::{TokenService, random_token, token_hash};
@@ -121,6 +123,28 @@ impl Params {
 pub struct BasicCredentials {
     pub client_id: String,
     pub client_secret: String,
+}
+
+impl BasicCredentials {
+    /// The credentials of an `Authorization: Basic` value (RFC 6749
+    /// §2.3.1: the id and secret are form-urlencoded, then joined with `:`
+    /// and base64-encoded).
+    pub fn parse(encoded: &str) -> Result<BasicCredentials, MalformedBasic> {
+        let decoded = B64.decode(encoded).map_err(|_| MalformedBasic)?;
+        let decoded = String::from_utf8(decoded).map_err(|_| MalformedBasic)?;
+        let (id, secret) = decoded.split_once(':').ok_or(MalformedBasic)?;
+        let unescape = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| MalformedBasic)
+        };
+        let (client_id, client_secret) = (unescape(id)?, unescape(secret)?);
+        if client_id.is_empty() {
+            return Err(MalformedBasic);
+        }
+        Ok(BasicCredentials { client_id, client_secret })
+    }
 }
 
 /// An `Authorization: Basic` header that cannot be read as client
@@ -680,5 +704,21 @@ fn requested_scopes(params: &Params, allowed: &ScopeSet) -> Result<ScopeSet, OAu
             }
             Ok(requested)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let enc = B64.encode("my%20app:s%3Acret+1");
+        let c = BasicCredentials::parse(&enc).unwrap();
+        assert_eq!(c.client_id, "my app");
+        assert_eq!(c.client_secret, "s:cret 1");
+        assert!(BasicCredentials::parse("!!!").is_err());
+        assert!(BasicCredentials::parse(&B64.encode("nocolon")).is_err());
+        assert!(BasicCredentials::parse(&B64.encode(":secret")).is_err());
     }
 }

@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -208,38 +206,5 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<BasicCredentials, Mal
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    Some(parse_basic(encoded.trim()))
-}
-
-fn parse_basic(encoded: &str) -> Result<BasicCredentials, MalformedBasic> {
-    let decoded = B64.decode(encoded).map_err(|_| MalformedBasic)?;
-    let decoded = String::from_utf8(decoded).map_err(|_| MalformedBasic)?;
-    let (id, secret) = decoded.split_once(':').ok_or(MalformedBasic)?;
-    let unescape = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8()
-            .map(|c| c.into_owned())
-            .map_err(|_| MalformedBasic)
-    };
-    let (client_id, client_secret) = (unescape(id)?, unescape(secret)?);
-    if client_id.is_empty() {
-        return Err(MalformedBasic);
-    }
-    Ok(BasicCredentials { client_id, client_secret })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_are_form_decoded() {
-        let enc = B64.encode("my%20app:s%3Acret+1");
-        let c = parse_basic(&enc).unwrap();
-        assert_eq!(c.client_id, "my app");
-        assert_eq!(c.client_secret, "s:cret 1");
-        assert!(parse_basic("!!!").is_err());
-        assert!(parse_basic(&B64.encode("nocolon")).is_err());
-        assert!(parse_basic(&B64.encode(":secret")).is_err());
-    }
+    Some(BasicCredentials::parse(encoded.trim()))
 }
