@@ -177,11 +177,28 @@ impl TokenValidator {
         // Read before the shared cache is: an invalidation after this makes
         // whatever the shared cache answers below unfit for the worker's.
         let invalidations = self.invalidations.load(Ordering::Acquire);
-        if let Some(identity) = worker.get(self.id, invalidations, &key, now) {
+        // An entry is trusted until a moment on the monotonic clock, worked
+        // out from its token's `exp` on the wall clock when it was cached;
+        // the wall clock stepping forward past `exp` since ends the trust
+        // too (it is read only on a hit: a miss verifies on it anyway).
+        let unexpired = |identity: &Identity| {
+            let wall = self.tokens.now();
+            UNIX_EPOCH.checked_add(Duration::from_secs(identity.expires_at)).is_none_or(|exp| exp > wall)
+        };
+        if let Some(identity) = worker.get(self.id, invalidations, &key, now)
+            && unexpired(&identity)
+        {
             self.metrics.cache_hits.inc();
             return Ok(Verdict::Valid(identity));
         }
-        let cached = self.cache.get(&key).await.filter(|entry| entry.until > now);
+        let mut cached = self.cache.get(&key).await.filter(|entry| entry.until > now);
+        if let Some(Entry { verdict: Verdict::Valid(identity), .. }) = &cached
+            && !unexpired(identity)
+        {
+            // Out of the way of the fill below, which would find it.
+            self.cache.invalidate(&key).await;
+            cached = None;
+        }
         let entry = match cached {
             Some(entry) => {
                 self.metrics.cache_hits.inc();
@@ -514,6 +531,59 @@ mod tests {
         let config =
             CacheConfig { ttl: Duration::from_secs(60), negative_ttl: Duration::from_secs(60), max_entries: 100 };
         Arc::new(TokenValidator::new(verify, &config, Arc::new(Metrics::new())))
+    }
+
+    /// Verifies like a JWT would be (valid until `exp`, expired after), on
+    /// a wall clock the test steps.
+    struct SteppedClock {
+        offset: Mutex<i64>,
+        exp: u64,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Verify for SteppedClock {
+        async fn verify(&self, _token: &str) -> Result<Result<Identity, Rejection>, StoreError> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let now = self.now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+            if self.exp <= now {
+                return Ok(Err(Rejection::Expired));
+            }
+            Ok(Ok(Identity::new("alice".into(), "app".into(), ScopeSet::default(), self.exp, "j".into())
+                .expect("identity")))
+        }
+
+        fn now(&self) -> SystemTime {
+            let offset = *self.offset.lock().expect("lock");
+            let step = Duration::from_secs(offset.unsigned_abs());
+            if offset < 0 { SystemTime::now() - step } else { SystemTime::now() + step }
+        }
+    }
+
+    /// The wall clock stepping forward past a cached token's `exp` ends
+    /// the trust the caches had in it (worker and shared), though their
+    /// monotonic deadline has not come; stepping back changes nothing
+    /// about a token that is still valid.
+    #[tokio::test]
+    async fn a_clock_step_past_exp_ends_a_cached_validation() {
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() + 120;
+        let clock = Arc::new(SteppedClock { offset: Mutex::new(0), exp, asked: Default::default() });
+        let validator = validator(clock.clone());
+        let (worker, other_worker) = (WorkerCache::default(), WorkerCache::default());
+        let valid = |v: &Verdict| matches!(v, Verdict::Valid(_));
+
+        assert!(valid(&validator.validate("token", &worker, Instant::now()).await.expect("verdict")));
+        *clock.offset.lock().expect("lock") = -600;
+        assert!(valid(&validator.validate("token", &worker, Instant::now()).await.expect("verdict")));
+        assert!(valid(&validator.validate("token", &other_worker, Instant::now()).await.expect("verdict")));
+        assert_eq!(clock.asked.load(Ordering::SeqCst), 1, "a step back: the caches answer");
+
+        *clock.offset.lock().expect("lock") = 600;
+        for cache in [&worker, &other_worker, &WorkerCache::default()] {
+            let verdict = validator.validate("token", cache, Instant::now()).await.expect("verdict");
+            assert!(matches!(verdict, Verdict::Invalid(Rejection::Expired)), "{verdict:?}");
+        }
+        assert_eq!(clock.asked.load(Ordering::SeqCst), 2, "asked again once, and the refusal cached");
     }
 
     /// A validation that read the store before a revocation and finishes
