@@ -13,32 +13,28 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use http::{Method, StatusCode};
+use support::demo::{
+    CHALLENGE, FORM, approve_as_alice, demo_config_for_test, demo_config_path, form, hidden, redemption, set_cookie,
+    token_request, write_config,
+};
 use support::held::HeldUpstream;
+use support::served::{BIN, BOUND, Served, try_raw, wait_refused};
 use support::{get, send};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 /// sysexits.h EX_CONFIG, what `check` and `serve` exit with on a bad file.
 const EX_CONFIG: i32 = 78;
-/// The longest any single awaited event may take before a test fails.
-const BOUND: Duration = Duration::from_secs(10);
 
 /// The example configuration users start from, and edit.
 fn example_config_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml")
-}
-
-/// The tests' copy of the README's demo configuration (see its header).
-fn demo_config_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.toml")
 }
 
 /// Runs the binary to completion with `stdin` as its input; panics (and
@@ -102,13 +98,6 @@ fn reported_fields(stderr: &str) -> Vec<String> {
         .collect()
 }
 
-/// Writes `text` to `dir/name` and returns the path.
-fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
 /// A minimal valid configuration around `routes`, with its store in `dir`.
 fn minimal_config(dir: &Path, server_extra: &str, routes: &str) -> String {
     format!(
@@ -129,256 +118,6 @@ level = "info"
 "#,
         dir = dir.display()
     )
-}
-
-/// The README's demo configuration, made runnable side by side with other
-/// tests: both listeners on port 0 and the store in `dir`. Everything else
-/// (clients, users, routes, token settings) is the fixture's.
-fn demo_config_for_test(dir: &Path, token_format: Option<&str>) -> String {
-    let text = std::fs::read_to_string(demo_config_path()).expect("read the demo config");
-    let mut table: toml::Table = text.parse().expect("the demo config is TOML");
-    let section = |t: &toml::Table, name: &str| -> toml::Table {
-        t.get(name)
-            .and_then(toml::Value::as_table)
-            .unwrap_or_else(|| panic!("the demo config has a [{name}] table"))
-            .clone()
-    };
-    for name in ["server", "admin"] {
-        let mut s = section(&table, name);
-        assert!(s.contains_key("listen"), "[{name}] listen is in the demo config");
-        s.insert("listen".into(), "127.0.0.1:0".into());
-        table.insert(name.into(), s.into());
-    }
-    let mut storage = section(&table, "storage");
-    storage.insert("url".into(), format!("sqlite://{}/p.db", dir.display()).into());
-    table.insert("storage".into(), storage.into());
-    if let Some(format) = token_format {
-        let mut authz = section(&table, "authorization_server");
-        authz.insert("token_format".into(), format.into());
-        table.insert("authorization_server".into(), authz.into());
-    }
-    toml::to_string(&table).expect("serialise the config")
-}
-
-// ---------------------------------------------------------------------------
-// A `portcullis serve` child process.
-
-struct Served {
-    child: std::process::Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    public: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Served {
-    /// Starts `serve --config config` and waits (bounded) until it reports
-    /// its listeners and answers `/healthz`.
-    async fn start(config: &Path, envs: &[(&str, &str)]) -> Served {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.arg("serve").arg("--config").arg(config);
-        Served::start_command(cmd, envs).await
-    }
-
-    /// [`Served::start`] in a process that may open `fds` file descriptors
-    /// at most (`ulimit -n`, by the shell that then becomes it).
-    async fn start_with_fd_limit(config: &Path, fds: u32) -> Served {
-        let mut cmd = std::process::Command::new("sh");
-        cmd.arg("-c").arg(format!("ulimit -n {fds} && exec \"$0\" serve --config \"$1\"")).arg(BIN).arg(config);
-        Served::start_command(cmd, &[]).await
-    }
-
-    /// [`Served::start`] in a mount namespace of its own, where
-    /// `/etc/hosts` is `hosts` (bind-mounted: the test rewrites it in
-    /// place). `None` where namespaces cannot be made, outside CI.
-    async fn start_with_hosts(config: &Path, hosts: &Path) -> Option<Served> {
-        let probe = std::process::Command::new("unshare").args(["--mount", "true"]).output();
-        if !probe.is_ok_and(|o| o.status.success()) {
-            let note = "resolution tests need `unshare --mount` (root, util-linux)";
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {note}");
-            eprintln!("SKIPPED: {note}");
-            return None;
-        }
-        let mut cmd = std::process::Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg("mount --bind \"$1\" /etc/hosts && exec \"$0\" serve --config \"$2\"")
-            .arg(BIN)
-            .arg(hosts)
-            .arg(config);
-        Some(Served::start_command(cmd, &[]).await)
-    }
-
-    async fn start_command(mut cmd: std::process::Command, envs: &[(&str, &str)]) -> Served {
-        cmd.env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("serve starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = mpsc::unbounded_channel();
-        let reader = std::thread::spawn({
-            let log = log.clone();
-            move || {
-                use std::io::BufRead as _;
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let mut all = log.lock().expect("log lock");
-                    all.push_str(&line);
-                    all.push('\n');
-                    drop(all);
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let mut served = Served {
-            child,
-            lines,
-            log,
-            reader: Some(reader),
-            public: SocketAddr::from(([0, 0, 0, 0], 0)),
-            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        let line = served.wait_for_line("portcullis is serving").await;
-        served.public = field_addr(&line, "public");
-        served.admin = field_addr(&line, "admin");
-        wait_healthy(served.admin, &served.log).await;
-        served
-    }
-
-    /// Waits (bounded) for a stderr line containing `needle`.
-    async fn wait_for_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.lines.recv()).await {
-                Ok(Some(line)) if line.contains(needle) => return line,
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!(
-                    "serve ended its stderr before logging {needle:?} (exit: {:?}):\n{}",
-                    self.child.try_wait(),
-                    self.log()
-                ),
-                Err(_) => panic!("no {needle:?} log line within {BOUND:?}:\n{}", self.log()),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed: {status}");
-    }
-
-    /// Polls every 50 ms until the process exits (bounded); panics if it
-    /// does not.
-    async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "serve did not exit within {BOUND:?} of SIGTERM:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Everything the process wrote to stderr, once it has exited.
-    async fn full_log(&mut self) -> String {
-        if let Some(reader) = self.reader.take() {
-            let deadline = Instant::now() + BOUND;
-            while !reader.is_finished() {
-                assert!(Instant::now() < deadline, "stderr never reached EOF");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            reader.join().expect("stderr reader");
-        }
-        self.log()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        // Only when a test failed midway: do not leave the gateway behind.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The socket address logged for `key` in the "portcullis is serving" line,
-/// in either log format (`public=Some(127.0.0.1:1)` in text, possibly with
-/// ANSI colours; `"public":"Some(127.0.0.1:1)"` in JSON) or without the
-/// `Some(..)`.
-fn field_addr(line: &str, key: &str) -> SocketAddr {
-    let at = line.find(key).unwrap_or_else(|| panic!("no {key:?} in the serving line: {line:?}"));
-    let rest = &line[at + key.len()..];
-    let is_addr_char = |c: char| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']');
-    for (i, c) in rest.char_indices() {
-        if c.is_ascii_digit() || c == '[' {
-            let candidate: String = rest[i..].chars().take_while(|c| is_addr_char(*c)).collect();
-            if let Ok(addr) = candidate.parse::<SocketAddr>() {
-                return addr;
-            }
-        }
-    }
-    panic!("no {key} address in the serving line: {line:?}")
-}
-
-/// One raw HTTP/1.1 exchange on a fresh connection; `None` when the
-/// connection fails or no complete answer arrives within 2 s.
-async fn try_raw(addr: SocketAddr, request: &str) -> Option<String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut out = Vec::new();
-        stream.read_to_end(&mut out).await.ok()?;
-        Some(String::from_utf8_lossy(&out).into_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(2), exchange).await.ok().flatten()
-}
-
-/// Polls the admin `/healthz` every 50 ms until it answers 200 (bounded).
-async fn wait_healthy(admin: SocketAddr, log: &Mutex<String>) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let reply = try_raw(admin, "GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await;
-        if reply.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz on {admin} never answered 200:\n{}",
-            log.lock().expect("log lock")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Polls until a TCP connect to `addr` is refused (bounded); panics if the
-/// listener keeps accepting.
-async fn wait_refused(addr: SocketAddr) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "{addr} still accepts connections {BOUND:?} after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn client_credentials_token(gw: SocketAddr, secret: &str, scope: &str) -> support::Reply {
@@ -918,117 +657,6 @@ async fn no_token_or_secret_reaches_the_logs_with_opaque_tokens() {
 
 // ---------------------------------------------------------------------------
 // Durability: what was acknowledged survives `kill -9`.
-
-/// The value of the hidden input `name` in `html`, unescaped.
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no input {name:?} in:\n{html}")) + marker.len();
-    let raw = &html[start..start + html[start..].find('"').expect("closing quote")];
-    raw.replace("&#x2f;", "/")
-        .replace("&quot;", "\"")
-        .replace("&#x27;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
-
-/// `name=value` of the `Set-Cookie` header that sets `name`.
-fn set_cookie(reply: &support::Reply, name: &str) -> String {
-    reply
-        .headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .and_then(|v| v.split(';').next())
-        .unwrap_or_else(|| panic!("no {name} cookie in {:?}", reply.headers))
-        .to_string()
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
-}
-
-const FORM: &str = "application/x-www-form-urlencoded";
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-
-/// Drives the README's browser steps by hand against `gw`: sign in as
-/// alice, approve, and return the authorization code.
-async fn approve_as_alice(gw: SocketAddr) -> String {
-    let query = form(&[
-        ("response_type", "code"),
-        ("client_id", "calendar-app"),
-        ("redirect_uri", "http://127.0.0.1:3000/callback"),
-        ("scope", "calendar.read"),
-        ("state", "s1"),
-        ("code_challenge", CHALLENGE),
-        ("code_challenge_method", "S256"),
-    ]);
-    let login = get(&format!("http://{gw}/oauth/authorize?{query}"), &[]).await;
-    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
-    let login_cookie = set_cookie(&login, "portcullis_login");
-    let html = login.text();
-    let body = form(&[
-        ("csrf", &hidden(&html, "csrf")),
-        ("return_to", &hidden(&html, "return_to")),
-        ("username", "alice"),
-        ("password", "wonderland"),
-    ]);
-    let signed_in = send(
-        Method::POST,
-        &format!("http://{gw}/oauth/login"),
-        &[("content-type", FORM), ("cookie", &login_cookie)],
-        body,
-    )
-    .await;
-    assert_eq!(signed_in.status, StatusCode::SEE_OTHER, "{}", signed_in.text());
-    let session = set_cookie(&signed_in, "portcullis_session");
-    let back = signed_in.header("location").expect("location").to_string();
-    let consent = get(&format!("http://{gw}{back}"), &[("cookie", &session)]).await;
-    if consent.status == StatusCode::SEE_OTHER {
-        // Consent given before (and remembered): straight back with a code.
-        let location = consent.header("location").expect("location");
-        return location.split(['?', '&']).find_map(|p| p.strip_prefix("code=")).expect("a code").to_string();
-    }
-    assert_eq!(consent.status, StatusCode::OK, "{}", consent.text());
-    let approve = format!("{query}&{}", form(&[("csrf", &hidden(&consent.text(), "csrf")), ("decision", "approve")]));
-    let redirect = send(
-        Method::POST,
-        &format!("http://{gw}/oauth/authorize"),
-        &[("content-type", FORM), ("cookie", &session)],
-        approve,
-    )
-    .await;
-    assert_eq!(redirect.status, StatusCode::SEE_OTHER, "{}", redirect.text());
-    let location = redirect.header("location").expect("location");
-    let code = location.split(['?', '&']).find_map(|p| p.strip_prefix("code=")).expect("a code");
-    code.to_string()
-}
-
-/// The token request that trades `code` (from `approve_as_alice`).
-fn redemption(code: &str) -> [(&'static str, &str); 4] {
-    [
-        ("grant_type", "authorization_code"),
-        ("code", code),
-        ("redirect_uri", "http://127.0.0.1:3000/callback"),
-        ("code_verifier", VERIFIER),
-    ]
-}
-
-async fn token_request(gw: SocketAddr, pairs: &[(&str, &str)]) -> support::Reply {
-    send(
-        Method::POST,
-        &format!("http://{gw}/oauth/token"),
-        &[("content-type", FORM), ("authorization", "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA==")],
-        form(pairs),
-    )
-    .await
-}
 
 #[tokio::test]
 async fn tokens_and_redeemed_codes_survive_kill_9() {

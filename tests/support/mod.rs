@@ -7,10 +7,12 @@
 
 pub mod browser;
 pub mod ca;
+pub mod demo;
 pub mod held;
 pub mod link;
 pub mod netns;
 pub mod postgres;
+pub mod served;
 pub mod tcp;
 pub mod upstreams;
 
