@@ -14,14 +14,14 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use http::{Method, StatusCode};
 use support::demo::{
-    CHALLENGE, FORM, approve_as_alice, demo_config_for_test, demo_config_path, form, hidden, redemption, set_cookie,
-    token_request, write_config,
+    CHALLENGE, FORM, approve_as_alice, authorization_query, code_in, demo_config_for_test, demo_config_path, form,
+    hidden, redemption, set_cookie, sign_in_as_alice, token_request, try_token_request, write_config,
 };
 use support::held::HeldUpstream;
 use support::served::{BIN, BOUND, Served, try_raw, wait_refused};
@@ -705,6 +705,182 @@ async fn tokens_and_redeemed_codes_survive_kill_9() {
     assert_ne!(refreshed.json()["refresh_token"], refresh.as_str(), "rotated");
     gw.sigterm();
     assert_eq!(gw.wait_exit().await.code(), Some(0));
+}
+
+/// What the load of [`kill_9_under_load_loses_or_doubles_no_acknowledged_answer`]
+/// was told, as the clients would have recorded it.
+#[derive(Default)]
+struct Ledger {
+    /// Codes issued; `true` once their redemption was sent (and is in
+    /// flight: a redeemed code leaves for `chains`).
+    codes: std::collections::HashMap<String, bool>,
+    chains: Vec<Chain>,
+    /// Access tokens from `client_credentials`.
+    client_tokens: Vec<String>,
+    acknowledged: usize,
+}
+
+/// A redeemed code and what its refresh tokens were rotated into.
+struct Chain {
+    code: String,
+    access: Vec<String>,
+    /// The refresh token last acknowledged, and whether a rotation of it
+    /// was sent and not answered.
+    refresh: String,
+    rotating: bool,
+}
+
+fn ledger(l: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    l.lock().expect("ledger lock")
+}
+
+/// A successful token response's access and refresh tokens.
+fn tokens_of(reply: &support::Reply) -> (String, String) {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let json = reply.json();
+    let token = |name: &str| json[name].as_str().unwrap_or_else(|| panic!("no {name} in {json}")).to_string();
+    (token("access_token"), token("refresh_token"))
+}
+
+/// Codes issued, redeemed and refreshed (three rotations each), and
+/// `client_credentials` tokens, by eight clients at once on SQLite with
+/// opaque tokens (every issue a write), until `kill -9` once 120 answers
+/// have been acknowledged. After a restart every acknowledged answer
+/// holds: each access token works, each code issued and not yet sent is
+/// redeemed, each chain's last refresh token rotates (or, when a rotation
+/// of it was in flight, either rotates or is refused as used), the
+/// consent and the session stand. And nothing acknowledged happens twice:
+/// a rotated refresh token and a redeemed code are refused, and a code
+/// whose redemption was in flight is redeemed at most once.
+#[tokio::test]
+async fn kill_9_under_load_loses_or_doubles_no_acknowledged_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "load.toml", &demo_config_for_test(dir.path(), Some("opaque")));
+    let mut gw = Served::start(&config, &[]).await;
+    approve_as_alice(gw.public).await;
+    let (session, _) = sign_in_as_alice(gw.public).await;
+    let public = gw.public;
+    let authorize = format!("http://{public}/oauth/authorize?{}", authorization_query());
+    let book = Arc::new(Mutex::new(Ledger::default()));
+    let progress = Arc::new(tokio::sync::Notify::new());
+
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (book, progress, session, authorize) = (book.clone(), progress.clone(), session.clone(), authorize.clone());
+        load.spawn(async move {
+            let acknowledged = || {
+                ledger(&book).acknowledged += 1;
+                progress.notify_one();
+            };
+            loop {
+                let Ok(reply) = support::try_send(Method::GET, &authorize, &[("cookie", &session)], "").await else {
+                    return;
+                };
+                assert_eq!(reply.status, StatusCode::SEE_OTHER, "consent is remembered: {}", reply.text());
+                let code = code_in(&reply);
+                ledger(&book).codes.insert(code.clone(), false);
+                acknowledged();
+                ledger(&book).codes.insert(code.clone(), true);
+                let Ok(reply) = try_token_request(public, &redemption(&code)).await else { return };
+                let (access, refresh) = tokens_of(&reply);
+                let chain = {
+                    let mut book = ledger(&book);
+                    book.codes.remove(&code);
+                    book.chains.push(Chain { code, access: vec![access], refresh, rotating: false });
+                    book.chains.len() - 1
+                };
+                acknowledged();
+                for _ in 0..3 {
+                    let refresh = {
+                        let mut book = ledger(&book);
+                        book.chains[chain].rotating = true;
+                        book.chains[chain].refresh.clone()
+                    };
+                    let pairs = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())];
+                    let Ok(reply) = try_token_request(public, &pairs).await else { return };
+                    let (access, refresh) = tokens_of(&reply);
+                    {
+                        let mut book = ledger(&book);
+                        let chain = &mut book.chains[chain];
+                        chain.access.push(access);
+                        chain.refresh = refresh;
+                        chain.rotating = false;
+                    }
+                    acknowledged();
+                }
+            }
+        });
+    }
+    for _ in 0..2 {
+        let (book, progress) = (book.clone(), progress.clone());
+        load.spawn(async move {
+            let pairs = [("grant_type", "client_credentials"), ("scope", "calendar.read")];
+            while let Ok(reply) = try_token_request(public, &pairs).await {
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                let mut book = ledger(&book);
+                book.client_tokens.push(support::access_token(&reply));
+                book.acknowledged += 1;
+                progress.notify_one();
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger(&book).acknowledged < 120 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(tokio::time::timeout(left, progress.notified()).await.is_ok(), "120 answers not within 60 s");
+    }
+    gw.child.kill().expect("kill -9");
+    gw.wait_exit().await;
+    while let Some(ended) = load.join_next().await {
+        ended.expect("a client of the load failed");
+    }
+
+    let gw = Served::start(&config, &[]).await;
+    let book = std::mem::take(&mut *ledger(&book));
+    let api = format!("http://{}/calendar/events", gw.public);
+    let works = |token: String| {
+        let api = api.clone();
+        async move { get(&api, &[("authorization", &format!("Bearer {token}"))]).await.status == StatusCode::OK }
+    };
+    let refused_as_used =
+        |reply: &support::Reply| reply.status == StatusCode::BAD_REQUEST && reply.json()["error"] == "invalid_grant";
+    let (chains, rotations) = (book.chains.len(), book.chains.iter().map(|c| c.access.len() - 1).sum::<usize>());
+    let in_flight =
+        book.chains.iter().filter(|c| c.rotating).count() + book.codes.values().filter(|&&sent| sent).count();
+    assert!(chains > 0 && rotations > 0 && !book.client_tokens.is_empty(), "too little load to reconcile");
+    for token in book.client_tokens {
+        assert!(works(token).await, "an acknowledged client_credentials token is lost");
+    }
+    for chain in book.chains {
+        for token in chain.access {
+            assert!(works(token).await, "an acknowledged access token of a code is lost");
+        }
+        let pairs = [("grant_type", "refresh_token"), ("refresh_token", chain.refresh.as_str())];
+        let rotated = token_request(gw.public, &pairs).await;
+        if rotated.status == StatusCode::OK {
+            let again = token_request(gw.public, &pairs).await;
+            assert!(refused_as_used(&again), "a refresh token rotated twice: {}", again.text());
+        } else {
+            assert!(chain.rotating, "an acknowledged refresh token is lost: {}", rotated.text());
+            assert!(refused_as_used(&rotated), "{}", rotated.text());
+        }
+        let replayed = token_request(gw.public, &redemption(&chain.code)).await;
+        assert!(refused_as_used(&replayed), "a code redeemed twice: {}", replayed.text());
+    }
+    for (code, sent) in book.codes {
+        let redeemed = token_request(gw.public, &redemption(&code)).await;
+        if redeemed.status == StatusCode::OK {
+            let again = token_request(gw.public, &redemption(&code)).await;
+            assert!(refused_as_used(&again), "a code redeemed twice: {}", again.text());
+        } else {
+            assert!(sent, "an acknowledged code is lost: {}", redeemed.text());
+            assert!(refused_as_used(&redeemed), "{}", redeemed.text());
+        }
+    }
+    let consent =
+        get(&format!("http://{}/oauth/authorize?{}", gw.public, authorization_query()), &[("cookie", &session)]).await;
+    assert_eq!(consent.status, StatusCode::SEE_OTHER, "the session and the consent stand: {}", consent.text());
+    eprintln!("reconciled {chains} redeemed codes and {rotations} rotations ({in_flight} in flight at the kill)");
 }
 
 /// A consent withdrawn with the CLI while the gateway runs takes its

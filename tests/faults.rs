@@ -15,7 +15,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::demo::{FORM, authorization_query, demo_config_for_test, form, hidden, set_cookie, write_config};
+use support::demo::{
+    FORM, authorization_query, demo_config_for_test, form, hidden, set_cookie, token_request, write_config,
+};
 use support::served::{BIN, Served};
 use support::{Reply, Upstream, access_token, client_credentials_at, config_toml, get, issuing_jwts, send};
 
@@ -149,13 +151,7 @@ async fn sign_in(gw: &Served, page: &Reply) -> Reply {
 
 /// The demo's client asks for a token (opaque: a write to the store each).
 async fn client_credentials(gw: &Served) -> Reply {
-    send(
-        Method::POST,
-        &format!("http://{}/oauth/token", gw.public),
-        &[("content-type", FORM), ("authorization", "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA==")],
-        "grant_type=client_credentials&scope=calendar.read",
-    )
-    .await
+    token_request(gw.public, &[("grant_type", "client_credentials"), ("scope", "calendar.read")]).await
 }
 
 /// While the filesystem under the SQLite store is full: what needs a write

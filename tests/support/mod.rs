@@ -444,19 +444,30 @@ impl Reply {
 
 /// Sends one request on a fresh connection and reads the whole response.
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    try_send(method, url, headers, body).await.unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// [`send`], for a test in which the gateway may be gone: why there was
+/// no whole answer within 10 s.
+pub async fn try_send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, String> {
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(body.into())).expect("valid request");
-    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .expect("the gateway answers in time")
-        .expect("request succeeds");
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body }
+    let exchange = async {
+        let res = client.request(req).await.map_err(|e| format!("the request failed: {e}"))?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.map_err(|e| format!("the body broke off: {e}"))?.to_bytes();
+        Ok(Reply { status: parts.status, headers: parts.headers, body })
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "no answer in 10 s".to_string())?
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
