@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use http::{Method, StatusCode};
 use support::demo::{
-    CHALLENGE, FORM, approve_as_alice, authorization_query, code_in, demo_config_for_test, demo_config_path, form,
-    hidden, redemption, set_cookie, sign_in_as_alice, token_request, try_token_request, write_config,
+    CHALLENGE, CLIENT_BASIC, FORM, approve_as_alice, authorization_query, code_in, demo_config_for_test,
+    demo_config_path, form, hidden, redemption, set_cookie, sign_in_as_alice, token_request, try_token_request,
+    write_config,
 };
 use support::held::HeldUpstream;
 use support::served::{BIN, BOUND, Served, try_raw, wait_refused};
@@ -567,7 +568,7 @@ async fn no_secret_in_logs(token_format: &str) {
     let reply = client_credentials_token(gw.public, "calendar-secret", "calendar.read").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let token = reply.json()["access_token"].as_str().expect("token").to_string();
-    let basic = "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA=="; // calendar-app:calendar-secret
+    let basic = CLIENT_BASIC;
     let reply = send(
         Method::POST,
         &format!("{base}/oauth/token"),
@@ -1047,7 +1048,7 @@ async fn the_audit_log_records_security_events_as_json_lines() {
     let revoked = send(
         Method::POST,
         &format!("http://{}/oauth/revoke", gw.public),
-        &[("content-type", FORM), ("authorization", "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA==")],
+        &[("content-type", FORM), ("authorization", CLIENT_BASIC)],
         form(&[("token", &service_token)]),
     )
     .await;

@@ -85,6 +85,9 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
     s.finish()
 }
 
+/// `Authorization: Basic` of the demo's client, `calendar-app` with secret
+/// `calendar-secret`.
+pub const CLIENT_BASIC: &str = "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA==";
 pub const FORM: &str = "application/x-www-form-urlencoded";
 
 pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -131,7 +134,11 @@ pub async fn sign_in_as_alice(gw: SocketAddr) -> (String, String) {
 
 /// The code in a redirect back to the client.
 pub fn code_in(redirect: &Reply) -> String {
-    let location = redirect.header("location").expect("location");
+    code_in_location(redirect.header("location").expect("location"))
+}
+
+/// The code in a `Location` back to the client.
+pub fn code_in_location(location: &str) -> String {
     location.split(['?', '&']).find_map(|p| p.strip_prefix("code=")).expect("a code").to_string()
 }
 
@@ -180,7 +187,7 @@ pub async fn try_token_request(gw: SocketAddr, pairs: &[(&str, &str)]) -> Result
     try_send(
         Method::POST,
         &format!("http://{gw}/oauth/token"),
-        &[("content-type", FORM), ("authorization", "Basic Y2FsZW5kYXItYXBwOmNhbGVuZGFyLXNlY3JldA==")],
+        &[("content-type", FORM), ("authorization", CLIENT_BASIC)],
         form(pairs),
     )
     .await
