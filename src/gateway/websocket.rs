@@ -16,7 +16,7 @@
 //! answer, and its connection carries nothing more.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Response, header};
 use hyper::body::Incoming;
@@ -190,17 +190,34 @@ impl Tunnel {
     }
 }
 
+/// How long a tunnel sleeps at most before it looks at the wall clock
+/// again: a clock stepped forward past `exp` ends it within this.
+const EXP_RECHECK: Duration = Duration::from_secs(60);
+
+/// Resolves at `exp` (unix seconds) by the wall clock `now` reads, looked
+/// at again at least every [`EXP_RECHECK`]: the moment worked out when the
+/// tunnel opened is on the monotonic clock, which a step of the wall clock
+/// does not move.
+async fn until_exp(now: impl Fn() -> SystemTime, expires_at: u64) {
+    let Some(exp) = UNIX_EPOCH.checked_add(Duration::from_secs(expires_at)) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let left = exp.duration_since(now()).unwrap_or(Duration::ZERO);
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(EXP_RECHECK)).await;
+    }
+}
+
 /// Resolves when the token expires or stops being valid; never for a
 /// public route's tunnel.
 async fn watch(watched: Option<Watched>) -> Ending {
     let Some(Watched { validator, token, expires_at }) = watched else {
         return std::future::pending().await;
     };
-    // Until `exp` by the clock tokens are checked by.
-    let left = UNIX_EPOCH
-        .checked_add(Duration::from_secs(expires_at))
-        .map_or(Duration::MAX, |exp| exp.duration_since(validator.now()).unwrap_or(Duration::ZERO));
-    let expiry = tokio::time::sleep(left.min(Duration::from_secs(3650 * 24 * 3600)));
+    let expiry = until_exp(|| validator.now(), expires_at);
     tokio::pin!(expiry);
     let mut told = validator.watch();
     // A worker cache of its own: the tunnel's task is not the worker's
@@ -237,5 +254,32 @@ async fn watch(watched: Option<Watched>) -> Ending {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A tunnel whose token has an hour left ends within a minute of the
+    /// wall clock stepping two hours forward, not an hour later.
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_ends_within_a_minute_of_the_clock_stepping_past_exp() {
+        let start = SystemTime::now();
+        let step = Arc::new(AtomicU64::new(0));
+        let now = {
+            let step = step.clone();
+            move || start + Duration::from_secs(step.load(Ordering::SeqCst))
+        };
+        let exp = start.duration_since(UNIX_EPOCH).expect("clock").as_secs() + 3600;
+        let mut ending = tokio::spawn(until_exp(now, exp));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!ending.is_finished(), "not before exp");
+        step.store(2 * 3600, Ordering::SeqCst);
+        tokio::time::timeout(EXP_RECHECK + Duration::from_secs(1), &mut ending)
+            .await
+            .expect("ended within a minute of the step")
+            .expect("no panic");
     }
 }
