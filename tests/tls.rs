@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::Config;
 use rustls::pki_types::{CertificateDer, ServerName};
 use support::{Gateway, Upstream, config_toml, counter};
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -137,6 +137,61 @@ async fn http1_and_http2_over_tls_with_hsts_and_forwarded_proto() {
     // A client that does not trust the certificate is refused.
     let untrusting = connector(&[&generate((2040, 1, 1))], &[b"http/1.1"], &[&rustls::version::TLS13]);
     assert!(handshake(gw.public, &untrusting).await.is_err());
+    gw.stop().await;
+}
+
+/// Writes `bytes` on a connection that agreed on `alpn` (none: offered
+/// none) and reads what comes back until the gateway closes it.
+async fn answer_to(gw: SocketAddr, pair: &Pair, alpn: &[&[u8]], bytes: &[u8]) -> Vec<u8> {
+    let c = connector(&[pair], alpn, &[&rustls::version::TLS13]);
+    let mut stream = handshake(gw, &c).await.expect("TLS handshake");
+    stream.write_all(bytes).await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the gateway kept the connection open: {:?}", String::from_utf8_lossy(&answer));
+    answer
+}
+
+/// A TLS connection that agreed on `h2` speaks HTTP/2 only (RFC 9113
+/// §3.2; h2spec 3.5/2): a bad preface, or an HTTP/1.1 request, gets HTTP/2
+/// frames (the server's SETTINGS, perhaps a GOAWAY) and the connection
+/// closes.
+/// One that agreed on `http/1.1`, or on nothing, answers HTTP/1.1.
+#[tokio::test]
+async fn a_tls_connection_speaks_only_what_alpn_agreed() {
+    let mut upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = generate((2040, 1, 1));
+    write_pair(dir.path(), &pair);
+    let gw = Gateway::start(&tls_config(upstream.addr, dir.path(), "")).await;
+    let request = b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    // An HTTP/2 frame header: 3 bytes of length, then its type.
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    let frame_types = |mut bytes: &[u8]| {
+        let mut types = Vec::new();
+        while bytes.len() >= 9 {
+            let length = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+            types.push(bytes[3]);
+            bytes = &bytes[(9 + length).min(bytes.len())..];
+        }
+        types
+    };
+
+    for bad in [&b"INVALID CONNECTION PREFACE\r\n\r\n"[..], request] {
+        let answer = answer_to(gw.public, &pair, &[b"h2"], bad).await;
+        let types = frame_types(&answer);
+        assert_eq!(types.first(), Some(&SETTINGS), "{:?}", String::from_utf8_lossy(&answer));
+        assert!(types.iter().all(|t| [SETTINGS, GOAWAY].contains(t)), "{types:?}");
+    }
+    assert!(upstream.saw_nothing());
+    let close = b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let answer = answer_to(gw.public, &pair, alpn, close).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+        assert_eq!(upstream.next().await.uri, "/public/x");
+    }
     gw.stop().await;
 }
 

@@ -60,7 +60,7 @@ pub(super) async fn accept_loop<F, Fut>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(cfg.http2_max_concurrent_streams);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Builders { http2: builder.clone().http2_only(), sniffing: builder });
     let ConnectionLimit { permits, max } = limit;
 
     loop {
@@ -213,7 +213,20 @@ struct Conn {
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
-fn serve_connection<F, Fut>(stream: TcpStream, conn: Conn, builder: &Arc<auto::Builder<StreamExecutor>>, handler: F)
+/// How a connection is served. A TLS connection that agreed on `h2` by
+/// ALPN speaks HTTP/2 only (RFC 9113 §3.2): told by its first bytes, as
+/// the others are, its bad preface was answered as HTTP/1.1 (a `400`)
+/// instead of with `GOAWAY(PROTOCOL_ERROR)` (h2spec 3.5/2), and an
+/// HTTP/1.1 request on it was served. Every other connection is told by
+/// its first bytes: HTTP/1.1 (with upgrades), or an HTTP/2 preface (prior
+/// knowledge, RFC 9113 §3.3; on TLS that agreed on `http/1.1` a client's
+/// error, served all the same).
+struct Builders {
+    sniffing: auto::Builder<StreamExecutor>,
+    http2: auto::Builder<StreamExecutor>,
+}
+
+fn serve_connection<F, Fut>(stream: TcpStream, conn: Conn, builder: &Arc<Builders>, handler: F)
 where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::http::Body>, Infallible>> + Send + 'static,
@@ -222,12 +235,15 @@ where
     let builder = builder.clone();
     tokio::spawn(async move {
         match conn.tls.clone() {
-            None => serve_io(stream, conn, &builder, handler).await,
+            None => serve_io(stream, conn, &builder, false, handler).await,
             Some(acceptor) => {
                 // The handshake shares the first-request budget: a client
                 // that never finishes it is dropped, not kept on a worker.
                 match tokio::time::timeout(conn.first_request_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_io(tls, conn, &builder, handler).await,
+                    Ok(Ok(tls)) => {
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve_io(tls, conn, &builder, h2, handler).await
+                    }
                     Ok(Err(e)) => tracing::debug!(error = %e, peer = %conn.peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
                 }
@@ -241,7 +257,7 @@ where
 /// (closed at once), no new request for `keep_alive_timeout`, or the
 /// listener draining (both gracefully: an exchange in flight finishes
 /// first, as long as it moves).
-async fn serve_io<I, F, Fut>(io: I, conn: Conn, builder: &auto::Builder<StreamExecutor>, handler: F)
+async fn serve_io<I, F, Fut>(io: I, conn: Conn, builders: &Builders, h2: bool, handler: F)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
@@ -273,8 +289,20 @@ where
     });
     let written = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Writes { io, written: written.clone() });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
+    // Boxed, each: hyper-util's two kinds of connection are two types.
+    let mut conn = if h2 {
+        Serving::Http2(Box::pin(builders.http2.serve_connection(io, service)))
+    } else {
+        Serving::Sniffed(Box::pin(builders.sniffing.serve_connection_with_upgrades(io, service)))
+    };
+    macro_rules! on_conn {
+        ($conn:ident => $e:expr) => {
+            match &mut conn {
+                Serving::Sniffed($conn) => $e,
+                Serving::Http2($conn) => $e,
+            }
+        };
+    }
     let draining = *stop.borrow_and_update();
     let watching = stop.clone();
     let stopped = stop.changed();
@@ -296,18 +324,18 @@ where
         written_then: None,
     };
     if draining {
-        conn.as_mut().graceful_shutdown();
+        on_conn!(c => c.as_mut().graceful_shutdown());
         watch.closing = true;
     }
     // Not `select!`: that would poll every timer on every wake-up of a busy
     // connection. The watch polls its timer only when armed anew or due.
     let ended = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+        if let Poll::Ready(result) = on_conn!(c => c.as_mut().poll(cx)) {
             return Poll::Ready(Ok(result));
         }
         match watch.poll(cx) {
             Poll::Ready(Ending::ShutDown) => {
-                conn.as_mut().graceful_shutdown();
+                on_conn!(c => c.as_mut().graceful_shutdown());
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
@@ -322,6 +350,12 @@ where
         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
         Ok(Ok(())) => {}
     }
+}
+
+/// A connection as hyper serves it (see [`Builders`]).
+enum Serving<A, B> {
+    Sniffed(A),
+    Http2(B),
 }
 
 /// What the watch tells the connection's task.
