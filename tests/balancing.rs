@@ -309,3 +309,39 @@ async fn a_request_that_may_have_arrived_is_sent_again_only_when_that_is_safe() 
     assert!(refused > 0, "a POST that may have arrived was sent again");
     gw.stop().await;
 }
+
+/// A client whose body breaks its framing (a chunk size that is not hex),
+/// or breaks off, is answered `400`, and that is no mark against the
+/// instance it was going to: six such requests, which would be two
+/// instances' three failures each, eject neither (attacking the gateway
+/// with smuggler found they did, answering 502).
+#[tokio::test]
+async fn a_client_whose_body_fails_is_answered_400_and_ejects_no_instance() {
+    let (a, b) = (Instance::start(0).await, Instance::start(1).await);
+    let spare = Upstream::start().await;
+    let extra = format!(
+        "[[routes]]\nname = \"lb\"\npath_prefix = \"/lb/\"\nupstream = [\"http://{}\", \"http://{}\"]\npublic = true\n",
+        a.addr, b.addr
+    );
+    let gw = Gateway::start(&config_toml(spare.addr, &extra)).await;
+    let malformed =
+        "POST /lb/a HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n";
+    for _ in 0..6 {
+        let reply = support::parse_raw(&support::raw(gw.public, malformed.as_bytes()).await);
+        assert_eq!(reply.status, 400, "{reply:?}");
+        assert_eq!(reply.json()["error_description"], "The request body could not be read");
+    }
+    let metrics = get(&gw.admin_url("/metrics"), &[]).await.text();
+    for instance in [&a, &b] {
+        let ejections = format!("portcullis_upstream_ejections_total{{instance=\"{}\",route=\"lb\"}}", instance.addr);
+        assert_eq!(support::counter(&metrics, &ejections), 0, "{metrics}");
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let reply = get(&gw.url("/lb/b"), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        answered.insert(instance_of(&reply.text()));
+    }
+    assert_eq!(answered.len(), 2, "both instances still take requests");
+    gw.stop().await;
+}

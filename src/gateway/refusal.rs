@@ -204,6 +204,7 @@ impl From<ForwardError> for Refusal {
             ForwardError::Busy => Refusal::Busy,
             ForwardError::Timeout => Refusal::UpstreamTimeout,
             ForwardError::Unreachable => Refusal::UpstreamUnreachable,
+            ForwardError::ClientBody => Refusal::BadRequest("The request body could not be read"),
         }
     }
 }

@@ -166,6 +166,10 @@ pub enum ForwardError {
     /// Connecting, sending or reading the head failed.
     #[error("the upstream could not be reached")]
     Unreachable,
+    /// The client's body broke off, or its framing did, while it was
+    /// being sent: the client's doing, and no mark against the upstream.
+    #[error("the client's request body could not be read")]
+    ClientBody,
 }
 
 /// A worker's upstream connections (see `crate::upstream::pool`, and
@@ -506,6 +510,10 @@ impl Forwarder {
                     let forwarded = relayed(response, permits, upstream_time, Relayed::Upstream);
                     return balanced(balancer, &instance, None, Ok(forwarded));
                 }
+                Ok(Err(Failed::Sent(e, _))) if e.is_client_body() => {
+                    tracing::debug!(upstream = %instance.name, error = %causes(&e), "the client's request body failed");
+                    return Err(ForwardError::ClientBody);
+                }
                 Ok(Err(failed)) => {
                     balancer.failed(&instance);
                     // The same request again, when it never left or is
@@ -551,6 +559,7 @@ fn balanced(
     match &forwarded {
         Ok(f) if matches!(f.response.status().as_u16(), 502..=504) => balancer.failed(instance),
         Ok(_) => balancer.succeeded(instance),
+        Err(ForwardError::ClientBody) => {}
         Err(_) => balancer.failed(instance),
     }
     forwarded.map(|mut f| {
@@ -648,6 +657,10 @@ fn answered<T>(
         Err(_) => {
             tracing::warn!(upstream = %target.authority(), timeout = ?timeout, "upstream did not answer in time");
             Err(ForwardError::Timeout)
+        }
+        Ok(Err(e)) if e.is_client_body() => {
+            tracing::debug!(upstream = %target.authority(), error = %causes(&e), "the client's request body failed");
+            Err(ForwardError::ClientBody)
         }
         Ok(Err(e)) => {
             tracing::warn!(

@@ -220,6 +220,12 @@ impl Error {
     pub fn is_connect(&self) -> bool {
         matches!(self, Error::Connect(_) | Error::ConnectTimeout | Error::Tls(_) | Error::NoLongerHttp2)
     }
+
+    /// Whether the client's body failed (it broke off, or its framing
+    /// did), not the upstream.
+    pub fn is_client_body(&self) -> bool {
+        matches!(self, Error::Exchange(http1::Error::RequestBody(_) | http1::Error::RequestBodyLength))
+    }
 }
 
 struct Idle {
