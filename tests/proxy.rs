@@ -780,6 +780,61 @@ async fn a_duplicated_transfer_encoding_is_refused_and_ends_the_connection() {
     gw.stop().await;
 }
 
+/// RFC 9112 §6.1: a coding the server does not implement SHOULD be a 501,
+/// as nginx answers it. hyper decodes the chunks of `gzip, chunked` and
+/// would leave the upstream a body whose gzip no header names any more
+/// (smuggler's mutations found it let through). Refused, and the
+/// connection ended like any framing in doubt.
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_refused_with_501() {
+    let mut upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+    // hyper refuses what does not end in chunked itself, with a 400.
+    for (coding, expected) in [
+        ("gzip, chunked", 501),
+        ("cow, chunked", 501),
+        ("gzip\r\nTransfer-Encoding: chunked", 501),
+        ("chunked\r\nTransfer-Encoding: identity", 400),
+        ("deflate", 400),
+    ] {
+        let headers = format!("{POST_PUBLIC}Transfer-Encoding: {coding}\r\n");
+        let request = format!("{headers}\r\n5\r\nhello\r\n0\r\n\r\n");
+        let answer = one_answer_then_closed(&gw, &request, &headers).await;
+        assert_eq!(raw_status(&answer), expected, "{coding:?}: {answer}");
+        if expected == 501 {
+            assert!(answer.contains("the only transfer coding this gateway implements is chunked"), "{answer}");
+        }
+    }
+    assert!(upstream.saw_nothing(), "something was forwarded");
+    // Empty list elements are allowed (RFC 9110 §5.6.1).
+    let reply =
+        raw_request(&gw, &format!("{POST_PUBLIC}Transfer-Encoding: , chunked\r\n"), "5\r\nhello\r\n0\r\n\r\n").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(upstream.next().await.body, Bytes::from_static(b"hello"));
+    gw.stop().await;
+}
+
+/// An absolute-form target names its host, and RFC 9112 §3.2.2 has it win
+/// over `Host`; a peer that goes by `Host` instead would route the request
+/// elsewhere. One that names another host than `Host` is refused; one
+/// that names the same is forwarded in origin form (smuggler's mutations
+/// found the gateway going by `Host`).
+#[tokio::test]
+async fn a_request_target_naming_another_host_than_host_is_refused() {
+    let mut upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_toml(upstream.addr, "")).await;
+    for target in ["http://evil.example/public/x", "http://gw.example:8080/public/x", "http://u@gw.example/public/x"] {
+        let reply = raw_request(&gw, &format!("GET {target} HTTP/1.1\r\nHost: gw.example\r\n"), "").await;
+        assert_eq!(reply.status, 400, "{target}: {reply:?}");
+        assert_eq!(reply.json()["error_description"], "The Host header names another host than the request target");
+    }
+    assert!(upstream.saw_nothing());
+    let reply = raw_request(&gw, "GET http://GW.example/public/x HTTP/1.1\r\nHost: gw.example\r\n", "").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(upstream.next().await.uri, "/public/x");
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // Limits (SECURITY.md 37)
 // ---------------------------------------------------------------------------

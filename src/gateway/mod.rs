@@ -615,11 +615,19 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
         return Err(Refusal::BadRequest("The request has more than one Host header"));
     }
     if let Some(host) = first {
-        return if is_valid_host(host.as_bytes()) {
-            Ok(Some(host.clone()))
-        } else {
-            Err(Refusal::BadRequest("The Host header is invalid"))
-        };
+        if !is_valid_host(host.as_bytes()) {
+            return Err(Refusal::BadRequest("The Host header is invalid"));
+        }
+        // An absolute-form target (RFC 9112 §3.2.2: its authority, not
+        // `Host`, names the host) or an HTTP/2 `:authority` (RFC 9113
+        // §8.3.1) that names another host than `Host` does: which one a
+        // peer goes by is a matter of opinion, so neither is taken.
+        if let Some(authority) = req.uri().authority()
+            && !authority.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes())
+        {
+            return Err(Refusal::BadRequest("The Host header names another host than the request target"));
+        }
+        return Ok(Some(host.clone()));
     }
     if let Some(authority) = req.uri().authority() {
         return Ok(HeaderValue::from_str(authority.as_str()).ok());
@@ -633,14 +641,23 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
 
 /// Refuses a `Transfer-Encoding` that names `chunked` more than once
 /// (RFC 9112 §6.1 lets it appear once, last). hyper accepts it, and a peer
-/// that decodes one layer fewer would see a different message.
+/// that decodes one layer fewer would see a different message. Any other
+/// coding (`gzip, chunked`) is refused as not implemented (RFC 9112 §6.1
+/// SHOULD, as nginx does): hyper would decode the chunks and the upstream
+/// get a body whose other coding no header names any more.
 fn check_framing(headers: &http::HeaderMap) -> Result<(), Refusal> {
     let mut chunked = 0;
     for value in headers.get_all(header::TRANSFER_ENCODING) {
         let Ok(value) = value.to_str() else {
             return Err(Refusal::BadRequest("The Transfer-Encoding header is malformed"));
         };
-        chunked += value.split(',').filter(|c| c.trim().eq_ignore_ascii_case("chunked")).count();
+        // Empty list elements are allowed (RFC 9110 §5.6.1).
+        for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(Refusal::UnsupportedTransferCoding);
+            }
+            chunked += 1;
+        }
     }
     if chunked > 1 {
         return Err(Refusal::BadRequest("The request is chunked more than once"));

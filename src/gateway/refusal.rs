@@ -24,6 +24,8 @@ pub enum Refusal {
     /// A WebSocket handshake on a route with `websockets = false`.
     UpgradeForbidden,
     PayloadTooLarge,
+    /// A `Transfer-Encoding` with a coding other than `chunked`.
+    UnsupportedTransferCoding,
     /// A body the gateway reads itself did not come in time (`crate::http::form`).
     BodyTimeout,
     /// No bearer token at all (RFC 6750 §3.1: no error code).
@@ -52,6 +54,7 @@ impl Refusal {
             | Refusal::MisdirectedRequest
             | Refusal::UpgradeForbidden
             | Refusal::PayloadTooLarge
+            | Refusal::UnsupportedTransferCoding
             | Refusal::BodyTimeout
             | Refusal::Bearer(_) => Outcome::InvalidRequest,
             Refusal::MissingToken => Outcome::MissingToken,
@@ -87,6 +90,7 @@ impl Refusal {
             Refusal::MisdirectedRequest => "This gateway does not serve the host the request names",
             Refusal::UpgradeForbidden => "This route does not accept WebSocket connections",
             Refusal::PayloadTooLarge => "The request body is larger than this gateway accepts",
+            Refusal::UnsupportedTransferCoding => "The only transfer coding this gateway implements is chunked",
             Refusal::BodyTimeout => "The request body did not arrive in time",
             Refusal::MissingToken => "This route requires a bearer access token",
             Refusal::Bearer(e) => e.description(),
@@ -123,6 +127,9 @@ impl Refusal {
             }
             Refusal::UpgradeForbidden => error_json(StatusCode::FORBIDDEN, "forbidden", description),
             Refusal::PayloadTooLarge => error_json(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", description),
+            Refusal::UnsupportedTransferCoding => {
+                error_json(StatusCode::NOT_IMPLEMENTED, "not_implemented", description)
+            }
             Refusal::BodyTimeout => error_json(StatusCode::REQUEST_TIMEOUT, "invalid_request", description),
             Refusal::MissingToken => {
                 let mut res = json(
