@@ -60,13 +60,15 @@ PY
 # Each wrk thread presents its share of the tokens once, in order; a
 # thread whose share is done repeats its last (a hit: no new entry).
 cat > "$work/tokens.lua" <<LUA
-local threads, id = {}, 0
-function setup(thread) thread:set("id", id); id = id + 1; table.insert(threads, thread) end
+-- share: set in each thread's state by setup (a local of the script
+-- would hide it there: each thread runs the script afresh).
+local next_share = 0
+function setup(thread) thread:set("share", next_share); next_share = next_share + 1 end
 function init(args)
   tokens, i = {}, 0
   local n = 0
   for line in io.lines("$work/tokens") do
-    if n % 2 == id then table.insert(tokens, line) end
+    if n % 2 == share then table.insert(tokens, line) end
     n = n + 1
   end
 end
