@@ -14,12 +14,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
-use support::demo::{
-    FORM, authorization_query, demo_config_for_test, form, hidden, set_cookie, token_request, write_config,
-};
+use http::StatusCode;
+use support::demo::{authorization_query, demo_config_for_test, post_login, token_request, write_config};
 use support::served::{BIN, Served};
-use support::{Reply, Upstream, access_token, client_credentials_at, config_toml, get, issuing_jwts, send};
+use support::{Reply, Upstream, access_token, client_credentials_at, config_toml, get, issuing_jwts};
 
 /// Debian's libfaketime (package `faketime`).
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -130,25 +128,6 @@ fn in_namespace_of(pid: u32, script: &str, arg: &Path) -> std::process::Output {
         .expect("nsenter runs")
 }
 
-/// `POST /oauth/login` as alice, from the login page `page` (and its cookie).
-async fn sign_in(gw: &Served, page: &Reply) -> Reply {
-    let html = page.text();
-    let body = form(&[
-        ("csrf", &hidden(&html, "csrf")),
-        ("return_to", &hidden(&html, "return_to")),
-        ("username", "alice"),
-        ("password", "wonderland"),
-    ]);
-    let cookie = set_cookie(page, "portcullis_login");
-    send(
-        Method::POST,
-        &format!("http://{}/oauth/login", gw.public),
-        &[("content-type", FORM), ("cookie", &cookie)],
-        body,
-    )
-    .await
-}
-
 /// The demo's client asks for a token (opaque: a write to the store each).
 async fn client_credentials(gw: &Served) -> Reply {
     token_request(gw.public, &[("grant_type", "client_credentials"), ("scope", "calendar.read")]).await
@@ -198,7 +177,7 @@ async fn a_full_disk_under_the_store_refuses_writes_with_503_and_recovers() {
     let refused = client_credentials(&gw).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text());
     assert_eq!(refused.json()["error"], "temporarily_unavailable");
-    let refused = sign_in(&gw, &login_page).await;
+    let refused = post_login(gw.public, &login_page).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text());
     assert!(refused.text().contains("The service is temporarily unavailable."), "{}", refused.text());
     assert_eq!(works(&used).await, StatusCode::OK, "a cached token");
@@ -218,7 +197,7 @@ async fn a_full_disk_under_the_store_refuses_writes_with_503_and_recovers() {
     };
     assert_eq!(works(&issued).await, StatusCode::OK);
     assert_eq!(works(&used).await, StatusCode::OK);
-    let signed_in = sign_in(&gw, &login_page).await;
+    let signed_in = post_login(gw.public, &login_page).await;
     assert_eq!(signed_in.status, StatusCode::SEE_OTHER, "{}", signed_in.text());
 
     let check = "python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(\"pragma integrity_check\").fetchone()[0])' \"$1/p.db\"";

@@ -107,26 +107,26 @@ pub fn authorization_query() -> String {
     ])
 }
 
-/// Signs alice in through the login page the authorization request
-/// shows: her session cookie, and where the page sends her back to.
-pub async fn sign_in_as_alice(gw: SocketAddr) -> (String, String) {
-    let login = get(&format!("http://{gw}/oauth/authorize?{}", authorization_query()), &[]).await;
-    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
-    let login_cookie = set_cookie(&login, "portcullis_login");
-    let html = login.text();
+/// `POST /oauth/login` as alice, from the login page `page` (its form and
+/// its cookie), whatever the answer.
+pub async fn post_login(gw: SocketAddr, page: &Reply) -> Reply {
+    let html = page.text();
     let body = form(&[
         ("csrf", &hidden(&html, "csrf")),
         ("return_to", &hidden(&html, "return_to")),
         ("username", "alice"),
         ("password", "wonderland"),
     ]);
-    let signed_in = send(
-        Method::POST,
-        &format!("http://{gw}/oauth/login"),
-        &[("content-type", FORM), ("cookie", &login_cookie)],
-        body,
-    )
-    .await;
+    let cookie = set_cookie(page, "portcullis_login");
+    send(Method::POST, &format!("http://{gw}/oauth/login"), &[("content-type", FORM), ("cookie", &cookie)], body).await
+}
+
+/// Signs alice in through the login page the authorization request
+/// shows: her session cookie, and where the page sends her back to.
+pub async fn sign_in_as_alice(gw: SocketAddr) -> (String, String) {
+    let login = get(&format!("http://{gw}/oauth/authorize?{}", authorization_query()), &[]).await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+    let signed_in = post_login(gw, &login).await;
     assert_eq!(signed_in.status, StatusCode::SEE_OTHER, "{}", signed_in.text());
     let session = set_cookie(&signed_in, "portcullis_session");
     (session, signed_in.header("location").expect("location").to_string())
